@@ -1,0 +1,551 @@
+//! The `aws_pca` backend: AWS Private CA (ACM PCA).
+//!
+//! Leaves are issued with `EndEntityCertificate/V1`, intermediates with
+//! `SubordinateCACertificate_PathLen0/V1` (both overridable), the decided
+//! NotBefore/NotAfter as absolute `Validity`, the CA's own signing algorithm
+//! (from DescribeCertificateAuthority) unless configured, and an
+//! IdempotencyToken derived from the request: a retried call inside PCA's
+//! five-minute idempotency window gets the certificate it already issued.
+//! The certificate is then fetched with GetCertificate, waiting out
+//! `RequestInProgressException`. Throttling is `rate_limited` (retried with
+//! backoff by the resilience layer; a rate limiter is on by default). The
+//! trust bundle is the CA's chain from GetCertificateAuthorityCertificate
+//! (its root) plus `supplemental_roots_file`, for root rotation.
+//!
+//! Credentials come from the standard AWS chain: environment, shared
+//! profile, web identity (IRSA / EKS Pod Identity), ECS, IMDS.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use aws_sdk_acmpca::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_acmpca::primitives::Blob;
+use aws_sdk_acmpca::types::{SigningAlgorithm, Validity, ValidityPeriodType};
+use rustls_pki_types::CertificateDer;
+use serde::Deserialize;
+use signet_core::chain::{IssuedChain, TrustBundle, order_path};
+use signet_core::duration::HumanDuration;
+use signet_core::resilience::{RateLimitConfig, ResilienceConfig};
+use signet_core::signer::Capabilities;
+use signet_core::{BackendInfo, IssuanceDecision, SignError, Signer, VerifiedCsr, pem};
+use tokio::sync::Mutex as AsyncMutex;
+
+/// PCA's template for end-entity certificates.
+pub const END_ENTITY_TEMPLATE: &str = "arn:aws:acm-pca:::template/EndEntityCertificate/V1";
+/// PCA's template for subordinate CAs that may not have CAs under them.
+pub const SUBORDINATE_PATHLEN0_TEMPLATE: &str =
+    "arn:aws:acm-pca:::template/SubordinateCACertificate_PathLen0/V1";
+
+fn default_refresh() -> HumanDuration {
+    HumanDuration::from_secs(300)
+}
+
+/// IssueCertificate is limited to about 25 calls per second per account and
+/// region; signet stays under it unless told otherwise.
+fn default_resilience() -> ResilienceConfig {
+    ResilienceConfig {
+        rate_limit: Some(RateLimitConfig {
+            per_second: 20.0,
+            burst: 20,
+            max_wait: HumanDuration::from_secs(2),
+        }),
+        ..ResilienceConfig::default()
+    }
+}
+
+/// `backends.<name>` with `type: aws_pca`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsPcaConfig {
+    /// e.g. `eu-west-1`.
+    pub region: String,
+    pub certificate_authority_arn: String,
+    /// Another endpoint (a VPC endpoint, or a test server).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// e.g. `SHA256WITHECDSA`; default: the CA's own.
+    #[serde(default)]
+    pub signing_algorithm: Option<String>,
+    #[serde(default)]
+    pub leaf_template_arn: Option<String>,
+    #[serde(default)]
+    pub intermediate_template_arn: Option<String>,
+    /// Extra trust anchors (PEM): the next root during a root rotation.
+    #[serde(default)]
+    pub supplemental_roots_file: Option<PathBuf>,
+    /// Static credentials (read at start) instead of the AWS default chain:
+    /// both or neither of these, optionally a session token.
+    #[serde(default)]
+    pub access_key_id_file: Option<PathBuf>,
+    #[serde(default)]
+    pub secret_access_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub session_token_file: Option<PathBuf>,
+    /// How often the CA's chain is re-read.
+    #[serde(default = "default_refresh")]
+    pub trust_bundle_refresh: HumanDuration,
+    #[serde(default = "default_resilience")]
+    pub resilience: ResilienceConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AwsPcaError {
+    #[error("certificate_authority_arn {0:?} is not an ACM PCA certificate authority ARN")]
+    Arn(String),
+    #[error("signing_algorithm {0:?} is not one PCA knows")]
+    Algorithm(String),
+    #[error("{path}: {detail}")]
+    Roots { path: PathBuf, detail: String },
+    #[error("{0}")]
+    Credentials(String),
+}
+
+#[derive(Debug, Clone)]
+struct Bundle {
+    bundle: TrustBundle,
+    ca_not_after: Option<SystemTime>,
+    read_at: Instant,
+}
+
+/// AWS Private CA as a signer.
+pub struct AwsPcaBackend {
+    name: String,
+    config: AwsPcaConfig,
+    client: aws_sdk_acmpca::Client,
+    supplemental: Vec<CertificateDer<'static>>,
+    signing_algorithm: ArcSwapOption<SigningAlgorithm>,
+    bundle: ArcSwapOption<Bundle>,
+    last_error: ArcSwapOption<String>,
+    /// One refresh at a time.
+    refreshing: AsyncMutex<()>,
+}
+
+impl fmt::Debug for AwsPcaBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsPcaBackend")
+            .field("name", &self.name)
+            .field("ca", &self.config.certificate_authority_arn)
+            .finish_non_exhaustive()
+    }
+}
+
+fn certs(pem_text: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    Ok(pem::certificates(pem_text)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect())
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Credentials from `access_key_id_file` / `secret_access_key_file`, if set.
+fn static_credentials(
+    config: &AwsPcaConfig,
+) -> Result<Option<aws_sdk_acmpca::config::Credentials>, AwsPcaError> {
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p)
+            .map(|s| zeroize::Zeroizing::new(s.trim().to_owned()))
+            .map_err(|e| AwsPcaError::Credentials(format!("{}: {e}", p.display())))
+    };
+    match (&config.access_key_id_file, &config.secret_access_key_file) {
+        (None, None) if config.session_token_file.is_none() => Ok(None),
+        (Some(id), Some(secret)) => {
+            let token = config.session_token_file.as_ref().map(read).transpose()?;
+            Ok(Some(aws_sdk_acmpca::config::Credentials::new(
+                read(id)?.as_str(),
+                read(secret)?.as_str(),
+                token.map(|t| t.to_string()),
+                None,
+                "signet-config",
+            )))
+        }
+        _ => Err(AwsPcaError::Credentials(
+            "access_key_id_file and secret_access_key_file go together".into(),
+        )),
+    }
+}
+
+/// Maps an SDK error to signet's vocabulary by PCA's error code.
+fn map_err<E: ProvideErrorMetadata + fmt::Debug>(what: &str, e: SdkError<E>) -> SignError {
+    let code = e.code().map(str::to_owned);
+    let message = e
+        .message()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{e:?}").chars().take(300).collect());
+    let detail = format!(
+        "{what}: {}{message}",
+        code.as_deref()
+            .map(|c| format!("{c}: "))
+            .unwrap_or_default()
+    );
+    match (&e, code.as_deref()) {
+        (
+            _,
+            Some(
+                "ThrottlingException"
+                | "LimitExceededException"
+                | "TooManyRequestsException"
+                | "RequestLimitExceeded",
+            ),
+        ) => {
+            tracing::debug!(error = %detail, "AWS PCA throttled");
+            SignError::RateLimited { retry_after: None }
+        }
+        (_, Some("InvalidStateException")) => SignError::NotReady(detail),
+        (
+            _,
+            Some(
+                "ServiceUnavailable"
+                | "ServiceUnavailableException"
+                | "InternalFailure"
+                | "InternalServerError"
+                | "InternalServerException",
+            ),
+        ) => SignError::BackendUnavailable(detail),
+        (SdkError::ServiceError(_), _) => SignError::BackendRejected(detail),
+        // Timeouts, connection failures, unreadable responses.
+        _ => SignError::BackendUnavailable(detail),
+    }
+}
+
+impl AwsPcaBackend {
+    /// Loads AWS credentials (lazily resolved by the SDK) and the supplemental roots.
+    pub async fn new(name: &str, config: AwsPcaConfig) -> Result<Arc<Self>, AwsPcaError> {
+        let arn = &config.certificate_authority_arn;
+        if !(arn.starts_with("arn:")
+            && arn.contains(":acm-pca:")
+            && arn.contains(":certificate-authority/"))
+        {
+            return Err(AwsPcaError::Arn(arn.clone()));
+        }
+        if let Some(alg) = &config.signing_algorithm
+            && !SigningAlgorithm::values().contains(&alg.as_str())
+        {
+            return Err(AwsPcaError::Algorithm(alg.clone()));
+        }
+        let supplemental = match &config.supplemental_roots_file {
+            Some(path) => {
+                let err = |detail: String| AwsPcaError::Roots {
+                    path: path.clone(),
+                    detail,
+                };
+                let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+                let roots = certs(&bytes).map_err(err)?;
+                TrustBundle::new(roots.clone()).map_err(|e| err(e.to_string()))?;
+                roots
+            }
+            None => Vec::new(),
+        };
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(config.region.clone()));
+        if let Some(url) = &config.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some(credentials) = static_credentials(&config)? {
+            loader = loader.credentials_provider(credentials);
+        }
+        let sdk = loader.load().await;
+        Ok(Self::with_sdk_config(name, config, &sdk, supplemental))
+    }
+
+    /// With an SDK configuration built elsewhere (tests use static
+    /// credentials); `supplemental` are the extra roots.
+    pub fn with_sdk_config(
+        name: &str,
+        config: AwsPcaConfig,
+        sdk: &aws_config::SdkConfig,
+        supplemental: Vec<CertificateDer<'static>>,
+    ) -> Arc<Self> {
+        // Retries belong to signet's resilience layer (one policy, one place).
+        let pca = aws_sdk_acmpca::config::Builder::from(sdk)
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .build();
+        Arc::new(Self {
+            name: name.to_owned(),
+            client: aws_sdk_acmpca::Client::from_conf(pca),
+            supplemental,
+            signing_algorithm: ArcSwapOption::new(
+                config
+                    .signing_algorithm
+                    .as_deref()
+                    .map(|a| Arc::new(SigningAlgorithm::from(a))),
+            ),
+            config,
+            bundle: ArcSwapOption::empty(),
+            last_error: ArcSwapOption::empty(),
+            refreshing: AsyncMutex::new(()),
+        })
+    }
+
+    fn arn(&self) -> &str {
+        &self.config.certificate_authority_arn
+    }
+
+    /// The configured algorithm, or the CA's own.
+    async fn signing_algorithm(&self) -> Result<SigningAlgorithm, SignError> {
+        if let Some(a) = self.signing_algorithm.load_full() {
+            return Ok((*a).clone());
+        }
+        let out = self
+            .client
+            .describe_certificate_authority()
+            .certificate_authority_arn(self.arn())
+            .send()
+            .await
+            .map_err(|e| map_err("DescribeCertificateAuthority", e))?;
+        let ca = out.certificate_authority().ok_or_else(|| {
+            SignError::BackendRejected(
+                "DescribeCertificateAuthority: no certificate authority".into(),
+            )
+        })?;
+        if let Some(status) = ca.status()
+            && status.as_str() != "ACTIVE"
+        {
+            return Err(SignError::NotReady(format!(
+                "certificate authority is {}, not ACTIVE",
+                status.as_str()
+            )));
+        }
+        let alg = ca
+            .certificate_authority_configuration()
+            .map(|c| c.signing_algorithm().clone())
+            .ok_or_else(|| {
+                SignError::BackendRejected("DescribeCertificateAuthority: no configuration".into())
+            })?;
+        self.signing_algorithm.store(Some(Arc::new(alg.clone())));
+        Ok(alg)
+    }
+
+    /// Reads the CA's certificate and chain; the self-signed certificates in
+    /// it (or the top of the chain) and the supplemental roots are trusted.
+    pub async fn refresh_trust_bundle(&self) -> Result<TrustBundle, SignError> {
+        let _one = self.refreshing.lock().await;
+        let result = async {
+            let out = self
+                .client
+                .get_certificate_authority_certificate()
+                .certificate_authority_arn(self.arn())
+                .send()
+                .await
+                .map_err(|e| map_err("GetCertificateAuthorityCertificate", e))?;
+            let bad = |e: String| {
+                SignError::BackendRejected(format!("GetCertificateAuthorityCertificate: {e}"))
+            };
+            let ca = certs(out.certificate().unwrap_or_default().as_bytes()).map_err(bad)?;
+            let chain =
+                certs(out.certificate_chain().unwrap_or_default().as_bytes()).map_err(bad)?;
+            let ca_cert = ca
+                .first()
+                .cloned()
+                .ok_or_else(|| bad("no CA certificate (is the CA installed?)".into()))?;
+            let all: Vec<_> = ca.iter().chain(chain.iter()).cloned().collect();
+            let mut roots: Vec<_> = all
+                .iter()
+                .filter(|c| signet_core::chain::is_self_signed(c))
+                .cloned()
+                .collect();
+            if roots.is_empty() {
+                roots.extend(all.last().cloned());
+            }
+            roots.extend(self.supplemental.iter().cloned());
+            let bundle = TrustBundle::new(roots).map_err(SignError::BadChain)?;
+            let ca_not_after = IssuedChain::new(ca_cert, vec![], bundle.clone())
+                .ok()
+                .map(|c| c.not_after());
+            Ok::<_, SignError>((bundle, ca_not_after))
+        }
+        .await;
+        match result {
+            Ok((bundle, ca_not_after)) => {
+                self.bundle.store(Some(Arc::new(Bundle {
+                    bundle: bundle.clone(),
+                    ca_not_after,
+                    read_at: Instant::now(),
+                })));
+                self.last_error.store(None);
+                Ok(bundle)
+            }
+            Err(e) => {
+                self.last_error.store(Some(Arc::new(e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    /// The cached bundle while fresh; else re-read (falling back to the
+    /// cached one if PCA cannot be reached).
+    async fn current_bundle(&self) -> Result<TrustBundle, SignError> {
+        if let Some(b) = self.bundle.load_full()
+            && b.read_at.elapsed() < self.config.trust_bundle_refresh.get()
+        {
+            return Ok(b.bundle.clone());
+        }
+        match self.refresh_trust_bundle().await {
+            Ok(b) => Ok(b),
+            Err(e) => match self.bundle.load_full() {
+                Some(b) if e.kind().is_retryable() => {
+                    tracing::warn!(backend = %self.name, error = %e, "AWS PCA trust bundle refresh failed; using the previous one");
+                    Ok(b.bundle.clone())
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// The token that makes IssueCertificate idempotent for this request:
+    /// the same request ID, CSR and template give the same token (stable
+    /// across restarts); without a request ID, the same CSR, template and
+    /// validity (stable across the retries of one call).
+    pub fn idempotency_token(
+        decision: &IssuanceDecision,
+        csr: &VerifiedCsr,
+        template: &str,
+    ) -> String {
+        let mut input = Vec::new();
+        input.extend_from_slice(csr.der());
+        input.extend_from_slice(template.as_bytes());
+        match decision.request_id() {
+            Some(id) => {
+                input.extend_from_slice(b"request-id:");
+                input.extend_from_slice(id.as_bytes());
+            }
+            None => {
+                input.extend_from_slice(&unix(decision.not_before()).to_be_bytes());
+                input.extend_from_slice(&unix(decision.not_after()).to_be_bytes());
+            }
+        }
+        let digest = signet_core::crypto::sha256(&input);
+        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// GetCertificate until it is no longer in progress.
+    async fn fetch(&self, certificate_arn: &str) -> Result<(String, String), SignError> {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self
+                .client
+                .get_certificate()
+                .certificate_authority_arn(self.arn())
+                .certificate_arn(certificate_arn)
+                .send()
+                .await
+            {
+                Ok(out) => {
+                    return Ok((
+                        out.certificate().unwrap_or_default().to_owned(),
+                        out.certificate_chain().unwrap_or_default().to_owned(),
+                    ));
+                }
+                Err(e) if e.code() == Some("RequestInProgressException") => {
+                    tracing::debug!(certificate = certificate_arn, "AWS PCA still issuing");
+                    tokio::time::sleep(signet_core::resilience::jitter(wait)).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(map_err("GetCertificate", e)),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Signer for AwsPcaBackend {
+    async fn sign(
+        &self,
+        decision: &IssuanceDecision,
+        csr: &VerifiedCsr,
+    ) -> Result<IssuedChain, SignError> {
+        let template = if decision.is_ca() {
+            self.config
+                .intermediate_template_arn
+                .as_deref()
+                .unwrap_or(SUBORDINATE_PATHLEN0_TEMPLATE)
+        } else {
+            self.config
+                .leaf_template_arn
+                .as_deref()
+                .unwrap_or(END_ENTITY_TEMPLATE)
+        };
+        let algorithm = self.signing_algorithm().await?;
+        let absolute = |t: SystemTime| {
+            Validity::builder()
+                .r#type(ValidityPeriodType::Absolute)
+                .value(unix(t))
+                .build()
+                .map_err(|e| SignError::Internal(format!("PCA validity: {e}")))
+        };
+        let token = Self::idempotency_token(decision, csr, template);
+        let issued = self
+            .client
+            .issue_certificate()
+            .certificate_authority_arn(self.arn())
+            .csr(Blob::new(csr.to_pem().into_bytes()))
+            .signing_algorithm(algorithm)
+            .template_arn(template)
+            .validity(absolute(decision.not_after())?)
+            .validity_not_before(absolute(decision.not_before())?)
+            .idempotency_token(&token)
+            .send()
+            .await
+            .map_err(|e| map_err("IssueCertificate", e))?;
+        let certificate_arn = issued
+            .certificate_arn()
+            .ok_or_else(|| {
+                SignError::BackendRejected("IssueCertificate returned no CertificateArn".into())
+            })?
+            .to_owned();
+        tracing::debug!(certificate = %certificate_arn, token = %token, "AWS PCA issued");
+        let (certificate, chain) = self.fetch(&certificate_arn).await?;
+        let bad = |what: &str, e: String| {
+            SignError::BackendRejected(format!("GetCertificate {what}: {e}"))
+        };
+        let mut leaf = certs(certificate.as_bytes()).map_err(|e| bad("Certificate", e))?;
+        if leaf.len() != 1 {
+            return Err(bad(
+                "Certificate",
+                format!("{} certificates, expected 1", leaf.len()),
+            ));
+        }
+        let leaf = leaf.remove(0);
+        let chain = certs(chain.as_bytes()).map_err(|e| bad("CertificateChain", e))?;
+        let bundle = self.current_bundle().await?;
+        let path = order_path(&leaf, chain);
+        IssuedChain::new(leaf, path, bundle).map_err(SignError::BadChain)
+    }
+
+    async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {
+        self.current_bundle().await
+    }
+
+    fn describe(&self) -> BackendInfo {
+        let bundle = self.bundle.load_full();
+        let ready = match (&bundle, self.last_error.load().as_ref()) {
+            (Some(_), _) => Ok(()),
+            (None, Some(e)) => Err(format!("AWS PCA: {e}")),
+            (None, None) => Err("CA certificate not read from AWS PCA yet".to_owned()),
+        };
+        BackendInfo {
+            name: self.name.clone(),
+            kind: "aws_pca",
+            capabilities: Capabilities {
+                issues_intermediates: true,
+                honours_ttl: true,
+                in_process: false,
+                // PCA honours an IdempotencyToken for five minutes.
+                idempotent_for: Some(Duration::from_secs(300)),
+                constrains_path_len: true,
+            },
+            ca_not_after: bundle.and_then(|b| b.ca_not_after),
+            ready,
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The `local` backend: a CA certificate and key from PEM files.
+//!
+//! The files are re-read every `reload_interval`; a changed, valid set
+//! replaces the CA without a restart, a changed but invalid set is logged and
+//! ignored (the previous CA keeps signing). The key must match the
+//! certificate and the certificate must be a CA, at start-up and on reload.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use rustls_pki_types::CertificateDer;
+use serde::Deserialize;
+use signet_core::chain::{IssuedChain, TrustBundle};
+use signet_core::clock::rfc3339;
+use signet_core::crypto::sha256;
+use signet_core::duration::HumanDuration;
+use signet_core::issuer::{CaError, LocalCa};
+use signet_core::key::{KeyLoadError, PrivateKey};
+use signet_core::pem::{self, PemError};
+use signet_core::signer::Capabilities;
+use signet_core::{BackendInfo, Clock, IssuanceDecision, SignError, Signer, VerifiedCsr};
+
+fn default_reload_interval() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+
+/// `backends.<name>` with `type: local`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    /// PEM with the CA certificate first, optionally followed by the chain above it.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1) of the CA certificate.
+    pub key_file: PathBuf,
+    /// Optional PEM with the certificates above the CA, up to and including the root.
+    #[serde(default)]
+    pub chain_file: Option<PathBuf>,
+    /// Optional PEM with the trust anchors to publish; default: the top of the chain.
+    #[serde(default)]
+    pub roots_file: Option<PathBuf>,
+    /// How often the files are checked for changes.
+    #[serde(default = "default_reload_interval")]
+    pub reload_interval: HumanDuration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LocalError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Pem { path: PathBuf, source: PemError },
+    #[error("{path}: no CERTIFICATE block")]
+    NoCertificate { path: PathBuf },
+    #[error("{path}: {source}")]
+    Key { path: PathBuf, source: KeyLoadError },
+    #[error("{cert}: {source}")]
+    Ca { cert: PathBuf, source: CaError },
+    #[error("reload_interval must be at least 1s")]
+    ReloadInterval,
+}
+
+/// A CA held in process, reloaded from its files.
+#[derive(Debug)]
+pub struct LocalBackend {
+    name: String,
+    config: LocalConfig,
+    clock: Arc<dyn Clock>,
+    ca: ArcSwap<LocalCa>,
+    /// SHA-256 over the files' contents at the last successful load.
+    fingerprint: Mutex<[u8; 32]>,
+}
+
+struct Files {
+    cert: Vec<u8>,
+    key: zeroize::Zeroizing<Vec<u8>>,
+    chain: Option<Vec<u8>>,
+    roots: Option<Vec<u8>>,
+}
+
+impl Files {
+    fn fingerprint(&self) -> [u8; 32] {
+        let mut all = Vec::with_capacity(self.cert.len() + self.key.len() + 64);
+        for part in [
+            Some(&self.cert[..]),
+            Some(&self.key[..]),
+            self.chain.as_deref(),
+            self.roots.as_deref(),
+        ] {
+            let part = part.unwrap_or_default();
+            all.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            all.extend_from_slice(&sha256(part));
+        }
+        sha256(&all)
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, LocalError> {
+    std::fs::read(path).map_err(|source| LocalError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn certs(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, LocalError> {
+    pem::certificates(bytes)
+        .map(|v| v.into_iter().map(CertificateDer::from).collect())
+        .map_err(|source| LocalError::Pem {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+#[cfg(unix)]
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "CA key file is readable by group or others; chmod 600 it");
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_readable_by_others(_: &Path) {}
+
+impl LocalBackend {
+    /// Loads the CA from its files, refusing anything unusable.
+    pub fn load(
+        name: &str,
+        config: LocalConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, LocalError> {
+        if config.reload_interval.get() < Duration::from_secs(1) {
+            return Err(LocalError::ReloadInterval);
+        }
+        warn_if_readable_by_others(&config.key_file);
+        let files = Self::read_files(&config)?;
+        let fingerprint = files.fingerprint();
+        let ca = Self::build(&config, files, clock.as_ref())?;
+        tracing::info!(backend = name, subject = ca.subject(), not_after = %rfc3339(ca.not_after()), "local CA loaded");
+        Ok(Self {
+            name: name.to_owned(),
+            config,
+            clock,
+            ca: ArcSwap::from_pointee(ca),
+            fingerprint: Mutex::new(fingerprint),
+        })
+    }
+
+    fn read_files(config: &LocalConfig) -> Result<Files, LocalError> {
+        Ok(Files {
+            cert: read(&config.cert_file)?,
+            key: zeroize::Zeroizing::new(read(&config.key_file)?),
+            chain: config.chain_file.as_deref().map(read).transpose()?,
+            roots: config.roots_file.as_deref().map(read).transpose()?,
+        })
+    }
+
+    fn build(config: &LocalConfig, files: Files, clock: &dyn Clock) -> Result<LocalCa, LocalError> {
+        let mut cert_and_chain = certs(&config.cert_file, &files.cert)?;
+        if cert_and_chain.is_empty() {
+            return Err(LocalError::NoCertificate {
+                path: config.cert_file.clone(),
+            });
+        }
+        let cert = cert_and_chain.remove(0);
+        let mut chain = cert_and_chain;
+        if let (Some(path), Some(bytes)) = (&config.chain_file, &files.chain) {
+            chain.extend(certs(path, bytes)?);
+        }
+        let roots = match (&config.roots_file, &files.roots) {
+            (Some(path), Some(bytes)) => {
+                let roots = certs(path, bytes)?;
+                if roots.is_empty() {
+                    return Err(LocalError::NoCertificate { path: path.clone() });
+                }
+                Some(roots)
+            }
+            _ => None,
+        };
+        let key = PrivateKey::from_pem(&files.key).map_err(|source| LocalError::Key {
+            path: config.key_file.clone(),
+            source,
+        })?;
+        LocalCa::new(cert, key, chain, roots, clock.now()).map_err(|source| LocalError::Ca {
+            cert: config.cert_file.clone(),
+            source,
+        })
+    }
+
+    /// Re-reads the files; swaps the CA in if they changed and are valid.
+    /// Returns whether a new CA was installed.
+    pub fn reload_if_changed(&self) -> Result<bool, LocalError> {
+        let files = Self::read_files(&self.config)?;
+        let fingerprint = files.fingerprint();
+        let mut current = self.fingerprint.lock().unwrap_or_else(|e| e.into_inner());
+        if *current == fingerprint {
+            return Ok(false);
+        }
+        let ca = Self::build(&self.config, files, self.clock.as_ref())?;
+        tracing::info!(backend = %self.name, subject = ca.subject(), not_after = %rfc3339(ca.not_after()), "local CA reloaded");
+        self.ca.store(Arc::new(ca));
+        *current = fingerprint;
+        Ok(true)
+    }
+
+    /// Polls the files every `reload_interval` until the backend is dropped.
+    pub fn spawn_reloader(this: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Self> = Arc::downgrade(this);
+        let period = this.config.reload_interval.get();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            let mut failing = false;
+            loop {
+                tick.tick().await;
+                let Some(backend) = weak.upgrade() else {
+                    return;
+                };
+                match backend.reload_if_changed() {
+                    Ok(_) => failing = false,
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::error!(backend = %backend.name, error = %e, "CA files changed but cannot be used; still signing with the previous CA");
+                    }
+                    Err(e) => {
+                        tracing::debug!(backend = %backend.name, error = %e, "CA files still unusable")
+                    }
+                }
+            }
+        })
+    }
+
+    /// The CA currently signing.
+    pub fn current(&self) -> Arc<LocalCa> {
+        self.ca.load_full()
+    }
+}
+
+#[async_trait]
+impl Signer for LocalBackend {
+    async fn sign(
+        &self,
+        decision: &IssuanceDecision,
+        csr: &VerifiedCsr,
+    ) -> Result<IssuedChain, SignError> {
+        self.ca.load().sign(decision, csr.public_key())
+    }
+
+    async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {
+        Ok(self.ca.load().trust_bundle().clone())
+    }
+
+    fn describe(&self) -> BackendInfo {
+        let ca = self.ca.load();
+        let now = self.clock.now();
+        let ready = if now > ca.not_after() {
+            Err(format!("the CA expired at {}", rfc3339(ca.not_after())))
+        } else {
+            Ok(())
+        };
+        BackendInfo {
+            name: self.name.clone(),
+            kind: "local",
+            capabilities: Capabilities {
+                issues_intermediates: true,
+                honours_ttl: true,
+                in_process: true,
+                idempotent_for: None,
+                constrains_path_len: true,
+            },
+            ca_not_after: Some(ca.not_after()),
+            ready,
+        }
+    }
+}

@@ -1,0 +1,931 @@
+//! The `vault` backend: HashiCorp Vault's or OpenBao's PKI secrets engine.
+//!
+//! Leaves are signed by `<mount>/sign/<role>`, intermediates by
+//! `<mount>/root/sign-intermediate` (or `<mount>/issuer/<ref>/sign-intermediate`)
+//! with `max_path_length=0`. Responses are read leniently and the chain is
+//! rebuilt from what Vault returns, because Vault's `ca_chain` has known
+//! quirks: it may be empty, contain the issued certificate itself, lack the
+//! root, or (on some versions) come in another order; `expiration` has been a
+//! number and a string. The trust bundle comes from the mount's issuers and is
+//! refreshed periodically.
+//!
+//! Authentication: a token (file or environment variable; renewed when
+//! renewable), AppRole or Kubernetes login (logged in again before the lease
+//! ends, and on a 403). Tokens are never logged.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use async_trait::async_trait;
+use rustify_derive::Endpoint;
+use rustls_pki_types::CertificateDer;
+use serde::Deserialize;
+use signet_core::chain::{self, IssuedChain, TrustBundle};
+use signet_core::duration::HumanDuration;
+use signet_core::names::San;
+use signet_core::pem;
+use signet_core::resilience::ResilienceConfig;
+use signet_core::signer::Capabilities;
+use signet_core::{BackendInfo, Clock, IssuanceDecision, SignError, Signer, VerifiedCsr};
+use vaultrs::api::AuthInfo;
+use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
+use zeroize::Zeroizing;
+
+fn default_mount() -> String {
+    "pki".to_owned()
+}
+fn default_approle_mount() -> String {
+    "approle".to_owned()
+}
+fn default_kubernetes_mount() -> String {
+    "kubernetes".to_owned()
+}
+fn default_sa_token() -> PathBuf {
+    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+}
+fn default_refresh() -> HumanDuration {
+    HumanDuration::from_secs(300)
+}
+
+/// `backends.<name>` with `type: vault`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// `https://vault.example:8200`.
+    pub address: String,
+    /// Vault Enterprise / OpenBao namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Mount path of the PKI engine.
+    #[serde(default = "default_mount")]
+    pub mount: String,
+    /// Role for leaf certificates (`<mount>/sign/<role>`); needed in direct mode.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Issuer reference for intermediates (`<mount>/issuer/<ref>/sign-intermediate`);
+    /// default: the mount's default issuer (`<mount>/root/sign-intermediate`).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// PEM CA bundle to verify Vault's TLS certificate (default: system roots).
+    #[serde(default)]
+    pub ca_cert_file: Option<PathBuf>,
+    pub auth: VaultAuth,
+    /// Extra trust anchors (PEM), e.g. the organisation's root when the mount
+    /// holds only an intermediate without its root.
+    #[serde(default)]
+    pub roots_file: Option<PathBuf>,
+    /// How often the trust bundle is re-read from the mount.
+    #[serde(default = "default_refresh")]
+    pub trust_bundle_refresh: HumanDuration,
+    #[serde(default)]
+    pub resilience: ResilienceConfig,
+}
+
+/// How signet logs in to Vault. Written as a map with exactly one key:
+/// `auth: { token: {...} }`, `{ approle: {...} }` or `{ kubernetes: {...} }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "AuthMap")]
+pub enum VaultAuth {
+    /// A token from a file (re-read at every login) or an environment variable.
+    Token {
+        token_file: Option<PathBuf>,
+        token_env: Option<String>,
+    },
+    /// AppRole: `auth/<mount>/login` with a role ID and a secret ID from a file.
+    Approle {
+        mount: String,
+        role_id: String,
+        secret_id_file: PathBuf,
+    },
+    /// Kubernetes: `auth/<mount>/login` with a service-account token.
+    Kubernetes {
+        mount: String,
+        role: String,
+        token_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthMap {
+    #[serde(default)]
+    token: Option<TokenAuth>,
+    #[serde(default)]
+    approle: Option<ApproleAuth>,
+    #[serde(default)]
+    kubernetes: Option<KubernetesAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenAuth {
+    #[serde(default)]
+    token_file: Option<PathBuf>,
+    #[serde(default)]
+    token_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproleAuth {
+    #[serde(default = "default_approle_mount")]
+    mount: String,
+    role_id: String,
+    secret_id_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KubernetesAuth {
+    #[serde(default = "default_kubernetes_mount")]
+    mount: String,
+    role: String,
+    #[serde(default = "default_sa_token")]
+    token_file: PathBuf,
+}
+
+impl TryFrom<AuthMap> for VaultAuth {
+    type Error = String;
+    fn try_from(m: AuthMap) -> Result<Self, String> {
+        match (m.token, m.approle, m.kubernetes) {
+            (Some(t), None, None) => match (&t.token_file, &t.token_env) {
+                (Some(_), None) | (None, Some(_)) => Ok(VaultAuth::Token {
+                    token_file: t.token_file,
+                    token_env: t.token_env,
+                }),
+                _ => Err("auth.token needs exactly one of token_file and token_env".into()),
+            },
+            (None, Some(a), None) => Ok(VaultAuth::Approle {
+                mount: a.mount,
+                role_id: a.role_id,
+                secret_id_file: a.secret_id_file,
+            }),
+            (None, None, Some(k)) => Ok(VaultAuth::Kubernetes {
+                mount: k.mount,
+                role: k.role,
+                token_file: k.token_file,
+            }),
+            _ => Err("auth needs exactly one of token, approle, kubernetes".into()),
+        }
+    }
+}
+
+impl VaultAuth {
+    fn method(&self) -> &'static str {
+        match self {
+            VaultAuth::Token { .. } => "token",
+            VaultAuth::Approle { .. } => "approle",
+            VaultAuth::Kubernetes { .. } => "kubernetes",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VaultError {
+    #[error("address {0:?} is not an http(s) URL")]
+    Address(String),
+    #[error("auth.token needs exactly one of token_file and token_env")]
+    TokenSource,
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {detail}")]
+    Pem { path: PathBuf, detail: String },
+    #[error("environment variable {0} is not set")]
+    Env(String),
+}
+
+// === Vault API endpoints (lenient responses) ===
+
+#[derive(Debug, Default, Endpoint)]
+#[endpoint(
+    path = "{self.mount}/sign/{self.role}",
+    method = "POST",
+    response = "SignResponse"
+)]
+struct SignLeaf {
+    #[endpoint(skip)]
+    mount: String,
+    #[endpoint(skip)]
+    role: String,
+    csr: String,
+    alt_names: Option<String>,
+    ip_sans: Option<String>,
+    uri_sans: Option<String>,
+    ttl: String,
+    format: String,
+    exclude_cn_from_sans: bool,
+}
+
+#[derive(Debug, Default, Endpoint)]
+#[endpoint(path = "{self.path}", method = "POST", response = "SignResponse")]
+struct SignIntermediate {
+    /// `<mount>/root/sign-intermediate` or `<mount>/issuer/<ref>/sign-intermediate`.
+    #[endpoint(skip)]
+    path: String,
+    csr: String,
+    common_name: Option<String>,
+    uri_sans: Option<String>,
+    ttl: String,
+    format: String,
+    max_path_length: i32,
+    exclude_cn_from_sans: bool,
+    use_csr_values: bool,
+}
+
+/// What `sign` and `sign-intermediate` return; only what is needed, leniently.
+#[derive(Debug, Deserialize)]
+struct SignResponse {
+    certificate: String,
+    #[serde(default)]
+    issuing_ca: Option<String>,
+    #[serde(default)]
+    ca_chain: Option<ChainField>,
+}
+
+/// `ca_chain` as a list of PEM strings, or as one string (some endpoints and
+/// versions).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ChainField {
+    List(Vec<String>),
+    One(String),
+}
+
+impl ChainField {
+    fn pems(&self) -> Vec<&str> {
+        match self {
+            ChainField::List(v) => v.iter().map(String::as_str).collect(),
+            ChainField::One(s) => vec![s.as_str()],
+        }
+    }
+}
+
+#[derive(Debug, Default, Endpoint)]
+#[endpoint(
+    path = "{self.mount}/issuers",
+    method = "LIST",
+    response = "IssuerList"
+)]
+struct ListIssuers {
+    #[endpoint(skip)]
+    mount: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct IssuerList {
+    #[serde(default)]
+    keys: Vec<String>,
+}
+
+#[derive(Debug, Default, Endpoint)]
+#[endpoint(
+    path = "{self.mount}/issuer/{self.issuer}/json",
+    response = "IssuerCert"
+)]
+struct ReadIssuer {
+    #[endpoint(skip)]
+    mount: String,
+    #[endpoint(skip)]
+    issuer: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct IssuerCert {
+    certificate: String,
+    #[serde(default)]
+    ca_chain: Option<ChainField>,
+}
+
+#[derive(Debug, Default, Endpoint)]
+#[endpoint(path = "{self.mount}/cert/ca_chain", response = "CaChain")]
+struct ReadCaChain {
+    #[endpoint(skip)]
+    mount: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct CaChain {
+    #[serde(default)]
+    ca_chain: Option<ChainField>,
+    #[serde(default)]
+    certificate: Option<String>,
+}
+
+// === impl VaultBackend ===
+
+/// How long the current token lives and whether it can be renewed.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    obtained: SystemTime,
+    ttl: Option<Duration>,
+    renewable: bool,
+}
+
+impl Lease {
+    fn from_auth(info: &AuthInfo, now: SystemTime) -> Self {
+        Self {
+            obtained: now,
+            ttl: (info.lease_duration > 0).then(|| Duration::from_secs(info.lease_duration)),
+            renewable: info.renewable,
+        }
+    }
+
+    /// When to act: renew (or log in again) at two thirds of the lease.
+    fn due(&self) -> Option<SystemTime> {
+        self.ttl.map(|t| self.obtained + t * 2 / 3)
+    }
+
+    fn expired(&self, now: SystemTime) -> bool {
+        self.ttl.is_some_and(|t| now >= self.obtained + t)
+    }
+}
+
+/// A Vault/OpenBao PKI mount as a signer.
+pub struct VaultBackend {
+    name: String,
+    config: VaultConfig,
+    clock: Arc<dyn Clock>,
+    client: ArcSwapOption<VaultClient>,
+    lease: Mutex<Option<Lease>>,
+    login_lock: tokio::sync::Mutex<()>,
+    bundle: ArcSwapOption<TrustBundle>,
+    extra_roots: Vec<CertificateDer<'static>>,
+    last_error: ArcSwap<Option<String>>,
+}
+
+impl fmt::Debug for VaultBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultBackend")
+            .field("name", &self.name)
+            .field("address", &self.config.address)
+            .field("mount", &self.config.mount)
+            .field("auth", &self.config.auth.method())
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &PathBuf) -> Result<Zeroizing<String>, VaultError> {
+    std::fs::read_to_string(path)
+        .map(Zeroizing::new)
+        .map_err(|source| VaultError::Io {
+            path: path.clone(),
+            source,
+        })
+}
+
+/// Maps a Vault client error to the pipeline's vocabulary: unreachable,
+/// sealed, overloaded or throttling is retryable; a refusal is not.
+fn map_err(e: ClientError) -> SignError {
+    use rustify::errors::ClientError as Rest;
+    let by_code = |code: u16, detail: String| match code {
+        429 => SignError::RateLimited { retry_after: None },
+        500..=599 => SignError::BackendUnavailable(format!("vault answered {code}: {detail}")),
+        _ => SignError::BackendRejected(format!("vault answered {code}: {detail}")),
+    };
+    match e {
+        ClientError::APIError { code, errors } => by_code(code, errors.join("; ")),
+        ClientError::RestClientError { source } => match source {
+            Rest::ServerResponseError { code, content } => by_code(
+                code,
+                content.unwrap_or_default().chars().take(200).collect(),
+            ),
+            Rest::RequestError { .. } | Rest::ResponseError { .. } => {
+                SignError::BackendUnavailable(format!("cannot reach vault: {source:#}"))
+            }
+            Rest::ResponseParseError { .. } | Rest::ResponseConversionError { .. } => {
+                SignError::BackendRejected(format!("unexpected answer from vault: {source}"))
+            }
+            other => SignError::Internal(format!("vault request: {other}")),
+        },
+        ClientError::ResponseEmptyError | ClientError::ResponseDataEmptyError => {
+            SignError::BackendRejected("vault returned no data".into())
+        }
+        other => SignError::BackendUnavailable(other.to_string()),
+    }
+}
+
+fn is_forbidden(e: &ClientError) -> bool {
+    matches!(e, ClientError::APIError { code: 403, .. })
+        || matches!(
+            e,
+            ClientError::RestClientError {
+                source: rustify::errors::ClientError::ServerResponseError { code: 403, .. }
+            }
+        )
+}
+
+/// All certificates in some PEM strings (an element may hold several).
+fn certs_in<'a>(
+    pems: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<CertificateDer<'static>>, SignError> {
+    let mut out = Vec::new();
+    for p in pems {
+        if p.trim().is_empty() {
+            continue;
+        }
+        let certs = pem::certificates(p.as_bytes()).map_err(|e| {
+            SignError::BackendRejected(format!("vault returned malformed PEM: {e}"))
+        })?;
+        out.extend(certs.into_iter().map(CertificateDer::from));
+    }
+    Ok(out)
+}
+
+impl VaultBackend {
+    /// Validates the configuration and reads the files it names. No network
+    /// call happens here: Vault may be down when signet starts.
+    pub fn new(
+        name: &str,
+        config: VaultConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, VaultError> {
+        if !(config.address.starts_with("http://") || config.address.starts_with("https://")) {
+            return Err(VaultError::Address(config.address.clone()));
+        }
+        match &config.auth {
+            VaultAuth::Token {
+                token_file,
+                token_env,
+            } => match (token_file, token_env) {
+                (Some(f), None) => {
+                    read(f)?;
+                }
+                (None, Some(v)) => {
+                    std::env::var(v).map_err(|_| VaultError::Env(v.clone()))?;
+                }
+                _ => return Err(VaultError::TokenSource),
+            },
+            VaultAuth::Approle { secret_id_file, .. } => {
+                read(secret_id_file)?;
+            }
+            VaultAuth::Kubernetes { token_file, .. } => {
+                read(token_file)?;
+            }
+        }
+        if let Some(ca) = &config.ca_cert_file {
+            read(ca)?;
+        }
+        let extra_roots = match &config.roots_file {
+            Some(path) => {
+                let pem = read(path)?;
+                certs_in([pem.as_str()]).map_err(|e| VaultError::Pem {
+                    path: path.clone(),
+                    detail: e.to_string(),
+                })?
+            }
+            None => Vec::new(),
+        };
+        Ok(Arc::new(Self {
+            name: name.to_owned(),
+            config,
+            clock,
+            client: ArcSwapOption::empty(),
+            lease: Mutex::new(None),
+            login_lock: tokio::sync::Mutex::new(()),
+            bundle: ArcSwapOption::empty(),
+            extra_roots,
+            last_error: ArcSwap::from_pointee(None),
+        }))
+    }
+
+    fn client_with_token(&self, token: &str) -> Result<VaultClient, SignError> {
+        let mut settings = VaultClientSettingsBuilder::default();
+        settings
+            .address(&self.config.address)
+            .token(token)
+            .verify(true)
+            .ca_certs(
+                self.config
+                    .ca_cert_file
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
+            )
+            .timeout(Some(self.config.resilience.timeout.get()));
+        if let Some(ns) = &self.config.namespace {
+            settings.namespace(Some(ns.clone()));
+        }
+        let settings = settings
+            .build()
+            .map_err(|e| SignError::Internal(format!("vault client settings: {e}")))?;
+        VaultClient::new(settings).map_err(|e| SignError::Internal(format!("vault client: {e}")))
+    }
+
+    /// Logs in (or re-reads the token) and installs a fresh client.
+    async fn login(&self, stale: Option<&Arc<VaultClient>>) -> Result<Arc<VaultClient>, SignError> {
+        let _guard = self.login_lock.lock().await;
+        // Someone else logged in while we waited.
+        if let (Some(current), Some(stale)) = (self.client.load_full(), stale)
+            && !Arc::ptr_eq(&current, stale)
+        {
+            return Ok(current);
+        }
+        let now = self.clock.now();
+        let (client, lease) = match &self.config.auth {
+            VaultAuth::Token {
+                token_file,
+                token_env,
+            } => {
+                let token = match (token_file, token_env) {
+                    (Some(f), _) => read(f).map_err(|e| SignError::Internal(e.to_string()))?,
+                    (None, Some(v)) => Zeroizing::new(
+                        std::env::var(v)
+                            .map_err(|_| SignError::Internal(format!("{v} is not set")))?,
+                    ),
+                    (None, None) => return Err(SignError::Internal("no token source".into())),
+                };
+                let client = self.client_with_token(token.trim())?;
+                let info = vaultrs::token::lookup_self(&client)
+                    .await
+                    .map_err(map_err)?;
+                let lease = Lease {
+                    obtained: now,
+                    ttl: (info.ttl > 0).then(|| Duration::from_secs(info.ttl)),
+                    renewable: info.renewable.unwrap_or(false),
+                };
+                (client, lease)
+            }
+            VaultAuth::Approle {
+                mount,
+                role_id,
+                secret_id_file,
+            } => {
+                let secret =
+                    read(secret_id_file).map_err(|e| SignError::Internal(e.to_string()))?;
+                let anon = self.client_with_token("")?;
+                let info = vaultrs::auth::approle::login(&anon, mount, role_id, secret.trim())
+                    .await
+                    .map_err(map_err)?;
+                (
+                    self.client_with_token(&info.client_token)?,
+                    Lease::from_auth(&info, now),
+                )
+            }
+            VaultAuth::Kubernetes {
+                mount,
+                role,
+                token_file,
+            } => {
+                let jwt = read(token_file).map_err(|e| SignError::Internal(e.to_string()))?;
+                let anon = self.client_with_token("")?;
+                let info = vaultrs::auth::kubernetes::login(&anon, mount, role, jwt.trim())
+                    .await
+                    .map_err(map_err)?;
+                (
+                    self.client_with_token(&info.client_token)?,
+                    Lease::from_auth(&info, now),
+                )
+            }
+        };
+        tracing::info!(
+            backend = %self.name,
+            method = self.config.auth.method(),
+            ttl = ?lease.ttl.map(HumanDuration),
+            renewable = lease.renewable,
+            "logged in to vault"
+        );
+        let client = Arc::new(client);
+        self.client.store(Some(client.clone()));
+        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
+        Ok(client)
+    }
+
+    async fn client(&self) -> Result<Arc<VaultClient>, SignError> {
+        let expired = self
+            .lease
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|l| l.expired(self.clock.now()));
+        match self.client.load_full() {
+            Some(c) if !expired => Ok(c),
+            stale => self.login(stale.as_ref()).await,
+        }
+    }
+
+    /// Runs `op` with a logged-in client; on 403 logs in again and retries once.
+    async fn call<T, F, Fut>(&self, op: F) -> Result<T, SignError>
+    where
+        F: Fn(Arc<VaultClient>) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let client = self.client().await?;
+        match op(client.clone()).await {
+            Err(e) if is_forbidden(&e) => {
+                tracing::info!(backend = %self.name, "vault answered 403; logging in again");
+                let client = self.login(Some(&client)).await?;
+                op(client).await.map_err(map_err)
+            }
+            other => other.map_err(map_err),
+        }
+    }
+
+    /// Renews the token if it is renewable and due; logs in again if it is
+    /// not renewable and due, or if renewal fails.
+    async fn maintain_token(&self) {
+        let lease = *self.lease.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(lease) = lease else { return };
+        let Some(due) = lease.due() else { return };
+        if self.clock.now() < due {
+            return;
+        }
+        let stale = self.client.load_full();
+        if lease.renewable
+            && let Some(client) = &stale
+        {
+            match vaultrs::token::renew_self(client.as_ref(), None).await {
+                Ok(info) => {
+                    let renewed = Lease {
+                        obtained: self.clock.now(),
+                        ttl: (info.lease_duration > 0)
+                            .then(|| Duration::from_secs(info.lease_duration)),
+                        renewable: info.renewable,
+                    };
+                    // Vault caps renewals at the token's max TTL: when it
+                    // stops granting time, log in again instead.
+                    if renewed.ttl.is_some_and(|t| t > Duration::from_secs(5)) {
+                        tracing::debug!(backend = %self.name, ttl = ?renewed.ttl, "vault token renewed");
+                        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(renewed);
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(backend = %self.name, error = %map_err(e), "renewing the vault token failed; logging in again")
+                }
+            }
+        }
+        if let Err(e) = self.login(stale.as_ref()).await {
+            tracing::warn!(backend = %self.name, error = %e, "logging in to vault failed; will retry");
+        }
+    }
+
+    /// Reads the roots from the mount's issuers (falling back to its CA chain)
+    /// plus `roots_file`, and caches them.
+    pub async fn refresh_trust_bundle(&self) -> Result<TrustBundle, SignError> {
+        let mount = self.config.mount.clone();
+        let listed = self.call(|c| {
+            let mount = mount.clone();
+            async move { vaultrs::api::exec_with_result(c.as_ref(), ListIssuers { mount }).await }
+        })
+        .await;
+        let mut chains: Vec<Vec<CertificateDer<'static>>> = Vec::new();
+        match listed {
+            Ok(list) => {
+                for id in list.keys {
+                    let mount = mount.clone();
+                    let issuer = self
+                        .call(|c| {
+                            let (mount, issuer) = (mount.clone(), id.clone());
+                            async move {
+                                vaultrs::api::exec_with_result(
+                                    c.as_ref(),
+                                    ReadIssuer { mount, issuer },
+                                )
+                                .await
+                            }
+                        })
+                        .await?;
+                    let mut pems = vec![issuer.certificate.as_str()];
+                    if let Some(chain) = &issuer.ca_chain {
+                        pems.extend(chain.pems());
+                    }
+                    chains.push(certs_in(pems)?);
+                }
+            }
+            // Vault before 1.11 has no issuers API.
+            Err(SignError::BackendRejected(_)) => {
+                let chain = self
+                    .call(|c| {
+                        let mount = mount.clone();
+                        async move {
+                            vaultrs::api::exec_with_result(c.as_ref(), ReadCaChain { mount }).await
+                        }
+                    })
+                    .await?;
+                let mut pems: Vec<&str> = chain
+                    .ca_chain
+                    .as_ref()
+                    .map(ChainField::pems)
+                    .unwrap_or_default();
+                if let Some(c) = &chain.certificate {
+                    pems.push(c);
+                }
+                chains.push(certs_in(pems)?);
+            }
+            Err(e) => return Err(e),
+        }
+        let mut roots: Vec<CertificateDer<'static>> = chains
+            .iter()
+            .flatten()
+            .filter(|c| chain::is_self_signed(c))
+            .cloned()
+            .collect();
+        roots.extend(self.extra_roots.iter().cloned());
+        if roots.is_empty() {
+            // An intermediate mount whose root Vault was never given, and no
+            // roots_file: the top of each chain is the best anchor there is.
+            tracing::warn!(backend = %self.name, "vault has no root certificate for this mount; trusting the top of its chain (set roots_file to anchor at the real root)");
+            roots.extend(chains.iter().filter_map(|c| c.last().cloned()));
+        }
+        let bundle = TrustBundle::new(roots)
+            .map_err(|e| SignError::BackendRejected(format!("vault's CA certificates: {e}")))?;
+        self.bundle.store(Some(Arc::new(bundle.clone())));
+        Ok(bundle)
+    }
+
+    async fn bundle(&self) -> Result<TrustBundle, SignError> {
+        match self.bundle.load_full() {
+            Some(b) => Ok((*b).clone()),
+            None => self.refresh_trust_bundle().await,
+        }
+    }
+
+    /// Keeps the token fresh and the trust bundle current until dropped.
+    pub fn spawn_maintenance(this: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Self> = Arc::downgrade(this);
+        let refresh = this.config.trust_bundle_refresh.get();
+        tokio::spawn(async move {
+            let mut next_refresh = tokio::time::Instant::now();
+            loop {
+                let Some(this) = weak.upgrade() else { return };
+                if tokio::time::Instant::now() >= next_refresh {
+                    match this.refresh_trust_bundle().await {
+                        Ok(b) => {
+                            this.last_error.store(Arc::new(None));
+                            tracing::debug!(backend = %this.name, roots = b.roots().len(), "vault trust bundle refreshed");
+                            next_refresh = tokio::time::Instant::now() + refresh;
+                        }
+                        Err(e) => {
+                            tracing::warn!(backend = %this.name, error = %e, "refreshing the trust bundle from vault failed");
+                            this.last_error.store(Arc::new(Some(e.to_string())));
+                            next_refresh =
+                                tokio::time::Instant::now() + Duration::from_secs(5).min(refresh);
+                        }
+                    }
+                }
+                this.maintain_token().await;
+                let token_due = this
+                    .lease
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .and_then(|l| l.due())
+                    .and_then(|due| due.duration_since(this.clock.now()).ok());
+                drop(this);
+                let until_refresh =
+                    next_refresh.saturating_duration_since(tokio::time::Instant::now());
+                let wait = token_due
+                    .map_or(until_refresh, |t| t.min(until_refresh))
+                    .max(Duration::from_millis(200));
+                tokio::time::sleep(wait).await;
+            }
+        })
+    }
+
+    fn assemble(&self, resp: &SignResponse, bundle: TrustBundle) -> Result<IssuedChain, SignError> {
+        let mut issued = certs_in([resp.certificate.as_str()])?;
+        if issued.is_empty() {
+            return Err(SignError::BackendRejected(
+                "vault returned no certificate".into(),
+            ));
+        }
+        let leaf = issued.remove(0);
+        let mut candidates = issued;
+        if let Some(chain) = &resp.ca_chain {
+            candidates.extend(certs_in(chain.pems())?);
+        }
+        if let Some(ca) = &resp.issuing_ca {
+            candidates.extend(certs_in([ca.as_str()])?);
+        }
+        let path = chain::order_path(&leaf, candidates);
+        IssuedChain::new(leaf, path, bundle).map_err(SignError::BadChain)
+    }
+}
+
+fn join(values: impl Iterator<Item = String>) -> Option<String> {
+    let v: Vec<String> = values.collect();
+    (!v.is_empty()).then(|| v.join(","))
+}
+
+#[async_trait]
+impl Signer for VaultBackend {
+    async fn sign(
+        &self,
+        decision: &IssuanceDecision,
+        csr: &VerifiedCsr,
+    ) -> Result<IssuedChain, SignError> {
+        let now = self.clock.now();
+        let ttl = decision
+            .not_after()
+            .duration_since(now)
+            .unwrap_or_default()
+            .as_secs()
+            .max(1);
+        let uri_sans = join(decision.sans().iter().filter_map(|s| match s {
+            San::Uri(id) => Some(id.to_string()),
+            _ => None,
+        }));
+        let resp = if let Some(ca) = decision.ca() {
+            let path = match &self.config.issuer {
+                Some(issuer) => format!("{}/issuer/{issuer}/sign-intermediate", self.config.mount),
+                None => format!("{}/root/sign-intermediate", self.config.mount),
+            };
+            let req = |path: String| SignIntermediate {
+                path,
+                csr: csr.to_pem(),
+                common_name: decision.common_name().map(str::to_owned),
+                uri_sans: uri_sans.clone(),
+                ttl: format!("{ttl}s"),
+                format: "pem".into(),
+                max_path_length: ca.path_len.map_or(-1, i32::from),
+                exclude_cn_from_sans: true,
+                use_csr_values: false,
+            };
+            self.call(|c| {
+                let r = req(path.clone());
+                async move { vaultrs::api::exec_with_result(c.as_ref(), r).await }
+            })
+            .await?
+        } else {
+            let Some(role) = self.config.role.clone() else {
+                return Err(SignError::BackendRejected(format!(
+                    "backend {} has no `role` for leaf certificates (use mode: delegated, or set role)",
+                    self.name
+                )));
+            };
+            let alt_names = join(decision.sans().iter().filter_map(|s| match s {
+                San::Dns(d) => Some(d.to_string()),
+                _ => None,
+            }));
+            let ip_sans = join(decision.sans().iter().filter_map(|s| match s {
+                San::Ip(ip) => Some(ip.to_string()),
+                _ => None,
+            }));
+            let mount = self.config.mount.clone();
+            self.call(|c| {
+                let r = SignLeaf {
+                    mount: mount.clone(),
+                    role: role.clone(),
+                    csr: csr.to_pem(),
+                    alt_names: alt_names.clone(),
+                    ip_sans: ip_sans.clone(),
+                    uri_sans: uri_sans.clone(),
+                    ttl: format!("{ttl}s"),
+                    format: "pem".into(),
+                    exclude_cn_from_sans: true,
+                };
+                async move { vaultrs::api::exec_with_result(c.as_ref(), r).await }
+            })
+            .await?
+        };
+        let chain = self.assemble(&resp, self.bundle().await?)?;
+        if chain.verify(self.clock.now()).is_err() {
+            // Vault's roots may have changed (rotation): read them again once.
+            let bundle = self.refresh_trust_bundle().await?;
+            return self.assemble(&resp, bundle);
+        }
+        Ok(chain)
+    }
+
+    async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {
+        self.bundle().await
+    }
+
+    fn describe(&self) -> BackendInfo {
+        let bundle = self.bundle.load_full();
+        let ready = match (&bundle, self.last_error.load().as_ref()) {
+            (Some(_), _) => Ok(()),
+            (None, Some(e)) => Err(format!("vault unreachable: {e}")),
+            (None, None) => Err("trust bundle not read from vault yet".to_owned()),
+        };
+        BackendInfo {
+            name: self.name.clone(),
+            kind: "vault",
+            capabilities: Capabilities {
+                issues_intermediates: true,
+                honours_ttl: true,
+                in_process: false,
+                idempotent_for: None,
+                constrains_path_len: true,
+            },
+            ca_not_after: bundle.and_then(|b| b.earliest_expiry()),
+            ready,
+        }
+    }
+}
+
+impl fmt::Display for VaultBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "vault {} at {} (mount {})",
+            self.name, self.config.address, self.config.mount
+        )
+    }
+}

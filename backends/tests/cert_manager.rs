@@ -1,0 +1,534 @@
+//! The `cert_manager` backend against the Kubernetes API fake, with a small
+//! simulated cert-manager controller that approves and signs
+//! CertificateRequests the way cert-manager's CA issuer does (leaf plus
+//! intermediates in `status.certificate`, the root in `status.ca`, no
+//! pathLenConstraint on CA certificates).
+#![cfg(feature = "cert_manager")]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use futures::StreamExt as _;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::PostParams;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
+use kube::{Api, Client, CustomResourceExt as _, ResourceExt as _};
+use serde_json::json;
+use signet_backends::cert_manager::{
+    CertManagerBackend, CertManagerConfig, CertificateRequest, CertificateRequestSpec,
+    IssuerRefConfig, RequestCondition, now_rfc3339,
+};
+use signet_backends::{BackendConfig, BackendKind};
+use signet_core::caller::{AuthMethod, Caller};
+use signet_core::delegated::{Delegated, IntermediateConfig};
+use signet_core::duration::HumanDuration;
+use signet_core::issuer::LocalCa;
+use signet_core::key::{KeyAlgorithm, PrivateKey};
+use signet_core::names::San;
+use signet_core::policy::{
+    AuthorityPolicy, Grant, IssuanceDecision, IssuanceRequest, PolicyConfig, Profile, TtlOverflow,
+};
+use signet_core::resilience::ResilienceConfig;
+use signet_core::spiffe::TrustDomain;
+use signet_core::{Authority, ErrorKind, Signer, SystemClock, VerifiedCsr, pem};
+use signet_tests::kube_fake::KubeFake;
+use signet_tests::openssl;
+
+const DAY: Duration = Duration::from_secs(86_400);
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+fn td() -> TrustDomain {
+    TrustDomain::new("cluster.local").unwrap()
+}
+
+// === a simulated cert-manager ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Approve, then sign.
+    Issue,
+    /// Deny.
+    Deny,
+    /// Never answer.
+    Ignore,
+    /// Answer with a certificate for some other key.
+    WrongKey,
+}
+
+struct SimCertManager {
+    root: LocalCa,
+    issuing: LocalCa,
+    mode: Mutex<Mode>,
+    /// Specs of the requests it signed.
+    signed: Mutex<Vec<CertificateRequestSpec>>,
+}
+
+impl SimCertManager {
+    fn new() -> Arc<Self> {
+        let now = SystemTime::now();
+        let root = LocalCa::self_signed_root(
+            "sim root",
+            PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
+            now,
+            365 * DAY,
+        )
+        .unwrap();
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let decision = IssuanceDecision::intermediate(
+            "sim issuing CA",
+            &td(),
+            1,
+            now,
+            300 * DAY,
+            Duration::ZERO,
+            "test",
+        );
+        let chain = root.sign(&decision, &key).unwrap();
+        let issuing = LocalCa::new(
+            chain.leaf().clone(),
+            key,
+            vec![],
+            Some(root.trust_bundle().roots().to_vec()),
+            now,
+        )
+        .unwrap();
+        Arc::new(Self {
+            root,
+            issuing,
+            mode: Mutex::new(Mode::Issue),
+            signed: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn set_mode(&self, m: Mode) {
+        *self.mode.lock().unwrap() = m;
+    }
+
+    fn signed(&self) -> Vec<CertificateRequestSpec> {
+        self.signed.lock().unwrap().clone()
+    }
+
+    fn root_pem(&self) -> String {
+        pem::encode("CERTIFICATE", self.root.certificate())
+    }
+
+    fn issuing_pem(&self) -> String {
+        pem::encode("CERTIFICATE", self.issuing.certificate())
+    }
+
+    /// Watches requests for Issuer `sim-ca` and answers them.
+    async fn run(self: Arc<Self>, client: Client) {
+        let api: Api<CertificateRequest> = Api::all(client.clone());
+        let mut events = watcher(api, watcher::Config::default()).boxed();
+        while let Some(ev) = events.next().await {
+            let Ok(watcher::Event::Apply(cr) | watcher::Event::InitApply(cr)) = ev else {
+                continue;
+            };
+            if cr.spec.issuer_ref.name != "sim-ca"
+                || cr.spec.issuer_ref.group.as_deref() != Some("cert-manager.io")
+                || cr.condition("Ready").is_some()
+            {
+                continue;
+            }
+            let mode = *self.mode.lock().unwrap();
+            let api: Api<CertificateRequest> =
+                Api::namespaced(client.clone(), &cr.namespace().unwrap());
+            let mut updated = cr.clone();
+            let status = updated.status.get_or_insert_with(Default::default);
+            let conds = status.conditions.get_or_insert_with(Vec::new);
+            let cond = |t: &str, s: &str, r: &str, m: &str| RequestCondition {
+                type_: t.into(),
+                status: s.into(),
+                reason: Some(r.into()),
+                message: Some(m.into()),
+                last_transition_time: Some(now_rfc3339()),
+            };
+            match mode {
+                Mode::Ignore => continue,
+                Mode::Deny => {
+                    conds.push(cond(
+                        "Denied",
+                        "True",
+                        "policy.cert-manager.io",
+                        "not on the list",
+                    ));
+                    conds.push(cond(
+                        "Ready",
+                        "False",
+                        "Denied",
+                        "The CertificateRequest was denied by an approval controller",
+                    ));
+                    status.failure_time = Some(now_rfc3339());
+                }
+                Mode::Issue | Mode::WrongKey if !cr.is_true("Approved") => {
+                    conds.push(cond(
+                        "Approved",
+                        "True",
+                        "cert-manager.io",
+                        "Certificate request has been approved by cert-manager.io",
+                    ));
+                }
+                Mode::Issue | Mode::WrongKey => {
+                    let (certificate, ca) = self.sign(&cr.spec, mode);
+                    status.certificate = Some(B64.encode(certificate));
+                    status.ca = Some(B64.encode(ca));
+                    conds.push(cond(
+                        "Ready",
+                        "True",
+                        "Issued",
+                        "Certificate fetched from issuer successfully",
+                    ));
+                    self.signed.lock().unwrap().push(cr.spec.clone());
+                }
+            }
+            // Conflicts just mean a newer version is coming.
+            let _ = api
+                .replace_status(&cr.name_any(), &PostParams::default(), &updated)
+                .await;
+        }
+    }
+
+    /// Signs like cert-manager's CA issuer: names from the CSR, duration and
+    /// usages from the spec, CA:TRUE without a path length for isCA.
+    fn sign(&self, spec: &CertificateRequestSpec, mode: Mode) -> (String, String) {
+        let csr = VerifiedCsr::from_pem(&B64.decode(&spec.request).unwrap()).unwrap();
+        let secs: u64 = spec
+            .duration
+            .as_deref()
+            .unwrap()
+            .trim_end_matches('s')
+            .parse()
+            .unwrap();
+        let now = SystemTime::now();
+        let decision = if spec.is_ca == Some(true) {
+            IssuanceDecision::ca_certificate(
+                csr.common_name().unwrap_or(""),
+                csr.requested_sans().to_vec(),
+                None,
+                now,
+                Duration::from_secs(secs),
+                Duration::ZERO,
+                "cert-manager",
+            )
+        } else {
+            let usages = spec.usages.clone().unwrap_or_default();
+            let client = usages.iter().any(|u| u == "client auth");
+            let only_uri = csr
+                .requested_sans()
+                .iter()
+                .all(|s| matches!(s, San::Uri(_)));
+            let profile = match (client, only_uri) {
+                (true, true) => Profile::Workload,
+                (true, false) => Profile::Mtls,
+                _ => Profile::Server,
+            };
+            let policy = AuthorityPolicy::new(
+                td(),
+                PolicyConfig {
+                    max_ttl: HumanDuration(365 * DAY),
+                    ..PolicyConfig::default()
+                },
+            )
+            .unwrap();
+            let grant = Grant {
+                allowed_sans: vec![
+                    "**".parse().unwrap(),
+                    "spiffe://cluster.local/*".parse().unwrap(),
+                ],
+                max_ttl: None,
+                profiles: Profile::ALL.to_vec(),
+                allow_wildcards: true,
+            };
+            let req = IssuanceRequest {
+                profile,
+                ttl: Some(Duration::from_secs(secs)),
+                ttl_overflow: TtlOverflow::Clamp,
+            };
+            policy
+                .decide(
+                    &Caller::new("cert-manager", AuthMethod::Internal),
+                    &grant,
+                    &csr,
+                    &req,
+                    now,
+                )
+                .unwrap()
+        };
+        let chain = if mode == Mode::WrongKey {
+            let other = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+            self.issuing.sign(&decision, &other).unwrap()
+        } else {
+            self.issuing.sign(&decision, csr.public_key()).unwrap()
+        };
+        let mut certificate = chain.leaf_pem();
+        certificate.push_str(&self.issuing_pem());
+        (certificate, self.root_pem())
+    }
+}
+
+// === set-up ===
+
+async fn cluster() -> (KubeFake, Client, Arc<SimCertManager>) {
+    let fake = KubeFake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = Kubeconfig::read_from(fake.kubeconfig(dir.path(), "t")).unwrap();
+    let client = Client::try_from(
+        kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&PostParams::default(), &CertificateRequest::crd())
+        .await
+        .unwrap();
+    fake.add_namespace("mesh", json!({}));
+    let sim = SimCertManager::new();
+    tokio::spawn(sim.clone().run(client.clone()));
+    (fake, client, sim)
+}
+
+fn config(keep: bool, timeout: Duration) -> CertManagerConfig {
+    CertManagerConfig {
+        namespace: "mesh".into(),
+        issuer: IssuerRefConfig {
+            name: "sim-ca".into(),
+            kind: "Issuer".into(),
+            group: "cert-manager.io".into(),
+        },
+        keep_requests: keep,
+        roots_file: None,
+        kubeconfig: None,
+        resilience: ResilienceConfig {
+            timeout: HumanDuration(timeout),
+            attempts: 1,
+            ..ResilienceConfig::default()
+        },
+    }
+}
+
+fn backend(client: &Client, keep: bool, timeout: Duration) -> Arc<dyn Signer> {
+    let c = config(keep, timeout);
+    let b = CertManagerBackend::with_client("cm", c.clone(), client.clone()).unwrap();
+    c.resilience.wrap(b)
+}
+
+fn authority(signer: Arc<dyn Signer>) -> Authority {
+    let policy = PolicyConfig {
+        max_ttl: HumanDuration(DAY),
+        ..PolicyConfig::default()
+    };
+    Authority::new(
+        "mesh",
+        signer,
+        AuthorityPolicy::new(td(), policy).unwrap(),
+        Arc::new(SystemClock),
+    )
+}
+
+fn workload_csr(sa: &str) -> VerifiedCsr {
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let id = format!("spiffe://cluster.local/ns/default/sa/{sa}")
+        .parse()
+        .unwrap();
+    VerifiedCsr::from_der(&key.csr_der(None, &[San::Uri(id)]).unwrap()).unwrap()
+}
+
+async fn issue(
+    a: &Authority,
+    sa: &str,
+) -> Result<signet_core::IssuedChain, signet_core::SignError> {
+    let csr = workload_csr(sa);
+    let grant = Grant::exact_identity(
+        format!("spiffe://cluster.local/ns/default/sa/{sa}")
+            .parse()
+            .unwrap(),
+    );
+    let req = IssuanceRequest {
+        profile: Profile::Workload,
+        ttl: Some(Duration::from_secs(3600)),
+        ttl_overflow: TtlOverflow::Refuse,
+    };
+    a.issue(&Caller::new(sa, AuthMethod::Internal), &grant, &csr, &req)
+        .await
+}
+
+async fn requests_left(fake: &KubeFake) -> usize {
+    // Deletion runs in the background right after the answer.
+    for _ in 0..100 {
+        if fake
+            .list("cert-manager.io/v1", "certificaterequests")
+            .is_empty()
+        {
+            return 0;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fake.list("cert-manager.io/v1", "certificaterequests").len()
+}
+
+/// openssl verify of a chain: leaf, untrusted intermediates, trusted roots.
+fn openssl_verify(chain: &signet_core::IssuedChain) {
+    let dir = tempfile::tempdir().unwrap();
+    let (leaf, inter, root) = (
+        dir.path().join("leaf.pem"),
+        dir.path().join("chain.pem"),
+        dir.path().join("root.pem"),
+    );
+    std::fs::write(&leaf, chain.leaf_pem()).unwrap();
+    std::fs::write(&inter, chain.intermediate_pems().concat()).unwrap();
+    std::fs::write(&root, chain.trust_bundle().to_pem()).unwrap();
+    openssl::verify(&root, Some(&inter), &leaf, Some("sslclient")).unwrap();
+}
+
+// === tests ===
+
+#[test]
+fn the_config_entry_parses_with_defaults() {
+    let c: BackendConfig = serde_yaml_ng::from_str(
+        "type: cert_manager\nnamespace: istio-system\nissuer: { name: org-ca, kind: ClusterIssuer }\n",
+    )
+    .unwrap();
+    assert_eq!(c.kind(), BackendKind::CertManager);
+    let BackendConfig::CertManager(c) = c else {
+        unreachable!()
+    };
+    assert_eq!(c.issuer.group, "cert-manager.io");
+    assert!(!c.keep_requests);
+    let e = serde_yaml_ng::from_str::<BackendConfig>(
+        "type: cert_manager\nnamespace: x\nissuer: { name: a }\npoll: 1s\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("unknown field `poll`"), "{e}");
+}
+
+#[tokio::test]
+async fn leaves_through_cert_manager_carry_its_chain_and_requests_are_cleaned_up() {
+    let (fake, client, sim) = cluster().await;
+    let a = authority(backend(&client, false, Duration::from_secs(10)));
+    let chain = issue(&a, "web").await.unwrap();
+    openssl_verify(&chain);
+    assert_eq!(chain.intermediate_pems(), vec![sim.issuing_pem()]);
+    assert_eq!(chain.trust_bundle().to_pem(), sim.root_pem());
+    let spec = &sim.signed()[0];
+    let secs: u64 = spec
+        .duration
+        .as_deref()
+        .unwrap()
+        .trim_end_matches('s')
+        .parse()
+        .unwrap();
+    assert!((3590..=3600).contains(&secs), "{secs}");
+    assert_eq!(spec.is_ca, Some(false));
+    let usages = spec.usages.clone().unwrap();
+    assert!(
+        usages.contains(&"server auth".to_owned()) && usages.contains(&"client auth".to_owned()),
+        "{usages:?}"
+    );
+    assert_eq!(requests_left(&fake).await, 0);
+    // The trust bundle is known once cert-manager has answered.
+    assert_eq!(a.trust_bundle().await.unwrap().to_pem(), sim.root_pem());
+}
+
+#[tokio::test]
+async fn a_delegated_intermediate_from_cert_manager_signs_leaves() {
+    let (fake, client, sim) = cluster().await;
+    let upstream = backend(&client, false, Duration::from_secs(10));
+    let d = Delegated::start(
+        "mesh",
+        upstream,
+        IntermediateConfig::default(),
+        td(),
+        Arc::new(SystemClock),
+    );
+    tokio::time::timeout(Duration::from_secs(15), d.ready())
+        .await
+        .expect("intermediate");
+    let spec = &sim.signed()[0];
+    assert_eq!(spec.is_ca, Some(true));
+    let usages = spec.usages.clone().unwrap();
+    assert!(
+        usages.contains(&"cert sign".to_owned()) && usages.contains(&"crl sign".to_owned()),
+        "{usages:?}"
+    );
+    let a = authority(d);
+    let chain = issue(&a, "api").await.unwrap();
+    // leaf ← signet intermediate ← sim issuing CA ← sim root
+    assert_eq!(chain.intermediate_pems().len(), 2);
+    openssl_verify(&chain);
+    assert_eq!(sim.signed().len(), 1, "leaves are signed in process");
+    assert_eq!(requests_left(&fake).await, 0);
+}
+
+#[tokio::test]
+async fn denied_unanswered_and_wrong_answers_are_errors_and_leave_nothing_behind() {
+    let (fake, client, sim) = cluster().await;
+    let a = authority(backend(&client, false, Duration::from_secs(2)));
+
+    sim.set_mode(Mode::Deny);
+    let e = issue(&a, "denied").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::BackendRejected, "{e}");
+    assert!(e.to_string().contains("not on the list"), "{e}");
+    assert_eq!(requests_left(&fake).await, 0);
+
+    sim.set_mode(Mode::Ignore);
+    let started = std::time::Instant::now();
+    let e = issue(&a, "ignored").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::BackendUnavailable, "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The abandoned request is deleted so it cannot be issued later.
+    assert_eq!(requests_left(&fake).await, 0);
+
+    sim.set_mode(Mode::WrongKey);
+    let e = issue(&a, "wrong").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::BadChain, "{e}");
+    assert_eq!(requests_left(&fake).await, 0);
+}
+
+#[tokio::test]
+async fn kept_requests_make_request_ids_idempotent() {
+    let (fake, client, sim) = cluster().await;
+    let b = CertManagerBackend::with_client("cm", config(true, Duration::from_secs(10)), client)
+        .unwrap();
+    assert_eq!(
+        b.describe().capabilities.idempotent_for,
+        Some(Duration::MAX)
+    );
+    let csr = workload_csr("same");
+    let policy = AuthorityPolicy::new(td(), PolicyConfig::default()).unwrap();
+    let grant = Grant::exact_identity("spiffe://cluster.local/ns/default/sa/same".parse().unwrap());
+    let req = IssuanceRequest {
+        profile: Profile::Workload,
+        ttl: None,
+        ttl_overflow: TtlOverflow::Clamp,
+    };
+    let decision = policy
+        .decide(
+            &Caller::new("t", AuthMethod::Internal),
+            &grant,
+            &csr,
+            &req,
+            SystemTime::now(),
+        )
+        .unwrap()
+        .with_request_id("request-1");
+    let first = b.sign(&decision, &csr).await.unwrap();
+    let second = b.sign(&decision, &csr).await.unwrap();
+    assert_eq!(first.leaf(), second.leaf());
+    assert_eq!(sim.signed().len(), 1);
+    let kept = fake.list("cert-manager.io/v1", "certificaterequests");
+    assert_eq!(kept.len(), 1);
+    assert!(
+        kept[0]["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("signet-")
+    );
+    assert_eq!(
+        kept[0]["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "signet"
+    );
+}

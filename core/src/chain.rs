@@ -1,0 +1,567 @@
+//! Certificate chains: what a signer returns, and the checks it must pass.
+//!
+//! Every chain is verified before a front-end sees it: each link's issuer
+//! name, signature, CA flag, keyCertSign, path length and validity, up to a
+//! root of the trust bundle; and the leaf must be what the decision said
+//! (same key, same names, CA or not, no later NotAfter). Backends are not
+//! trusted to get this right (Vault's `ca_chain` quirks are the classic case).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::CertificateDer;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer;
+
+use crate::clock::{from_unix_seconds, rfc3339};
+use crate::crypto::{self, KeyError, SignatureError};
+use crate::csr::VerifiedCsr;
+use crate::names::{DnsName, San};
+use crate::pem;
+use crate::policy::{ExtKeyUsage, IssuanceDecision};
+use crate::spiffe::SpiffeId;
+
+/// How far a remote backend's NotAfter may exceed the decision (its clock
+/// and ours differ a little).
+pub const BACKEND_CLOCK_TOLERANCE: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainError {
+    #[error("{what} is not a valid certificate: {detail}")]
+    Parse { what: String, detail: String },
+    #[error("the trust bundle is empty")]
+    EmptyTrustBundle,
+    #[error("{child} was not issued by {issuer} (issuer name differs)")]
+    IssuerMismatch { child: String, issuer: String },
+    #[error("{0} is not a CA certificate")]
+    NotACa(String),
+    #[error("{0} may not sign certificates (keyUsage lacks keyCertSign)")]
+    NoKeyCertSign(String),
+    #[error("{0}'s path length constraint is exceeded")]
+    PathLenExceeded(String),
+    #[error("{what} expired at {at}")]
+    Expired { what: String, at: String },
+    #[error("{what} is not valid before {at}")]
+    NotYetValid { what: String, at: String },
+    #[error("signature on {what} does not verify: {source}")]
+    Signature {
+        what: String,
+        source: SignatureError,
+    },
+    #[error("key of {what} is not acceptable: {source}")]
+    Key { what: String, source: KeyError },
+    #[error("chain does not lead to a root of the trust bundle")]
+    UntrustedRoot,
+    #[error("the certificate expires at {leaf}, after its issuer {issuer} (at {issuer_not_after})")]
+    OutlivesIssuer {
+        leaf: String,
+        issuer: String,
+        issuer_not_after: String,
+    },
+    #[error("the certificate's public key is not the CSR's")]
+    KeyMismatch,
+    #[error("the certificate's CA flag or path length is not what was decided")]
+    CaMismatch,
+    #[error(
+        "the certificate's names differ from the decision (unexpected: {unexpected:?}, missing: {missing:?})"
+    )]
+    NamesDiffer {
+        unexpected: Vec<String>,
+        missing: Vec<String>,
+    },
+    #[error("the certificate is valid until {got}, beyond the decided {decided}")]
+    ValidityBeyondDecision { got: String, decided: String },
+    #[error("the certificate's subject has a common name policy did not choose ({0:?})")]
+    UnexpectedCommonName(String),
+    #[error("the certificate lacks extended key usage {0}")]
+    MissingExtKeyUsage(String),
+    #[error("the certificate has unsupported subjectAltName entries ({0})")]
+    UnsupportedSan(String),
+}
+
+/// Trust anchors: the roots a chain must end in.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TrustBundle {
+    roots: Vec<CertificateDer<'static>>,
+}
+
+impl fmt::Debug for TrustBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrustBundle")
+            .field("roots", &self.roots.len())
+            .finish()
+    }
+}
+
+impl TrustBundle {
+    /// A bundle of one or more parseable CA certificates (duplicates dropped).
+    pub fn new(roots: Vec<CertificateDer<'static>>) -> Result<Self, ChainError> {
+        if roots.is_empty() {
+            return Err(ChainError::EmptyTrustBundle);
+        }
+        let mut unique: Vec<CertificateDer<'static>> = Vec::with_capacity(roots.len());
+        for (i, der) in roots.into_iter().enumerate() {
+            let what = format!("trust bundle root {i}");
+            let cert = parse(&der, &what)?;
+            if !is_ca(&cert) {
+                return Err(ChainError::NotACa(what));
+            }
+            if !unique.contains(&der) {
+                unique.push(der);
+            }
+        }
+        Ok(Self { roots: unique })
+    }
+
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+
+    pub fn contains(&self, der: &[u8]) -> bool {
+        self.roots.iter().any(|r| r.as_ref() == der)
+    }
+
+    /// All roots as concatenated PEM.
+    pub fn to_pem(&self) -> String {
+        self.roots
+            .iter()
+            .map(|r| pem::encode_certificate(r))
+            .collect()
+    }
+
+    /// Each root as its own PEM string.
+    pub fn pems(&self) -> Vec<String> {
+        self.roots
+            .iter()
+            .map(|r| pem::encode_certificate(r))
+            .collect()
+    }
+
+    /// The earliest NotAfter among the roots.
+    pub fn earliest_expiry(&self) -> Option<SystemTime> {
+        self.roots
+            .iter()
+            .filter_map(|r| X509Certificate::from_der(r).ok())
+            .map(|(_, c)| from_unix_seconds(c.validity().not_after.timestamp()))
+            .min()
+    }
+}
+
+/// A certificate and the chain that leads to the trust bundle.
+#[derive(Clone)]
+pub struct IssuedChain {
+    leaf: CertificateDer<'static>,
+    intermediates: Vec<CertificateDer<'static>>,
+    trust_bundle: TrustBundle,
+    serial_hex: String,
+    not_before: SystemTime,
+    not_after: SystemTime,
+}
+
+impl fmt::Debug for IssuedChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedChain")
+            .field("serial", &self.serial_hex)
+            .field("not_after", &rfc3339(self.not_after))
+            .field("intermediates", &self.intermediates.len())
+            .field("trust_bundle", &self.trust_bundle)
+            .finish()
+    }
+}
+
+impl IssuedChain {
+    /// Assembles a chain, leaf first. Intermediates that are trust-bundle
+    /// roots or repeat the leaf are dropped (some backends include them);
+    /// nothing is verified yet, see [`IssuedChain::verify`].
+    pub fn new(
+        leaf: CertificateDer<'static>,
+        intermediates: Vec<CertificateDer<'static>>,
+        trust_bundle: TrustBundle,
+    ) -> Result<Self, ChainError> {
+        let cert = parse(&leaf, "the certificate")?;
+        let serial_hex = hex::encode(cert.raw_serial());
+        let not_before = from_unix_seconds(cert.validity().not_before.timestamp());
+        let not_after = from_unix_seconds(cert.validity().not_after.timestamp());
+        let mut kept: Vec<CertificateDer<'static>> = Vec::with_capacity(intermediates.len());
+        for der in intermediates {
+            if der == leaf || trust_bundle.contains(&der) || kept.contains(&der) {
+                continue;
+            }
+            kept.push(der);
+        }
+        Ok(Self {
+            leaf,
+            intermediates: kept,
+            trust_bundle,
+            serial_hex,
+            not_before,
+            not_after,
+        })
+    }
+
+    pub fn leaf(&self) -> &CertificateDer<'static> {
+        &self.leaf
+    }
+    pub fn intermediates(&self) -> &[CertificateDer<'static>] {
+        &self.intermediates
+    }
+    pub fn trust_bundle(&self) -> &TrustBundle {
+        &self.trust_bundle
+    }
+    /// Lowercase hex of the serial number's DER content bytes.
+    pub fn serial_hex(&self) -> &str {
+        &self.serial_hex
+    }
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
+    }
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+    pub fn leaf_pem(&self) -> String {
+        pem::encode_certificate(&self.leaf)
+    }
+    pub fn intermediate_pems(&self) -> Vec<String> {
+        self.intermediates
+            .iter()
+            .map(|c| pem::encode_certificate(c))
+            .collect()
+    }
+
+    /// Verifies the path from the leaf to a root of the trust bundle at `now`.
+    pub fn verify(&self, now: SystemTime) -> Result<(), ChainError> {
+        verify_path(&self.leaf, &self.intermediates, &self.trust_bundle, now)
+    }
+
+    /// Checks that the leaf is what `decision` said for `csr`'s key.
+    pub fn check_matches(
+        &self,
+        decision: &IssuanceDecision,
+        spki_der: &[u8],
+        tolerance: Duration,
+    ) -> Result<(), ChainError> {
+        let leaf = parse(&self.leaf, "the certificate")?;
+        if leaf.public_key().raw != spki_der {
+            return Err(ChainError::KeyMismatch);
+        }
+        let bc = leaf.basic_constraints().map_err(|e| ChainError::Parse {
+            what: "the certificate".into(),
+            detail: e.to_string(),
+        })?;
+        let leaf_ca = bc.as_ref().is_some_and(|b| b.value.ca);
+        match decision.ca() {
+            None if leaf_ca => return Err(ChainError::CaMismatch),
+            None => {
+                let signs = leaf
+                    .key_usage()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|ku| ku.value.key_cert_sign());
+                if signs {
+                    return Err(ChainError::CaMismatch);
+                }
+            }
+            Some(want) => {
+                let got = bc.and_then(|b| {
+                    if b.value.ca {
+                        Some(b.value.path_len_constraint)
+                    } else {
+                        None
+                    }
+                });
+                // Any constraint at least as strict as the decided one.
+                match (got, want.path_len) {
+                    (None, _) => return Err(ChainError::CaMismatch),
+                    (Some(Some(g)), Some(w)) if g <= u32::from(w) => {}
+                    (Some(_), None) => {}
+                    _ => return Err(ChainError::CaMismatch),
+                }
+            }
+        }
+        // The subject's CN is policy's too: none for leaves, the decided one
+        // for CAs (a backend copying the CSR's CN is refused).
+        let cns: Vec<&str> = leaf
+            .subject()
+            .iter_common_name()
+            .filter_map(|a| a.as_str().ok())
+            .collect();
+        let cn_ok = match decision.common_name() {
+            None => cns.is_empty(),
+            Some(want) => cns.iter().all(|c| *c == want),
+        };
+        if !cn_ok {
+            return Err(ChainError::UnexpectedCommonName(cns.join(", ")));
+        }
+        // Extended key usages the decision needs must be there (no EKU
+        // extension at all means any usage).
+        if let Ok(Some(eku)) = leaf.extended_key_usage() {
+            let eku = eku.value;
+            for want in decision.extended_key_usage() {
+                let present = match want {
+                    ExtKeyUsage::ServerAuth => eku.server_auth || eku.any,
+                    ExtKeyUsage::ClientAuth => eku.client_auth || eku.any,
+                };
+                if !present {
+                    return Err(ChainError::MissingExtKeyUsage(format!("{want:?}")));
+                }
+            }
+        }
+        let got = leaf_sans(&leaf)?;
+        let want: BTreeSet<San> = decision.sans().iter().cloned().collect();
+        if got != want {
+            return Err(ChainError::NamesDiffer {
+                unexpected: got.difference(&want).map(ToString::to_string).collect(),
+                missing: want.difference(&got).map(ToString::to_string).collect(),
+            });
+        }
+        if self.not_after > decision.not_after() + tolerance {
+            return Err(ChainError::ValidityBeyondDecision {
+                got: rfc3339(self.not_after),
+                decided: rfc3339(decision.not_after()),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`IssuedChain::verify`] and [`IssuedChain::check_matches`] for a CSR.
+    pub fn check(
+        &self,
+        decision: &IssuanceDecision,
+        csr: &VerifiedCsr,
+        now: SystemTime,
+        tolerance: Duration,
+    ) -> Result<(), ChainError> {
+        self.verify(now)?;
+        self.check_matches(decision, csr.spki_der(), tolerance)
+    }
+}
+
+fn parse<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, ChainError> {
+    let err = |detail: String| ChainError::Parse {
+        what: what.to_owned(),
+        detail,
+    };
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| err(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(err(format!("{} bytes of trailing data", rest.len())));
+    }
+    if cert.tbs_certificate.signature != cert.signature_algorithm {
+        return Err(err("inner and outer signature algorithms differ".into()));
+    }
+    Ok(cert)
+}
+
+fn is_ca(cert: &X509Certificate<'_>) -> bool {
+    matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca)
+}
+
+fn leaf_sans(cert: &X509Certificate<'_>) -> Result<BTreeSet<San>, ChainError> {
+    let mut out = BTreeSet::new();
+    let ext = cert
+        .subject_alternative_name()
+        .map_err(|e| ChainError::Parse {
+            what: "the certificate".into(),
+            detail: e.to_string(),
+        })?;
+    let Some(ext) = ext else { return Ok(out) };
+    for name in &ext.value.general_names {
+        let san = match name {
+            GeneralName::URI(u) => SpiffeId::new(u)
+                .map(San::Uri)
+                .map_err(|_| ChainError::UnsupportedSan(format!("URI {u}")))?,
+            GeneralName::DNSName(d) => DnsName::new(d)
+                .map(San::Dns)
+                .map_err(|_| ChainError::UnsupportedSan(format!("DNS {d}")))?,
+            GeneralName::IPAddress(b) if b.len() == 4 => {
+                San::Ip(IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default()))
+            }
+            GeneralName::IPAddress(b) if b.len() == 16 => {
+                San::Ip(IpAddr::from(<[u8; 16]>::try_from(*b).unwrap_or_default()))
+            }
+            other => {
+                return Err(ChainError::UnsupportedSan(
+                    format!("{other:?}").chars().take(80).collect(),
+                ));
+            }
+        };
+        out.insert(san);
+    }
+    Ok(out)
+}
+
+fn check_validity(
+    cert: &X509Certificate<'_>,
+    what: &str,
+    now: SystemTime,
+) -> Result<(), ChainError> {
+    let nb = from_unix_seconds(cert.validity().not_before.timestamp());
+    let na = from_unix_seconds(cert.validity().not_after.timestamp());
+    if now < nb {
+        return Err(ChainError::NotYetValid {
+            what: what.to_owned(),
+            at: rfc3339(nb),
+        });
+    }
+    if now > na {
+        return Err(ChainError::Expired {
+            what: what.to_owned(),
+            at: rfc3339(na),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that `issuer` (a CA with `below` intermediates beneath it) issued `child`.
+fn check_link(
+    child: &X509Certificate<'_>,
+    child_what: &str,
+    issuer: &X509Certificate<'_>,
+    issuer_what: &str,
+    below: usize,
+    now: SystemTime,
+) -> Result<(), ChainError> {
+    if child.issuer().as_raw() != issuer.subject().as_raw() {
+        return Err(ChainError::IssuerMismatch {
+            child: child_what.to_owned(),
+            issuer: issuer_what.to_owned(),
+        });
+    }
+    let bc = issuer.basic_constraints().ok().flatten();
+    let Some(bc) = bc.filter(|b| b.value.ca) else {
+        return Err(ChainError::NotACa(issuer_what.to_owned()));
+    };
+    if let Some(max) = bc.value.path_len_constraint
+        && below > max as usize
+    {
+        return Err(ChainError::PathLenExceeded(issuer_what.to_owned()));
+    }
+    if let Ok(Some(ku)) = issuer.key_usage()
+        && !ku.value.key_cert_sign()
+    {
+        return Err(ChainError::NoKeyCertSign(issuer_what.to_owned()));
+    }
+    check_validity(issuer, issuer_what, now)?;
+    let kind = crypto::classify_key(issuer.public_key()).map_err(|source| ChainError::Key {
+        what: issuer_what.to_owned(),
+        source,
+    })?;
+    crypto::verify_signature(
+        issuer.public_key(),
+        kind,
+        &child.signature_algorithm,
+        child.signature_value.as_ref(),
+        child.tbs_certificate.as_ref(),
+    )
+    .map_err(|source| ChainError::Signature {
+        what: child_what.to_owned(),
+        source,
+    })
+}
+
+/// Verifies leaf → intermediates → a root of `bundle`, at `now`.
+pub fn verify_path(
+    leaf_der: &[u8],
+    intermediates: &[CertificateDer<'_>],
+    bundle: &TrustBundle,
+    now: SystemTime,
+) -> Result<(), ChainError> {
+    let leaf = parse(leaf_der, "the certificate")?;
+    check_validity(&leaf, "the certificate", now)?;
+    let leaf_not_after = leaf.validity().not_after.timestamp();
+    let cas = intermediates
+        .iter()
+        .enumerate()
+        .map(|(i, der)| {
+            let what = format!("intermediate {}", i + 1);
+            parse(der, &what).map(|c| (c, what))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let outlives = |issuer: &X509Certificate<'_>, what: &str| -> Result<(), ChainError> {
+        let na = issuer.validity().not_after.timestamp();
+        if leaf_not_after > na {
+            return Err(ChainError::OutlivesIssuer {
+                leaf: rfc3339(from_unix_seconds(leaf_not_after)),
+                issuer: what.to_owned(),
+                issuer_not_after: rfc3339(from_unix_seconds(na)),
+            });
+        }
+        Ok(())
+    };
+
+    let mut child = &leaf;
+    let mut child_what = "the certificate".to_owned();
+    for (below, (ca, what)) in cas.iter().enumerate() {
+        check_link(child, &child_what, ca, what, below, now)?;
+        outlives(ca, what)?;
+        child = ca;
+        child_what = what.clone();
+    }
+    let mut last_err = ChainError::UntrustedRoot;
+    for (i, root_der) in bundle.roots().iter().enumerate() {
+        let what = format!("root {}", i + 1);
+        let root = parse(root_der, &what)?;
+        if root.subject().as_raw() != child.issuer().as_raw() {
+            continue;
+        }
+        match check_link(child, &child_what, &root, &what, cas.len(), now)
+            .and_then(|()| outlives(&root, &what))
+        {
+            Ok(()) => return Ok(()),
+            Err(e) => last_err = e,
+        }
+    }
+    Err(last_err)
+}
+
+/// NotBefore and NotAfter of a DER certificate.
+pub fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), ChainError> {
+    let cert = parse(der, "certificate")?;
+    Ok((
+        from_unix_seconds(cert.validity().not_before.timestamp()),
+        from_unix_seconds(cert.validity().not_after.timestamp()),
+    ))
+}
+
+/// Orders `candidates` into the path above `leaf` by matching issuer and
+/// subject names, dropping certificates that are not on it (a backend's
+/// `ca_chain` may be unordered, repeat the leaf, or carry unrelated roots).
+/// The path ends at the first self-signed certificate.
+pub fn order_path(
+    leaf: &[u8],
+    candidates: Vec<CertificateDer<'static>>,
+) -> Vec<CertificateDer<'static>> {
+    let Ok(leaf_cert) = parse(leaf, "the certificate") else {
+        return candidates;
+    };
+    let mut issuer = leaf_cert.issuer().as_raw().to_vec();
+    let mut remaining: Vec<CertificateDer<'static>> = candidates
+        .into_iter()
+        .filter(|c| c.as_ref() != leaf)
+        .collect();
+    let mut path = Vec::new();
+    while let Some(i) = remaining.iter().position(|c| {
+        parse(c, "candidate").is_ok_and(|cert| cert.subject().as_raw() == issuer.as_slice())
+    }) {
+        let next = remaining.remove(i);
+        let Ok(cert) = parse(&next, "candidate") else {
+            break;
+        };
+        let self_signed = cert.subject().as_raw() == cert.issuer().as_raw();
+        issuer = cert.issuer().as_raw().to_vec();
+        path.push(next);
+        if self_signed {
+            break;
+        }
+    }
+    path
+}
+
+/// Whether a DER certificate's subject and issuer names are the same.
+pub fn is_self_signed(der: &[u8]) -> bool {
+    parse(der, "certificate").is_ok_and(|c| c.subject().as_raw() == c.issuer().as_raw())
+}

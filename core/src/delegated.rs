@@ -1,0 +1,289 @@
+//! A delegated authority: signet holds an intermediate CA issued by an
+//! upstream backend and signs leaves itself.
+//!
+//! [`Delegated`] generates a key, asks the upstream for an intermediate
+//! (CA:TRUE, pathLen 0, the trust domain's SPIFFE ID), checks what comes back,
+//! and signs every leaf in process. A rotation task renews the intermediate at
+//! `renew_at` of its lifetime with jittered backoff; while renewal fails the
+//! current intermediate keeps signing. Until the first intermediate is held the
+//! authority reports not ready. Leaves never outlive the intermediate (the
+//! in-process CA clamps NotAfter).
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::chain::{BACKEND_CLOCK_TOLERANCE, IssuedChain, TrustBundle};
+use crate::clock::{Clock, rfc3339};
+use crate::csr::VerifiedCsr;
+use crate::duration::HumanDuration;
+use crate::error::SignError;
+use crate::issuer::LocalCa;
+use crate::key::{KeyAlgorithm, PrivateKey};
+use crate::names::San;
+use crate::policy::IssuanceDecision;
+use crate::resilience::backoff;
+use crate::signer::{BackendInfo, Capabilities, Signer};
+use crate::spiffe::TrustDomain;
+
+fn default_ttl() -> HumanDuration {
+    HumanDuration::from_secs(30 * 86_400)
+}
+fn default_renew_at() -> f64 {
+    2.0 / 3.0
+}
+
+/// `authorities.<name>.intermediate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntermediateConfig {
+    /// Lifetime asked of the upstream.
+    #[serde(default = "default_ttl")]
+    pub ttl: HumanDuration,
+    /// Key type signet generates for the intermediate.
+    #[serde(default)]
+    pub key: KeyAlgorithm,
+    /// Fraction of the lifetime after which a new intermediate is requested.
+    #[serde(default = "default_renew_at")]
+    pub renew_at: f64,
+    /// Subject CN; default `signet <authority> intermediate`.
+    #[serde(default)]
+    pub common_name: Option<String>,
+}
+
+impl Default for IntermediateConfig {
+    fn default() -> Self {
+        Self {
+            ttl: default_ttl(),
+            key: KeyAlgorithm::default(),
+            renew_at: default_renew_at(),
+            common_name: None,
+        }
+    }
+}
+
+impl IntermediateConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.renew_at > 0.05 && self.renew_at < 0.95) {
+            return Err(format!(
+                "renew_at must be between 0.05 and 0.95, not {}",
+                self.renew_at
+            ));
+        }
+        if self.ttl.get() < Duration::from_secs(600) {
+            return Err(format!("ttl {} is below the minimum of 10m", self.ttl));
+        }
+        Ok(())
+    }
+}
+
+/// Signs leaves with an intermediate obtained from `upstream`.
+#[derive(Debug)]
+pub struct Delegated {
+    name: String,
+    upstream: Arc<dyn Signer>,
+    config: IntermediateConfig,
+    trust_domain: TrustDomain,
+    clock: Arc<dyn Clock>,
+    current: ArcSwapOption<LocalCa>,
+    /// Woken whenever an intermediate is installed.
+    installed: Notify,
+}
+
+impl Delegated {
+    /// Creates the authority's signer and starts its rotation task (which
+    /// stops when the signer is dropped).
+    pub fn start(
+        name: &str,
+        upstream: Arc<dyn Signer>,
+        config: IntermediateConfig,
+        trust_domain: TrustDomain,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
+        let this = Arc::new(Self {
+            name: name.to_owned(),
+            upstream,
+            config,
+            trust_domain,
+            clock,
+            current: ArcSwapOption::empty(),
+            installed: Notify::new(),
+        });
+        tokio::spawn(rotate(Arc::downgrade(&this)));
+        this
+    }
+
+    /// The intermediate currently signing, if any.
+    pub fn current(&self) -> Option<Arc<LocalCa>> {
+        self.current.load_full()
+    }
+
+    /// Waits until an intermediate is held.
+    pub async fn ready(&self) {
+        loop {
+            let notified = self.installed.notified();
+            if self.current.load().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Asks the upstream for a new intermediate and installs it.
+    pub async fn renew(&self) -> Result<Arc<LocalCa>, SignError> {
+        let key = PrivateKey::generate(self.config.key)
+            .map_err(|e| SignError::Internal(e.to_string()))?;
+        let cn = self
+            .config
+            .common_name
+            .clone()
+            .unwrap_or_else(|| format!("signet {} intermediate", self.name));
+        let csr_der = key
+            .csr_der(Some(&cn), &[San::Uri(self.trust_domain.id())])
+            .map_err(|e| SignError::Internal(e.to_string()))?;
+        let csr = VerifiedCsr::from_der(&csr_der)?;
+        let now = self.clock.now();
+        let decision = IssuanceDecision::intermediate(
+            &cn,
+            &self.trust_domain,
+            0,
+            now,
+            self.config.ttl.get(),
+            Duration::from_secs(60),
+            &format!("signet:delegated:{}", self.name),
+        );
+        let decision = if self.upstream.describe().capabilities.constrains_path_len {
+            decision
+        } else {
+            // signet never signs CA certificates with the intermediate, so
+            // the constraint guards only against misuse of a stolen key.
+            tracing::warn!(authority = %self.name, "the upstream cannot set pathLenConstraint; the intermediate will carry none");
+            decision.without_path_len()
+        };
+        let chain = self.upstream.sign(&decision, &csr).await?;
+        chain.check(&decision, &csr, now, BACKEND_CLOCK_TOLERANCE)?;
+        let ca = LocalCa::new(
+            chain.leaf().clone(),
+            key,
+            chain.intermediates().to_vec(),
+            Some(chain.trust_bundle().roots().to_vec()),
+            now,
+        )
+        .map_err(|e| SignError::Internal(format!("installing the intermediate: {e}")))?;
+        let ca = Arc::new(ca);
+        tracing::info!(
+            target: "signet::audit",
+            serial = chain.serial_hex(),
+            principal = decision.requested_by(),
+            profile = "intermediate",
+            sans = %self.trust_domain.id(),
+            not_after = %rfc3339(chain.not_after()),
+            authority = %self.name,
+            backend = %self.upstream.describe().name,
+            "intermediate installed"
+        );
+        self.current.store(Some(ca.clone()));
+        self.installed.notify_waiters();
+        Ok(ca)
+    }
+
+    /// When the intermediate `ca` should be replaced.
+    fn renew_time(&self, ca: &LocalCa) -> SystemTime {
+        let life = ca
+            .not_after()
+            .duration_since(ca.not_before())
+            .unwrap_or_default();
+        ca.not_before() + life.mul_f64(self.config.renew_at)
+    }
+}
+
+async fn rotate(weak: Weak<Delegated>) {
+    let mut failures = 0u32;
+    loop {
+        let Some(this) = weak.upgrade() else { return };
+        let wait = match this.current() {
+            Some(ca) if failures == 0 => this
+                .renew_time(&ca)
+                .duration_since(this.clock.now())
+                .unwrap_or_default(),
+            _ => Duration::ZERO,
+        };
+        drop(this);
+        tokio::time::sleep(wait).await;
+        let Some(this) = weak.upgrade() else { return };
+        match this.renew().await {
+            Ok(_) => failures = 0,
+            Err(e) => {
+                let retry = backoff(Duration::from_secs(1), Duration::from_secs(300), failures);
+                failures = failures.saturating_add(1);
+                match this.current() {
+                    Some(ca) => {
+                        tracing::error!(authority = %this.name, error = %e, ?retry, current_expires = %rfc3339(ca.not_after()), "renewing the intermediate failed; still signing with the current one")
+                    }
+                    None => {
+                        tracing::error!(authority = %this.name, error = %e, ?retry, "obtaining an intermediate failed; not ready")
+                    }
+                }
+                drop(this);
+                tokio::time::sleep(retry).await;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Signer for Delegated {
+    async fn sign(
+        &self,
+        decision: &IssuanceDecision,
+        csr: &VerifiedCsr,
+    ) -> Result<IssuedChain, SignError> {
+        let Some(ca) = self.current.load_full() else {
+            return Err(SignError::NotReady("no intermediate yet".into()));
+        };
+        if self.clock.now() >= ca.not_after() {
+            return Err(SignError::NotReady(format!(
+                "the intermediate expired at {}",
+                rfc3339(ca.not_after())
+            )));
+        }
+        ca.sign(decision, csr.public_key())
+    }
+
+    async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {
+        match self.current.load_full() {
+            Some(ca) => Ok(ca.trust_bundle().clone()),
+            None => self.upstream.trust_bundle().await,
+        }
+    }
+
+    fn describe(&self) -> BackendInfo {
+        let current = self.current.load_full();
+        let now = self.clock.now();
+        let ready = match &current {
+            None => Err("no intermediate yet".to_owned()),
+            Some(ca) if now >= ca.not_after() => Err(format!(
+                "the intermediate expired at {}",
+                rfc3339(ca.not_after())
+            )),
+            Some(_) => Ok(()),
+        };
+        BackendInfo {
+            name: format!("{} (delegated)", self.upstream.describe().name),
+            kind: "delegated",
+            capabilities: Capabilities {
+                issues_intermediates: false,
+                honours_ttl: true,
+                in_process: true,
+                idempotent_for: None,
+                constrains_path_len: true,
+            },
+            ca_not_after: current.map(|c| c.not_after()),
+            ready,
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! signet-core: the domain of signet.
+//!
+//! Everything that decides *what* gets signed lives here, free of HTTP, gRPC,
+//! Kubernetes and cloud SDKs. The pipeline has one type per stage:
+//!
+//! [`csr::VerifiedCsr`] (parsed, key and signature checked) → [`caller::Caller`]
+//! (who asks) → [`policy::IssuanceDecision`] (what policy chose) →
+//! [`signer::Signer::sign`] → [`chain::IssuedChain`] (checked to chain before it
+//! is returned). [`authority::Authority`] runs the pipeline for front-ends.
+//!
+//! Errors are data: [`error::SignError`] has a stable [`error::ErrorKind`] that
+//! each front-end maps to its wire exactly once.
+
+pub mod authority;
+pub mod caller;
+pub mod chain;
+pub mod clock;
+pub mod crypto;
+pub mod csr;
+pub mod delegated;
+pub mod duration;
+pub mod error;
+pub mod fsutil;
+pub mod issuer;
+pub mod key;
+pub mod metrics;
+pub mod names;
+pub mod pem;
+pub mod policy;
+pub mod resilience;
+pub mod signer;
+pub mod spiffe;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use authority::Authority;
+pub use caller::{AuthMethod, Caller};
+pub use chain::{IssuedChain, TrustBundle};
+pub use clock::{Clock, SystemClock};
+pub use csr::VerifiedCsr;
+pub use error::{ErrorKind, SignError};
+pub use policy::{IssuanceDecision, Profile};
+pub use signer::{BackendInfo, Signer};

@@ -1,0 +1,160 @@
+//! Prometheus metrics shared by every front-end.
+//!
+//! Request outcomes are labelled with [`crate::ErrorKind::code`] (or
+//! `issued`), so a dashboard reads the same words as the API. CA expiry is a
+//! collector that asks each authority's backend at scrape time, so it never
+//! goes stale across reloads or rotations.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::authority::Authority;
+use crate::clock::unix_seconds;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub frontend: &'static str,
+    pub authority: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub frontend: &'static str,
+    pub authority: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CaLabels {
+    authority: String,
+    backend: String,
+}
+
+type LatencyFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
+}
+
+/// Request metrics, cheap to clone and share.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    latency: LatencyFamily,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+        }
+    }
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them (prefix `signet_`).
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "requests",
+            "Signing requests by front-end, authority and outcome (issued or an error code)",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer a signing request",
+            m.latency.clone(),
+        );
+        m
+    }
+
+    /// Records one answered request.
+    pub fn observe(
+        &self,
+        frontend: &'static str,
+        authority: &str,
+        outcome: &'static str,
+        elapsed: Duration,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                frontend,
+                authority: authority.to_owned(),
+                outcome,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&LatencyLabels {
+                frontend,
+                authority: authority.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Total requests so far with this outcome (for tests and self-checks).
+    pub fn count(&self, frontend: &'static str, authority: &str, outcome: &'static str) -> u64 {
+        self.requests
+            .get(&RequestLabels {
+                frontend,
+                authority: authority.to_owned(),
+                outcome,
+            })
+            .map_or(0, |c| c.get())
+    }
+}
+
+/// Exposes each authority's CA expiry and readiness at scrape time.
+#[derive(Debug)]
+pub struct AuthorityCollector {
+    authorities: Vec<Arc<Authority>>,
+}
+
+impl AuthorityCollector {
+    pub fn new(authorities: Vec<Arc<Authority>>) -> Self {
+        Self { authorities }
+    }
+}
+
+impl Collector for AuthorityCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let expiry: Family<CaLabels, Gauge> = Family::default();
+        let ready: Family<CaLabels, Gauge> = Family::default();
+        for a in &self.authorities {
+            let info = a.backend();
+            let labels = CaLabels {
+                authority: a.name().to_owned(),
+                backend: info.name.clone(),
+            };
+            if let Some(t) = info.ca_not_after {
+                expiry.get_or_create(&labels).set(unix_seconds(t));
+            }
+            ready
+                .get_or_create(&labels)
+                .set(i64::from(info.ready.is_ok()));
+        }
+        let m = encoder.encode_descriptor(
+            "ca_expiry_timestamp_seconds",
+            "NotAfter of the CA certificate each authority signs with (Unix seconds)",
+            None,
+            expiry.metric_type(),
+        )?;
+        expiry.encode(m)?;
+        let m = encoder.encode_descriptor(
+            "authority_ready",
+            "1 when the authority holds a usable CA and can sign",
+            None,
+            ready.metric_type(),
+        )?;
+        ready.encode(m)
+    }
+}

@@ -1,0 +1,61 @@
+//! The seam between the core and the places that hold trust.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+use crate::chain::{IssuedChain, TrustBundle};
+use crate::csr::VerifiedCsr;
+use crate::error::SignError;
+use crate::policy::IssuanceDecision;
+
+/// What a backend can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// It can issue intermediate CA certificates (for delegated authorities).
+    pub issues_intermediates: bool,
+    /// It honours the decided NotAfter (rather than a fixed validity).
+    pub honours_ttl: bool,
+    /// It signs in process, without network calls.
+    pub in_process: bool,
+    /// For how long a repeated sign with the same request ID
+    /// ([`IssuanceDecision::request_id`](crate::IssuanceDecision::request_id))
+    /// returns the first certificate instead of issuing another (`None`:
+    /// never; `Duration::MAX`: always).
+    pub idempotent_for: Option<std::time::Duration>,
+    /// It can put a pathLenConstraint on CA certificates (cert-manager's
+    /// CertificateRequest API cannot).
+    pub constrains_path_len: bool,
+}
+
+/// A backend's self-description, for logs, metrics and readiness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// The configured name (`backends.<name>`).
+    pub name: String,
+    /// The backend type (`local`, `vault`, ...).
+    pub kind: &'static str,
+    pub capabilities: Capabilities,
+    /// NotAfter of the CA certificate that signs, when known.
+    pub ca_not_after: Option<SystemTime>,
+    /// Whether the backend can sign right now, and why not if not.
+    pub ready: Result<(), String>,
+}
+
+/// A place that signs certificates.
+///
+/// Implementations map the decision to their own notion (an intermediate is
+/// just a decision with `is_ca()`), return the chain leaf first with the
+/// trust bundle, and never widen what the decision says. The core verifies
+/// the result either way.
+#[async_trait]
+pub trait Signer: Send + Sync + fmt::Debug {
+    async fn sign(
+        &self,
+        decision: &IssuanceDecision,
+        csr: &VerifiedCsr,
+    ) -> Result<IssuedChain, SignError>;
+    async fn trust_bundle(&self) -> Result<TrustBundle, SignError>;
+    fn describe(&self) -> BackendInfo;
+}

@@ -1,0 +1,189 @@
+//! Test doubles for signet's own tests (feature `testing`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use std::sync::Mutex;
+
+use crate::chain::{IssuedChain, TrustBundle};
+use crate::csr::VerifiedCsr;
+use crate::error::SignError;
+use crate::issuer::LocalCa;
+use crate::key::{KeyAlgorithm, PrivateKey};
+use crate::policy::IssuanceDecision;
+use crate::signer::{BackendInfo, Capabilities, Signer};
+
+/// What the next calls of a [`CaSigner`] do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Fail with `backend_unavailable` (retryable).
+    Unavailable,
+    /// Fail with `backend_rejected` (permanent).
+    Rejected,
+    /// Sleep this long first.
+    Slow(Duration),
+}
+
+/// An in-memory CA as a remote-looking [`Signer`], counting calls, with
+/// injectable faults.
+#[derive(Debug)]
+pub struct CaSigner {
+    ca: LocalCa,
+    fault: Mutex<(Fault, u32)>,
+    calls: AtomicU32,
+    issued: AtomicU32,
+    in_flight: AtomicU32,
+    max_in_flight: AtomicU32,
+    /// Like AWS PCA's IdempotencyToken: the same request ID returns the same certificate.
+    by_request_id: Mutex<std::collections::HashMap<String, IssuedChain>>,
+    /// Whether request IDs are honoured (Vault's API has no such token).
+    idempotent: bool,
+}
+
+impl CaSigner {
+    /// A fresh self-signed root valid for `ttl` from `now`.
+    pub fn root(now: SystemTime, ttl: Duration) -> Arc<Self> {
+        let ca = LocalCa::self_signed_root(
+            "test upstream root",
+            PrivateKey::generate(KeyAlgorithm::EcdsaP256).expect("key"),
+            now,
+            ttl,
+        )
+        .expect("root");
+        Arc::new(Self::new(ca))
+    }
+
+    /// Like [`root`](Self::root), but ignoring request IDs (as Vault does):
+    /// every call signs anew.
+    pub fn forgetful_root(now: SystemTime, ttl: Duration) -> Arc<Self> {
+        let mut s = Arc::into_inner(Self::root(now, ttl)).expect("fresh");
+        s.idempotent = false;
+        Arc::new(s)
+    }
+
+    pub fn new(ca: LocalCa) -> Self {
+        Self {
+            ca,
+            fault: Mutex::new((Fault::None, 0)),
+            calls: AtomicU32::new(0),
+            issued: AtomicU32::new(0),
+            by_request_id: Mutex::new(std::collections::HashMap::new()),
+            in_flight: AtomicU32::new(0),
+            max_in_flight: AtomicU32::new(0),
+            idempotent: true,
+        }
+    }
+
+    /// The next `times` calls behave as `fault` (`u32::MAX` for "until changed").
+    pub fn set_fault(&self, fault: Fault, times: u32) {
+        *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = (fault, times);
+    }
+
+    pub fn calls(&self) -> u32 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Distinct certificates signed (idempotent repeats not counted).
+    pub fn issued(&self) -> u32 {
+        self.issued.load(Ordering::SeqCst)
+    }
+
+    pub fn max_in_flight(&self) -> u32 {
+        self.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn ca(&self) -> &LocalCa {
+        &self.ca
+    }
+
+    async fn enter(&self) -> Result<(), SignError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let fault = {
+            let mut f = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+            if f.1 == 0 {
+                Fault::None
+            } else {
+                f.1 = f.1.saturating_sub(if f.1 == u32::MAX { 0 } else { 1 });
+                f.0
+            }
+        };
+        match fault {
+            Fault::None => Ok(()),
+            Fault::Unavailable => Err(SignError::BackendUnavailable("injected outage".into())),
+            Fault::Rejected => Err(SignError::BackendRejected("injected refusal".into())),
+            Fault::Slow(d) => {
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Signer for CaSigner {
+    async fn sign(
+        &self,
+        decision: &IssuanceDecision,
+        csr: &VerifiedCsr,
+    ) -> Result<IssuedChain, SignError> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let r = match self.enter().await {
+            Ok(()) => {
+                let cached = decision
+                    .request_id()
+                    .filter(|_| self.idempotent)
+                    .and_then(|id| {
+                        self.by_request_id
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(id)
+                            .cloned()
+                    });
+                match cached {
+                    Some(c) => Ok(c),
+                    None => {
+                        let r = self.ca.sign(decision, csr.public_key());
+                        if let Ok(c) = &r {
+                            self.issued.fetch_add(1, Ordering::SeqCst);
+                            if let Some(id) = decision.request_id() {
+                                self.by_request_id
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .insert(id.to_owned(), c.clone());
+                            }
+                        }
+                        r
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+
+    async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {
+        self.enter().await?;
+        Ok(self.ca.trust_bundle().clone())
+    }
+
+    fn describe(&self) -> BackendInfo {
+        BackendInfo {
+            name: "test-ca".into(),
+            kind: "test",
+            capabilities: Capabilities {
+                issues_intermediates: true,
+                honours_ttl: true,
+                in_process: false,
+                idempotent_for: self.idempotent.then_some(Duration::MAX),
+                constrains_path_len: true,
+            },
+            ca_not_after: Some(self.ca.not_after()),
+            ready: Ok(()),
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Delegated authorities: one intermediate from upstream, leaves signed
+//! locally, rotation, outages.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::UnixTime;
+use signet_core::caller::{AuthMethod, Caller};
+use signet_core::clock::{Clock, ManualClock};
+use signet_core::delegated::{Delegated, IntermediateConfig};
+use signet_core::duration::HumanDuration;
+use signet_core::error::ErrorKind;
+use signet_core::key::{KeyAlgorithm, PrivateKey};
+use signet_core::names::{San, SanPattern};
+use signet_core::policy::{
+    AuthorityPolicy, Grant, IssuanceRequest, PolicyConfig, Profile, TtlOverflow,
+};
+use signet_core::spiffe::TrustDomain;
+use signet_core::testing::{CaSigner, Fault};
+use signet_core::{Authority, IssuedChain, VerifiedCsr};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn td() -> TrustDomain {
+    TrustDomain::new("cluster.local").unwrap()
+}
+
+async fn issue(a: &Authority, n: usize) -> Result<IssuedChain, signet_core::SignError> {
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let id = format!("spiffe://cluster.local/ns/a/sa/w{n}");
+    let csr = VerifiedCsr::from_der(&key.csr_der(None, &[San::Uri(id.parse().unwrap())]).unwrap())
+        .unwrap();
+    let grant = Grant {
+        allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/*").unwrap()],
+        max_ttl: None,
+        profiles: vec![Profile::Workload],
+        allow_wildcards: false,
+    };
+    let req = IssuanceRequest {
+        profile: Profile::Workload,
+        ttl: None,
+        ttl_overflow: TtlOverflow::Refuse,
+    };
+    a.issue(&Caller::new("t", AuthMethod::Internal), &grant, &csr, &req)
+        .await
+}
+
+fn webpki_ok(chain: &IssuedChain, now: SystemTime) {
+    let anchors: Vec<_> = chain
+        .trust_bundle()
+        .roots()
+        .iter()
+        .map(|r| webpki::anchor_from_trusted_cert(r).unwrap().to_owned())
+        .collect();
+    let ee = webpki::EndEntityCert::try_from(chain.leaf()).unwrap();
+    let t = UnixTime::since_unix_epoch(now.duration_since(SystemTime::UNIX_EPOCH).unwrap());
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        chain.intermediates(),
+        t,
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    )
+    .unwrap();
+}
+
+fn setup(clock: Arc<ManualClock>, up: Arc<CaSigner>, ttl: Duration) -> (Arc<Delegated>, Authority) {
+    let cfg = IntermediateConfig {
+        ttl: HumanDuration(ttl),
+        key: KeyAlgorithm::EcdsaP256,
+        renew_at: 2.0 / 3.0,
+        common_name: None,
+    };
+    let delegated = Delegated::start("mesh", up, cfg, td(), clock.clone());
+    let policy = PolicyConfig {
+        max_ttl: HumanDuration(DAY),
+        ..PolicyConfig::default()
+    };
+    let authority = Authority::new(
+        "mesh",
+        delegated.clone(),
+        AuthorityPolicy::new(td(), policy).unwrap(),
+        clock,
+    );
+    (delegated, authority)
+}
+
+#[tokio::test(start_paused = true)]
+async fn fifty_leaves_cost_one_upstream_certificate() {
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let up = CaSigner::root(clock.now(), 365 * DAY);
+    let (delegated, authority) = setup(clock.clone(), up.clone(), 30 * DAY);
+    delegated.ready().await;
+    for n in 0..50 {
+        let chain = issue(&authority, n).await.unwrap();
+        assert_eq!(chain.intermediates().len(), 1);
+        webpki_ok(&chain, clock.now());
+    }
+    assert_eq!(up.calls(), 1, "only the intermediate was signed upstream");
+    let ca = delegated.current().unwrap();
+    assert!(ca.subject().contains("signet mesh intermediate"));
+    assert!(authority.backend().ready.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn not_ready_until_an_intermediate_is_held_then_recovers() {
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let up = CaSigner::root(clock.now(), 365 * DAY);
+    up.set_fault(Fault::Unavailable, 3);
+    let (delegated, authority) = setup(clock.clone(), up.clone(), 30 * DAY);
+    tokio::task::yield_now().await;
+    assert!(authority.backend().ready.is_err());
+    assert_eq!(
+        issue(&authority, 0).await.unwrap_err().kind(),
+        ErrorKind::NotReady
+    );
+    // Backoff retries until the upstream answers.
+    tokio::time::timeout(Duration::from_secs(600), delegated.ready())
+        .await
+        .expect("eventually ready");
+    assert_eq!(up.calls(), 4);
+    issue(&authority, 1).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn rotates_at_two_thirds_and_keeps_signing_through_an_outage() {
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let up = CaSigner::root(clock.now(), 365 * DAY);
+    let (delegated, authority) = setup(clock.clone(), up.clone(), 3 * DAY);
+    delegated.ready().await;
+    let first = delegated.current().unwrap();
+
+    let step = |d: Duration| {
+        let clock = clock.clone();
+        async move {
+            clock.advance(d);
+            tokio::time::advance(d).await;
+            tokio::task::yield_now().await;
+        }
+    };
+
+    // Nothing happens before two thirds of the lifetime...
+    step(Duration::from_secs(86_400 * 19 / 10)).await;
+    assert_eq!(up.calls(), 1, "no early renewal");
+    // ... and from there the upstream is down.
+    up.set_fault(Fault::Unavailable, u32::MAX);
+    step(Duration::from_secs(86_400 / 10 + 120)).await;
+    for _ in 0..20 {
+        step(Duration::from_secs(60)).await;
+    }
+    assert!(up.calls() > 1, "renewal was attempted");
+    assert!(
+        Arc::ptr_eq(&first, &delegated.current().unwrap()),
+        "still the first intermediate"
+    );
+    let chain = issue(&authority, 1)
+        .await
+        .expect("keeps signing while renewal fails");
+    assert!(chain.not_after() <= first.not_after());
+
+    // Upstream back: the next retry installs a new intermediate.
+    up.set_fault(Fault::None, 0);
+    for _ in 0..10 {
+        step(Duration::from_secs(300)).await;
+        if !Arc::ptr_eq(&first, &delegated.current().unwrap()) {
+            break;
+        }
+    }
+    let second = delegated.current().unwrap();
+    assert!(!Arc::ptr_eq(&first, &second), "rotated");
+    assert!(second.not_after() > first.not_after());
+    let chain = issue(&authority, 2).await.unwrap();
+    webpki_ok(&chain, clock.now());
+}
+
+#[tokio::test(start_paused = true)]
+async fn leaves_near_the_end_are_clamped_to_the_intermediate() {
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let up = CaSigner::root(clock.now(), 365 * DAY);
+    let (delegated, authority) = setup(clock.clone(), up.clone(), Duration::from_secs(3 * 3600));
+    delegated.ready().await;
+    let ca = delegated.current().unwrap();
+    // Upstream down so the intermediate is not rotated.
+    up.set_fault(Fault::Unavailable, u32::MAX);
+    clock.advance(Duration::from_secs(2 * 3600 + 1800));
+    let chain = issue(&authority, 3).await.unwrap();
+    assert_eq!(
+        chain.not_after(),
+        ca.not_after(),
+        "24h requested, clamped to the intermediate"
+    );
+    webpki_ok(&chain, clock.now());
+}

@@ -1,0 +1,526 @@
+//! Policy decisions, local signing and chain checks, cross-checked by webpki.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::{CertificateDer, UnixTime};
+use signet_core::caller::{AuthMethod, Caller};
+use signet_core::chain::ChainError;
+use signet_core::clock::{Clock, ManualClock};
+use signet_core::csr::VerifiedCsr;
+use signet_core::error::SignError;
+use signet_core::issuer::{CaError, LocalCa};
+use signet_core::key::{KeyAlgorithm, PrivateKey};
+use signet_core::names::{DnsName, San, SanPattern};
+use signet_core::policy::{
+    AuthorityPolicy, Grant, IssuanceDecision, IssuanceRequest, PolicyConfig, PolicyError, Profile,
+    TtlOverflow,
+};
+use signet_core::spiffe::TrustDomain;
+use x509_parser::extensions::GeneralName;
+use x509_parser::oid_registry;
+use x509_parser::prelude::*;
+
+const DEMO: &str = "spiffe://cluster.local/ns/default/sa/demo";
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn td() -> TrustDomain {
+    TrustDomain::new("cluster.local").unwrap()
+}
+
+/// root (10y) → intermediate (pathlen 0, 1y), both freshly generated.
+fn hierarchy(now: SystemTime, alg: KeyAlgorithm) -> (LocalCa, LocalCa) {
+    let root = LocalCa::self_signed_root(
+        "test root",
+        PrivateKey::generate(alg).unwrap(),
+        now,
+        3650 * DAY,
+    )
+    .unwrap();
+    let key = PrivateKey::generate(alg).unwrap();
+    let csr = VerifiedCsr::from_der(&key.csr_der(Some("test intermediate"), &[]).unwrap()).unwrap();
+    let decision = IssuanceDecision::intermediate(
+        "test intermediate",
+        &td(),
+        0,
+        now,
+        365 * DAY,
+        Duration::from_secs(60),
+        "test",
+    );
+    let chain = root.sign(&decision, csr.public_key()).unwrap();
+    chain.check(&decision, &csr, now, Duration::ZERO).unwrap();
+    let inter = LocalCa::new(
+        chain.leaf().clone(),
+        key,
+        vec![],
+        Some(root.trust_bundle().roots().to_vec()),
+        now,
+    )
+    .unwrap();
+    (root, inter)
+}
+
+fn csr(alg: KeyAlgorithm, sans: &[&str]) -> VerifiedCsr {
+    let key = PrivateKey::generate(alg).unwrap();
+    let sans: Vec<San> = sans.iter().map(|s| san(s)).collect();
+    VerifiedCsr::from_der(&key.csr_der(None, &sans).unwrap()).unwrap()
+}
+
+fn san(s: &str) -> San {
+    if s.starts_with("spiffe://") {
+        San::Uri(s.parse().unwrap())
+    } else if let Ok(ip) = s.parse() {
+        San::Ip(ip)
+    } else {
+        San::Dns(DnsName::new(s).unwrap())
+    }
+}
+
+fn grant(patterns: &[&str], profiles: &[Profile]) -> Grant {
+    Grant {
+        allowed_sans: patterns
+            .iter()
+            .map(|p| SanPattern::parse(p).unwrap())
+            .collect(),
+        max_ttl: None,
+        profiles: profiles.to_vec(),
+        allow_wildcards: false,
+    }
+}
+
+fn policy() -> AuthorityPolicy {
+    AuthorityPolicy::new(td(), PolicyConfig::default()).unwrap()
+}
+
+fn request(profile: Profile, ttl: Option<Duration>) -> IssuanceRequest {
+    IssuanceRequest {
+        profile,
+        ttl,
+        ttl_overflow: TtlOverflow::Refuse,
+    }
+}
+
+fn caller() -> Caller {
+    Caller::new("tester", AuthMethod::BearerToken)
+}
+
+fn webpki_verify(
+    chain: &signet_core::IssuedChain,
+    now: SystemTime,
+    usage: webpki::KeyUsage,
+) -> Result<(), webpki::Error> {
+    let anchors: Vec<_> = chain
+        .trust_bundle()
+        .roots()
+        .iter()
+        .map(|r| webpki::anchor_from_trusted_cert(r).unwrap().to_owned())
+        .collect();
+    let ee = webpki::EndEntityCert::try_from(chain.leaf())?;
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        chain.intermediates(),
+        UnixTime::since_unix_epoch(Duration::from_secs(secs)),
+        usage,
+        None,
+        None,
+    )
+    .map(|_| ())
+}
+
+#[test]
+fn workload_certificate_has_exactly_what_policy_chose() {
+    let now = SystemTime::now();
+    let (_root, ca) = hierarchy(now, KeyAlgorithm::EcdsaP256);
+    for alg in [
+        KeyAlgorithm::EcdsaP256,
+        KeyAlgorithm::EcdsaP384,
+        KeyAlgorithm::Ed25519,
+        KeyAlgorithm::Rsa2048,
+    ] {
+        let csr = csr(alg, &[DEMO]);
+        let decision = policy()
+            .decide(
+                &caller(),
+                &grant(&["spiffe://cluster.local/*"], &[Profile::Workload]),
+                &csr,
+                &request(Profile::Workload, None),
+                now,
+            )
+            .unwrap();
+        let chain = ca.sign(&decision, csr.public_key()).unwrap();
+        chain.check(&decision, &csr, now, Duration::ZERO).unwrap();
+        webpki_verify(&chain, now, webpki::KeyUsage::server_auth()).unwrap();
+        webpki_verify(&chain, now, webpki::KeyUsage::client_auth()).unwrap();
+
+        let (_, cert) = X509Certificate::from_der(chain.leaf()).unwrap();
+        assert!(cert.subject().as_raw().len() <= 2, "subject must be empty");
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        assert!(san.critical, "SAN must be critical with an empty subject");
+        assert_eq!(san.value.general_names, vec![GeneralName::URI(DEMO)]);
+        let bc = cert.basic_constraints().unwrap().unwrap();
+        assert!(!bc.value.ca && bc.critical);
+        let ku = cert.key_usage().unwrap().unwrap().value;
+        assert!(ku.digital_signature());
+        assert_eq!(
+            ku.key_encipherment(),
+            alg == KeyAlgorithm::Rsa2048,
+            "{alg:?}"
+        );
+        assert!(!ku.key_cert_sign());
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth && eku.other.is_empty());
+        let nb = cert.validity().not_before.timestamp();
+        let na = cert.validity().not_after.timestamp();
+        let t = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!((t - 61..=t - 59).contains(&nb), "backdated one minute");
+        assert_eq!(na - t, 86_400);
+        let serial = cert.raw_serial();
+        assert_eq!(serial.len(), 16);
+        assert!(
+            serial[0] & 0x80 == 0 && serial[0] & 0x40 != 0,
+            "positive, fixed length"
+        );
+        assert!(
+            cert.get_extension_unique(&oid_registry::OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER)
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(cert.public_key().raw, csr.spki_der());
+    }
+}
+
+#[test]
+fn serials_do_not_repeat() {
+    let now = SystemTime::now();
+    let (_root, ca) = hierarchy(now, KeyAlgorithm::EcdsaP256);
+    let csr = csr(KeyAlgorithm::EcdsaP256, &[DEMO]);
+    let decision = policy()
+        .decide(
+            &caller(),
+            &grant(&["spiffe://cluster.local/*"], &[Profile::Workload]),
+            &csr,
+            &request(Profile::Workload, None),
+            now,
+        )
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        assert!(
+            seen.insert(
+                ca.sign(&decision, csr.public_key())
+                    .unwrap()
+                    .serial_hex()
+                    .to_owned()
+            )
+        );
+    }
+}
+
+#[test]
+fn server_and_client_profiles() {
+    let now = SystemTime::now();
+    let (_root, ca) = hierarchy(now, KeyAlgorithm::EcdsaP384);
+    let g = grant(
+        &["**.example.com", "10.0.0.0/8"],
+        &[Profile::Server, Profile::Client],
+    );
+    let server = csr(KeyAlgorithm::EcdsaP256, &["api.example.com", "10.1.2.3"]);
+    let d = policy()
+        .decide(
+            &caller(),
+            &g,
+            &server,
+            &request(Profile::Server, Some(3600 * Duration::from_secs(1))),
+            now,
+        )
+        .unwrap();
+    let chain = ca.sign(&d, server.public_key()).unwrap();
+    chain.check(&d, &server, now, Duration::ZERO).unwrap();
+    webpki_verify(&chain, now, webpki::KeyUsage::server_auth()).unwrap();
+    assert!(
+        webpki_verify(&chain, now, webpki::KeyUsage::client_auth()).is_err(),
+        "server cert must not be a client cert"
+    );
+    let ee = webpki::EndEntityCert::try_from(chain.leaf()).unwrap();
+    ee.verify_is_valid_for_subject_name(
+        &rustls_pki_types::ServerName::try_from("api.example.com").unwrap(),
+    )
+    .unwrap();
+
+    let d = policy()
+        .decide(&caller(), &g, &server, &request(Profile::Client, None), now)
+        .unwrap();
+    let chain = ca.sign(&d, server.public_key()).unwrap();
+    webpki_verify(&chain, now, webpki::KeyUsage::client_auth()).unwrap();
+    assert!(webpki_verify(&chain, now, webpki::KeyUsage::server_auth()).is_err());
+}
+
+#[test]
+fn policy_refusals_are_specific() {
+    let now = SystemTime::now();
+    let wide = grant(
+        &["spiffe://cluster.local/*", "**.example.com"],
+        &Profile::ALL,
+    );
+    let decide = |g: &Grant, c: &VerifiedCsr, r: IssuanceRequest| {
+        policy().decide(&caller(), g, c, &r, now).unwrap_err()
+    };
+    let wl = request(Profile::Workload, None);
+
+    let fixture = |n: &str| {
+        VerifiedCsr::from_pem(
+            &std::fs::read(format!(
+                "{}/testdata/csr/{n}.pem",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        decide(&wide, &fixture("ca-request"), wl),
+        PolicyError::CaRequested
+    );
+    assert!(matches!(
+        decide(&wide, &fixture("email-san"), wl),
+        PolicyError::UnsupportedName { kind: "email", .. }
+    ));
+    assert!(matches!(
+        decide(&wide, &fixture("wrong-td"), wl),
+        PolicyError::WrongTrustDomain { .. }
+    ));
+    assert!(matches!(
+        decide(&wide, &fixture("two-ids"), wl),
+        PolicyError::ProfileMismatch { .. }
+    ));
+    assert!(matches!(
+        decide(&wide, &fixture("no-sans"), wl),
+        PolicyError::ProfileMismatch { .. }
+    ));
+    let server = request(Profile::Server, None);
+    assert_eq!(
+        decide(&wide, &fixture("server-names"), server),
+        PolicyError::WildcardNotAllowed("*.example.com".into())
+    );
+    let mut wild = wide.clone();
+    wild.allow_wildcards = true;
+    wild.allowed_sans
+        .push(SanPattern::parse("10.1.2.3").unwrap());
+    assert!(
+        policy()
+            .decide(&caller(), &wild, &fixture("server-names"), &server, now)
+            .is_ok()
+    );
+
+    let narrow = grant(&["spiffe://cluster.local/ns/prod/*"], &[Profile::Workload]);
+    assert!(matches!(
+        decide(&narrow, &fixture("ec-p256"), wl),
+        PolicyError::SanNotAllowed { .. }
+    ));
+    assert!(matches!(
+        decide(&narrow, &fixture("ec-p256"), server),
+        PolicyError::ProfileNotAllowed { .. }
+    ));
+    assert!(matches!(
+        decide(&wide, &fixture("ec-p256"), server),
+        PolicyError::ProfileMismatch { .. }
+    ));
+
+    let demo = fixture("ec-p256");
+    let long = request(Profile::Workload, Some(400 * DAY));
+    assert!(matches!(
+        decide(&wide, &demo, long),
+        PolicyError::TtlTooLong { .. }
+    ));
+    let short = request(Profile::Workload, Some(Duration::from_secs(5)));
+    assert!(matches!(
+        decide(&wide, &demo, short),
+        PolicyError::TtlTooShort { .. }
+    ));
+    let clamped = IssuanceRequest {
+        ttl_overflow: TtlOverflow::Clamp,
+        ..long
+    };
+    let d = policy()
+        .decide(&caller(), &wide, &demo, &clamped, now)
+        .unwrap();
+    assert_eq!(d.not_after(), now + DAY);
+    let mut capped = wide.clone();
+    capped.max_ttl = Some(Duration::from_secs(3600));
+    assert!(matches!(
+        decide(
+            &capped,
+            &demo,
+            request(Profile::Workload, Some(7200 * Duration::from_secs(1)))
+        ),
+        PolicyError::TtlTooLong { .. }
+    ));
+    let d = policy()
+        .decide(&caller(), &capped, &demo, &wl, now)
+        .unwrap();
+    assert_eq!(
+        d.ttl(),
+        Duration::from_secs(3600 + 60),
+        "default is capped by the grant (plus backdate)"
+    );
+}
+
+#[test]
+fn leaves_never_outlive_their_issuer() {
+    let now = SystemTime::now();
+    let root = LocalCa::self_signed_root(
+        "short root",
+        PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
+        now,
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let csr = csr(KeyAlgorithm::EcdsaP256, &[DEMO]);
+    let d = policy()
+        .decide(
+            &caller(),
+            &grant(&["spiffe://cluster.local/*"], &[Profile::Workload]),
+            &csr,
+            &request(Profile::Workload, None),
+            now,
+        )
+        .unwrap();
+    let chain = root.sign(&d, csr.public_key()).unwrap();
+    assert_eq!(chain.not_after(), root.not_after());
+    chain.check(&d, &csr, now, Duration::ZERO).unwrap();
+    webpki_verify(&chain, now, webpki::KeyUsage::server_auth()).unwrap();
+}
+
+#[test]
+fn chain_checks_catch_what_a_backend_might_get_wrong() {
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let now = clock.now();
+    let (root, ca) = hierarchy(now, KeyAlgorithm::EcdsaP256);
+    let (other_root, _) = hierarchy(now, KeyAlgorithm::EcdsaP256);
+    let g = grant(&["spiffe://cluster.local/*"], &[Profile::Workload]);
+    let demo = csr(KeyAlgorithm::EcdsaP256, &[DEMO]);
+    let d = policy()
+        .decide(&caller(), &g, &demo, &request(Profile::Workload, None), now)
+        .unwrap();
+    let chain = ca.sign(&d, demo.public_key()).unwrap();
+
+    // Wrong trust bundle.
+    let foreign = signet_core::IssuedChain::new(
+        chain.leaf().clone(),
+        chain.intermediates().to_vec(),
+        other_root.trust_bundle().clone(),
+    )
+    .unwrap();
+    assert!(matches!(
+        foreign.verify(now),
+        Err(ChainError::IssuerMismatch { .. }
+            | ChainError::UntrustedRoot
+            | ChainError::Signature { .. })
+    ));
+    // Missing intermediate.
+    let gap =
+        signet_core::IssuedChain::new(chain.leaf().clone(), vec![], root.trust_bundle().clone())
+            .unwrap();
+    assert!(gap.verify(now).is_err());
+    // Root included among the intermediates (a Vault quirk) is tolerated.
+    let with_root = signet_core::IssuedChain::new(
+        chain.leaf().clone(),
+        [chain.intermediates(), root.trust_bundle().roots()].concat(),
+        root.trust_bundle().clone(),
+    )
+    .unwrap();
+    assert_eq!(with_root.intermediates().len(), 1);
+    with_root.verify(now).unwrap();
+    // Expired later.
+    clock.advance(2 * DAY);
+    assert!(matches!(
+        chain.verify(clock.now()),
+        Err(ChainError::Expired { .. })
+    ));
+    // A certificate for another key or other names does not match the decision.
+    let other = csr(
+        KeyAlgorithm::EcdsaP256,
+        &["spiffe://cluster.local/ns/default/sa/other"],
+    );
+    let d2 = policy()
+        .decide(
+            &caller(),
+            &g,
+            &other,
+            &request(Profile::Workload, None),
+            now,
+        )
+        .unwrap();
+    assert_eq!(
+        chain.check_matches(&d, other.spki_der(), Duration::ZERO),
+        Err(ChainError::KeyMismatch)
+    );
+    assert!(matches!(
+        chain.check_matches(&d2, demo.spki_der(), Duration::ZERO),
+        Err(ChainError::NamesDiffer { .. })
+    ));
+    // An intermediate where a leaf was decided is refused.
+    let inter_d = IssuanceDecision::intermediate("x", &td(), 0, now, DAY, Duration::ZERO, "t");
+    let ca_chain = root.sign(&inter_d, demo.public_key()).unwrap();
+    assert_eq!(
+        ca_chain.check_matches(&d, demo.spki_der(), Duration::ZERO),
+        Err(ChainError::CaMismatch)
+    );
+}
+
+#[test]
+fn a_pathlen_zero_ca_cannot_issue_cas() {
+    let now = SystemTime::now();
+    let (_root, ca) = hierarchy(now, KeyAlgorithm::EcdsaP256);
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let d = IssuanceDecision::intermediate("sub", &td(), 0, now, DAY, Duration::ZERO, "t");
+    assert!(matches!(
+        ca.sign(&d, &key),
+        Err(SignError::BackendRejected(_))
+    ));
+}
+
+#[test]
+fn loading_refuses_non_cas_and_mismatched_keys() {
+    let now = SystemTime::now();
+    let (root, ca) = hierarchy(now, KeyAlgorithm::EcdsaP256);
+    let roots = Some(root.trust_bundle().roots().to_vec());
+    let wrong_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    assert_eq!(
+        LocalCa::new(
+            ca.certificate().clone(),
+            wrong_key,
+            vec![],
+            roots.clone(),
+            now
+        )
+        .unwrap_err(),
+        CaError::KeyMismatch
+    );
+    let leaf_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let csr = VerifiedCsr::from_der(&leaf_key.csr_der(None, &[san(DEMO)]).unwrap()).unwrap();
+    let d = policy()
+        .decide(
+            &caller(),
+            &grant(&["spiffe://cluster.local/*"], &[Profile::Workload]),
+            &csr,
+            &request(Profile::Workload, None),
+            now,
+        )
+        .unwrap();
+    let leaf = ca.sign(&d, csr.public_key()).unwrap();
+    let leaf_cert: CertificateDer<'static> = leaf.leaf().clone();
+    assert_eq!(
+        LocalCa::new(leaf_cert, leaf_key, vec![], roots, now).unwrap_err(),
+        CaError::NotACa
+    );
+}

@@ -1,0 +1,294 @@
+//! Offline verification of service-account JWTs against an issuer's JWKS.
+//!
+//! Only asymmetric algorithms are accepted, and each key only with the
+//! algorithm its type (and curve) implies: no `none`, no HMAC, no RSA key
+//! used as an HMAC secret. `exp` is required; `exp`/`nbf` are checked with
+//! the configured leeway against the injectable clock. The JWKS comes from a
+//! file or a URL, cached, refreshed periodically and (rate-limited) when a
+//! token names an unknown key.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use signet_core::Clock;
+use signet_core::clock::unix_seconds;
+use tokio::sync::Mutex;
+
+use super::AuthError;
+use crate::config::JwtIssuerConfig;
+use crate::identity::{Identity, PodRef, parse_service_account_username};
+
+/// The least time between two JWKS fetches triggered by unknown key IDs.
+const REFETCH_MIN_INTERVAL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Deserialize)]
+struct KubernetesClaims {
+    namespace: Option<String>,
+    serviceaccount: Option<NamedRef>,
+    pod: Option<NamedRef>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NamedRef {
+    name: String,
+    #[serde(default)]
+    uid: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    exp: Option<i64>,
+    #[serde(default)]
+    nbf: Option<i64>,
+    #[serde(default, rename = "kubernetes.io")]
+    kubernetes: Option<KubernetesClaims>,
+    #[serde(default, rename = "kubernetes.io/serviceaccount/namespace")]
+    legacy_namespace: Option<String>,
+    #[serde(default, rename = "kubernetes.io/serviceaccount/service-account.name")]
+    legacy_account: Option<String>,
+}
+
+/// The algorithm a key may be used with, from its JWK.
+fn pinned_algorithm(jwk: &Jwk) -> Option<Vec<Algorithm>> {
+    let by_type: Vec<Algorithm> = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => vec![
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ],
+        AlgorithmParameters::EllipticCurve(p) => match p.curve {
+            EllipticCurve::P256 => vec![Algorithm::ES256],
+            EllipticCurve::P384 => vec![Algorithm::ES384],
+            _ => return None,
+        },
+        AlgorithmParameters::OctetKeyPair(_) => vec![Algorithm::EdDSA],
+        // Symmetric keys in a JWKS are never accepted.
+        _ => return None,
+    };
+    match jwk.common.key_algorithm {
+        None => Some(by_type),
+        // A declared algorithm must be one of those the key type allows.
+        Some(declared) => match declared.to_string().parse::<Algorithm>() {
+            Ok(a) if by_type.contains(&a) => Some(vec![a]),
+            _ => None,
+        },
+    }
+}
+
+/// One configured issuer.
+#[derive(Debug)]
+pub struct JwtAuthenticator {
+    config: JwtIssuerConfig,
+    keys: ArcSwap<JwkSet>,
+    last_fetch: Mutex<Option<tokio::time::Instant>>,
+    http: reqwest::Client,
+    clock: Arc<dyn Clock>,
+}
+
+impl JwtAuthenticator {
+    /// Loads the JWKS once (a file must be readable; a URL may be down).
+    pub async fn new(config: JwtIssuerConfig, clock: Arc<dyn Clock>) -> Result<Arc<Self>, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let this = Arc::new(Self {
+            config,
+            keys: ArcSwap::from_pointee(JwkSet { keys: vec![] }),
+            last_fetch: Mutex::new(None),
+            http,
+            clock,
+        });
+        match (&this.config.jwks_file, this.refresh().await) {
+            (Some(f), Err(e)) => return Err(format!("{}: {e}", f.display())),
+            (None, Err(e)) => {
+                tracing::warn!(issuer = %this.config.issuer, error = %e, "JWKS not reachable yet; will retry")
+            }
+            _ => {}
+        }
+        let weak = Arc::downgrade(&this);
+        let period = this.config.jwks_refresh.get();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(this) = weak.upgrade() else { return };
+                if let Err(e) = this.refresh().await {
+                    tracing::warn!(issuer = %this.config.issuer, error = %e, "refreshing the JWKS failed; keeping the previous keys");
+                }
+            }
+        });
+        Ok(this)
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.config.issuer
+    }
+
+    async fn refresh(&self) -> Result<(), String> {
+        *self.last_fetch.lock().await = Some(tokio::time::Instant::now());
+        let bytes = match (&self.config.jwks_file, &self.config.jwks_url) {
+            (Some(f), _) => tokio::fs::read(f).await.map_err(|e| e.to_string())?,
+            (None, Some(u)) => {
+                let r = self.http.get(u).send().await.map_err(|e| e.to_string())?;
+                if !r.status().is_success() {
+                    return Err(format!("{u}: {}", r.status()));
+                }
+                r.bytes().await.map_err(|e| e.to_string())?.to_vec()
+            }
+            (None, None) => return Err("no JWKS source".into()),
+        };
+        let set: JwkSet =
+            serde_json::from_slice(&bytes).map_err(|e| format!("invalid JWKS: {e}"))?;
+        self.keys.store(Arc::new(set));
+        Ok(())
+    }
+
+    /// Re-fetches a URL-based JWKS when a token names an unknown key, at
+    /// most every 30 seconds.
+    async fn refetch_for_unknown_kid(&self) -> bool {
+        if self.config.jwks_url.is_none() {
+            return false;
+        }
+        let due = self
+            .last_fetch
+            .lock()
+            .await
+            .is_none_or(|t| t.elapsed() >= REFETCH_MIN_INTERVAL);
+        due && self.refresh().await.is_ok()
+    }
+
+    /// Verifies `token`, returning the service account it names.
+    pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::invalid("malformed token", e))?;
+        if matches!(
+            header.alg,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        ) {
+            return Err(AuthError::invalid(
+                "token algorithm not allowed",
+                format!("{:?}", header.alg),
+            ));
+        }
+        let mut candidates = self.candidates(&header);
+        if candidates.is_empty() && self.refetch_for_unknown_kid().await {
+            candidates = self.candidates(&header);
+        }
+        if candidates.is_empty() {
+            return Err(AuthError::invalid(
+                "token signed by an unknown key",
+                format!("kid {:?} alg {:?}", header.kid, header.alg),
+            ));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.required_spec_claims.clear();
+        validation.set_audience(&self.config.audiences);
+        validation.set_issuer(&[&self.config.issuer]);
+        let mut last = None;
+        for key in candidates {
+            match jsonwebtoken::decode::<Claims>(token, &key, &validation) {
+                Ok(data) => return self.identity(data.claims),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(AuthError::invalid(
+            "token verification failed",
+            last.map_or_else(String::new, |e| e.to_string()),
+        ))
+    }
+
+    fn candidates(&self, header: &jsonwebtoken::Header) -> Vec<DecodingKey> {
+        self.keys
+            .load()
+            .keys
+            .iter()
+            .filter(|k| header.kid.is_none() || k.common.key_id == header.kid)
+            .filter(|k| pinned_algorithm(k).is_some_and(|algs| algs.contains(&header.alg)))
+            .filter_map(|k| DecodingKey::from_jwk(k).ok())
+            .collect()
+    }
+
+    fn identity(&self, c: Claims) -> Result<Identity, AuthError> {
+        let now = unix_seconds(self.clock.now());
+        let leeway = self.config.leeway.get().as_secs() as i64;
+        let exp = c
+            .exp
+            .ok_or_else(|| AuthError::invalid("token has no expiry", "exp missing"))?;
+        if now > exp + leeway {
+            return Err(AuthError::invalid(
+                "token expired",
+                format!("exp {exp}, now {now}"),
+            ));
+        }
+        if let Some(nbf) = c.nbf
+            && now + leeway < nbf
+        {
+            return Err(AuthError::invalid(
+                "token not yet valid",
+                format!("nbf {nbf}, now {now}"),
+            ));
+        }
+        let from_sub = c.sub.as_deref().and_then(parse_service_account_username);
+        let from_claims = match &c.kubernetes {
+            Some(k) => k
+                .namespace
+                .clone()
+                .zip(k.serviceaccount.as_ref().map(|s| s.name.clone())),
+            None => c.legacy_namespace.clone().zip(c.legacy_account.clone()),
+        };
+        let (namespace, name) = match (from_sub, from_claims) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(AuthError::invalid(
+                    "token claims disagree",
+                    format!("sub {a:?} vs kubernetes.io {b:?}"),
+                ));
+            }
+            (Some(a), _) | (None, Some(a)) => a,
+            (None, None) => {
+                return Err(AuthError::invalid(
+                    "token names no service account",
+                    "no sub or kubernetes.io claims",
+                ));
+            }
+        };
+        let pod = c.kubernetes.and_then(|k| k.pod).map(|p| PodRef {
+            name: p.name,
+            uid: p.uid,
+        });
+        Ok(Identity::ServiceAccount {
+            cluster: self.config.cluster.clone(),
+            namespace,
+            name,
+            pod,
+            method: format!("jwt:{}", self.config.issuer),
+        })
+    }
+
+    /// Seconds since the epoch when the token expires, if it says (unverified).
+    pub fn unverified_expiry(token: &str) -> Option<SystemTime> {
+        let claims: serde_json::Value =
+            jsonwebtoken::dangerous::insecure_decode_claims(token).ok()?;
+        claims["exp"]
+            .as_i64()
+            .map(signet_core::clock::from_unix_seconds)
+    }
+
+    /// The `iss` claim, unverified (to pick the issuer's keys).
+    pub fn unverified_issuer(token: &str) -> Option<String> {
+        let claims: serde_json::Value =
+            jsonwebtoken::dangerous::insecure_decode_claims(token).ok()?;
+        claims["iss"].as_str().map(str::to_owned)
+    }
+}

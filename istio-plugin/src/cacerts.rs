@@ -1,0 +1,378 @@
+//! istiod's plug-in CA: the `cacerts` Secret, kept filled with an
+//! intermediate issued by a backend.
+//!
+//! Minting: generate a key, ask the backend for an intermediate (CA:TRUE,
+//! pathLen 0, keyCertSign, the trust domain's SPIFFE ID), and lay it out as
+//! istiod reads it: `ca-cert.pem`, `ca-key.pem`, `cert-chain.pem`
+//! (intermediate → … → root), `root-cert.pem` (every trusted root), or
+//! `tls.crt`/`tls.key`/`ca.crt`. Nothing is written unless it validates: key
+//! matches, is a CA with pathLen 0 and keyCertSign, chains to a root in
+//! `root-cert.pem`, and is not about to expire. During a root change
+//! `root-cert.pem` keeps the old roots until they expire (istiod accepts only
+//! subset/superset root changes).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::CertificateDer;
+use serde::Deserialize;
+use signet_core::chain::{TrustBundle, order_path, validity};
+use signet_core::duration::HumanDuration;
+use signet_core::issuer::LocalCa;
+use signet_core::key::{KeyAlgorithm, PrivateKey};
+use signet_core::names::San;
+use signet_core::policy::IssuanceDecision;
+use signet_core::spiffe::TrustDomain;
+use signet_core::{Clock, SignError, Signer, VerifiedCsr, pem};
+
+fn default_namespace() -> String {
+    "istio-system".to_owned()
+}
+fn default_secret() -> String {
+    "cacerts".to_owned()
+}
+fn default_ttl() -> HumanDuration {
+    HumanDuration::from_secs(30 * 86_400)
+}
+fn default_common_name() -> String {
+    "signet istio intermediate".to_owned()
+}
+
+/// How the Secret's files are named.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// `ca-cert.pem`, `ca-key.pem`, `cert-chain.pem`, `root-cert.pem`.
+    #[default]
+    Istio,
+    /// `tls.crt` (intermediate and chain), `tls.key`, `ca.crt` (Istio 1.15+).
+    Tls,
+}
+
+/// `frontends.istio_cacerts`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacertsConfig {
+    /// Name of an entry under `backends` that issues intermediates.
+    pub backend: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default = "default_secret")]
+    pub secret: String,
+    /// Lifetime of each intermediate.
+    #[serde(default = "default_ttl")]
+    pub ttl: HumanDuration,
+    /// Renew this long before expiry; default a third of `ttl`.
+    #[serde(default)]
+    pub renew_before: Option<HumanDuration>,
+    #[serde(default)]
+    pub key: KeyAlgorithm,
+    #[serde(default)]
+    pub layout: Layout,
+    #[serde(default = "default_common_name")]
+    pub common_name: String,
+}
+
+impl CacertsConfig {
+    pub fn renew_before(&self) -> Duration {
+        self.renew_before
+            .map_or(self.ttl.get() / 3, HumanDuration::get)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ttl.get() < Duration::from_secs(3600) {
+            return Err(format!("ttl {} is below 1h", self.ttl));
+        }
+        if self.renew_before() >= self.ttl.get() {
+            return Err("renew_before must be shorter than ttl".into());
+        }
+        Ok(())
+    }
+}
+
+/// The four files, by name, for the configured layout.
+pub type Files = BTreeMap<String, Vec<u8>>;
+
+/// What a validated `cacerts` holds.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub not_after: SystemTime,
+    pub roots: Vec<CertificateDer<'static>>,
+}
+
+fn names(layout: Layout) -> [&'static str; 4] {
+    match layout {
+        // cert, key, chain, roots
+        Layout::Istio => [
+            "ca-cert.pem",
+            "ca-key.pem",
+            "cert-chain.pem",
+            "root-cert.pem",
+        ],
+        Layout::Tls => ["tls.crt", "tls.key", "tls.crt", "ca.crt"],
+    }
+}
+
+fn certs(bytes: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let c: Vec<CertificateDer<'static>> = pem::certificates(bytes)
+        .map_err(|e| format!("{what}: {e}"))?
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    if c.is_empty() {
+        return Err(format!("{what}: no certificate"));
+    }
+    Ok(c)
+}
+
+/// Checks a set of files the way istiod will use them, and more.
+pub fn validate(files: &Files, layout: Layout, now: SystemTime) -> Result<Validated, String> {
+    let [cert_name, key_name, chain_name, roots_name] = names(layout);
+    let get = |n: &str| files.get(n).ok_or_else(|| format!("{n} missing"));
+    let mut cert_and_chain = certs(get(cert_name)?, cert_name)?;
+    let cert = cert_and_chain.remove(0);
+    let chain = match layout {
+        Layout::Istio => {
+            let mut c = certs(get(chain_name)?, chain_name)?;
+            if c.first() != Some(&cert) {
+                return Err(format!("{chain_name} must start with {cert_name}"));
+            }
+            c.remove(0);
+            c
+        }
+        Layout::Tls => cert_and_chain,
+    };
+    let roots = certs(get(roots_name)?, roots_name)?;
+    let key = PrivateKey::from_pem(get(key_name)?).map_err(|e| format!("{key_name}: {e}"))?;
+    let (_, not_after) = validity(&cert).map_err(|e| e.to_string())?;
+    let ca = LocalCa::new(cert.clone(), key, chain, Some(roots.clone()), now)
+        .map_err(|e| format!("{cert_name}: {e}"))?;
+    // istiod's reference intermediate: CA:TRUE pathlen:0, keyCertSign.
+    use x509_parser::prelude::FromDer as _;
+    let (_, parsed) =
+        x509_parser::certificate::X509Certificate::from_der(&cert).map_err(|e| e.to_string())?;
+    let bc = parsed
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .ok_or("no basicConstraints")?;
+    if bc.value.path_len_constraint != Some(0) {
+        return Err(format!("{cert_name} must have pathLenConstraint 0"));
+    }
+    let ku = parsed.key_usage().ok().flatten().ok_or("no keyUsage")?;
+    if !ku.value.key_cert_sign() {
+        return Err(format!("{cert_name} lacks keyCertSign"));
+    }
+    if now >= ca.not_after() {
+        return Err(format!("{cert_name} has expired"));
+    }
+    Ok(Validated { not_after, roots })
+}
+
+/// Mints intermediates for istiod from a backend.
+#[derive(Debug)]
+pub struct Cacerts {
+    backend: Arc<dyn Signer>,
+    config: CacertsConfig,
+    trust_domain: TrustDomain,
+    clock: Arc<dyn Clock>,
+}
+
+impl Cacerts {
+    pub fn new(
+        backend: Arc<dyn Signer>,
+        config: CacertsConfig,
+        trust_domain: TrustDomain,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            backend,
+            config,
+            trust_domain,
+            clock,
+        }
+    }
+
+    pub fn config(&self) -> &CacertsConfig {
+        &self.config
+    }
+
+    /// A new intermediate, laid out and validated. `previous_roots` (from the
+    /// Secret being replaced) are kept while unexpired.
+    pub async fn mint(
+        &self,
+        previous_roots: &[CertificateDer<'static>],
+    ) -> Result<Files, SignError> {
+        let now = self.clock.now();
+        let key = PrivateKey::generate(self.config.key)
+            .map_err(|e| SignError::Internal(e.to_string()))?;
+        let csr = VerifiedCsr::from_der(
+            &key.csr_der(
+                Some(&self.config.common_name),
+                &[San::Uri(self.trust_domain.id())],
+            )
+            .map_err(|e| SignError::Internal(e.to_string()))?,
+        )?;
+        let decision = IssuanceDecision::intermediate(
+            &self.config.common_name,
+            &self.trust_domain,
+            0,
+            now,
+            self.config.ttl.get(),
+            Duration::from_secs(60),
+            "signet:istio-cacerts",
+        );
+        let chain = self.backend.sign(&decision, &csr).await?;
+        chain.check(
+            &decision,
+            &csr,
+            now,
+            signet_core::chain::BACKEND_CLOCK_TOLERANCE,
+        )?;
+        let roots = self.root_set(chain.trust_bundle(), previous_roots, now);
+        let path = order_path(
+            chain.leaf(),
+            [chain.intermediates(), chain.trust_bundle().roots()].concat(),
+        );
+        let files = layout(self.config.layout, chain.leaf(), &path, &roots, &key);
+        let v = validate(&files, self.config.layout, now).map_err(|e| {
+            SignError::BadChain(signet_core::chain::ChainError::Parse {
+                what: "cacerts".into(),
+                detail: e,
+            })
+        })?;
+        tracing::info!(
+            target: "signet::audit",
+            serial = chain.serial_hex(),
+            principal = "signet:istio-cacerts",
+            profile = "intermediate",
+            not_after = %signet_core::clock::rfc3339(v.not_after),
+            backend = %self.backend.describe().name,
+            "istio plug-in CA intermediate issued"
+        );
+        Ok(files)
+    }
+
+    /// Current roots of the backend plus earlier ones that have not expired.
+    pub fn root_set(
+        &self,
+        bundle: &TrustBundle,
+        previous: &[CertificateDer<'static>],
+        now: SystemTime,
+    ) -> Vec<CertificateDer<'static>> {
+        let mut roots: Vec<CertificateDer<'static>> = bundle.roots().to_vec();
+        for r in previous {
+            let alive = validity(r).is_ok_and(|(_, na)| na > now);
+            if alive && !roots.contains(r) {
+                roots.push(r.clone());
+            }
+        }
+        roots
+    }
+
+    /// What to do with the files currently stored (if any).
+    pub async fn plan(&self, current: Option<&Files>) -> Plan {
+        let now = self.clock.now();
+        let Some(files) = current else {
+            return Plan::Mint {
+                previous_roots: vec![],
+            };
+        };
+        let v = match validate(files, self.config.layout, now) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "the stored cacerts are not usable; replacing them");
+                let roots = files
+                    .get(names(self.config.layout)[3])
+                    .and_then(|r| certs(r, "roots").ok())
+                    .unwrap_or_default();
+                return Plan::Mint {
+                    previous_roots: roots,
+                };
+            }
+        };
+        if v.not_after <= now + self.config.renew_before() {
+            return Plan::Mint {
+                previous_roots: v.roots,
+            };
+        }
+        // A new backend root is added alongside the ones istiod already trusts.
+        match self.backend.trust_bundle().await {
+            Ok(bundle) if bundle.roots().iter().any(|r| !v.roots.contains(r)) => {
+                let roots = self.root_set(&bundle, &v.roots, now);
+                let mut updated = files.clone();
+                updated.insert(
+                    names(self.config.layout)[3].to_owned(),
+                    roots
+                        .iter()
+                        .map(|r| pem::encode_certificate(r))
+                        .collect::<String>()
+                        .into_bytes(),
+                );
+                Plan::Write(updated)
+            }
+            _ => Plan::Keep,
+        }
+    }
+}
+
+/// The outcome of [`Cacerts::plan`].
+#[derive(Debug)]
+pub enum Plan {
+    Keep,
+    Mint {
+        previous_roots: Vec<CertificateDer<'static>>,
+    },
+    Write(Files),
+}
+
+fn layout(
+    layout: Layout,
+    cert: &CertificateDer<'_>,
+    path: &[CertificateDer<'static>],
+    roots: &[CertificateDer<'static>],
+    key: &PrivateKey,
+) -> Files {
+    let cert_pem = pem::encode_certificate(cert);
+    let chain_pem: String = std::iter::once(cert_pem.clone())
+        .chain(path.iter().map(|c| pem::encode_certificate(c)))
+        .collect();
+    let roots_pem: String = roots.iter().map(|r| pem::encode_certificate(r)).collect();
+    let key_pem = key.to_pem();
+    let mut files = Files::new();
+    match layout {
+        Layout::Istio => {
+            files.insert("ca-cert.pem".into(), cert_pem.into_bytes());
+            files.insert("ca-key.pem".into(), key_pem.as_bytes().to_vec());
+            files.insert("cert-chain.pem".into(), chain_pem.into_bytes());
+            files.insert("root-cert.pem".into(), roots_pem.into_bytes());
+        }
+        Layout::Tls => {
+            // tls.crt: the intermediate and what is above it, without the root.
+            let above: String = path
+                .iter()
+                .filter(|c| !roots.contains(c))
+                .map(|c| pem::encode_certificate(c))
+                .collect();
+            files.insert("tls.crt".into(), format!("{cert_pem}{above}").into_bytes());
+            files.insert("tls.key".into(), key_pem.as_bytes().to_vec());
+            files.insert("ca.crt".into(), roots_pem.into_bytes());
+        }
+    }
+    files
+}
+
+/// Writes `files` into `dir` (the key 0600), for `signet istio cacerts`.
+pub fn write_dir(files: &Files, dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (name, bytes) in files {
+        let mode = if name.ends_with("key.pem") || name == "tls.key" {
+            0o600
+        } else {
+            0o644
+        };
+        signet_core::fsutil::write_atomic(&dir.join(name), bytes, mode)?;
+    }
+    Ok(())
+}

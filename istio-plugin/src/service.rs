@@ -1,0 +1,290 @@
+//! `istio.v1.auth.IstioCertificateService/CreateCertificate`.
+//!
+//! Authenticate, resolve the identity (possibly impersonated), grant exactly
+//! that SPIFFE ID, clamp the TTL, issue, and answer with the chain in the form
+//! istio-agent and ztunnel both parse: `[leaf, intermediate..., roots]`, one
+//! PEM per element except the last, which holds every root. Errors become gRPC
+//! codes in [`to_status`], and only there.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use signet_core::caller::{AuthMethod, Caller, PeerInfo};
+use signet_core::error::{ErrorKind, SignError};
+use signet_core::metrics::Metrics;
+use signet_core::policy::{Grant, IssuanceRequest, PolicyError, Profile, TtlOverflow};
+use signet_core::spiffe::SpiffeId;
+use signet_core::{Authority, VerifiedCsr};
+use tokio::sync::Semaphore;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{AuthError, Authenticators, Credentials};
+use crate::identity::Identity;
+use crate::impersonation::Impersonation;
+use crate::pb::istio_certificate_service_server::{
+    IstioCertificateService, IstioCertificateServiceServer,
+};
+use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
+
+const FRONTEND: &str = "istio";
+/// istio-agent's default `clusterid`.
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+
+/// The one mapping from pipeline errors to gRPC status codes. istio-agent
+/// retries UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED, so every
+/// "try again later" lands there; bad input is never INTERNAL.
+pub fn to_status(e: &SignError) -> Status {
+    let msg = e.public_message();
+    match e.kind() {
+        ErrorKind::InvalidRequest | ErrorKind::InvalidCsr => Status::invalid_argument(msg),
+        ErrorKind::PolicyDenied => match e {
+            SignError::PolicyDenied(PolicyError::TtlTooShort { .. }) => {
+                Status::invalid_argument(msg)
+            }
+            _ => Status::permission_denied(msg),
+        },
+        ErrorKind::Unauthenticated => Status::unauthenticated(msg),
+        ErrorKind::RateLimited => Status::resource_exhausted(msg),
+        ErrorKind::Timeout => Status::deadline_exceeded(msg),
+        ErrorKind::Overloaded | ErrorKind::BackendUnavailable | ErrorKind::NotReady => {
+            Status::unavailable(msg)
+        }
+        _ => Status::internal(msg),
+    }
+}
+
+/// The Istio CA service.
+#[derive(Debug)]
+pub struct IstioCa {
+    authority: Arc<Authority>,
+    auth: Authenticators,
+    impersonation: Option<Impersonation>,
+    metrics: Metrics,
+    in_flight: Arc<Semaphore>,
+    timeout: Duration,
+}
+
+impl IstioCa {
+    pub fn new(
+        authority: Arc<Authority>,
+        auth: Authenticators,
+        impersonation: Option<Impersonation>,
+        metrics: Metrics,
+        max_concurrent: usize,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            authority,
+            auth,
+            impersonation,
+            metrics,
+            in_flight: Arc::new(Semaphore::new(max_concurrent)),
+            timeout,
+        }
+    }
+
+    /// The tonic service, with a message size cap.
+    pub fn into_service(self, max_message_bytes: usize) -> IstioCertificateServiceServer<Self> {
+        IstioCertificateServiceServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(4 * 1024 * 1024)
+    }
+
+    async fn handle(
+        &self,
+        peer: Option<&PeerInfo>,
+        token: Option<&str>,
+        cluster_id: &str,
+        req: IstioCertificateRequest,
+    ) -> (Option<String>, Result<IstioCertificateResponse, SignError>) {
+        let creds = Credentials {
+            peer,
+            token,
+            cluster_id,
+        };
+        let identity = match self.auth.authenticate(&creds).await {
+            Ok(i) => i,
+            Err(AuthError::Invalid { public, detail }) => {
+                tracing::info!(peer = ?peer.map(|p| p.addr), cluster = cluster_id, %detail, "authentication failed");
+                return (None, Err(SignError::Unauthenticated(public.to_owned())));
+            }
+            Err(AuthError::Unavailable(d)) => return (None, Err(SignError::BackendUnavailable(d))),
+        };
+        let principal = identity.to_string();
+        (Some(principal), self.issue(&identity, req).await)
+    }
+
+    async fn issue(
+        &self,
+        identity: &Identity,
+        req: IstioCertificateRequest,
+    ) -> Result<IstioCertificateResponse, SignError> {
+        let td = self.authority.policy().trust_domain();
+        let own = identity.spiffe_id(td).map_err(|e| {
+            SignError::Unauthenticated(format!("identity is not a valid SPIFFE ID: {e}"))
+        })?;
+        let impersonated = req
+            .metadata
+            .as_ref()
+            .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
+            .map(|v| match &v.kind {
+                Some(prost_types::value::Kind::StringValue(s)) => Ok(s.clone()),
+                _ => Err(SignError::invalid_request(
+                    "invalid_metadata",
+                    "ImpersonatedIdentity must be a string",
+                )),
+            })
+            .transpose()?;
+        let (target, method) = match impersonated {
+            None => (own.clone(), auth_method(identity)),
+            Some(s) if s == own.as_str() => (own.clone(), auth_method(identity)),
+            Some(s) => {
+                let Some(imp) = &self.impersonation else {
+                    return Err(SignError::Unauthenticated(
+                        "impersonation is not allowed".into(),
+                    ));
+                };
+                let id = SpiffeId::new(&s).map_err(|_| {
+                    SignError::Unauthenticated("impersonated identity is not a SPIFFE ID".into())
+                })?;
+                let target = Identity::Spiffe(id.clone())
+                    .namespace_and_account()
+                    .filter(|_| id.is_member_of(td))
+                    .ok_or_else(|| {
+                        SignError::Unauthenticated(
+                            "impersonated identity is not a service account of this trust domain"
+                                .into(),
+                        )
+                    })?;
+                if let Err(e) = imp.check(identity, &target).await {
+                    tracing::info!(caller = %identity, target = %id, error = %e, "impersonation refused");
+                    return Err(match e {
+                        crate::impersonation::ImpersonationError::Lookup(d) => {
+                            SignError::BackendUnavailable(d)
+                        }
+                        other => {
+                            SignError::Unauthenticated(format!("impersonation refused: {other}"))
+                        }
+                    });
+                }
+                (id, auth_method(identity))
+            }
+        };
+        let ttl = match req.validity_duration {
+            d if d < 0 => {
+                return Err(SignError::invalid_request(
+                    "invalid_ttl",
+                    format!("validity_duration {d} is negative"),
+                ));
+            }
+            0 => None,
+            d => Some(Duration::from_secs(d as u64)),
+        };
+        let csr = VerifiedCsr::from_pem(req.csr.as_bytes())?;
+        let caller = if target == own {
+            Caller::new(own.as_str(), method)
+        } else {
+            Caller::new(format!("{target} (impersonated by {own})"), method)
+        };
+        let grant = Grant::exact_identity(target);
+        let request = IssuanceRequest {
+            profile: Profile::Workload,
+            ttl,
+            ttl_overflow: TtlOverflow::Clamp,
+        };
+        let chain = self
+            .authority
+            .issue(&caller, &grant, &csr, &request)
+            .await?;
+        let mut cert_chain = Vec::with_capacity(chain.intermediates().len() + 2);
+        cert_chain.push(chain.leaf_pem());
+        cert_chain.extend(chain.intermediate_pems());
+        cert_chain.push(chain.trust_bundle().to_pem());
+        Ok(IstioCertificateResponse { cert_chain })
+    }
+}
+
+fn auth_method(identity: &Identity) -> AuthMethod {
+    match identity {
+        Identity::Spiffe(_) => AuthMethod::ClientCertificate,
+        Identity::ServiceAccount {
+            cluster, method, ..
+        } => match method.strip_prefix("jwt:") {
+            Some(issuer) => AuthMethod::Jwt {
+                issuer: issuer.to_owned(),
+            },
+            None => AuthMethod::KubernetesToken {
+                cluster: cluster.clone(),
+            },
+        },
+    }
+}
+
+fn bearer(req: &Request<IstioCertificateRequest>) -> Option<String> {
+    let v = req.metadata().get("authorization")?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for IstioCa {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let started = Instant::now();
+        let peer = request.extensions().get::<PeerInfo>().cloned();
+        let result = match self.in_flight.clone().try_acquire_owned() {
+            Err(_) => (None, Err(SignError::Overloaded)),
+            Ok(_permit) => {
+                let token = bearer(&request);
+                let cluster = request
+                    .metadata()
+                    .get("clusterid")
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or(DEFAULT_CLUSTER_ID)
+                    .to_owned();
+                let msg = request.into_inner();
+                match tokio::time::timeout(
+                    self.timeout,
+                    self.handle(peer.as_ref(), token.as_deref(), &cluster, msg),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => (None, Err(SignError::Timeout)),
+                }
+            }
+        };
+        let (principal, outcome) = result;
+        let label = match &outcome {
+            Ok(_) => "issued",
+            Err(e) => e.kind().code(),
+        };
+        self.metrics
+            .observe(FRONTEND, self.authority.name(), label, started.elapsed());
+        match outcome {
+            Ok(r) => Ok(Response::new(r)),
+            Err(e) => {
+                let principal = principal.as_deref().unwrap_or("-");
+                match e.kind() {
+                    ErrorKind::Internal
+                    | ErrorKind::BadChain
+                    | ErrorKind::BackendRejected
+                    | ErrorKind::BackendUnavailable => {
+                        tracing::error!(peer = ?peer.map(|p| p.addr), principal, code = e.kind().code(), error = %e, "signing failed")
+                    }
+                    _ => {
+                        tracing::info!(peer = ?peer.map(|p| p.addr), principal, code = e.kind().code(), reason = e.reason().unwrap_or("-"), error = %e, "request refused")
+                    }
+                }
+                Err(to_status(&e))
+            }
+        }
+    }
+}

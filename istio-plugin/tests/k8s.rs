@@ -1,0 +1,611 @@
+//! The Kubernetes writers against the API fake, through the real kube client.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+use serde_json::json;
+use signet_core::chain::{IssuedChain, TrustBundle};
+use signet_core::clock::{Clock, ManualClock};
+use signet_core::duration::HumanDuration;
+use signet_core::key::{KeyAlgorithm, PrivateKey};
+use signet_core::names::San;
+use signet_core::policy::{AuthorityPolicy, IssuanceDecision, PolicyConfig};
+use signet_core::spiffe::TrustDomain;
+use signet_core::testing::CaSigner;
+use signet_core::{Authority, BackendInfo, SignError, Signer, SystemClock, VerifiedCsr, pem};
+use signet_istio::cacerts::{Cacerts, CacertsConfig, Layout, validate};
+use signet_istio::k8s::{
+    CacertsKeeper, CsrSigner, CsrSignerConfig, RootDistributionConfig, RootDistributor,
+};
+use signet_tests::kube_fake::KubeFake;
+use tokio::sync::watch;
+
+const DAY: Duration = Duration::from_secs(86_400);
+const ISTIOD: &str = "system:serviceaccount:istio-system:istiod";
+
+fn td() -> TrustDomain {
+    TrustDomain::new("cluster.local").unwrap()
+}
+
+async fn client(fake: &KubeFake) -> Client {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = Kubeconfig::read_from(fake.kubeconfig(dir.path(), "t")).unwrap();
+    Client::try_from(
+        kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn authority(signer: Arc<dyn Signer>, clock: Arc<dyn Clock>) -> Arc<Authority> {
+    let policy = PolicyConfig {
+        max_ttl: HumanDuration(DAY),
+        ..PolicyConfig::default()
+    };
+    Arc::new(Authority::new(
+        "mesh",
+        signer,
+        AuthorityPolicy::new(td(), policy).unwrap(),
+        clock,
+    ))
+}
+
+fn csr_pem(sans: &[San]) -> Vec<u8> {
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    pem::encode("CERTIFICATE REQUEST", &key.csr_der(None, sans).unwrap()).into_bytes()
+}
+
+fn k8s_csr(
+    name: &str,
+    signer: &str,
+    user: &str,
+    sans: &[San],
+    expiration: Option<i32>,
+) -> CertificateSigningRequest {
+    use base64::Engine as _;
+    serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "request": base64::engine::general_purpose::STANDARD.encode(csr_pem(sans)),
+            "signerName": signer, "username": user,
+            "usages": ["digital signature", "key encipherment", "server auth", "client auth"],
+            "expirationSeconds": expiration,
+        }
+    }))
+    .unwrap()
+}
+
+fn workload(n: &str) -> Vec<San> {
+    vec![San::Uri(
+        format!("spiffe://cluster.local/ns/default/sa/{n}")
+            .parse()
+            .unwrap(),
+    )]
+}
+
+async fn approve(api: &Api<CertificateSigningRequest>, name: &str, decision: &str) {
+    api.patch_approval(name, &PatchParams::default(), &Patch::Merge(json!({ "status": { "conditions": [{ "type": decision, "status": "True", "reason": "Test", "message": "t" }] } })))
+        .await
+        .unwrap();
+}
+
+async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn csr_config(include_root: bool) -> CsrSignerConfig {
+    CsrSignerConfig {
+        authority: "mesh".into(),
+        signer_names: vec!["signet.dev/mesh".into()],
+        allowed_requesters: vec![ISTIOD.into()],
+        allowed_sans: None,
+        include_root,
+    }
+}
+
+#[tokio::test]
+async fn the_csr_signer_signs_only_what_it_should() {
+    let fake = KubeFake::start().await;
+    let c = client(&fake).await;
+    let up = CaSigner::root(SystemTime::now(), 365 * DAY);
+    let (_tx, leader) = watch::channel(true);
+    let signer = Arc::new(CsrSigner::new(
+        c.clone(),
+        csr_config(true),
+        authority(up.clone(), Arc::new(SystemClock)),
+        leader,
+    ));
+    tokio::spawn(signer.run());
+    let api: Api<CertificateSigningRequest> = Api::all(c);
+
+    // Approved, for our signer, from istiod: signed, with expirationSeconds honoured.
+    api.create(
+        &PostParams::default(),
+        &k8s_csr(
+            "good",
+            "signet.dev/mesh",
+            ISTIOD,
+            &workload("demo"),
+            Some(3600),
+        ),
+    )
+    .await
+    .unwrap();
+    approve(&api, "good", "Approved").await;
+    let cert = eventually("certificate", async || {
+        api.get("good")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.certificate)
+    })
+    .await;
+    let certs = pem::certificates(&cert.0).unwrap();
+    assert_eq!(certs.len(), 2, "leaf + root (include_root)");
+    let (nb, na) = signet_core::chain::validity(&certs[0]).unwrap();
+    assert_eq!(
+        na.duration_since(nb).unwrap(),
+        Duration::from_secs(3600 + 60)
+    );
+    let bundle = TrustBundle::new(vec![certs[1].clone().into()]).unwrap();
+    signet_core::chain::verify_path(&certs[0], &[], &bundle, SystemTime::now()).unwrap();
+
+    // Denied, another signer, not approved, already signed: untouched.
+    api.create(
+        &PostParams::default(),
+        &k8s_csr("denied", "signet.dev/mesh", ISTIOD, &workload("a"), None),
+    )
+    .await
+    .unwrap();
+    approve(&api, "denied", "Denied").await;
+    api.create(
+        &PostParams::default(),
+        &k8s_csr(
+            "other",
+            "kubernetes.io/kube-apiserver-client",
+            ISTIOD,
+            &workload("b"),
+            None,
+        ),
+    )
+    .await
+    .unwrap();
+    approve(&api, "other", "Approved").await;
+    api.create(
+        &PostParams::default(),
+        &k8s_csr("pending", "signet.dev/mesh", ISTIOD, &workload("c"), None),
+    )
+    .await
+    .unwrap();
+    api.create(
+        &PostParams::default(),
+        &k8s_csr("presigned", "signet.dev/mesh", ISTIOD, &workload("d"), None),
+    )
+    .await
+    .unwrap();
+    approve(&api, "presigned", "Approved").await;
+    api.patch_status(
+        "presigned",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": { "certificate": "c29tZXRoaW5n" } })),
+    )
+    .await
+    .unwrap();
+    let rv_before = api
+        .get("presigned")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+
+    // Policy failures: another trust domain, and a requester not allowed.
+    let foreign = vec![San::Uri("spiffe://evil.org/ns/x/sa/y".parse().unwrap())];
+    api.create(
+        &PostParams::default(),
+        &k8s_csr("foreign", "signet.dev/mesh", ISTIOD, &foreign, None),
+    )
+    .await
+    .unwrap();
+    approve(&api, "foreign", "Approved").await;
+    api.create(
+        &PostParams::default(),
+        &k8s_csr(
+            "stranger",
+            "signet.dev/mesh",
+            "system:serviceaccount:default:app",
+            &workload("e"),
+            None,
+        ),
+    )
+    .await
+    .unwrap();
+    approve(&api, "stranger", "Approved").await;
+    for name in ["foreign", "stranger"] {
+        let cond = eventually("Failed condition", async || {
+            let s = api.get(name).await.unwrap().status?;
+            s.conditions?.into_iter().find(|c| c.type_ == "Failed")
+        })
+        .await;
+        assert_eq!(cond.reason.as_deref(), Some("SignetPolicyDenied"), "{name}");
+        assert!(
+            api.get(name)
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+                .certificate
+                .is_none()
+        );
+    }
+
+    // Approving the pending one later gets it signed.
+    approve(&api, "pending", "Approved").await;
+    eventually("pending signed", async || {
+        api.get("pending")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.certificate)
+    })
+    .await;
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for name in ["denied", "other"] {
+        assert!(
+            api.get(name)
+                .await
+                .unwrap()
+                .status
+                .and_then(|s| s.certificate)
+                .is_none(),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        api.get("presigned")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        rv_before,
+        "already-signed CSRs are not rewritten"
+    );
+    assert_eq!(up.calls(), 2, "exactly two certificates signed");
+}
+
+#[tokio::test]
+async fn conflicts_are_retried_without_signing_twice() {
+    let fake = KubeFake::start().await;
+    let c = client(&fake).await;
+    let up = CaSigner::root(SystemTime::now(), 365 * DAY);
+    let (_tx, leader) = watch::channel(true);
+    let api: Api<CertificateSigningRequest> = Api::all(c.clone());
+    api.create(
+        &PostParams::default(),
+        &k8s_csr("r", "signet.dev/mesh", ISTIOD, &workload("demo"), None),
+    )
+    .await
+    .unwrap();
+    approve(&api, "r", "Approved").await;
+    fake.inject_conflicts(3);
+    let signer = Arc::new(CsrSigner::new(
+        c,
+        csr_config(false),
+        authority(up.clone(), Arc::new(SystemClock)),
+        leader,
+    ));
+    tokio::spawn(signer.run());
+    let cert = eventually("certificate", async || {
+        api.get("r")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.certificate)
+    })
+    .await;
+    assert_eq!(
+        pem::certificates(&cert.0).unwrap().len(),
+        1,
+        "leaf only (no intermediates, root not included)"
+    );
+    assert_eq!(
+        up.calls(),
+        1,
+        "signed once despite three conflicting writes"
+    );
+}
+
+#[tokio::test]
+async fn followers_do_not_write_and_a_new_leader_catches_up() {
+    let fake = KubeFake::start().await;
+    let c = client(&fake).await;
+    let up = CaSigner::root(SystemTime::now(), 365 * DAY);
+    let (tx, leader) = watch::channel(false);
+    let signer = Arc::new(CsrSigner::new(
+        c.clone(),
+        csr_config(false),
+        authority(up.clone(), Arc::new(SystemClock)),
+        leader,
+    ));
+    tokio::spawn(signer.run());
+    let api: Api<CertificateSigningRequest> = Api::all(c);
+    api.create(
+        &PostParams::default(),
+        &k8s_csr("r", "signet.dev/mesh", ISTIOD, &workload("demo"), None),
+    )
+    .await
+    .unwrap();
+    approve(&api, "r", "Approved").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        api.get("r")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.certificate)
+            .is_none(),
+        "a follower does not write"
+    );
+    assert_eq!(up.calls(), 0);
+    tx.send(true).unwrap();
+    eventually("certificate after gaining leadership", async || {
+        api.get("r")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.certificate)
+    })
+    .await;
+}
+
+/// A backend whose root can be swapped (root rotation), or that can be made
+/// to return a non-CA certificate where an intermediate was asked for.
+#[derive(Debug)]
+struct Switchable {
+    current: ArcSwap<CaSigner>,
+    lie: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl Signer for Switchable {
+    async fn sign(
+        &self,
+        d: &IssuanceDecision,
+        csr: &VerifiedCsr,
+    ) -> Result<IssuedChain, SignError> {
+        if self.lie.load(std::sync::atomic::Ordering::SeqCst) {
+            // An intermediate that may itself sign CAs (pathLen 1): not what was asked.
+            let bad = IssuanceDecision::intermediate(
+                "x",
+                &td(),
+                1,
+                SystemTime::now(),
+                DAY,
+                Duration::ZERO,
+                "t",
+            );
+            return self.current.load().ca().sign(&bad, csr.public_key());
+        }
+        self.current.load().sign(d, csr).await
+    }
+    async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {
+        self.current.load().trust_bundle().await
+    }
+    fn describe(&self) -> BackendInfo {
+        self.current.load().describe()
+    }
+}
+
+fn cacerts_config(layout: Layout) -> CacertsConfig {
+    CacertsConfig {
+        backend: "up".into(),
+        namespace: "istio-system".into(),
+        secret: "cacerts".into(),
+        ttl: HumanDuration(30 * DAY),
+        renew_before: Some(HumanDuration(10 * DAY)),
+        key: KeyAlgorithm::EcdsaP256,
+        layout,
+        common_name: "signet istio intermediate".into(),
+    }
+}
+
+fn secret_files(fake: &KubeFake) -> signet_istio::cacerts::Files {
+    use base64::Engine as _;
+    let s = fake
+        .get("v1", "secrets", "istio-system", "cacerts")
+        .expect("cacerts secret");
+    s["data"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                base64::engine::general_purpose::STANDARD
+                    .decode(v.as_str().unwrap())
+                    .unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn cacerts_are_created_rotated_and_never_broken() {
+    let fake = KubeFake::start().await;
+    fake.add_namespace("istio-system", json!({}));
+    let c = client(&fake).await;
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let old_root = CaSigner::root(clock.now(), 60 * DAY);
+    let backend = Arc::new(Switchable {
+        current: ArcSwap::new(old_root.clone()),
+        lie: false.into(),
+    });
+    let (tx, leader) = watch::channel(true);
+    let keeper = CacertsKeeper::new(
+        c,
+        Cacerts::new(
+            backend.clone(),
+            cacerts_config(Layout::Istio),
+            td(),
+            clock.clone(),
+        ),
+        leader,
+    );
+
+    assert!(keeper.reconcile_once().await.unwrap(), "created");
+    let first = secret_files(&fake);
+    assert_eq!(
+        first.keys().collect::<Vec<_>>(),
+        [
+            "ca-cert.pem",
+            "ca-key.pem",
+            "cert-chain.pem",
+            "root-cert.pem"
+        ]
+    );
+    let v = validate(&first, Layout::Istio, clock.now()).unwrap();
+    assert_eq!(v.roots.len(), 1);
+    assert!(
+        !keeper.reconcile_once().await.unwrap(),
+        "nothing to do while fresh"
+    );
+
+    // Within renew_before of expiry: a new intermediate.
+    clock.advance(21 * DAY);
+    assert!(keeper.reconcile_once().await.unwrap(), "rotated");
+    let second = secret_files(&fake);
+    assert_ne!(first["ca-cert.pem"], second["ca-cert.pem"]);
+    validate(&second, Layout::Istio, clock.now()).unwrap();
+
+    // A backend that returns something unusable: nothing is written.
+    backend.lie.store(true, std::sync::atomic::Ordering::SeqCst);
+    clock.advance(21 * DAY);
+    let writes = fake.writes();
+    assert!(keeper.reconcile_once().await.is_err());
+    assert_eq!(
+        fake.writes(),
+        writes,
+        "an invalid intermediate is never written"
+    );
+    assert_eq!(secret_files(&fake), second);
+    backend
+        .lie
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+
+    // Root change: the new root is added next to the old one, which stays
+    // until it expires.
+    let new_root = CaSigner::root(clock.now(), 365 * DAY);
+    backend.current.store(new_root.clone());
+    assert!(keeper.reconcile_once().await.unwrap());
+    let third = secret_files(&fake);
+    let roots = pem::certificates(&third["root-cert.pem"]).unwrap();
+    assert_eq!(roots.len(), 2, "old and new roots");
+    validate(&third, Layout::Istio, clock.now()).unwrap();
+    // After the old root has expired, the next intermediate carries only the new one.
+    clock.advance(20 * DAY);
+    assert!(keeper.reconcile_once().await.unwrap());
+    let fourth = secret_files(&fake);
+    assert_eq!(
+        pem::certificates(&fourth["root-cert.pem"]).unwrap().len(),
+        1
+    );
+    let v = validate(&fourth, Layout::Istio, clock.now()).unwrap();
+    assert_eq!(v.roots[0], new_root.ca().trust_bundle().roots()[0]);
+
+    // Conflicts: reported, then resolved by re-reading; followers never write.
+    clock.advance(25 * DAY);
+    fake.inject_conflicts(1);
+    assert!(keeper.reconcile_once().await.is_err());
+    assert!(keeper.reconcile_once().await.unwrap());
+    tx.send(false).unwrap();
+    clock.advance(25 * DAY);
+    assert!(!keeper.reconcile_once().await.unwrap());
+}
+
+#[tokio::test]
+async fn the_tls_layout_works_too() {
+    let fake = KubeFake::start().await;
+    let c = client(&fake).await;
+    let up = CaSigner::root(SystemTime::now(), 365 * DAY);
+    let (_tx, leader) = watch::channel(true);
+    let keeper = CacertsKeeper::new(
+        c,
+        Cacerts::new(up, cacerts_config(Layout::Tls), td(), Arc::new(SystemClock)),
+        leader,
+    );
+    keeper.reconcile_once().await.unwrap();
+    let files = secret_files(&fake);
+    assert_eq!(
+        files.keys().collect::<Vec<_>>(),
+        ["ca.crt", "tls.crt", "tls.key"]
+    );
+    validate(&files, Layout::Tls, SystemTime::now()).unwrap();
+}
+
+#[tokio::test]
+async fn root_configmaps_follow_namespaces_and_bundle_changes() {
+    let fake = KubeFake::start().await;
+    fake.add_namespace("default", json!({ "istio-injection": "enabled" }));
+    fake.add_namespace("kube-system", json!({}));
+    let c = client(&fake).await;
+    let first = CaSigner::root(SystemTime::now(), 365 * DAY);
+    let backend = Arc::new(Switchable {
+        current: ArcSwap::new(first.clone()),
+        lie: false.into(),
+    });
+    let (_tx, leader) = watch::channel(true);
+    let config = RootDistributionConfig {
+        authority: "mesh".into(),
+        configmap: "istio-ca-root-cert".into(),
+        namespace_selector: "istio-injection=enabled".into(),
+        poll: HumanDuration(Duration::from_millis(200)),
+    };
+    let dist = Arc::new(RootDistributor::new(
+        c,
+        config,
+        authority(backend.clone(), Arc::new(SystemClock)),
+        leader,
+    ));
+    tokio::spawn(dist.run());
+    let root_of = |ns: &str| {
+        fake.get("v1", "configmaps", ns, "istio-ca-root-cert")
+            .map(|cm| cm["data"]["root-cert.pem"].as_str().unwrap().to_owned())
+    };
+    let pem1 = eventually("configmap in default", async || root_of("default")).await;
+    assert_eq!(pem1, first.ca().trust_bundle().to_pem());
+    let cm = fake
+        .get("v1", "configmaps", "default", "istio-ca-root-cert")
+        .unwrap();
+    assert_eq!(cm["metadata"]["labels"]["istio.io/config"], "true");
+    // A new selected namespace gets one; unselected ones never do.
+    fake.add_namespace("shop", json!({ "istio-injection": "enabled" }));
+    eventually("configmap in a new namespace", async || root_of("shop")).await;
+    assert!(root_of("kube-system").is_none());
+    // The bundle changes: every ConfigMap follows.
+    let second = CaSigner::root(SystemTime::now(), 365 * DAY);
+    backend.current.store(second.clone());
+    let want = second.ca().trust_bundle().to_pem();
+    for ns in ["default", "shop"] {
+        eventually("updated configmap", async || {
+            root_of(ns).filter(|p| *p == want)
+        })
+        .await;
+    }
+}

@@ -1,0 +1,756 @@
+//! The Istio CA service in process: every authentication path, authorisation,
+//! impersonation against the Kubernetes API fake, TTLs, chain shape, load.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+use signet_core::caller::PeerInfo;
+use signet_core::clock::unix_seconds;
+use signet_core::delegated::{Delegated, IntermediateConfig};
+use signet_core::duration::HumanDuration;
+use signet_core::key::{KeyAlgorithm, PrivateKey};
+use signet_core::metrics::Metrics;
+use signet_core::names::San;
+use signet_core::pem;
+use signet_core::policy::{AuthorityPolicy, PolicyConfig};
+use signet_core::spiffe::TrustDomain;
+use signet_core::testing::{CaSigner, Fault};
+use signet_core::{Authority, Signer, SystemClock};
+use signet_istio::auth::Authenticators;
+use signet_istio::auth::jwt::JwtAuthenticator;
+use signet_istio::auth::token_review::{Clusters, TokenReviewer};
+use signet_istio::config::{
+    ClusterConfig, ImpersonationConfig, JwtIssuerConfig, TokenReviewConfig,
+};
+use signet_istio::dev::DevIssuer;
+use signet_istio::impersonation::{Impersonation, KubePods};
+use signet_istio::pb::istio_certificate_service_server::IstioCertificateService;
+use signet_istio::pb::{IstioCertificateRequest, IstioCertificateResponse};
+use signet_istio::service::IstioCa;
+use signet_tests::kube_fake::{KubeFake, TokenInfo};
+use tonic::{Code, Request};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn td() -> TrustDomain {
+    TrustDomain::new("cluster.local").unwrap()
+}
+
+fn sa(ns: &str, name: &str) -> String {
+    format!("spiffe://cluster.local/ns/{ns}/sa/{name}")
+}
+
+fn csr(id: &str) -> String {
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    pem::encode(
+        "CERTIFICATE REQUEST",
+        &key.csr_der(None, &[San::Uri(id.parse().unwrap())]).unwrap(),
+    )
+}
+
+fn request(
+    csr: String,
+    validity: i64,
+    token: Option<&str>,
+    cluster: Option<&str>,
+    impersonate: Option<&str>,
+    peer: Option<PeerInfo>,
+) -> Request<IstioCertificateRequest> {
+    let metadata = impersonate.map(|id| prost_types::Struct {
+        fields: BTreeMap::from([(
+            "ImpersonatedIdentity".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue(id.to_owned())),
+            },
+        )]),
+    });
+    let mut r = Request::new(IstioCertificateRequest {
+        csr,
+        validity_duration: validity,
+        metadata,
+    });
+    if let Some(t) = token {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    if let Some(c) = cluster {
+        r.metadata_mut().insert("clusterid", c.parse().unwrap());
+    }
+    if let Some(p) = peer {
+        r.extensions_mut().insert(p);
+    }
+    r
+}
+
+/// Parses a response the way ztunnel does: the first element is the leaf, each
+/// middle element's first PEM is an intermediate, the last element may hold
+/// several roots. Returns (leaf, intermediates, roots).
+fn ztunnel_parse(resp: &IstioCertificateResponse) -> (Vec<u8>, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let chain = &resp.cert_chain;
+    assert!(
+        chain.len() >= 2,
+        "istio-agent rejects fewer than two elements"
+    );
+    assert!(
+        chain.iter().all(|e| e.ends_with('\n')),
+        "each element ends with a newline"
+    );
+    let leaf = pem::certificates(chain[0].as_bytes()).unwrap();
+    assert_eq!(leaf.len(), 1);
+    let middle: Vec<Vec<u8>> = chain[1..chain.len() - 1]
+        .iter()
+        .map(|e| pem::certificates(e.as_bytes()).unwrap().remove(0))
+        .collect();
+    let roots = pem::certificates(chain[chain.len() - 1].as_bytes()).unwrap();
+    (leaf[0].clone(), middle, roots)
+}
+
+fn leaf_uri(der: &[u8]) -> String {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    match &san.value.general_names[..] {
+        [GeneralName::URI(u)] => u.to_string(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn lifetime(der: &[u8]) -> Duration {
+    let (nb, na) = signet_core::chain::validity(der).unwrap();
+    na.duration_since(nb).unwrap()
+}
+
+struct Setup {
+    ca: IstioCa,
+    issuer: DevIssuer,
+    kube: KubeFake,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(
+    upstream: Arc<dyn Signer>,
+    delegated: bool,
+    max_concurrent: usize,
+    timeout: Duration,
+) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = DevIssuer::ensure(dir.path()).unwrap();
+    let clock = Arc::new(SystemClock);
+    let signer: Arc<dyn Signer> = if delegated {
+        let d = Delegated::start(
+            "mesh",
+            upstream,
+            IntermediateConfig::default(),
+            td(),
+            clock.clone(),
+        );
+        d.ready().await;
+        d
+    } else {
+        upstream
+    };
+    let policy = PolicyConfig {
+        max_ttl: HumanDuration(DAY),
+        ..PolicyConfig::default()
+    };
+    let authority = Arc::new(Authority::new(
+        "mesh",
+        signer,
+        AuthorityPolicy::new(td(), policy).unwrap(),
+        clock.clone(),
+    ));
+
+    let jwt = JwtAuthenticator::new(
+        JwtIssuerConfig {
+            issuer: "signet-dev".into(),
+            cluster: "Kubernetes".into(),
+            jwks_file: Some(issuer.jwks.clone()),
+            jwks_url: None,
+            audiences: vec!["istio-ca".into()],
+            jwks_refresh: HumanDuration::from_secs(300),
+            leeway: HumanDuration::from_secs(60),
+        },
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    let kube = KubeFake::start().await;
+    let mut clusters = BTreeMap::new();
+    clusters.insert(
+        "Kubernetes".to_owned(),
+        ClusterConfig {
+            kubeconfig: Some(kube.kubeconfig(dir.path(), "primary")),
+            context: None,
+        },
+    );
+    let tr_config = TokenReviewConfig {
+        clusters: clusters.clone(),
+        audiences: vec!["istio-ca".into()],
+        cache_ttl: HumanDuration::from_secs(60),
+    };
+    let kube_clusters = Clusters::connect(&clusters).await.unwrap();
+    let auth = Authenticators {
+        mtls: Some(td()),
+        jwt: vec![jwt],
+        token_review: Some(Arc::new(TokenReviewer::new(
+            kube_clusters.clone(),
+            &tr_config,
+            clock.clone(),
+        ))),
+    };
+    let imp = Impersonation::new(
+        &ImpersonationConfig {
+            trusted_node_accounts: vec!["istio-system/ztunnel".into()],
+        },
+        Box::new(KubePods::new(kube_clusters)),
+    );
+    let ca = IstioCa::new(
+        authority,
+        auth,
+        Some(imp),
+        Metrics::default(),
+        max_concurrent,
+        timeout,
+    );
+    Setup {
+        ca,
+        issuer,
+        kube,
+        _dir: dir,
+    }
+}
+
+async fn standard() -> Setup {
+    setup(
+        CaSigner::root(SystemTime::now(), 365 * DAY),
+        true,
+        64,
+        Duration::from_secs(10),
+    )
+    .await
+}
+
+fn token(s: &Setup, ns: &str, name: &str) -> String {
+    s.issuer
+        .mint(ns, name, Duration::from_secs(3600), SystemTime::now())
+        .unwrap()
+}
+
+/// A JWT signed with the dev key but with chosen claims.
+fn custom_token(s: &Setup, claims: serde_json::Value, alg: Algorithm) -> String {
+    let pem = std::fs::read(&s.issuer.key).unwrap();
+    let key = EncodingKey::from_ec_pem(&pem).unwrap();
+    let mut h = Header::new(alg);
+    let jwks: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&s.issuer.jwks).unwrap()).unwrap();
+    h.kid = jwks["keys"][0]["kid"].as_str().map(str::to_owned);
+    jsonwebtoken::encode(&h, &claims, &key).unwrap()
+}
+
+fn claims(ns: &str, name: &str, aud: &str, exp_in: i64) -> serde_json::Value {
+    let now = unix_seconds(SystemTime::now());
+    json!({ "iss": "signet-dev", "aud": [aud], "sub": format!("system:serviceaccount:{ns}:{name}"), "iat": now, "exp": now + exp_in })
+}
+
+#[tokio::test]
+async fn a_valid_token_gets_its_own_identity_in_ztunnel_shape() {
+    let s = standard().await;
+    let id = sa("default", "demo");
+    let resp =
+        s.ca.create_certificate(request(
+            csr(&id),
+            3600,
+            Some(&token(&s, "default", "demo")),
+            None,
+            None,
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (leaf, middle, roots) = ztunnel_parse(&resp);
+    assert_eq!(leaf_uri(&leaf), id);
+    assert_eq!(middle.len(), 1, "the delegated intermediate");
+    assert_eq!(roots.len(), 1);
+    assert_eq!(lifetime(&leaf), Duration::from_secs(3600 + 60));
+}
+
+#[tokio::test]
+async fn every_bad_credential_is_unauthenticated() {
+    let s = standard().await;
+    let id = sa("default", "demo");
+    let call = |t: Option<String>, cluster: Option<&'static str>| {
+        s.ca.create_certificate(request(csr(&id), 0, t.as_deref(), cluster, None, None))
+    };
+
+    let code = |r: Result<tonic::Response<IstioCertificateResponse>, tonic::Status>| {
+        r.map(|_| ()).unwrap_err().code()
+    };
+    // Positive control: the same construction with valid claims is accepted,
+    // so each refusal below is for the reason named.
+    call(
+        Some(custom_token(
+            &s,
+            claims("default", "demo", "istio-ca", 3600),
+            Algorithm::ES256,
+        )),
+        None,
+    )
+    .await
+    .expect("valid custom token");
+    assert_eq!(
+        code(call(None, None).await),
+        Code::Unauthenticated,
+        "no token"
+    );
+    assert_eq!(
+        code(
+            call(
+                Some(custom_token(
+                    &s,
+                    claims("default", "demo", "istio-ca", -3600),
+                    Algorithm::ES256
+                )),
+                None
+            )
+            .await
+        ),
+        Code::Unauthenticated,
+        "expired"
+    );
+    let mut not_yet = claims("default", "demo", "istio-ca", 7200);
+    not_yet["nbf"] = json!(unix_seconds(SystemTime::now()) + 3600);
+    assert_eq!(
+        code(call(Some(custom_token(&s, not_yet, Algorithm::ES256)), None).await),
+        Code::Unauthenticated,
+        "not yet valid"
+    );
+    assert_eq!(
+        code(
+            call(
+                Some(custom_token(
+                    &s,
+                    claims("default", "demo", "kubernetes", 3600),
+                    Algorithm::ES256
+                )),
+                None
+            )
+            .await
+        ),
+        Code::Unauthenticated,
+        "wrong audience"
+    );
+    let mut no_exp = claims("default", "demo", "istio-ca", 3600);
+    no_exp.as_object_mut().unwrap().remove("exp");
+    assert_eq!(
+        code(call(Some(custom_token(&s, no_exp, Algorithm::ES256)), None).await),
+        Code::Unauthenticated,
+        "no exp"
+    );
+
+    // Signed by another key under the same issuer name.
+    let other_dir = tempfile::tempdir().unwrap();
+    let forger = DevIssuer::ensure(other_dir.path()).unwrap();
+    let forged = forger
+        .mint(
+            "default",
+            "demo",
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+        .unwrap();
+    assert_eq!(
+        code(call(Some(forged.clone()), None).await),
+        Code::Unauthenticated,
+        "forged signature"
+    );
+    // A tampered payload.
+    let good = token(&s, "default", "demo");
+    let parts: Vec<&str> = good.split('.').collect();
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    payload["sub"] = json!("system:serviceaccount:kube-system:admin");
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64.encode(payload.to_string()),
+        parts[2]
+    );
+    assert_eq!(
+        code(call(Some(tampered), None).await),
+        Code::Unauthenticated,
+        "tampered"
+    );
+    // alg: none, and HS256 keyed with the public key (the classic confusion).
+    let none = format!(
+        "{}.{}.",
+        b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        b64.encode(claims("default", "demo", "istio-ca", 3600).to_string())
+    );
+    assert_eq!(
+        code(call(Some(none), None).await),
+        Code::Unauthenticated,
+        "alg none"
+    );
+    let jwks = std::fs::read(&s.issuer.jwks).unwrap();
+    let hs = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims("default", "demo", "istio-ca", 3600),
+        &EncodingKey::from_secret(&jwks),
+    )
+    .unwrap();
+    assert_eq!(
+        code(call(Some(hs), None).await),
+        Code::Unauthenticated,
+        "HS256"
+    );
+    // Garbage.
+    assert_eq!(
+        code(call(Some("not-a-jwt".into()), None).await),
+        Code::Unauthenticated,
+        "garbage token"
+    );
+}
+
+#[tokio::test]
+async fn tokens_reviewed_by_the_cluster_named_in_the_header() {
+    let s = standard().await;
+    let now = unix_seconds(SystemTime::now());
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    // Shaped like a projected token (the fake only compares the string).
+    let k8s_token = format!(
+        "{}.{}.sig",
+        b64.encode(r#"{"alg":"RS256"}"#),
+        b64.encode(
+            json!({ "iss": "https://kubernetes.default.svc", "exp": now + 3600 }).to_string()
+        )
+    );
+    s.kube.add_token(
+        &k8s_token,
+        TokenInfo {
+            namespace: "default".into(),
+            service_account: "demo".into(),
+            audiences: vec!["istio-ca".into()],
+            pod: None,
+        },
+    );
+    let id = sa("default", "demo");
+    for _ in 0..3 {
+        let resp =
+            s.ca.create_certificate(request(
+                csr(&id),
+                0,
+                Some(&k8s_token),
+                Some("Kubernetes"),
+                None,
+                None,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let (leaf, _, _) = ztunnel_parse(&resp);
+        assert_eq!(leaf_uri(&leaf), id);
+        assert_eq!(
+            lifetime(&leaf),
+            DAY + Duration::from_secs(60),
+            "0 means the default 24h"
+        );
+    }
+    assert_eq!(s.kube.reviews(), 1, "positive reviews are cached");
+
+    let err =
+        s.ca.create_certificate(request(
+            csr(&id),
+            0,
+            Some(&k8s_token),
+            Some("remote-cluster"),
+            None,
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "unknown cluster id");
+    let wrong_aud = format!("{k8s_token}x");
+    s.kube.add_token(
+        &wrong_aud,
+        TokenInfo {
+            namespace: "default".into(),
+            service_account: "demo".into(),
+            audiences: vec!["kubernetes".into()],
+            pod: None,
+        },
+    );
+    let err =
+        s.ca.create_certificate(request(csr(&id), 0, Some(&wrong_aud), None, None, None))
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "wrong audience");
+    let err =
+        s.ca.create_certificate(request(
+            csr(&id),
+            0,
+            Some("unknown.token.x"),
+            None,
+            None,
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "rejected by the API server"
+    );
+}
+
+#[tokio::test]
+async fn the_csr_must_carry_exactly_the_callers_identity() {
+    let s = standard().await;
+    let t = token(&s, "default", "demo");
+    let err =
+        s.ca.create_certificate(request(
+            csr(&sa("default", "other")),
+            0,
+            Some(&t),
+            None,
+            None,
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let two = pem::encode(
+        "CERTIFICATE REQUEST",
+        &key.csr_der(
+            None,
+            &[
+                San::Uri(sa("default", "demo").parse().unwrap()),
+                San::Dns(signet_core::names::DnsName::new("evil.example.com").unwrap()),
+            ],
+        )
+        .unwrap(),
+    );
+    let err =
+        s.ca.create_certificate(request(two, 0, Some(&t), None, None, None))
+            .await
+            .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::PermissionDenied,
+        "no extra names: {err:?}"
+    );
+    let err =
+        s.ca.create_certificate(request("garbage".into(), 0, Some(&t), None, None, None))
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err =
+        s.ca.create_certificate(request(
+            csr(&sa("default", "demo")),
+            -5,
+            Some(&t),
+            None,
+            None,
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "negative TTL");
+    // TTL is clamped, not refused: istio-agent sends its own SECRET_TTL.
+    let resp =
+        s.ca.create_certificate(request(
+            csr(&sa("default", "demo")),
+            90 * 86_400,
+            Some(&t),
+            None,
+            None,
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        lifetime(&ztunnel_parse(&resp).0),
+        DAY + Duration::from_secs(60)
+    );
+}
+
+#[tokio::test]
+async fn a_workload_renews_with_its_live_certificate() {
+    let s = standard().await;
+    let id = sa("default", "demo");
+    let peer = PeerInfo {
+        addr: "127.0.0.1:4000".parse().unwrap(),
+        client_principal: Some(Ok(id.clone())),
+    };
+    let resp =
+        s.ca.create_certificate(request(csr(&id), 0, None, None, None, Some(peer)))
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(leaf_uri(&ztunnel_parse(&resp).0), id);
+    let foreign = PeerInfo {
+        addr: "127.0.0.1:4000".parse().unwrap(),
+        client_principal: Some(Ok("spiffe://evil.org/ns/default/sa/demo".into())),
+    };
+    let err =
+        s.ca.create_certificate(request(csr(&id), 0, None, None, None, Some(foreign)))
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn ztunnel_may_impersonate_only_pods_on_its_node() {
+    let s = standard().await;
+    let now = unix_seconds(SystemTime::now());
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mk = |n: &str| {
+        format!(
+            "{}.{}.{n}",
+            b64.encode(r#"{"alg":"RS256"}"#),
+            b64.encode(json!({ "iss": "k8s", "exp": now + 3600 }).to_string())
+        )
+    };
+    let ztunnel = mk("zt");
+    s.kube.add_token(
+        &ztunnel,
+        TokenInfo {
+            namespace: "istio-system".into(),
+            service_account: "ztunnel".into(),
+            audiences: vec!["istio-ca".into()],
+            pod: Some(("ztunnel-abc".into(), "uid-zt".into())),
+        },
+    );
+    let app = mk("app");
+    s.kube.add_token(
+        &app,
+        TokenInfo {
+            namespace: "default".into(),
+            service_account: "demo".into(),
+            audiences: vec!["istio-ca".into()],
+            pod: Some(("demo-1".into(), "uid-demo".into())),
+        },
+    );
+    s.kube
+        .add_pod("istio-system", "ztunnel-abc", "ztunnel", "node-1");
+    s.kube.add_pod("default", "demo-1", "demo", "node-1");
+    s.kube.add_pod("prod", "db-0", "db", "node-2");
+
+    let demo = sa("default", "demo");
+    let resp =
+        s.ca.create_certificate(request(
+            csr(&demo),
+            0,
+            Some(&ztunnel),
+            None,
+            Some(&demo),
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        leaf_uri(&ztunnel_parse(&resp).0),
+        demo,
+        "ztunnel gets demo's certificate"
+    );
+
+    let db = sa("prod", "db");
+    let err =
+        s.ca.create_certificate(request(csr(&db), 0, Some(&ztunnel), None, Some(&db), None))
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "db runs on another node");
+    let err =
+        s.ca.create_certificate(request(csr(&db), 0, Some(&app), None, Some(&db), None))
+            .await
+            .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "an application may not impersonate"
+    );
+    s.kube.remove_pod("istio-system", "ztunnel-abc");
+    let err =
+        s.ca.create_certificate(request(
+            csr(&demo),
+            0,
+            Some(&ztunnel),
+            None,
+            Some(&demo),
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "the caller's pod must exist"
+    );
+}
+
+#[tokio::test]
+async fn a_full_service_sheds_with_unavailable_and_slow_ones_time_out() {
+    let up = CaSigner::root(SystemTime::now(), 365 * DAY);
+    up.set_fault(Fault::Slow(Duration::from_millis(400)), u32::MAX);
+    let s = Arc::new(setup(up.clone(), false, 1, Duration::from_secs(5)).await);
+    let t = token(&s, "default", "demo");
+    let first = {
+        let (s, t) = (s.clone(), t.clone());
+        tokio::spawn(async move {
+            s.ca.create_certificate(request(
+                csr(&sa("default", "demo")),
+                0,
+                Some(&t),
+                None,
+                None,
+                None,
+            ))
+            .await
+            .map(|_| ())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let err =
+        s.ca.create_certificate(request(
+            csr(&sa("default", "demo")),
+            0,
+            Some(&t),
+            None,
+            None,
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unavailable,
+        "shed, for istio-agent to retry"
+    );
+    first.await.unwrap().unwrap();
+
+    let slow = setup(up, false, 8, Duration::from_millis(100)).await;
+    let t = token(&slow, "default", "demo");
+    let err = slow
+        .ca
+        .create_certificate(request(
+            csr(&sa("default", "demo")),
+            0,
+            Some(&t),
+            None,
+            None,
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+}

@@ -1,0 +1,266 @@
+//! Wiring: configuration in, running backends, authorities and listeners out.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use prometheus_client::registry::Registry;
+use signet_core::delegated::Delegated;
+use signet_core::metrics::{AuthorityCollector, Metrics};
+use signet_core::policy::AuthorityPolicy;
+use signet_core::{Authority, Clock, Signer, SystemClock};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{Config, Mode};
+use crate::listener::{self, ListenerLimits};
+use crate::rest::Rest;
+use crate::tls::{self, ServingNames};
+
+/// How long start-up waits for a delegated authority's first intermediate.
+const STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A running signet: what `serve` starts.
+#[derive(Debug)]
+pub struct App {
+    pub authorities: BTreeMap<String, Arc<Authority>>,
+    pub rest_addr: Option<SocketAddr>,
+    pub istio_addr: Option<SocketAddr>,
+    elector: Option<crate::leader::Elector>,
+    /// Kubernetes controllers; they run until aborted.
+    writers: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Starts every backend of `config` (used by `serve` and `check`).
+pub async fn build_backends(
+    config: &Config,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<BTreeMap<String, Arc<dyn Signer>>> {
+    let mut out = BTreeMap::new();
+    for (name, b) in &config.backends {
+        let signer = signet_backends::build(name, b, clock.clone())
+            .await
+            .with_context(|| format!("backends.{name} ({})", b.kind().as_str()))?;
+        out.insert(name.clone(), signer);
+    }
+    Ok(out)
+}
+
+impl App {
+    /// Builds everything and starts listening. Returns once listeners are bound.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let backends = build_backends(&config, &clock).await?;
+        let mut authorities = BTreeMap::new();
+        for (name, a) in &config.authorities {
+            let upstream = backends[&a.backend].clone();
+            let signer: Arc<dyn Signer> = match a.mode {
+                Mode::Direct => upstream,
+                Mode::Delegated => {
+                    let d = Delegated::start(
+                        name,
+                        upstream,
+                        a.intermediate.clone().unwrap_or_default(),
+                        config.trust_domain.clone(),
+                        clock.clone(),
+                    );
+                    // Give the first intermediate a moment so that front-ends
+                    // start with real certificates; if the upstream is down,
+                    // start anyway and report not ready.
+                    if tokio::time::timeout(STARTUP_WAIT, d.ready()).await.is_err() {
+                        tracing::warn!(authority = %name, "no intermediate yet; starting not ready");
+                    }
+                    d
+                }
+            };
+            let policy = AuthorityPolicy::new(config.trust_domain.clone(), a.policy.clone())
+                .map_err(|e| anyhow::anyhow!("authorities.{name}.policy: {e}"))?;
+            authorities.insert(
+                name.clone(),
+                Arc::new(Authority::new(name.clone(), signer, policy, clock.clone())),
+            );
+        }
+
+        let mut registry = Registry::with_prefix("signet");
+        let metrics = Metrics::register(&mut registry);
+        registry.register_collector(Box::new(AuthorityCollector::new(
+            authorities.values().cloned().collect(),
+        )));
+        let registry = Arc::new(registry);
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut rest_addr = None;
+        if let Some(rc) = &config.frontends.rest {
+            let authority = authorities[&rc.authority].clone();
+            let serving = match &rc.tls {
+                Some(files) => tls::from_files(files.cert_file.clone(), files.key_file.clone())?,
+                None => {
+                    let names = ServingNames::for_listener(rc.listen.ip(), &rc.server_names)?;
+                    tls::issued_by_authority(authority.clone(), names, "rest-serving").await?
+                }
+            };
+            let client_verifier = match &rc.auth.mtls {
+                Some(m) => {
+                    let pem = std::fs::read(&m.client_ca_file)
+                        .with_context(|| m.client_ca_file.display().to_string())?;
+                    let roots: Vec<_> = signet_core::pem::certificates(&pem)
+                        .with_context(|| m.client_ca_file.display().to_string())?
+                        .into_iter()
+                        .map(rustls_pki_types::CertificateDer::from)
+                        .collect();
+                    anyhow::ensure!(
+                        !roots.is_empty(),
+                        "{}: no certificates",
+                        m.client_ca_file.display()
+                    );
+                    Some(tls::static_client_verifier(roots)?)
+                }
+                None => None,
+            };
+            let tls_config =
+                tls::server_config(serving.clone(), client_verifier, &[b"h2", b"http/1.1"])?;
+            let rest = Arc::new(Rest::from_config(
+                rc,
+                authority,
+                metrics.clone(),
+                registry.clone(),
+                Some(serving),
+            )?);
+            let limits = ListenerLimits {
+                handshake_timeout: rc.limits.handshake_timeout.get(),
+                max_connections: rc.limits.max_connections,
+                shutdown_grace: rc.limits.shutdown_grace.get(),
+            };
+            let (addr, task) = bind_and_serve(
+                rc.listen,
+                tls_config,
+                rest.router(),
+                limits,
+                &shutdown_rx,
+                "REST signing endpoint",
+            )
+            .await?;
+            rest_addr = Some(addr);
+            tasks.push(task);
+        }
+        let mut istio_addr = None;
+        if let Some(ic) = &config.frontends.istio {
+            let authority = authorities[&ic.authority].clone();
+            let (router, tls_config) =
+                crate::istio::build(ic, authority, metrics.clone(), clock.clone()).await?;
+            let limits = ListenerLimits {
+                handshake_timeout: ic.limits.handshake_timeout.get(),
+                max_connections: ic.limits.max_connections,
+                shutdown_grace: ic.limits.shutdown_grace.get(),
+            };
+            let (addr, task) = bind_and_serve(
+                ic.listen,
+                tls_config,
+                router,
+                limits,
+                &shutdown_rx,
+                "Istio CA gRPC service",
+            )
+            .await?;
+            istio_addr = Some(addr);
+            tasks.push(task);
+        }
+        let mut writers = Vec::new();
+        let elector = if config.frontends.writes_to_kubernetes() {
+            Some(
+                crate::kubernetes::start(
+                    &config,
+                    &authorities,
+                    &backends,
+                    clock.clone(),
+                    &mut writers,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            authorities,
+            rest_addr,
+            istio_addr,
+            elector,
+            writers,
+            tasks,
+            shutdown,
+        })
+    }
+
+    /// Stops accepting, drains in-flight requests, and returns when done.
+    pub async fn shutdown(self) {
+        // Writers stop and the Lease is released first, so a successor can
+        // take over while we drain.
+        if let Some(e) = self.elector {
+            e.release().await;
+        }
+        for w in &self.writers {
+            w.abort();
+        }
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Binds `addr` and serves `router` over TLS until shutdown.
+async fn bind_and_serve(
+    addr: SocketAddr,
+    tls_config: rustls::ServerConfig,
+    router: axum::Router,
+    limits: ListenerLimits,
+    shutdown: &watch::Receiver<bool>,
+    what: &'static str,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} on {addr}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "{what} listening");
+    let task = tokio::spawn(listener::serve(
+        listener,
+        Arc::new(tls_config),
+        router,
+        limits,
+        shutdown.clone(),
+    ));
+    Ok((bound, task))
+}
+
+/// SIGTERM / Ctrl-C, registered before anything listens so that a signal
+/// arriving during start-up still means a graceful stop.
+#[derive(Debug)]
+pub struct Termination {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Termination {
+    pub fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?,
+        })
+    }
+
+    /// Resolves on the first SIGTERM or Ctrl-C.
+    pub async fn wait(mut self) {
+        #[cfg(unix)]
+        let term = self.term.recv();
+        #[cfg(not(unix))]
+        let term = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; shutting down"),
+            _ = term => tracing::info!("SIGTERM received; shutting down"),
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Command line: `signet serve`, `signet sign`, `signet check`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::app::{self, App};
+use crate::client::{self, SignArgs};
+use crate::config::Config;
+use crate::dev;
+
+/// signet: an external-CA bridge. It signs workload and serving certificates
+/// through an authority rooted in your PKI and serves them to Istio,
+/// cert-manager and plain HTTPS clients.
+#[derive(Debug, Parser)]
+#[command(name = "signet", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SIGNET_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing-subscriber EnvFilter syntax), e.g. `info` or `signet=debug`.
+    #[arg(long, global = true, default_value = "info", env = "SIGNET_LOG")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the signing service.
+    Serve {
+        /// Configuration file (YAML). Required unless --dev.
+        #[arg(long, required_unless_present = "dev", conflicts_with = "dev")]
+        config: Option<PathBuf>,
+        /// Development mode: a self-signed root and intermediate in --data-dir,
+        /// REST on a loopback address, no authentication. Never for production.
+        #[arg(long)]
+        dev: bool,
+        /// Where --dev keeps its root and intermediate (root at <DIR>/root.pem).
+        #[arg(long, default_value = "./signet-data", requires = "dev")]
+        data_dir: PathBuf,
+        /// REST listen address in --dev (must be loopback).
+        #[arg(long, default_value = "127.0.0.1:8443", requires = "dev")]
+        rest_addr: SocketAddr,
+        /// Istio CA gRPC listen address in --dev (must be loopback); callers
+        /// authenticate with a token from `signet dev token`.
+        #[arg(long, default_value = "127.0.0.1:15012", requires = "dev")]
+        grpc_addr: SocketAddr,
+        /// Shut down when standard input closes (for supervisors and tests, so
+        /// that signet never outlives the process that started it).
+        #[arg(long, hide = true)]
+        exit_with_stdin: bool,
+    },
+    /// Send a CSR to a signet REST endpoint.
+    Sign(SignArgs),
+    /// Development helpers.
+    #[command(subcommand)]
+    Dev(DevCommand),
+    /// Istio helpers.
+    #[command(subcommand)]
+    Istio(IstioCommand),
+    /// Print the CustomResourceDefinitions of SignetIssuer and
+    /// SignetClusterIssuer (YAML, for `kubectl apply -f -`).
+    Crds,
+    /// Validate a configuration file and (without --offline) reach every backend.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+        /// Only parse and validate; do not contact backends.
+        #[arg(long)]
+        offline: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IstioCommand {
+    /// Write istiod's plug-in CA files (ca-cert.pem, ca-key.pem, cert-chain.pem,
+    /// root-cert.pem) with an intermediate from `frontends.istio_cacerts.backend`,
+    /// for `kubectl create secret generic cacerts -n istio-system --from-file=DIR`.
+    Cacerts {
+        #[arg(long)]
+        config: PathBuf,
+        /// Output directory (the key is written 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Print a service-account token for the Istio API of `signet serve --dev`.
+    Token {
+        /// The data directory of the dev server.
+        #[arg(long, default_value = "./signet-data")]
+        data_dir: PathBuf,
+        /// Namespace of the service account.
+        #[arg(long)]
+        ns: String,
+        /// Name of the service account.
+        #[arg(long)]
+        sa: String,
+        /// Token lifetime, e.g. 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: signet_core::duration::HumanDuration,
+    },
+    /// Ask an Istio CA service for a certificate the way istio-agent does
+    /// (gRPC over TLS, bearer token, `clusterid` header) and check the answer.
+    IstioSign(crate::istio_client::IstioSignArgs),
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("signet: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli.command));
+    // A blocked stdin reader (--exit-with-stdin) must not hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("signet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve {
+            config,
+            dev,
+            data_dir,
+            rest_addr,
+            grpc_addr,
+            exit_with_stdin,
+        } => {
+            let termination = app::Termination::install()?;
+            let config = if dev {
+                let pki = dev::ensure_pki(&data_dir, std::time::SystemTime::now())?;
+                tracing::warn!(
+                    root = %pki.root.display(),
+                    "DEVELOPMENT MODE: signing with a self-signed development root, unauthenticated, on loopback only. \
+                     For trying signet; never use it in production."
+                );
+                dev::config(&pki, &data_dir, rest_addr, grpc_addr)?
+            } else {
+                let path = config.context("--config is required")?;
+                Config::load(&path)?
+            };
+            let app = App::start(config).await?;
+            tracing::info!("ready");
+            if exit_with_stdin {
+                let mut stdin = tokio::io::stdin();
+                let mut sink = tokio::io::sink();
+                tokio::select! {
+                    _ = termination.wait() => {}
+                    _ = tokio::io::copy(&mut stdin, &mut sink) => tracing::info!("standard input closed; shutting down"),
+                }
+            } else {
+                termination.wait().await;
+            }
+            app.shutdown().await;
+            Ok(())
+        }
+        Command::Sign(args) => client::sign(args).await,
+        Command::Check { config, offline } => check(&config, offline).await,
+        Command::Crds => {
+            print!("{}", signet_cert_manager::crds_yaml());
+            Ok(())
+        }
+        Command::Istio(IstioCommand::Cacerts { config, out }) => istio_cacerts(&config, &out).await,
+        Command::Dev(DevCommand::IstioSign(args)) => crate::istio_client::sign(args).await,
+        Command::Dev(DevCommand::Token {
+            data_dir,
+            ns,
+            sa,
+            ttl,
+        }) => {
+            signet_core::spiffe::TrustDomain::new(dev::TRUST_DOMAIN)?
+                .service_account_id(&ns, &sa)?;
+            let issuer = signet_istio::dev::DevIssuer::in_dir(&data_dir);
+            anyhow::ensure!(
+                issuer.key.exists(),
+                "{} not found: start `signet serve --dev --data-dir {}` once first",
+                issuer.key.display(),
+                data_dir.display()
+            );
+            let token = issuer
+                .mint(&ns, &sa, ttl.get(), std::time::SystemTime::now())
+                .map_err(|e| anyhow::anyhow!(e))?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+async fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let frontends = config.frontends.names();
+    if !offline {
+        let clock: std::sync::Arc<dyn signet_core::Clock> =
+            std::sync::Arc::new(signet_core::SystemClock);
+        let backends = app::build_backends(&config, &clock).await?;
+        for (name, b) in &backends {
+            let bundle = b
+                .trust_bundle()
+                .await
+                .with_context(|| format!("backends.{name}: fetching the trust bundle"))?;
+            let info = b.describe();
+            if let Err(why) = &info.ready {
+                anyhow::bail!("backends.{name}: not ready: {why}");
+            }
+            println!(
+                "backend {name} ({}): ok, {} root(s)",
+                info.kind,
+                bundle.roots().len()
+            );
+        }
+    }
+    println!(
+        "{}: ok ({} backend(s), {} authorit{}, front-ends: {})",
+        path.display(),
+        config.backends.len(),
+        config.authorities.len(),
+        if config.authorities.len() == 1 {
+            "y"
+        } else {
+            "ies"
+        },
+        if frontends.is_empty() {
+            "none".to_owned()
+        } else {
+            frontends.join(", ")
+        }
+    );
+    Ok(())
+}
+
+async fn istio_cacerts(path: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let c = config
+        .frontends
+        .istio_cacerts
+        .clone()
+        .context("the configuration has no frontends.istio_cacerts")?;
+    let clock: std::sync::Arc<dyn signet_core::Clock> =
+        std::sync::Arc::new(signet_core::SystemClock);
+    let spec = config.backends.get(&c.backend).context("no such backend")?;
+    let backend = signet_backends::build(&c.backend, spec, clock.clone()).await?;
+    let cacerts =
+        signet_istio::cacerts::Cacerts::new(backend, c.clone(), config.trust_domain.clone(), clock);
+    let files = cacerts.mint(&[]).await?;
+    signet_istio::cacerts::write_dir(&files, out)?;
+    let names: Vec<&str> = files.keys().map(String::as_str).collect();
+    println!("wrote {} to {}", names.join(", "), out.display());
+    Ok(())
+}

@@ -1,0 +1,630 @@
+//! The configuration file (`signet serve --config signet.yaml`).
+//!
+//! Unknown keys are refused everywhere; a parse error names the key path and
+//! the line. [`Config::validate`] then checks what types cannot: references
+//! between sections, listener safety, policy numbers. Secrets are never inline:
+//! only `*_file` paths.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use signet_backends::BackendConfig;
+use signet_core::delegated::IntermediateConfig;
+use signet_core::duration::HumanDuration;
+use signet_core::names::SanPattern;
+use signet_core::policy::{PolicyConfig, Profile};
+use signet_core::spiffe::TrustDomain;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: line {line}: `{key}`: {message}")]
+    Parse {
+        file: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+    #[error("{file}: `{key}`: {message}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The SPIFFE trust domain of the mesh (`cluster.local` for Istio's default).
+    pub trust_domain: TrustDomain,
+    #[serde(default)]
+    pub backends: BTreeMap<String, BackendConfig>,
+    #[serde(default)]
+    pub authorities: BTreeMap<String, AuthorityConfig>,
+    #[serde(default)]
+    pub frontends: FrontendsConfig,
+    /// How signet reaches its own cluster (for the Kubernetes writers).
+    #[serde(default)]
+    pub kubernetes: KubernetesConfig,
+    /// Lease-based leader election among replicas (only the leader writes).
+    #[serde(default)]
+    pub leader_election: crate::leader::LeaderConfig,
+}
+
+/// The local cluster's API server.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// A kubeconfig file; absent means the in-cluster service account.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    #[serde(default)]
+    pub context: Option<String>,
+}
+
+/// How an authority uses its backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Every certificate is signed by the backend.
+    #[default]
+    Direct,
+    /// signet holds an intermediate issued by the backend and signs leaves itself.
+    Delegated,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityConfig {
+    /// Name of an entry under `backends`.
+    pub backend: String,
+    #[serde(default)]
+    pub mode: Mode,
+    /// The intermediate a delegated authority holds.
+    #[serde(default)]
+    pub intermediate: Option<IntermediateConfig>,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontendsConfig {
+    #[serde(default)]
+    pub rest: Option<RestConfig>,
+    /// The Istio CA gRPC service (istio-agent's `CA_ADDR`, ztunnel's `CA_ADDRESS`).
+    #[serde(default)]
+    pub istio: Option<signet_istio::config::IstioConfig>,
+    /// Kubernetes CSR signer (istiod's RA mode).
+    #[serde(default)]
+    pub kubernetes_csr: Option<signet_istio::k8s::CsrSignerConfig>,
+    /// istiod's plug-in CA Secret (`cacerts`).
+    #[serde(default)]
+    pub istio_cacerts: Option<signet_istio::cacerts::CacertsConfig>,
+    /// `istio-ca-root-cert` ConfigMaps in every selected namespace.
+    #[serde(default)]
+    pub istio_root_cert: Option<signet_istio::k8s::RootDistributionConfig>,
+    /// istiod's serving certificate Secret (`istiod-tls`).
+    #[serde(default)]
+    pub istiod_tls: Option<signet_istio::k8s::IstiodTlsConfig>,
+    /// cert-manager external issuer (SignetIssuer / SignetClusterIssuer).
+    #[serde(default)]
+    pub cert_manager: Option<signet_cert_manager::ControllerConfig>,
+}
+
+impl FrontendsConfig {
+    /// The configured front-ends, by config key.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            ("rest", self.rest.is_some()),
+            ("istio", self.istio.is_some()),
+            ("kubernetes_csr", self.kubernetes_csr.is_some()),
+            ("istio_cacerts", self.istio_cacerts.is_some()),
+            ("istio_root_cert", self.istio_root_cert.is_some()),
+            ("istiod_tls", self.istiod_tls.is_some()),
+            ("cert_manager", self.cert_manager.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(n, on)| on.then_some(n))
+        .collect()
+    }
+
+    /// Whether anything writes to Kubernetes (and so needs leader election).
+    pub fn writes_to_kubernetes(&self) -> bool {
+        self.kubernetes_csr.is_some()
+            || self.istio_cacerts.is_some()
+            || self.istio_root_cert.is_some()
+            || self.istiod_tls.is_some()
+            || self.cert_manager.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestConfig {
+    /// Address to listen on, e.g. `0.0.0.0:8443`.
+    pub listen: SocketAddr,
+    /// Name of an entry under `authorities`.
+    pub authority: String,
+    /// Extra DNS names for the serving certificate issued by the authority.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    /// A serving certificate from files instead of one issued by the authority.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    #[serde(default)]
+    pub auth: RestAuthConfig,
+    /// Who may obtain what. `name: "*"` applies to principals with no entry of their own.
+    #[serde(default)]
+    pub principals: Vec<PrincipalConfig>,
+    #[serde(default)]
+    pub limits: RestLimits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestAuthConfig {
+    /// Accept client certificates issued by these CAs; principal = URI SAN, else DNS SAN.
+    #[serde(default)]
+    pub mtls: Option<MtlsConfig>,
+    /// YAML file of bearer tokens, stored as SHA-256 hashes.
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
+    /// Callers with no credentials are principal `anonymous`. Only allowed
+    /// when `listen` is a loopback address.
+    #[serde(default)]
+    pub loopback_unauthenticated: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsConfig {
+    pub client_ca_file: PathBuf,
+}
+
+fn all_profiles() -> Vec<Profile> {
+    Profile::ALL.to_vec()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    /// The principal (token principal, client certificate SAN, `anonymous`) or `*`.
+    pub name: String,
+    /// SAN patterns: `spiffe://td/path/*`, `spiffe://td/exact`, `*.example.com`,
+    /// `**.example.com`, `10.0.0.0/8`.
+    pub allowed_sans: Vec<SanPattern>,
+    #[serde(default)]
+    pub max_ttl: Option<HumanDuration>,
+    #[serde(default = "all_profiles")]
+    pub profiles: Vec<Profile>,
+    #[serde(default)]
+    pub allow_wildcards: bool,
+}
+
+fn default_max_body() -> usize {
+    64 * 1024
+}
+fn default_request_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+fn default_max_concurrent() -> usize {
+    1024
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_handshake_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+fn default_shutdown_grace() -> HumanDuration {
+    HumanDuration::from_secs(25)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestLimits {
+    /// Largest request body accepted (413 above it).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Time to answer a signing request (503 `timeout` after it).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: HumanDuration,
+    /// Signing requests in flight before new ones are shed (503 `overloaded`).
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent_requests: usize,
+    /// Open connections before new ones are refused.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time for a client to finish the TLS handshake, and to send request headers.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: HumanDuration,
+    /// Time in-flight requests get to finish after SIGTERM.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: HumanDuration,
+}
+
+impl Default for RestLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_max_body(),
+            request_timeout: default_request_timeout(),
+            max_concurrent_requests: default_max_concurrent(),
+            max_connections: default_max_connections(),
+            handshake_timeout: default_handshake_timeout(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file = path.display().to_string();
+        let config = Self::parse(&text, &file)?;
+        config.validate(&file)?;
+        Ok(config)
+    }
+
+    /// Parses YAML; errors carry the key path and line.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = match e.path().to_string() {
+                p if p == "." => "(top level)".to_owned(),
+                p => p,
+            };
+            let inner = e.into_inner();
+            let line = inner.location().map_or(0, |l| l.line());
+            // serde_yaml_ng appends " at line L column C"; the line is reported separately.
+            let mut message = inner.to_string();
+            if let Some(i) = message.find(" at line ") {
+                message.truncate(i);
+            }
+            // ... and may prefix its own rendering of the path.
+            if let Some((prefix, rest)) = message.split_once(": ")
+                && !prefix.contains(char::is_whitespace)
+                && (prefix.contains('.') || key.starts_with(prefix))
+            {
+                message = rest.to_owned();
+            }
+            ConfigError::Parse {
+                file: file.to_owned(),
+                line,
+                key,
+                message,
+            }
+        })
+    }
+
+    /// Checks cross-references and safety rules.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            key,
+            message,
+        };
+        for (name, a) in &self.authorities {
+            if !self.backends.contains_key(&a.backend) {
+                return Err(invalid(
+                    format!("authorities.{name}.backend"),
+                    format!(
+                        "no backend named {:?} (known: {})",
+                        a.backend,
+                        names(self.backends.keys())
+                    ),
+                ));
+            }
+            a.policy
+                .validate()
+                .map_err(|m| invalid(format!("authorities.{name}.policy"), m))?;
+            match (a.mode, &a.intermediate) {
+                (Mode::Direct, Some(_)) => {
+                    return Err(invalid(
+                        format!("authorities.{name}.intermediate"),
+                        "only used with mode: delegated".into(),
+                    ));
+                }
+                (Mode::Delegated, i) => {
+                    let i = i.clone().unwrap_or_default();
+                    i.validate()
+                        .map_err(|m| invalid(format!("authorities.{name}.intermediate"), m))?;
+                    if a.policy.max_ttl > i.ttl {
+                        return Err(invalid(
+                            format!("authorities.{name}.policy.max_ttl"),
+                            format!(
+                                "{} exceeds the intermediate's ttl {}",
+                                a.policy.max_ttl, i.ttl
+                            ),
+                        ));
+                    }
+                }
+                (Mode::Direct, None) => {}
+            }
+        }
+        let authority_ref = |key: &str, name: &str| -> Result<(), ConfigError> {
+            if self.authorities.contains_key(name) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    key.into(),
+                    format!(
+                        "no authority named {name:?} (known: {})",
+                        names(self.authorities.keys())
+                    ),
+                ))
+            }
+        };
+        if let Some(k) = &self.frontends.kubernetes_csr {
+            authority_ref("frontends.kubernetes_csr.authority", &k.authority)?;
+            if k.signer_names.is_empty() || k.allowed_requesters.is_empty() {
+                return Err(invalid(
+                    "frontends.kubernetes_csr".into(),
+                    "signer_names and allowed_requesters must not be empty".into(),
+                ));
+            }
+        }
+        if let Some(r) = &self.frontends.istio_root_cert {
+            authority_ref("frontends.istio_root_cert.authority", &r.authority)?;
+        }
+        if let Some(t) = &self.frontends.istiod_tls {
+            authority_ref("frontends.istiod_tls.authority", &t.authority)?;
+            for n in t.dns_names() {
+                signet_core::names::DnsName::new(&n)
+                    .map_err(|e| invalid("frontends.istiod_tls.revisions".into(), e.to_string()))?;
+            }
+        }
+        if let Some(c) = &self.frontends.istio_cacerts {
+            if !self.backends.contains_key(&c.backend) {
+                return Err(invalid(
+                    "frontends.istio_cacerts.backend".into(),
+                    format!(
+                        "no backend named {:?} (known: {})",
+                        c.backend,
+                        names(self.backends.keys())
+                    ),
+                ));
+            }
+            c.validate()
+                .map_err(|m| invalid("frontends.istio_cacerts".into(), m))?;
+        }
+        if self.frontends.writes_to_kubernetes() {
+            self.leader_election
+                .validate()
+                .map_err(|m| invalid("leader_election".into(), m))?;
+        }
+        if let Some(istio) = &self.frontends.istio {
+            if !self.authorities.contains_key(&istio.authority) {
+                return Err(invalid(
+                    "frontends.istio.authority".into(),
+                    format!(
+                        "no authority named {:?} (known: {})",
+                        istio.authority,
+                        names(self.authorities.keys())
+                    ),
+                ));
+            }
+            istio.validate().map_err(|(k, m)| invalid(k, m))?;
+            for (i, n) in istio.server_names().iter().enumerate() {
+                signet_core::names::DnsName::new(n).map_err(|e| {
+                    invalid(format!("frontends.istio.server_names[{i}]"), e.to_string())
+                })?;
+            }
+        }
+        if let Some(rest) = &self.frontends.rest {
+            let key = |k: &str| format!("frontends.rest.{k}");
+            let Some(authority) = self.authorities.get(&rest.authority) else {
+                return Err(invalid(
+                    key("authority"),
+                    format!(
+                        "no authority named {:?} (known: {})",
+                        rest.authority,
+                        names(self.authorities.keys())
+                    ),
+                ));
+            };
+            let auth = &rest.auth;
+            if auth.loopback_unauthenticated && !rest.listen.ip().is_loopback() {
+                return Err(invalid(
+                    key("auth.loopback_unauthenticated"),
+                    format!(
+                        "only allowed when listen is a loopback address, not {}",
+                        rest.listen
+                    ),
+                ));
+            }
+            if auth.mtls.is_none() && auth.tokens_file.is_none() && !auth.loopback_unauthenticated {
+                return Err(invalid(
+                    key("auth"),
+                    "no way to authenticate: set mtls, tokens_file or loopback_unauthenticated"
+                        .into(),
+                ));
+            }
+            if rest.tls.is_none()
+                && rest.listen.ip().is_unspecified()
+                && rest.server_names.is_empty()
+            {
+                return Err(invalid(
+                    key("server_names"),
+                    format!(
+                        "listening on {} needs at least one server name for the serving certificate",
+                        rest.listen
+                    ),
+                ));
+            }
+            for (i, n) in rest.server_names.iter().enumerate() {
+                signet_core::names::DnsName::new(n).map_err(|e| {
+                    invalid(format!("frontends.rest.server_names[{i}]"), e.to_string())
+                })?;
+            }
+            let mut seen = BTreeSet::new();
+            for (i, p) in rest.principals.iter().enumerate() {
+                let k = |f: &str| format!("frontends.rest.principals[{i}].{f}");
+                if !seen.insert(p.name.as_str()) {
+                    return Err(invalid(
+                        k("name"),
+                        format!("principal {:?} is listed twice", p.name),
+                    ));
+                }
+                if p.profiles.is_empty() {
+                    return Err(invalid(
+                        k("profiles"),
+                        "at least one profile is required".into(),
+                    ));
+                }
+                if let Some(max) = p.max_ttl
+                    && max < authority.policy.min_ttl
+                {
+                    return Err(invalid(
+                        k("max_ttl"),
+                        format!(
+                            "{max} is below the authority's min_ttl {}",
+                            authority.policy.min_ttl
+                        ),
+                    ));
+                }
+            }
+            let limits = &rest.limits;
+            if limits.max_body_bytes < 1024 || limits.max_body_bytes > 16 * 1024 * 1024 {
+                return Err(invalid(
+                    key("limits.max_body_bytes"),
+                    "must be between 1024 and 16777216".into(),
+                ));
+            }
+            if limits.max_concurrent_requests == 0 || limits.max_connections == 0 {
+                return Err(invalid(key("limits"), "limits must be positive".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn names<'a>(keys: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = keys.map(String::as_str).collect();
+    if v.is_empty() {
+        "none".to_owned()
+    } else {
+        v.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+trust_domain: cluster.local
+backends:
+  ca:
+    type: local
+    cert_file: /etc/signet/ca.pem
+    key_file: /etc/signet/ca-key.pem
+authorities:
+  mesh:
+    backend: ca
+    policy: { default_ttl: 1h, max_ttl: 24h }
+frontends:
+  rest:
+    listen: 127.0.0.1:8443
+    authority: mesh
+    auth:
+      tokens_file: /etc/signet/tokens.yaml
+    principals:
+      - name: ci
+        allowed_sans: ["spiffe://cluster.local/ns/ci/*", "*.ci.example.com"]
+        max_ttl: 1h
+"#;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        let c = Config::parse(s, "test.yaml")?;
+        c.validate("test.yaml")?;
+        Ok(c)
+    }
+
+    #[test]
+    fn parses_a_full_config() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.trust_domain.as_str(), "cluster.local");
+        let rest = c.frontends.rest.unwrap();
+        assert_eq!(rest.principals[0].profiles, Profile::ALL.to_vec());
+        assert_eq!(rest.limits.max_body_bytes, 65536);
+    }
+
+    #[test]
+    fn unknown_keys_name_path_and_line() {
+        let bad = GOOD.replace("    policy:", "    polcy:");
+        match parse(&bad).unwrap_err() {
+            ConfigError::Parse {
+                line, key, message, ..
+            } => {
+                assert_eq!(key, "authorities.mesh.polcy");
+                assert_eq!(line, 11);
+                assert!(message.contains("unknown field `polcy`"), "{message}");
+            }
+            other => panic!("{other}"),
+        }
+        let bad = GOOD.replace("max_ttl: 1h", "max_ttl: forever");
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("frontends.rest.principals[0].max_ttl")
+                || err.contains("frontends.rest.principals.0.max_ttl"),
+            "{err}"
+        );
+        // Errors inside a value point at the line of the entry that holds it.
+        assert!(err.contains("line 19"), "{err}");
+        assert!(err.contains("invalid duration \"forever\""), "{err}");
+        let bad = GOOD.replace("cluster.local\n", "Cluster.Local\n");
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("trust_domain") && err.contains("line 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cross_references_and_safety_rules() {
+        let e = |s: String| parse(&s).unwrap_err().to_string();
+        assert!(
+            e(GOOD.replace("backend: ca", "backend: nope")).contains("authorities.mesh.backend")
+        );
+        assert!(
+            e(GOOD.replace("authority: mesh", "authority: nope"))
+                .contains("frontends.rest.authority")
+        );
+        let open = GOOD.replace("127.0.0.1:8443", "0.0.0.0:8443").replace(
+            "tokens_file: /etc/signet/tokens.yaml",
+            "loopback_unauthenticated: true",
+        );
+        assert!(e(open).contains("loopback_unauthenticated"));
+        let none = GOOD
+            .replace("tokens_file: /etc/signet/tokens.yaml", "{}")
+            .replace("auth:\n      {}", "auth: {}");
+        assert!(
+            e(none).contains("no way to authenticate"),
+            "{}",
+            e(GOOD.replace("tokens_file: /etc/signet/tokens.yaml", ""))
+        );
+        assert!(e(GOOD.replace("127.0.0.1:8443", "0.0.0.0:8443")).contains("server_names"));
+        assert!(e(GOOD.replace("max_ttl: 24h", "max_ttl: 30m")).contains("default_ttl"));
+        assert!(e(GOOD.replace("*.ci.example.com", "a..b")).contains("allowed_sans"));
+    }
+}

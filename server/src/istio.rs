@@ -1,0 +1,73 @@
+//! Wiring of the Istio CA gRPC front-end: serving certificate, client
+//! certificate verification against the authority's trust bundle, the
+//! configured authenticators, and the tonic service on our TLS listener (h2).
+
+use std::sync::Arc;
+
+use rustls::server::danger::ClientCertVerifier;
+use signet_core::metrics::Metrics;
+use signet_core::{Authority, Clock};
+use signet_istio::auth::Authenticators;
+use signet_istio::auth::jwt::JwtAuthenticator;
+use signet_istio::auth::token_review::{Clusters, TokenReviewer};
+use signet_istio::config::IstioConfig;
+use signet_istio::impersonation::{Impersonation, KubePods};
+use signet_istio::service::IstioCa;
+
+use crate::tls::{self, BundleClientVerifier, ServingNames};
+
+/// Builds the router and TLS configuration of `frontends.istio`.
+pub async fn build(
+    ic: &IstioConfig,
+    authority: Arc<Authority>,
+    metrics: Metrics,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<(axum::Router, rustls::ServerConfig)> {
+    let names = ServingNames::for_listener(ic.listen.ip(), &ic.server_names())?;
+    let serving = tls::issued_by_authority(authority.clone(), names, "istio-serving").await?;
+    let verifier: Option<Arc<dyn ClientCertVerifier>> = if ic.auth.mtls {
+        Some(BundleClientVerifier::start(authority.clone()))
+    } else {
+        None
+    };
+    // ztunnel speaks h2 only; istio-agent too.
+    let tls_config = tls::server_config(serving, verifier, &[b"h2"])?;
+
+    let mut auth = Authenticators::default();
+    if ic.auth.mtls {
+        auth.mtls = Some(authority.policy().trust_domain().clone());
+    }
+    for j in &ic.auth.jwt {
+        let a = JwtAuthenticator::new(j.clone(), clock.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("frontends.istio.auth.jwt ({}): {e}", j.issuer))?;
+        auth.jwt.push(a);
+    }
+    let clusters = match &ic.auth.token_review {
+        Some(tr) => Some(
+            Clusters::connect(&tr.clusters)
+                .await
+                .map_err(|e| anyhow::anyhow!("frontends.istio.auth.token_review: {e}"))?,
+        ),
+        None => None,
+    };
+    if let (Some(tr), Some(c)) = (&ic.auth.token_review, &clusters) {
+        auth.token_review = Some(Arc::new(TokenReviewer::new(c.clone(), tr, clock.clone())));
+    }
+    let impersonation = match (&ic.impersonation, clusters) {
+        (Some(imp), Some(c)) => Some(Impersonation::new(imp, Box::new(KubePods::new(c)))),
+        _ => None,
+    };
+    let ca = IstioCa::new(
+        authority,
+        auth,
+        impersonation,
+        metrics,
+        ic.limits.max_concurrent_requests,
+        ic.limits.request_timeout.get(),
+    );
+    let router = tonic::service::Routes::new(ca.into_service(ic.limits.max_message_bytes))
+        .prepare()
+        .into_axum_router();
+    Ok((router, tls_config))
+}

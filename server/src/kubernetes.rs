@@ -1,0 +1,105 @@
+//! Wiring of the Kubernetes writers: one client for the local cluster, one
+//! leader election, and the configured controllers gated on it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use signet_core::{Authority, Clock, Signer};
+use signet_istio::cacerts::Cacerts;
+use signet_istio::k8s::{CacertsKeeper, CsrSigner, IstiodTlsKeeper, RootDistributor};
+
+use crate::config::{Config, KubernetesConfig};
+use crate::leader::Elector;
+
+/// A client for the cluster signet runs in (or the configured kubeconfig).
+pub async fn client(config: &KubernetesConfig) -> anyhow::Result<Client> {
+    let cfg = match &config.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).with_context(|| path.display().to_string())?;
+            let opts = KubeConfigOptions {
+                context: config.context.clone(),
+                ..KubeConfigOptions::default()
+            };
+            kube::Config::from_custom_kubeconfig(kc, &opts).await?
+        }
+        None => kube::Config::incluster().context(
+            "in-cluster Kubernetes configuration (set kubernetes.kubeconfig outside a cluster)",
+        )?,
+    };
+    Ok(Client::try_from(cfg)?)
+}
+
+/// Starts leader election and every configured writer.
+pub async fn start(
+    config: &Config,
+    authorities: &BTreeMap<String, Arc<Authority>>,
+    backends: &BTreeMap<String, Arc<dyn Signer>>,
+    clock: Arc<dyn Clock>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<Elector> {
+    let client = client(&config.kubernetes).await?;
+    let elector = Elector::start(
+        client.clone(),
+        config.leader_election.clone(),
+        clock.clone(),
+    );
+    tracing::info!(identity = elector.identity(), lease = %config.leader_election.lease_name, "campaigning for leadership of the Kubernetes writers");
+    let f = &config.frontends;
+    if let Some(c) = &f.kubernetes_csr {
+        let signer = Arc::new(CsrSigner::new(
+            client.clone(),
+            c.clone(),
+            authorities[&c.authority].clone(),
+            elector.subscribe(),
+        ));
+        tasks.push(tokio::spawn(signer.run()));
+        tracing::info!(signers = ?c.signer_names, "Kubernetes CSR signer started");
+    }
+    if let Some(c) = &f.istio_cacerts {
+        let cacerts = Cacerts::new(
+            backends[&c.backend].clone(),
+            c.clone(),
+            config.trust_domain.clone(),
+            clock.clone(),
+        );
+        tasks.push(tokio::spawn(
+            CacertsKeeper::new(client.clone(), cacerts, elector.subscribe()).run(),
+        ));
+        tracing::info!(namespace = %c.namespace, secret = %c.secret, "cacerts keeper started");
+    }
+    if let Some(c) = &f.istio_root_cert {
+        let dist = Arc::new(RootDistributor::new(
+            client.clone(),
+            c.clone(),
+            authorities[&c.authority].clone(),
+            elector.subscribe(),
+        ));
+        tasks.push(tokio::spawn(dist.run()));
+        tracing::info!(configmap = %c.configmap, selector = %c.namespace_selector, "root distribution started");
+    }
+    if let Some(c) = &f.istiod_tls {
+        let keeper = IstiodTlsKeeper::new(
+            client.clone(),
+            c.clone(),
+            authorities[&c.authority].clone(),
+            elector.subscribe(),
+        );
+        tasks.push(tokio::spawn(keeper.run()));
+        tracing::info!(secret = %c.secret, names = ?c.dns_names(), "istiod serving certificate keeper started");
+    }
+    if let Some(c) = &f.cert_manager {
+        let controller = Arc::new(signet_cert_manager::IssuerController::new(
+            client.clone(),
+            c.clone(),
+            config.trust_domain.clone(),
+            clock.clone(),
+            elector.subscribe(),
+        ));
+        tasks.push(tokio::spawn(controller.run()));
+        tracing::info!(cluster_resource_namespace = %c.cluster_resource_namespace, "cert-manager issuer controller started");
+    }
+    Ok(elector)
+}

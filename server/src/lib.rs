@@ -1,0 +1,15 @@
+//! The `signet` binary's library: CLI, configuration, wiring, the REST
+//! endpoint and the TLS listener. `main.rs` only calls [`cli::main`].
+
+pub mod app;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod dev;
+pub mod istio;
+pub mod istio_client;
+pub mod kubernetes;
+pub mod leader;
+pub mod listener;
+pub mod rest;
+pub mod tls;

@@ -1,0 +1,541 @@
+//! The REST signing endpoint: `POST /v1/sign`, `GET /v1/trust-bundle`,
+//! `/healthz`, `/readyz`, `/metrics`.
+//!
+//! The handler runs the pipeline in order — authenticate, read the body,
+//! parse the request and CSR, look up the caller's grant, issue — and every
+//! refusal goes through [`ApiError`], the one place where errors become HTTP.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use signet_core::caller::{AuthMethod, Caller};
+use signet_core::clock::rfc3339;
+use signet_core::crypto::sha256;
+use signet_core::duration::HumanDuration;
+use signet_core::error::{ErrorKind, SignError};
+use signet_core::metrics::Metrics;
+use signet_core::policy::{Grant, IssuanceRequest, PolicyError, Profile, TtlOverflow};
+use signet_core::{Authority, VerifiedCsr};
+
+use crate::config::{PrincipalConfig, RestConfig};
+use crate::listener::PeerInfo;
+use crate::tls::SwappableCert;
+
+const FRONTEND: &str = "rest";
+
+// === impl ApiError ===
+
+/// An error on the wire: `{"error": {"code", "message", "reason"?}}`.
+#[derive(Debug)]
+pub struct ApiError(pub SignError);
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+impl ApiError {
+    /// The one mapping from error kinds to HTTP statuses.
+    pub fn status(&self) -> StatusCode {
+        match self.0.kind() {
+            ErrorKind::InvalidRequest => match self.0.reason() {
+                Some("body_too_large") => StatusCode::PAYLOAD_TOO_LARGE,
+                Some("unsupported_media_type") => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Some("not_found") => StatusCode::NOT_FOUND,
+                Some("method_not_allowed") => StatusCode::METHOD_NOT_ALLOWED,
+                _ => StatusCode::BAD_REQUEST,
+            },
+            ErrorKind::InvalidCsr => StatusCode::BAD_REQUEST,
+            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorKind::PolicyDenied => StatusCode::FORBIDDEN,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Overloaded
+            | ErrorKind::Timeout
+            | ErrorKind::BackendUnavailable
+            | ErrorKind::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::BackendRejected | ErrorKind::BadChain => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.0.kind().code(),
+                message: self.0.public_message(),
+                reason: self.0.reason(),
+            },
+        };
+        let mut resp = (status, Json(body)).into_response();
+        let headers = resp.headers_mut();
+        match self.0.kind() {
+            ErrorKind::Unauthenticated => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            k if k.is_retryable() => {
+                let secs = match &self.0 {
+                    SignError::RateLimited {
+                        retry_after: Some(d),
+                    } => d.as_secs().max(1),
+                    _ => 1,
+                };
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+impl From<SignError> for ApiError {
+    fn from(e: SignError) -> Self {
+        ApiError(e)
+    }
+}
+
+// === impl RestAuth ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    tokens: Vec<TokenEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    principal: String,
+    /// Lowercase hex SHA-256 of the token.
+    sha256: String,
+}
+
+/// How REST callers prove who they are.
+#[derive(Debug, Default)]
+pub struct RestAuth {
+    /// SHA-256(token) → principal. Looking up the digest, not the token, keeps
+    /// the comparison independent of the secret's bytes.
+    tokens: HashMap<[u8; 32], String>,
+    mtls: bool,
+    loopback: bool,
+}
+
+impl RestAuth {
+    pub fn new(tokens_file: Option<&Path>, mtls: bool, loopback: bool) -> anyhow::Result<Self> {
+        let mut tokens = HashMap::new();
+        if let Some(path) = tokens_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let file: TokensFile =
+                serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(&text))
+                    .map_err(|e| {
+                        anyhow::anyhow!("{}: `{}`: {}", path.display(), e.path(), e.inner())
+                    })?;
+            for (i, t) in file.tokens.into_iter().enumerate() {
+                let digest: [u8; 32] = hex::decode(t.sha256.trim())
+                    .ok()
+                    .and_then(|d| d.try_into().ok())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{}: tokens[{i}].sha256 must be 64 hex characters",
+                            path.display()
+                        )
+                    })?;
+                anyhow::ensure!(
+                    !t.principal.is_empty(),
+                    "{}: tokens[{i}].principal is empty",
+                    path.display()
+                );
+                anyhow::ensure!(
+                    tokens.insert(digest, t.principal).is_none(),
+                    "{}: tokens[{i}] repeats another token",
+                    path.display()
+                );
+            }
+        }
+        Ok(Self {
+            tokens,
+            mtls,
+            loopback,
+        })
+    }
+
+    /// Authenticates a request: client certificate, then bearer token, then
+    /// (loopback listeners only) anonymous. A presented but invalid credential
+    /// is refused rather than downgraded to anonymous.
+    pub fn authenticate(&self, headers: &HeaderMap, peer: &PeerInfo) -> Result<Caller, SignError> {
+        if self.mtls {
+            match &peer.client_principal {
+                Some(Ok(p)) => return Ok(Caller::new(p.clone(), AuthMethod::ClientCertificate)),
+                Some(Err(e)) => return Err(SignError::Unauthenticated(e.clone())),
+                None => {}
+            }
+        }
+        if let Some(value) = headers.get(header::AUTHORIZATION) {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, t)| t.trim())
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    SignError::Unauthenticated(
+                        "malformed Authorization header; expected `Bearer <token>`".into(),
+                    )
+                })?;
+            return self
+                .tokens
+                .get(&sha256(token.as_bytes()))
+                .map(|p| Caller::new(p.clone(), AuthMethod::BearerToken))
+                .ok_or_else(|| SignError::Unauthenticated("invalid bearer token".into()));
+        }
+        if self.loopback && peer.addr.ip().is_loopback() {
+            return Ok(Caller::new("anonymous", AuthMethod::Loopback));
+        }
+        Err(SignError::Unauthenticated(
+            "credentials required: a client certificate or a bearer token".into(),
+        ))
+    }
+}
+
+// === impl Grants ===
+
+/// Per-principal grants with an optional `*` fallback.
+#[derive(Debug, Default)]
+pub struct Grants {
+    by_name: HashMap<String, Grant>,
+    fallback: Option<Grant>,
+}
+
+impl Grants {
+    pub fn new(principals: &[PrincipalConfig]) -> Self {
+        let mut g = Grants::default();
+        for p in principals {
+            let grant = Grant {
+                allowed_sans: p.allowed_sans.clone(),
+                max_ttl: p.max_ttl.map(HumanDuration::get),
+                profiles: p.profiles.clone(),
+                allow_wildcards: p.allow_wildcards,
+            };
+            if p.name == "*" {
+                g.fallback = Some(grant);
+            } else {
+                g.by_name.insert(p.name.clone(), grant);
+            }
+        }
+        g
+    }
+
+    pub fn for_principal(&self, principal: &str) -> Option<&Grant> {
+        self.by_name.get(principal).or(self.fallback.as_ref())
+    }
+}
+
+// === impl Rest ===
+
+/// Everything the REST handlers share.
+#[derive(Debug)]
+pub struct Rest {
+    pub authority: Arc<Authority>,
+    pub auth: RestAuth,
+    pub grants: Grants,
+    pub metrics: Metrics,
+    pub registry: Arc<Registry>,
+    pub serving: Option<Arc<SwappableCert>>,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+impl Rest {
+    pub fn from_config(
+        config: &RestConfig,
+        authority: Arc<Authority>,
+        metrics: Metrics,
+        registry: Arc<Registry>,
+        serving: Option<Arc<SwappableCert>>,
+    ) -> anyhow::Result<Self> {
+        let auth = RestAuth::new(
+            config.auth.tokens_file.as_deref(),
+            config.auth.mtls.is_some(),
+            config.auth.loopback_unauthenticated,
+        )?;
+        Ok(Self {
+            authority,
+            auth,
+            grants: Grants::new(&config.principals),
+            metrics,
+            registry,
+            serving,
+            max_body_bytes: config.limits.max_body_bytes,
+            request_timeout: config.limits.request_timeout.get(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.max_concurrent_requests,
+            )),
+        })
+    }
+
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/sign", post(sign))
+            .route("/v1/trust-bundle", get(trust_bundle))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .with_state(self)
+    }
+}
+
+/// `POST /v1/sign` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignRequest {
+    pub csr: String,
+    #[serde(default)]
+    pub ttl: Option<String>,
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+/// `POST /v1/sign` answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SignResponse {
+    pub certificate: String,
+    pub ca_chain: Vec<String>,
+    pub trust_bundle: Vec<String>,
+    pub serial_number: String,
+    pub not_before: String,
+    pub not_after: String,
+}
+
+async fn sign(
+    State(rest): State<Arc<Rest>>,
+    Extension(peer): Extension<PeerInfo>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    // Shed rather than queue: a full server answers at once.
+    let Ok(_permit) = rest.in_flight.clone().try_acquire_owned() else {
+        return finish(&rest, started, None, &peer, Err(SignError::Overloaded));
+    };
+    let outcome = match tokio::time::timeout(
+        rest.request_timeout,
+        sign_inner(&rest, &peer, &headers, body),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => (None, Err(SignError::Timeout)),
+    };
+    finish(&rest, started, outcome.0.as_ref(), &peer, outcome.1)
+}
+
+fn finish(
+    rest: &Rest,
+    started: Instant,
+    caller: Option<&Caller>,
+    peer: &PeerInfo,
+    result: Result<SignResponse, SignError>,
+) -> Response {
+    let outcome = match &result {
+        Ok(_) => "issued",
+        Err(e) => e.kind().code(),
+    };
+    rest.metrics
+        .observe(FRONTEND, rest.authority.name(), outcome, started.elapsed());
+    match result {
+        Ok(body) => (StatusCode::OK, Json(body)).into_response(),
+        Err(e) => {
+            let principal = caller.map_or("-", Caller::principal);
+            match e.kind() {
+                ErrorKind::Internal
+                | ErrorKind::BadChain
+                | ErrorKind::BackendRejected
+                | ErrorKind::BackendUnavailable => {
+                    tracing::error!(peer = %peer.addr, principal, code = e.kind().code(), error = %e, "signing failed")
+                }
+                _ => {
+                    tracing::info!(peer = %peer.addr, principal, code = e.kind().code(), reason = e.reason().unwrap_or("-"), error = %e, "request refused")
+                }
+            }
+            ApiError(e).into_response()
+        }
+    }
+}
+
+async fn sign_inner(
+    rest: &Rest,
+    peer: &PeerInfo,
+    headers: &HeaderMap,
+    body: Body,
+) -> (Option<Caller>, Result<SignResponse, SignError>) {
+    let caller = match rest.auth.authenticate(headers, peer) {
+        Ok(c) => c,
+        Err(e) => return (None, Err(e)),
+    };
+    let result = sign_for(rest, &caller, headers, body).await;
+    (Some(caller), result)
+}
+
+async fn sign_for(
+    rest: &Rest,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<SignResponse, SignError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(SignError::invalid_request(
+            "unsupported_media_type",
+            "Content-Type must be application/json",
+        ));
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, rest.max_body_bytes)
+        .await
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if too_large {
+                SignError::invalid_request(
+                    "body_too_large",
+                    format!("request body exceeds {} bytes", rest.max_body_bytes),
+                )
+            } else {
+                SignError::invalid_request("body_unreadable", "could not read the request body")
+            }
+        })?;
+    // serde would also accept a struct written as a JSON array; only objects are the API.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(SignError::invalid_request(
+            "malformed_json",
+            "request body must be a JSON object",
+        ));
+    }
+    let req: SignRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        SignError::invalid_request("malformed_json", format!("invalid request body: {e}"))
+    })?;
+    let profile = match req.profile.as_deref() {
+        None => Profile::Workload,
+        Some(p) => p
+            .parse()
+            .map_err(|e: String| SignError::invalid_request("invalid_profile", e))?,
+    };
+    let ttl = match req.ttl.as_deref() {
+        None => None,
+        Some(t) => Some(
+            t.parse::<HumanDuration>()
+                .map_err(|e| SignError::invalid_request("invalid_ttl", e.to_string()))?
+                .get(),
+        ),
+    };
+    let csr = VerifiedCsr::from_pem(req.csr.as_bytes())?;
+    let grant = rest
+        .grants
+        .for_principal(caller.principal())
+        .ok_or_else(|| PolicyError::NoGrant(caller.principal().to_owned()))?;
+    let request = IssuanceRequest {
+        profile,
+        ttl,
+        ttl_overflow: TtlOverflow::Refuse,
+    };
+    let chain = rest.authority.issue(caller, grant, &csr, &request).await?;
+    Ok(SignResponse {
+        certificate: chain.leaf_pem(),
+        ca_chain: chain.intermediate_pems(),
+        trust_bundle: chain.trust_bundle().pems(),
+        serial_number: chain.serial_hex().to_owned(),
+        not_before: rfc3339(chain.not_before()),
+        not_after: rfc3339(chain.not_after()),
+    })
+}
+
+async fn trust_bundle(State(rest): State<Arc<Rest>>) -> Response {
+    match rest.authority.trust_bundle().await {
+        Ok(b) => (
+            [(header::CONTENT_TYPE, "application/x-pem-file")],
+            b.to_pem(),
+        )
+            .into_response(),
+        Err(e) => ApiError(e).into_response(),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(rest): State<Arc<Rest>>) -> Response {
+    let info = rest.authority.backend();
+    if let Err(why) = info.ready {
+        return ApiError(SignError::NotReady(why)).into_response();
+    }
+    if let Some(cert) = &rest.serving {
+        if cert.is_provisional() {
+            return ApiError(SignError::NotReady(
+                "serving certificate not issued yet".into(),
+            ))
+            .into_response();
+        }
+        if cert.not_after() < rest.authority.clock().now() {
+            return ApiError(SignError::NotReady("serving certificate expired".into()))
+                .into_response();
+        }
+    }
+    "ready\n".into_response()
+}
+
+async fn metrics(State(rest): State<Arc<Rest>>) -> Response {
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, &rest.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            out,
+        )
+            .into_response(),
+        Err(_) => ApiError(SignError::Internal("encoding metrics".into())).into_response(),
+    }
+}
+
+async fn not_found() -> Response {
+    ApiError(SignError::invalid_request("not_found", "no such endpoint")).into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError(SignError::invalid_request(
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    ))
+    .into_response()
+}

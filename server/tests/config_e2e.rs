@@ -1,0 +1,401 @@
+//! `signet serve --config`: bearer tokens, client certificates, per-principal
+//! policy, and `signet check`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+use signet_core::VerifiedCsr;
+use signet_core::caller::{AuthMethod, Caller};
+use signet_core::issuer::LocalCa;
+use signet_core::key::{KeyAlgorithm, PrivateKey};
+use signet_core::names::{San, SanPattern};
+use signet_core::policy::{
+    AuthorityPolicy, Grant, IssuanceDecision, IssuanceRequest, PolicyConfig, Profile, TtlOverflow,
+};
+use signet_core::spiffe::TrustDomain;
+use signet_tests::openssl::{self, Key};
+use signet_tests::process::Signet;
+
+const TOKEN: &str = "s3cret-token-for-ci";
+const ADMIN: &str = "spiffe://cluster.local/ns/ops/sa/admin";
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_signet"))
+}
+
+fn sha256_hex(s: &str) -> String {
+    signet_core::crypto::sha256(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A root and intermediate for signing, a separate CA for client
+/// certificates, a tokens file and a config; returns the config path.
+fn setup(dir: &Path, listen: &str) -> PathBuf {
+    let now = SystemTime::now();
+    let td = TrustDomain::new("cluster.local").unwrap();
+    let root = LocalCa::self_signed_root(
+        "e2e root",
+        PrivateKey::generate(KeyAlgorithm::EcdsaP384).unwrap(),
+        now,
+        365 * DAY,
+    )
+    .unwrap();
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let csr = VerifiedCsr::from_der(&key.csr_der(Some("e2e intermediate"), &[]).unwrap()).unwrap();
+    let d = IssuanceDecision::intermediate(
+        "e2e intermediate",
+        &td,
+        0,
+        now,
+        30 * DAY,
+        Duration::from_secs(60),
+        "test",
+    );
+    let inter = root.sign(&d, csr.public_key()).unwrap();
+    std::fs::write(dir.join("root.pem"), root.trust_bundle().to_pem()).unwrap();
+    std::fs::write(dir.join("ca.pem"), inter.leaf_pem()).unwrap();
+    std::fs::write(dir.join("ca-key.pem"), key.to_pem().as_bytes()).unwrap();
+
+    // Client certificates come from their own CA.
+    let clients = LocalCa::self_signed_root(
+        "clients",
+        PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
+        now,
+        30 * DAY,
+    )
+    .unwrap();
+    std::fs::write(dir.join("clients-ca.pem"), clients.trust_bundle().to_pem()).unwrap();
+    let admin_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let admin_csr = VerifiedCsr::from_der(
+        &admin_key
+            .csr_der(None, &[San::Uri(ADMIN.parse().unwrap())])
+            .unwrap(),
+    )
+    .unwrap();
+    let policy = AuthorityPolicy::new(td, PolicyConfig::default()).unwrap();
+    let grant = Grant {
+        allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/*").unwrap()],
+        max_ttl: None,
+        profiles: vec![Profile::Client],
+        allow_wildcards: false,
+    };
+    let req = IssuanceRequest {
+        profile: Profile::Client,
+        ttl: None,
+        ttl_overflow: TtlOverflow::Refuse,
+    };
+    let d = policy
+        .decide(
+            &Caller::new("t", AuthMethod::Internal),
+            &grant,
+            &admin_csr,
+            &req,
+            now,
+        )
+        .unwrap();
+    let admin = clients.sign(&d, admin_csr.public_key()).unwrap();
+    std::fs::write(
+        dir.join("admin-identity.pem"),
+        format!("{}{}", admin.leaf_pem(), admin_key.to_pem().as_str()),
+    )
+    .unwrap();
+    // ... and a client certificate from a CA signet does not trust.
+    let rogue = LocalCa::self_signed_root(
+        "rogue",
+        PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
+        now,
+        30 * DAY,
+    )
+    .unwrap();
+    let rogue_cert = rogue.sign(&d, admin_csr.public_key()).unwrap();
+    std::fs::write(
+        dir.join("rogue-identity.pem"),
+        format!("{}{}", rogue_cert.leaf_pem(), admin_key.to_pem().as_str()),
+    )
+    .unwrap();
+
+    std::fs::write(
+        dir.join("tokens.yaml"),
+        format!(
+            "tokens:\n  - principal: ci\n    sha256: {}\n",
+            sha256_hex(TOKEN)
+        ),
+    )
+    .unwrap();
+    let d = dir.display();
+    let config = format!(
+        r#"trust_domain: cluster.local
+backends:
+  ca:
+    type: local
+    cert_file: {d}/ca.pem
+    key_file: {d}/ca-key.pem
+    chain_file: {d}/root.pem
+authorities:
+  mesh:
+    backend: ca
+    policy: {{ default_ttl: 1h, max_ttl: 24h }}
+frontends:
+  rest:
+    listen: "{listen}"
+    authority: mesh
+    auth:
+      tokens_file: {d}/tokens.yaml
+      mtls: {{ client_ca_file: {d}/clients-ca.pem }}
+    principals:
+      - name: ci
+        allowed_sans: ["spiffe://cluster.local/ns/ci/*"]
+        profiles: [workload]
+      - name: "{ADMIN}"
+        allowed_sans: ["**.example.com"]
+        profiles: [server]
+"#
+    );
+    let path = dir.join("signet.yaml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut req = client.post(format!("{url}/v1/sign")).json(body);
+    if let Some(t) = token {
+        req = req.header("authorization", t);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, resp.json().await.expect("JSON"), headers)
+}
+
+#[tokio::test]
+async fn tokens_client_certificates_and_per_principal_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = setup(dir, "127.0.0.1:0");
+    let signet = Signet::start(&bin(), &["serve", "--config", config.to_str().unwrap()]).unwrap();
+    let url = signet.url();
+    let root = dir.join("root.pem");
+    let client = signet_tests::http::client(&root);
+    let csr = |name: &str, san: &str| {
+        std::fs::read_to_string(openssl::csr(dir, name, Key::EcP256, Some(san), &[])).unwrap()
+    };
+    let runner = csr("runner", "URI:spiffe://cluster.local/ns/ci/sa/runner");
+    let bearer = format!("Bearer {TOKEN}");
+
+    // Missing, wrong and malformed credentials: 401, nothing signed.
+    let (status, body, headers) = post(&client, &url, None, &json!({ "csr": runner })).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str().unwrap()),
+        (401, "unauthenticated"),
+        "{body}"
+    );
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    let (status, _, _) = post(
+        &client,
+        &url,
+        Some("Bearer not-the-token"),
+        &json!({ "csr": runner }),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _, _) = post(
+        &client,
+        &url,
+        Some("Basic Y2k6cGFzcw=="),
+        &json!({ "csr": runner }),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // The token's principal gets what its grant allows, and nothing else.
+    let (status, body, _) = post(&client, &url, Some(&bearer), &json!({ "csr": runner })).await;
+    assert_eq!(status, 200, "{body}");
+    std::fs::write(
+        dir.join("runner.pem"),
+        body["certificate"].as_str().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("runner-chain.pem"),
+        body["ca_chain"][0].as_str().unwrap(),
+    )
+    .unwrap();
+    openssl::verify(
+        &root,
+        Some(&dir.join("runner-chain.pem")),
+        &dir.join("runner.pem"),
+        None,
+    )
+    .unwrap();
+    let prod = csr("prod", "URI:spiffe://cluster.local/ns/prod/sa/db");
+    let (status, body, _) = post(&client, &url, Some(&bearer), &json!({ "csr": prod })).await;
+    assert_eq!(
+        (status, body["error"]["reason"].as_str().unwrap()),
+        (403, "san_not_allowed"),
+        "{body}"
+    );
+    let (status, body, _) = post(
+        &client,
+        &url,
+        Some(&bearer),
+        &json!({ "csr": runner, "profile": "server" }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["reason"].as_str().unwrap()),
+        (403, "profile_not_allowed"),
+        "{body}"
+    );
+    let (status, body, _) = post(
+        &client,
+        &url,
+        Some(&bearer),
+        &json!({ "csr": runner, "ttl": "48h" }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["reason"].as_str().unwrap()),
+        (403, "ttl_too_long"),
+        "{body}"
+    );
+
+    // A client certificate makes its URI SAN the principal.
+    let identity = std::fs::read(dir.join("admin-identity.pem")).unwrap();
+    let mtls = signet_tests::http::client_with_identity(&root, &identity);
+    let api = csr("api", "DNS:api.example.com");
+    let (status, body, _) = post(
+        &mtls,
+        &url,
+        None,
+        &json!({ "csr": api, "profile": "server" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body, _) = post(&mtls, &url, None, &json!({ "csr": runner })).await;
+    assert_eq!(
+        (status, body["error"]["reason"].as_str().unwrap()),
+        (403, "profile_not_allowed"),
+        "{body}"
+    );
+    // One from an untrusted CA does not get past the handshake.
+    let rogue = signet_tests::http::client_with_identity(
+        &root,
+        &std::fs::read(dir.join("rogue-identity.pem")).unwrap(),
+    );
+    assert!(
+        rogue
+            .post(format!("{url}/v1/sign"))
+            .json(&json!({ "csr": api }))
+            .send()
+            .await
+            .is_err()
+    );
+
+    let audits = signet.logs_containing("\"target\":\"signet::audit\"", 3);
+    assert_eq!(audits.len(), 3, "serving certificate, runner, api");
+    assert!(
+        audits
+            .iter()
+            .any(|l| l.contains("\"principal\":\"ci\"") && l.contains("\"auth\":\"bearer_token\""))
+    );
+    assert!(
+        audits
+            .iter()
+            .any(|l| l.contains(ADMIN) && l.contains("\"auth\":\"client_certificate\""))
+    );
+    assert!(
+        !signet.logs().iter().any(|l| l.contains(TOKEN)),
+        "the token never reaches the logs"
+    );
+}
+
+#[test]
+fn check_validates_configs_and_names_the_bad_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = setup(tmp.path(), "127.0.0.1:0");
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["check", "--config", config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("backend ca (local): ok, 1 root(s)"));
+    let out = run(&["check", "--offline", "--config", config.to_str().unwrap()]);
+    assert!(out.status.success());
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("    policy:", "    polcy:")).unwrap();
+    let out = run(&["check", "--offline", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 11")
+            && err.contains("authorities.mesh.polcy")
+            && err.contains("unknown field"),
+        "{err}"
+    );
+
+    // A CA key that does not match fails the online check, not the offline one.
+    std::fs::write(&config, &text).unwrap();
+    std::fs::write(
+        tmp.path().join("ca-key.pem"),
+        PrivateKey::generate(KeyAlgorithm::EcdsaP256)
+            .unwrap()
+            .to_pem()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert!(
+        run(&["check", "--offline", "--config", config.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let out = run(&["check", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not match"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn unauthenticated_access_is_refused_off_loopback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = setup(tmp.path(), "0.0.0.0:0");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "    auth:\n",
+            "    server_names: [signet.example]\n    auth:\n      loopback_unauthenticated: true\n",
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("loopback_unauthenticated")
+            && err.contains("only allowed when listen is a loopback address"),
+        "{err}"
+    );
+}

@@ -1,0 +1,295 @@
+//! Every example configuration passes `signet check --offline`.
+
+use std::path::PathBuf;
+
+#[test]
+fn every_example_config_checks() {
+    let examples = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples"));
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let config = entry.unwrap().path().join("signet.yaml");
+        if !config.exists() {
+            continue;
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_signet"))
+            .args(["check", "--offline", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            config.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 1, "no example configs found");
+}
+
+/// examples/vault: the setup script prepares a real OpenBao, the example
+/// config checks online and serves certificates that chain to its root.
+#[tokio::test]
+async fn the_vault_example_works_against_openbao() {
+    let bao = signet_tests::openbao::OpenBao::dev();
+    let example = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/vault"));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(example.join("setup-openbao.sh"))
+        .arg("signet-vault")
+        .current_dir(tmp.path())
+        .env("BAO_BIN", signet_tests::openbao::bao_binary())
+        .env("BAO_ADDR", bao.addr())
+        .env("BAO_TOKEN", &bao.token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = std::fs::read_to_string(example.join("signet.yaml"))
+        .unwrap()
+        .replace("http://127.0.0.1:8200", &bao.addr())
+        .replace("127.0.0.1:8443", "127.0.0.1:0");
+    std::fs::write(tmp.path().join("signet.yaml"), config).unwrap();
+
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_signet"));
+    let check = std::process::Command::new(&bin)
+        .args(["check", "--config", "signet.yaml"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let signet = signet_tests::process::Signet::start_in(
+        &bin,
+        &["serve", "--config", "signet.yaml"],
+        tmp.path(),
+    )
+    .unwrap();
+    let root = tmp.path().join("signet-vault/root.pem");
+    let csr = signet_tests::openssl::csr(
+        tmp.path(),
+        "w",
+        signet_tests::openssl::Key::EcP256,
+        Some("URI:spiffe://cluster.local/ns/x/sa/y"),
+        &[],
+    );
+    let client = signet_tests::http::client(&root);
+    let r = client
+        .post(format!("{}/v1/sign", signet.url()))
+        .json(&serde_json::json!({ "csr": std::fs::read_to_string(&csr).unwrap() }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    std::fs::write(
+        tmp.path().join("leaf.pem"),
+        body["certificate"].as_str().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("chain.pem"),
+        body["ca_chain"][0].as_str().unwrap(),
+    )
+    .unwrap();
+    signet_tests::openssl::verify(
+        &root,
+        Some(&tmp.path().join("chain.pem")),
+        &tmp.path().join("leaf.pem"),
+        None,
+    )
+    .unwrap();
+}
+
+/// examples/cert-manager: the shipped CRDs, the example issuers and a
+/// CertificateRequest shaped like the one cert-manager makes for
+/// certificate.yaml, against a real `signet serve` and the API fake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cert_manager_example_issues_through_the_api_fake() {
+    use base64::Engine as _;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::PostParams;
+    use serde_json::{Value, json};
+    use signet_core::key::{KeyAlgorithm, PrivateKey};
+    use signet_core::names::{DnsName, San};
+    use std::time::{Duration, Instant, SystemTime};
+
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let example = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/cert-manager"
+    ));
+    let fake = signet_tests::kube_fake::KubeFake::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let kc = fake.kubeconfig(tmp.path(), "fake");
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kc).unwrap(),
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    // The CRDs as the chart ships them, plus cert-manager's CertificateRequest.
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/signet/crds/signet.dev.yaml"
+    ))
+    .unwrap();
+    let yaml_docs = |text: &str| -> Vec<Value> {
+        text.split("\n---\n")
+            .filter(|d| d.contains("kind:"))
+            .map(|d| serde_yaml_ng::from_str(d).unwrap())
+            .collect()
+    };
+    for doc in yaml_docs(&shipped) {
+        crds.create(
+            &PostParams::default(),
+            &serde_json::from_value(doc).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    crds.create(
+        &PostParams::default(),
+        &<signet_backends::cert_manager::CertificateRequest as kube::CustomResourceExt>::crd(),
+    )
+    .await
+    .unwrap();
+    fake.add_namespace("signet", json!({}));
+    fake.add_namespace("apps", json!({}));
+
+    // The team CA Secret, as `kubectl create secret tls` makes it.
+    let ca = signet_core::issuer::LocalCa::self_signed_root(
+        "team ca",
+        PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
+        SystemTime::now(),
+        Duration::from_secs(365 * 86_400),
+    )
+    .unwrap();
+    let ca_pem = signet_core::pem::encode_certificate(ca.certificate());
+    fake.apply(json!({ "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": { "name": "team-ca", "namespace": "apps" },
+        "data": { "tls.crt": b64.encode(&ca_pem), "tls.key": b64.encode(ca.key().to_pem().as_bytes()) } }));
+    for doc in yaml_docs(&std::fs::read_to_string(example.join("issuers.yaml")).unwrap()) {
+        fake.apply(doc);
+    }
+
+    let config = std::fs::read_to_string(example.join("signet.yaml"))
+        .unwrap()
+        .replace(
+            "kubernetes: {}",
+            &format!("kubernetes: {{ kubeconfig: {} }}", kc.display()),
+        );
+    std::fs::write(tmp.path().join("signet.yaml"), config).unwrap();
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_signet"));
+    let _signet = signet_tests::process::Signet::start_in(
+        &bin,
+        &["serve", "--config", "signet.yaml"],
+        tmp.path(),
+    )
+    .unwrap();
+
+    let ready = |api_version: &str, plural: &str, ns: &str, name: &str| -> Option<Value> {
+        fake.get(api_version, plural, ns, name).and_then(|o| {
+            o["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Ready")
+                .cloned()
+        })
+    };
+    let wait = async |what: &str, f: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !f() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "timed out: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    wait("the team issuer Ready", &|| {
+        ready("signet.dev/v1alpha1", "signetissuers", "apps", "team-ca")
+            .is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    // The Vault issuer has no Secret yet: not ready, and says why.
+    wait("the vault issuer NotReady", &|| {
+        ready(
+            "signet.dev/v1alpha1",
+            "signetclusterissuers",
+            "",
+            "org-vault",
+        )
+        .is_some_and(|c| {
+            c["status"] == "False"
+                && c["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("vault-approle")
+        })
+    })
+    .await;
+
+    // What cert-manager creates for certificate.yaml, then approves.
+    let certificate: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(example.join("certificate.yaml")).unwrap(),
+    )
+    .unwrap();
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let dns = certificate["spec"]["dnsNames"][0].as_str().unwrap();
+    let csr = key
+        .csr_der(None, &[San::Dns(DnsName::new(dns).unwrap())])
+        .unwrap();
+    let mut cr = json!({
+        "apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
+        "metadata": { "name": "web-1", "namespace": "apps" },
+        "spec": {
+            "request": b64.encode(signet_core::pem::encode("CERTIFICATE REQUEST", &csr)),
+            "issuerRef": certificate["spec"]["issuerRef"],
+            "duration": "720h0m0s",
+            "usages": certificate["spec"]["usages"],
+        }
+    });
+    fake.apply(cr.clone());
+    cr["status"] = json!({ "conditions": [{ "type": "Approved", "status": "True", "reason": "cert-manager.io", "message": "approved" }] });
+    fake.apply(cr);
+    wait("the request Issued", &|| {
+        ready("cert-manager.io/v1", "certificaterequests", "apps", "web-1")
+            .is_some_and(|c| c["reason"] == "Issued")
+    })
+    .await;
+    let issued = fake
+        .get("cert-manager.io/v1", "certificaterequests", "apps", "web-1")
+        .unwrap();
+    let leaf = b64
+        .decode(issued["status"]["certificate"].as_str().unwrap())
+        .unwrap();
+    let root = b64
+        .decode(issued["status"]["ca"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(String::from_utf8(root.clone()).unwrap(), ca_pem);
+    std::fs::write(tmp.path().join("leaf.pem"), leaf).unwrap();
+    std::fs::write(tmp.path().join("ca.pem"), root).unwrap();
+    signet_tests::openssl::verify(
+        &tmp.path().join("ca.pem"),
+        None,
+        &tmp.path().join("leaf.pem"),
+        Some("sslserver"),
+    )
+    .unwrap();
+    assert!(
+        signet_tests::openssl::text(&tmp.path().join("leaf.pem")).contains(&format!("DNS:{dns}"))
+    );
+}

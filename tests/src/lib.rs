@@ -1,0 +1,31 @@
+//! Test support shared by signet's crates.
+//!
+//! - [`openssl`]: CSRs made by, and chains verified by, the `openssl` CLI —
+//!   someone else's code, so our parser is never the only judge.
+//! - [`process`]: runs the real `signet` binary on ephemeral ports and
+//!   stops it when dropped.
+//! - [`http`]: an HTTPS client that trusts only a given root.
+//! - [`kube_fake`]: a fake Kubernetes API server for the real `kube` client.
+//! - [`openbao`]: a real OpenBao server (dev or persistent) with PKI helpers.
+//! - [`moto`]: moto's server mode as AWS Private CA, with a PCA under an
+//!   external root.
+//! - [`json_proxy`]: a recording, fault-injecting proxy for JSON APIs.
+
+pub mod http;
+pub mod json_proxy;
+pub mod kube_fake;
+pub mod moto;
+pub mod openbao;
+pub mod openssl;
+pub mod process;
+
+/// An independent Istio CA client, generated from the test suite's own proto.
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    unused_qualifications,
+    clippy::all
+)]
+pub mod istio_client {
+    tonic::include_proto!("istio.v1.auth");
+}
