@@ -1,0 +1,17 @@
+//! One test binary for the crate's integration tests: every test binary
+//! links the whole dependency tree, so one binary instead of many keeps a
+//! fresh CI build small and fast. nextest still runs each test in its own
+//! process.
+
+mod aws_pca_e2e;
+mod config_e2e;
+mod dev_e2e;
+mod examples;
+mod hostile_bodies;
+mod istio_cacerts;
+mod istio_e2e;
+mod kubernetes_e2e;
+mod leader;
+mod readme;
+mod rest_limits;
+mod vault_e2e;
