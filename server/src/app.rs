@@ -27,6 +27,7 @@ pub struct App {
     pub authorities: BTreeMap<String, Arc<Authority>>,
     pub rest_addr: Option<SocketAddr>,
     pub istio_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
     elector: Option<crate::leader::Elector>,
     /// Kubernetes controllers; they run until aborted.
     writers: Vec<tokio::task::JoinHandle<()>>,
@@ -169,6 +170,14 @@ impl App {
             istio_addr = Some(addr);
             tasks.push(task);
         }
+        let mut admin_addr = None;
+        if let Some(ac) = &config.admin {
+            let (addr, task) =
+                crate::admin::serve(ac, &authorities, registry.clone(), shutdown_rx.clone())
+                    .await?;
+            admin_addr = Some(addr);
+            tasks.push(task);
+        }
         let mut writers = Vec::new();
         let elector = if config.frontends.writes_to_kubernetes() {
             Some(
@@ -188,6 +197,7 @@ impl App {
             authorities,
             rest_addr,
             istio_addr,
+            admin_addr,
             elector,
             writers,
             tasks,

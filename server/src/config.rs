@@ -57,6 +57,9 @@ pub struct Config {
     /// Lease-based leader election among replicas (only the leader writes).
     #[serde(default)]
     pub leader_election: crate::leader::LeaderConfig,
+    /// Plain-HTTP health and metrics listener for probes and scrapers.
+    #[serde(default)]
+    pub admin: Option<crate::admin::AdminConfig>,
 }
 
 /// The local cluster's API server.

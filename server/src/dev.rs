@@ -243,6 +243,7 @@ pub fn config(
         },
         kubernetes: Default::default(),
         leader_election: Default::default(),
+        admin: None,
     };
     config.validate("--dev")?;
     Ok(config)

@@ -1,6 +1,7 @@
 //! The `signet` binary's library: CLI, configuration, wiring, the REST
 //! endpoint and the TLS listener. `main.rs` only calls [`cli::main`].
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod client;

@@ -10,7 +10,9 @@
 //! - [`moto`]: moto's server mode as AWS Private CA, with a PCA under an
 //!   external root.
 //! - [`json_proxy`]: a recording, fault-injecting proxy for JSON APIs.
+//! - [`helm`]: the chart linted and rendered by Helm's own library.
 
+pub mod helm;
 pub mod http;
 pub mod json_proxy;
 pub mod kube_fake;

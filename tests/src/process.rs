@@ -16,6 +16,8 @@ pub struct Signet {
     pub rest_addr: Option<SocketAddr>,
     /// Where the Istio CA gRPC service listens, if it does.
     pub grpc_addr: Option<SocketAddr>,
+    /// The plain-HTTP admin listener (`admin.listen`), if configured.
+    pub admin_addr: Option<SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -76,13 +78,14 @@ impl Signet {
             }
         });
         // Every listener logs its address; "ready" follows the last one.
-        let (mut rest_addr, mut grpc_addr) = (None, None);
+        let (mut rest_addr, mut grpc_addr, mut admin_addr) = (None, None, None);
         while let Ok((what, addr)) = rx.recv_timeout(Duration::from_secs(30)) {
             if what == "ready" {
                 return Ok(Self {
                     child,
                     rest_addr,
                     grpc_addr,
+                    admin_addr,
                     logs,
                 });
             }
@@ -93,6 +96,8 @@ impl Signet {
                 rest_addr = Some(parsed);
             } else if what.starts_with("Istio") {
                 grpc_addr = Some(parsed);
+            } else if what.starts_with("admin") {
+                admin_addr = Some(parsed);
             }
         }
         let _ = child.kill();

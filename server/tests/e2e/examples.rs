@@ -242,6 +242,16 @@ async fn the_cert_manager_example_issues_through_the_api_fake() {
     })
     .await;
 
+    // So do the cloud issuers, naming their missing Secrets.
+    for (name, secret) in [("org-aws-pca", "aws-pca"), ("org-gcp-cas", "gcp-cas")] {
+        wait(name, &|| {
+            ready("signet.dev/v1alpha1", "signetclusterissuers", "", name).is_some_and(|c| {
+                c["status"] == "False" && c["message"].as_str().unwrap_or("").contains(secret)
+            })
+        })
+        .await;
+    }
+
     // What cert-manager creates for certificate.yaml, then approves.
     let certificate: Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(example.join("certificate.yaml")).unwrap(),

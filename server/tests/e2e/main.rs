@@ -7,6 +7,7 @@ mod aws_pca_e2e;
 mod config_e2e;
 mod dev_e2e;
 mod examples;
+mod helm_chart;
 mod hostile_bodies;
 mod istio_cacerts;
 mod istio_e2e;
