@@ -129,6 +129,8 @@ fn setup(dir: &Path, listen: &str) -> PathBuf {
     let d = dir.display();
     let config = format!(
         r#"trust_domain: cluster.local
+admin:
+  listen: 127.0.0.1:0
 backends:
   ca:
     type: local
@@ -174,6 +176,44 @@ async fn post(
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     (status, resp.json().await.expect("JSON"), headers)
+}
+
+/// The admin listener: plain-HTTP probes and metrics, and nothing else.
+#[tokio::test]
+async fn the_admin_listener_serves_probes_and_metrics_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = setup(tmp.path(), "127.0.0.1:0");
+    let signet = Signet::start(&bin(), &["serve", "--config", config.to_str().unwrap()]).unwrap();
+    let admin = format!("http://{}", signet.admin_addr.expect("admin listener"));
+    let http = reqwest::Client::new();
+    let get = async |path: &str| {
+        let r = http.get(format!("{admin}{path}")).send().await.unwrap();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (r.status().as_u16(), ct, r.text().await.unwrap())
+    };
+    assert_eq!(get("/healthz").await.2, "ok\n");
+    let (status, _, body) = get("/readyz").await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    let (status, ct, body) = get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(ct.unwrap().starts_with("application/openmetrics-text"));
+    assert!(
+        body.contains("signet_authority_ready{authority=\"mesh\",backend=\"ca\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("signet_ca_expiry_timestamp_seconds"), "{body}");
+    // No signing and no trust bundle over plain HTTP.
+    let r = http
+        .post(format!("{admin}/v1/sign"))
+        .json(&json!({ "csr": "x" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(get("/v1/trust-bundle").await.0, 404);
 }
 
 #[tokio::test]
@@ -344,7 +384,7 @@ fn check_validates_configs_and_names_the_bad_key() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("line 11")
+        err.contains("line 13")
             && err.contains("authorities.mesh.polcy")
             && err.contains("unknown field"),
         "{err}"
