@@ -49,8 +49,10 @@ pub const REQUEST_ID_ANNOTATION: &str = "signet.dev/request-id";
 /// window still covers a resumed attempt.
 pub const STARTED_ANNOTATION: &str = "signet.dev/signing-started";
 
+/// signet's own namespace, as cert-manager defaults its cluster resource
+/// namespace to its own.
 fn default_cluster_resource_namespace() -> String {
-    "signet".to_owned()
+    std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "signet".to_owned())
 }
 fn default_health_interval() -> HumanDuration {
     HumanDuration::from_secs(60)

@@ -204,7 +204,10 @@ async fn the_admin_listener_serves_probes_and_metrics_only() {
         body.contains("signet_authority_ready{authority=\"mesh\",backend=\"ca\"} 1"),
         "{body}"
     );
-    assert!(body.contains("signet_ca_expiry_timestamp_seconds"), "{body}");
+    assert!(
+        body.contains("signet_ca_expiry_timestamp_seconds"),
+        "{body}"
+    );
     // No signing and no trust bundle over plain HTTP.
     let r = http
         .post(format!("{admin}/v1/sign"))

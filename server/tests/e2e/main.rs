@@ -4,6 +4,7 @@
 //! process.
 
 mod aws_pca_e2e;
+mod config_docs;
 mod config_e2e;
 mod dev_e2e;
 mod examples;
