@@ -73,3 +73,40 @@ fn the_istio_walkthrough_runs_and_verifies() {
     );
     assert!(stdout.contains("demo-istio/cert.pem: OK"), "{stdout}");
 }
+
+/// Every relative link in the README, docs/ and examples/ points at a file
+/// or directory that exists.
+#[test]
+fn relative_links_resolve() {
+    let root = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let mut pages = vec![root.join("README.md")];
+    let mut dirs = vec![root.join("docs"), root.join("examples")];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "md") {
+                pages.push(p);
+            }
+        }
+    }
+    let mut broken = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for (i, _) in text.match_indices("](") {
+            let rest = &text[i + 2..];
+            let Some(end) = rest.find(')') else { continue };
+            let target = &rest[..end];
+            if target.contains("://") || target.starts_with('#') || target.starts_with("mailto:") {
+                continue;
+            }
+            let path = target.split('#').next().unwrap();
+            if !page.parent().unwrap().join(path).exists() {
+                broken.push(format!("{}: {target}", page.display()));
+            }
+        }
+    }
+    assert!(pages.len() > 10);
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
