@@ -117,14 +117,48 @@ fn certs(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, Loca
         })
 }
 
+/// Warns when someone other than signet can read the CA key: any access for
+/// "others", or group access for a group signet itself is not in. (A
+/// Kubernetes Secret volume gives the pod's `fsGroup` read access, which is
+/// signet's own group, so 0440 there is fine.)
 #[cfg(unix)]
 fn warn_if_readable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "CA key file is readable by group or others; chmod 600 it");
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode();
+    if exposed(mode, meta.gid(), &own_groups()) {
+        tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "CA key file is readable by other users; chmod 600 it");
     }
+}
+
+/// Whether a key file with `mode`, owned by group `gid`, is readable by
+/// anyone but signet (whose groups are `own`).
+fn exposed(mode: u32, gid: u32, own: &[u32]) -> bool {
+    mode & 0o007 != 0 || (mode & 0o070 != 0 && !own.contains(&gid))
+}
+
+/// The process's effective and supplementary group IDs (Linux: from
+/// `/proc/self/status`; elsewhere none, so any group access warns).
+#[cfg(unix)]
+fn own_groups() -> Vec<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> Vec<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .filter_map(|g| g.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut groups = field("Groups:");
+    // Gid: real, effective, saved, filesystem.
+    groups.extend(field("Gid:").get(1));
+    groups
 }
 
 #[cfg(not(unix))]
@@ -280,5 +314,23 @@ impl Signer for LocalBackend {
             ca_not_after: Some(ca.not_after()),
             ready,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exposed;
+
+    #[test]
+    fn key_file_exposure() {
+        // Owner only: fine.
+        assert!(!exposed(0o100600, 0, &[]));
+        assert!(!exposed(0o100400, 1000, &[]));
+        // A Secret volume's 0440 with the pod's fsGroup, which is ours: fine.
+        assert!(!exposed(0o100440, 65532, &[65532]));
+        // Group access for a group we are not in, or any access for others.
+        assert!(exposed(0o100640, 100, &[65532]));
+        assert!(exposed(0o100604, 65532, &[65532]));
+        assert!(exposed(0o100644, 65532, &[65532]));
     }
 }
