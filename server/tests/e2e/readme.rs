@@ -78,7 +78,7 @@ fn the_istio_walkthrough_runs_and_verifies() {
 /// or directory that exists.
 #[test]
 fn relative_links_resolve() {
-    let root = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let mut pages = vec![root.join("README.md")];
     let mut dirs = vec![root.join("docs"), root.join("examples")];
     while let Some(dir) = dirs.pop() {
