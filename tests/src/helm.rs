@@ -40,3 +40,72 @@ pub fn render(chart: &Path, release: &str, namespace: &str, values: &[PathBuf]) 
     );
     serde_json::from_slice(&out.stdout).expect("render.py prints JSON")
 }
+
+/// The RBAC rules a rendering grants its service account: ClusterRole rules
+/// anywhere, Role rules in their namespace.
+#[derive(Debug, Default)]
+pub struct Rbac {
+    rules: Vec<(Option<String>, Value)>,
+}
+
+impl Rbac {
+    /// From one rendering's `manifests` (template → YAML text).
+    pub fn from_manifests(manifests: &Value) -> Self {
+        let mut rules = Vec::new();
+        for text in manifests.as_object().expect("manifests").values() {
+            for doc in text.as_str().unwrap_or_default().split("\n---") {
+                let Ok(v) = serde_yaml_ng::from_str::<Value>(doc) else {
+                    continue;
+                };
+                let ns = match v["kind"].as_str() {
+                    Some("ClusterRole") => None,
+                    Some("Role") => Some(v["metadata"]["namespace"].as_str().unwrap().to_owned()),
+                    _ => continue,
+                };
+                for r in v["rules"].as_array().into_iter().flatten() {
+                    rules.push((ns.clone(), r.clone()));
+                }
+            }
+        }
+        Self { rules }
+    }
+
+    /// Whether some rule allows `access` (names must match `resourceNames`
+    /// when a rule has them; `create`, `list` and `watch` carry no name).
+    pub fn allows(&self, a: &crate::kube_fake::Access) -> bool {
+        let has = |v: &Value, x: &str| {
+            v.as_array()
+                .is_some_and(|l| l.iter().any(|e| e.as_str() == Some(x)))
+        };
+        self.rules.iter().any(|(ns, r)| {
+            (ns.is_none() || *ns == a.namespace)
+                && has(&r["apiGroups"], &a.group)
+                && has(&r["resources"], &a.resource)
+                && has(&r["verbs"], a.verb)
+                && match r["resourceNames"].as_array() {
+                    None => true,
+                    Some(_) => a
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| has(&r["resourceNames"], n)),
+                }
+        })
+    }
+}
+
+/// Renders the chart with `config` as its `config` value (release `signet`
+/// in `namespace`) and returns the rules it grants.
+pub fn rbac_for_config(config: &Value, namespace: &str) -> Rbac {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let values = dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        serde_json::to_string(&serde_json::json!({ "config": config })).unwrap(),
+    )
+    .unwrap();
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/signet");
+    let out = render(&chart, "signet", namespace, std::slice::from_ref(&values));
+    let one = &out[values.to_str().unwrap()];
+    assert!(one["render_error"].is_null(), "{}", one["render_error"]);
+    Rbac::from_manifests(&one["manifests"])
+}

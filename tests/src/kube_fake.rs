@@ -106,7 +106,19 @@ pub struct KubeFake {
     events: broadcast::Sender<Event>,
     reviews: Arc<AtomicU64>,
     writes: Arc<AtomicU64>,
+    accesses: Arc<Mutex<Vec<Access>>>,
     bookmark_every: Duration,
+}
+
+/// One request as RBAC sees it: verb, API group, resource (with
+/// `/subresource`), namespace and object name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Access {
+    pub verb: &'static str,
+    pub group: String,
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
 }
 
 fn builtin_kinds() -> HashMap<String, Kind> {
@@ -300,6 +312,7 @@ impl KubeFake {
             events,
             reviews: Arc::default(),
             writes: Arc::default(),
+            accesses: Arc::default(),
             bookmark_every: Duration::from_millis(500),
         };
         let app = axum::Router::new()
@@ -339,6 +352,15 @@ impl KubeFake {
     /// Successful writes (create, update, patch, delete) so far.
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::SeqCst)
+    }
+
+    /// Every request served so far, in RBAC terms (what a least-privilege
+    /// role must allow).
+    pub fn accesses(&self) -> Vec<Access> {
+        self.accesses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Makes the next `n` writes fail with 409 Conflict.
@@ -581,6 +603,30 @@ async fn handle(
             ),
         );
     };
+    let watching = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    let verb = match (&method, &target.name) {
+        (&Method::GET, None) if watching => "watch",
+        (&Method::GET, None) => "list",
+        (&Method::GET, Some(_)) => "get",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, _) => "delete",
+        _ => "unknown",
+    };
+    fake.accesses
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Access {
+            verb,
+            group: target.kind.group.clone(),
+            resource: match &target.sub {
+                Some(sub) => format!("{}/{sub}", target.kind.plural),
+                None => target.kind.plural.clone(),
+            },
+            namespace: target.namespace.clone(),
+            name: target.name.clone(),
+        });
     if target.kind.plural == "tokenreviews" {
         return token_review(&fake, &body);
     }
@@ -590,11 +636,7 @@ async fn handle(
         .unwrap_or("")
         .to_owned();
     match (&method, &target.name) {
-        (&Method::GET, None)
-            if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) =>
-        {
-            watch(&fake, &target, &q)
-        }
+        (&Method::GET, None) if watching => watch(&fake, &target, &q),
         (&Method::GET, None) => list(&fake, &target, &q),
         (&Method::GET, Some(_)) => get(&fake, &target),
         (&Method::POST, None) => create(&fake, &target, &body),

@@ -193,6 +193,8 @@ async fn the_cert_manager_example_issues_through_the_api_fake() {
         );
     std::fs::write(tmp.path().join("signet.yaml"), config).unwrap();
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_signet"));
+    // From here on only signet talks to the API server over HTTP.
+    let setup_requests = fake.accesses().len();
     let _signet = signet_tests::process::Signet::start_in(
         &bin,
         &["serve", "--config", "signet.yaml"],
@@ -301,5 +303,25 @@ async fn the_cert_manager_example_issues_through_the_api_fake() {
     .unwrap();
     assert!(
         signet_tests::openssl::text(&tmp.path().join("leaf.pem")).contains(&format!("DNS:{dns}"))
+    );
+
+    // Everything signet asked of the API server is allowed by the RBAC the
+    // chart renders for this configuration with the example's values.
+    let config: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(tmp.path().join("signet.yaml")).unwrap())
+            .unwrap();
+    let rbac = signet_tests::helm::rbac_for_config(&config, "signet");
+    let mut accesses = fake.accesses().split_off(setup_requests);
+    accesses.sort();
+    accesses.dedup();
+    assert!(
+        accesses
+            .iter()
+            .any(|a| a.resource == "certificaterequests/status")
+    );
+    let denied: Vec<_> = accesses.iter().filter(|a| !rbac.allows(a)).collect();
+    assert!(
+        denied.is_empty(),
+        "not allowed by the chart's RBAC: {denied:#?}"
     );
 }

@@ -56,6 +56,7 @@ fn config(dir: &Path, kubeconfig: &Path, identity: &str) -> PathBuf {
     let d = dir.display();
     let yaml = format!(
         r#"trust_domain: cluster.local
+admin: {{ listen: "127.0.0.1:0" }}
 backends:
   int: {{ type: local, cert_file: {d}/int.pem, key_file: {d}/int-key.pem, chain_file: {d}/root.pem }}
   root: {{ type: local, cert_file: {d}/root.pem, key_file: {d}/root-key.pem }}
@@ -210,4 +211,22 @@ async fn two_replicas_one_writer_and_failover() {
     fake.apply(csr_object("second"));
     wait("second CSR signed", || signed(&fake, "second")).await;
     assert_eq!(signed_by(&b), 1);
+    drop(b);
+
+    // Everything both replicas asked of the API server is allowed by the
+    // RBAC the Helm chart renders for this same configuration.
+    let config: serde_json::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(tmp.path().join("replica-a.yaml")).unwrap(),
+    )
+    .unwrap();
+    let rbac = signet_tests::helm::rbac_for_config(&config, "signet");
+    let mut accesses = fake.accesses();
+    accesses.sort();
+    accesses.dedup();
+    assert!(accesses.len() > 10, "{accesses:?}");
+    let denied: Vec<_> = accesses.iter().filter(|a| !rbac.allows(a)).collect();
+    assert!(
+        denied.is_empty(),
+        "not allowed by the chart's RBAC: {denied:#?}"
+    );
 }
