@@ -785,15 +785,14 @@ async fn cluster_and_namespaced_issuers_read_secrets_from_their_own_namespaces()
     )
     .await;
     decide(&c, "nobody", "Approved").await;
-    let cr = wait_reason(&c, "nobody", "Pending").await;
-    assert!(
-        cr.condition("Ready")
-            .unwrap()
-            .message
-            .clone()
-            .unwrap()
-            .contains("not found")
-    );
+    // Pending first for want of approval, then for want of the issuer.
+    eventually("nobody Pending for a missing issuer", async || {
+        let cr = get(&c, "nobody").await;
+        let cond = cr.condition("Ready")?;
+        let message = cond.message.clone().unwrap_or_default();
+        (cond.reason.as_deref() == Some("Pending") && message.contains("not found")).then_some(())
+    })
+    .await;
     drop(env);
 }
 
