@@ -514,18 +514,9 @@ async fn readyz(State(rest): State<Arc<Rest>>) -> Response {
 }
 
 async fn metrics(State(rest): State<Arc<Rest>>) -> Response {
-    let mut out = String::new();
-    match prometheus_client::encoding::text::encode(&mut out, &rest.registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            out,
-        )
-            .into_response(),
-        Err(_) => ApiError(SignError::Internal("encoding metrics".into())).into_response(),
-    }
+    crate::admin::openmetrics(&rest.registry).unwrap_or_else(|_| {
+        ApiError(SignError::Internal("encoding metrics".into())).into_response()
+    })
 }
 
 async fn not_found() -> Response {
