@@ -379,20 +379,34 @@ fn check(label: &str, values: &Value, r: &Rendered, bin: &Path, tmp: &Path) {
             );
         }
     }
-    if present("cert_manager") && !namespaced_issuer_secrets_is_cluster_wide(&cluster) {
-        // A Role per listed namespace plus the cluster resource namespace.
-        wanted.extend(
-            namespaced
-                .iter()
-                .filter(|(_, r)| {
-                    r.resources.iter().flatten().any(|x| x == "secrets") && r.verbs == ["get"]
-                })
-                .map(|(ns, _)| ns.clone().unwrap()),
+    // The issuer reads Secrets cluster-wide, unless the values list the
+    // namespaces: then a Role in each, plus the cluster resource namespace.
+    let issuer_namespaces: Vec<&str> = values["rbac"]["issuerSecretNamespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if present("cert_manager") {
+        assert_eq!(
+            has_rule(&cluster, "secrets", "get"),
+            issuer_namespaces.is_empty(),
+            "{label}: cluster-wide Secret reads"
         );
-        let crn = frontends["cert_manager"]["cluster_resource_namespace"]
-            .as_str()
-            .unwrap_or(NAMESPACE);
-        assert!(wanted.contains(crn), "{label}: cluster resource namespace");
+        if !issuer_namespaces.is_empty() {
+            wanted.extend(issuer_namespaces.iter().map(|n| n.to_string()));
+            wanted.insert(
+                frontends["cert_manager"]["cluster_resource_namespace"]
+                    .as_str()
+                    .unwrap_or(NAMESPACE)
+                    .to_owned(),
+            );
+        }
+    } else {
+        assert!(
+            !has_rule(&cluster, "secrets", "get"),
+            "{label}: stray Secret reads"
+        );
     }
     assert_eq!(secret_namespaces, wanted, "{label}: secrets");
     let writes = [
@@ -418,10 +432,6 @@ fn check(label: &str, values: &Value, r: &Rendered, bin: &Path, tmp: &Path) {
         assert_eq!(b["subjects"][0]["namespace"], NAMESPACE, "{label}");
         assert_eq!(b["roleRef"]["name"], b["metadata"]["name"], "{label}");
     }
-}
-
-fn namespaced_issuer_secrets_is_cluster_wide(cluster: &[(Option<String>, PolicyRule)]) -> bool {
-    has_rule(cluster, "secrets", "get")
 }
 
 #[test]
