@@ -135,6 +135,7 @@ fn warn_if_readable_by_others(path: &Path) {
 
 /// Whether a key file with `mode`, owned by group `gid`, is readable by
 /// anyone but signet (whose groups are `own`).
+#[cfg(unix)]
 fn exposed(mode: u32, gid: u32, own: &[u32]) -> bool {
     mode & 0o007 != 0 || (mode & 0o070 != 0 && !own.contains(&gid))
 }
@@ -317,7 +318,7 @@ impl Signer for LocalBackend {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::exposed;
 
