@@ -6,9 +6,10 @@
 //! (same key, same names, CA or not, no later NotAfter). Backends are not
 //! trusted to get this right (Vault's `ca_chain` quirks are the classic case).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::{LazyLock, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::CertificateDer;
@@ -160,6 +161,12 @@ pub struct IssuedChain {
     serial_hex: String,
     not_before: SystemTime,
     not_after: SystemTime,
+    /// The SubjectPublicKeyInfo under which the leaf's signature is known
+    /// to be good: set by the first successful [`IssuedChain::verify`], or by
+    /// the in-process signer ([`IssuedChain::signed_in_process`]). The leaf
+    /// cannot change, so a second check of the same chain (a backend's, then
+    /// the authority's) repeats everything but that verification.
+    leaf_signed_by: OnceLock<Vec<u8>>,
 }
 
 impl fmt::Debug for IssuedChain {
@@ -200,7 +207,20 @@ impl IssuedChain {
             serial_hex,
             not_before,
             not_after,
+            leaf_signed_by: OnceLock::new(),
         })
+    }
+
+    /// Records that [`crate::issuer::LocalCa`] signed the leaf in this
+    /// process with the key of `issuer_spki`, which was checked against the
+    /// CA certificate when the CA was loaded: [`IssuedChain::verify`] then
+    /// checks everything but the leaf's own signature, which would only
+    /// re-verify what was just computed (one ECDSA verification, a third of a
+    /// request's cryptography). Certificates from remote backends are always
+    /// verified.
+    pub(crate) fn signed_in_process(self, issuer_spki: Vec<u8>) -> Self {
+        let _ = self.leaf_signed_by.set(issuer_spki);
+        self
     }
 
     pub fn leaf(&self) -> &CertificateDer<'static> {
@@ -234,7 +254,13 @@ impl IssuedChain {
 
     /// Verifies the path from the leaf to a root of the trust bundle at `now`.
     pub fn verify(&self, now: SystemTime) -> Result<(), ChainError> {
-        verify_path(&self.leaf, &self.intermediates, &self.trust_bundle, now)
+        verify_path_inner(
+            &self.leaf,
+            &self.intermediates,
+            &self.trust_bundle,
+            now,
+            &self.leaf_signed_by,
+        )
     }
 
     /// Checks that the leaf is what `decision` said for `csr`'s key.
@@ -415,6 +441,43 @@ fn check_validity(
     Ok(())
 }
 
+/// How a link's signature is checked.
+#[derive(Debug, Clone, Copy)]
+enum LinkSignature<'a> {
+    /// The leaf's: verified unless `known_good` already holds this issuer's
+    /// SubjectPublicKeyInfo; recorded there on success.
+    Leaf { known_good: &'a OnceLock<Vec<u8>> },
+    /// Between CAs: verified once per process (the same for every request).
+    VerifyOnce,
+}
+
+/// Signatures of CA certificates already verified under a given issuer key:
+/// SHA-256 of (to-be-signed, signature, issuer SPKI). Every request's chain
+/// repeats the same intermediates, so each CA → CA link costs one
+/// verification per process instead of one per request. Only successes are
+/// remembered; everything else about the link (names, validity,
+/// constraints) is checked every time.
+static VERIFIED_LINKS: LazyLock<RwLock<HashSet<[u8; 32]>>> =
+    LazyLock::new(|| RwLock::new(HashSet::new()));
+/// Beyond this many remembered links the set starts over (rotations add a
+/// few per month; this bounds memory if something churns).
+const VERIFIED_LINKS_MAX: usize = 1024;
+
+fn link_key(child: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in [
+        child.tbs_certificate.as_ref(),
+        child.signature_value.as_ref(),
+        issuer.public_key().raw,
+    ] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
 /// Checks that `issuer` (a CA with `below` intermediates beneath it) issued `child`.
 fn check_link(
     child: &X509Certificate<'_>,
@@ -423,6 +486,7 @@ fn check_link(
     issuer_what: &str,
     below: usize,
     now: SystemTime,
+    signature: LinkSignature,
 ) -> Result<(), ChainError> {
     if child.issuer().as_raw() != issuer.subject().as_raw() {
         return Err(ChainError::IssuerMismatch {
@@ -449,6 +513,28 @@ fn check_link(
         what: issuer_what.to_owned(),
         source,
     })?;
+    let key = match signature {
+        LinkSignature::Leaf { known_good } => {
+            if known_good
+                .get()
+                .is_some_and(|spki| spki.as_slice() == issuer.public_key().raw)
+            {
+                return Ok(());
+            }
+            None
+        }
+        LinkSignature::VerifyOnce => {
+            let key = link_key(child, issuer);
+            let known = VERIFIED_LINKS
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&key);
+            if known {
+                return Ok(());
+            }
+            Some(key)
+        }
+    };
     crypto::verify_signature(
         issuer.public_key(),
         kind,
@@ -459,7 +545,21 @@ fn check_link(
     .map_err(|source| ChainError::Signature {
         what: child_what.to_owned(),
         source,
-    })
+    })?;
+    match (signature, key) {
+        (LinkSignature::Leaf { known_good }, _) => {
+            let _ = known_good.set(issuer.public_key().raw.to_vec());
+        }
+        (LinkSignature::VerifyOnce, Some(key)) => {
+            let mut links = VERIFIED_LINKS.write().unwrap_or_else(|e| e.into_inner());
+            if links.len() >= VERIFIED_LINKS_MAX {
+                links.clear();
+            }
+            links.insert(key);
+        }
+        (LinkSignature::VerifyOnce, None) => {}
+    }
+    Ok(())
 }
 
 /// Verifies leaf → intermediates → a root of `bundle`, at `now`.
@@ -468,6 +568,16 @@ pub fn verify_path(
     intermediates: &[CertificateDer<'_>],
     bundle: &TrustBundle,
     now: SystemTime,
+) -> Result<(), ChainError> {
+    verify_path_inner(leaf_der, intermediates, bundle, now, &OnceLock::new())
+}
+
+fn verify_path_inner(
+    leaf_der: &[u8],
+    intermediates: &[CertificateDer<'_>],
+    bundle: &TrustBundle,
+    now: SystemTime,
+    leaf_signed_by: &OnceLock<Vec<u8>>,
 ) -> Result<(), ChainError> {
     let leaf = parse(leaf_der, "the certificate")?;
     check_validity(&leaf, "the certificate", now)?;
@@ -493,10 +603,16 @@ pub fn verify_path(
         Ok(())
     };
 
+    let link = |below: usize| match below {
+        0 => LinkSignature::Leaf {
+            known_good: leaf_signed_by,
+        },
+        _ => LinkSignature::VerifyOnce,
+    };
     let mut child = &leaf;
     let mut child_what = "the certificate".to_owned();
     for (below, (ca, what)) in cas.iter().enumerate() {
-        check_link(child, &child_what, ca, what, below, now)?;
+        check_link(child, &child_what, ca, what, below, now, link(below))?;
         outlives(ca, what)?;
         child = ca;
         child_what = what.clone();
@@ -508,8 +624,16 @@ pub fn verify_path(
         if root.subject().as_raw() != child.issuer().as_raw() {
             continue;
         }
-        match check_link(child, &child_what, &root, &what, cas.len(), now)
-            .and_then(|()| outlives(&root, &what))
+        match check_link(
+            child,
+            &child_what,
+            &root,
+            &what,
+            cas.len(),
+            now,
+            link(cas.len()),
+        )
+        .and_then(|()| outlives(&root, &what))
         {
             Ok(()) => return Ok(()),
             Err(e) => last_err = e,

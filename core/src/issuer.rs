@@ -51,6 +51,8 @@ pub struct LocalCa {
     not_after: SystemTime,
     path_len: Option<u32>,
     subject: String,
+    /// The CA certificate's SubjectPublicKeyInfo (= the key's).
+    spki: Vec<u8>,
 }
 
 impl fmt::Debug for LocalCa {
@@ -95,7 +97,8 @@ impl LocalCa {
         {
             return Err(CaError::NoKeyCertSign);
         }
-        if parsed.public_key().raw != key.spki_der().as_slice() {
+        let spki = key.spki_der();
+        if parsed.public_key().raw != spki.as_slice() {
             return Err(CaError::KeyMismatch);
         }
         let not_before = from_unix_seconds(parsed.validity().not_before.timestamp());
@@ -140,6 +143,7 @@ impl LocalCa {
             not_after,
             path_len,
             subject,
+            spki,
         })
     }
 
@@ -233,6 +237,7 @@ impl LocalCa {
         }
         intermediates.extend(self.chain.iter().cloned());
         IssuedChain::new(cert.der().clone(), intermediates, self.trust_bundle.clone())
+            .map(|c| c.signed_in_process(self.spki.clone()))
             .map_err(SignError::BadChain)
     }
 }

@@ -477,6 +477,70 @@ fn chain_checks_catch_what_a_backend_might_get_wrong() {
     );
 }
 
+/// Verification results are remembered (CA links per process, the leaf per
+/// chain, see `chain.rs`): a remembered success must never vouch for other
+/// bytes or another issuer key.
+#[test]
+fn remembered_signatures_never_vouch_for_other_bytes() {
+    let now = SystemTime::now();
+    let (root, ca) = hierarchy(now, KeyAlgorithm::EcdsaP256);
+    let g = grant(&["spiffe://cluster.local/*"], &[Profile::Workload]);
+    let demo = csr(KeyAlgorithm::EcdsaP256, &[DEMO]);
+    let d = policy()
+        .decide(&caller(), &g, &demo, &request(Profile::Workload, None), now)
+        .unwrap();
+    let chain = ca.sign(&d, demo.public_key()).unwrap();
+    let bundle = root.trust_bundle().clone();
+    let rebuilt = |leaf: Vec<u8>, inter: Vec<u8>| {
+        signet_core::IssuedChain::new(leaf.into(), vec![inter.into()], bundle.clone()).unwrap()
+    };
+    let flip_last = |der: &[u8]| {
+        let mut v = der.to_vec();
+        *v.last_mut().unwrap() ^= 0x01;
+        v
+    };
+    let leaf = chain.leaf().to_vec();
+    let inter = chain.intermediates()[0].to_vec();
+    // The genuine chain verifies, twice (the second time from memory).
+    let genuine = rebuilt(leaf.clone(), inter.clone());
+    genuine.verify(now).unwrap();
+    genuine.verify(now).unwrap();
+    chain.verify(now).unwrap();
+    // Once the intermediate link is remembered, a forged intermediate
+    // signature and a forged leaf signature are still caught.
+    for forged in [
+        rebuilt(leaf.clone(), flip_last(&inter)),
+        rebuilt(flip_last(&leaf), inter.clone()),
+    ] {
+        assert!(
+            matches!(forged.verify(now), Err(ChainError::Signature { .. })),
+            "{:?}",
+            forged.verify(now)
+        );
+    }
+
+    // Two roots with the same name (a rotation): the leaf's remembered
+    // issuer is the one that verified it, and the other is still tried first
+    // and refused.
+    let (root2, _) = hierarchy(now, KeyAlgorithm::EcdsaP256);
+    let direct = root.sign(&d, demo.public_key()).unwrap();
+    let both = signet_core::TrustBundle::new(
+        [root2.trust_bundle().roots(), root.trust_bundle().roots()].concat(),
+    )
+    .unwrap();
+    let rotated =
+        signet_core::IssuedChain::new(direct.leaf().clone(), vec![], both.clone()).unwrap();
+    rotated.verify(now).unwrap();
+    rotated.verify(now).unwrap();
+    let wrong_root_only =
+        signet_core::IssuedChain::new(direct.leaf().clone(), vec![], root2.trust_bundle().clone())
+            .unwrap();
+    assert!(matches!(
+        wrong_root_only.verify(now),
+        Err(ChainError::Signature { .. })
+    ));
+}
+
 #[test]
 fn a_pathlen_zero_ca_cannot_issue_cas() {
     let now = SystemTime::now();
