@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use signet_core::caller::{AuthMethod, Caller};
 use signet_core::clock::rfc3339;
-use signet_core::crypto::sha256;
+use signet_core::crypto::{constant_time_eq, sha256};
 use signet_core::duration::HumanDuration;
 use signet_core::error::{ErrorKind, SignError};
 use signet_core::metrics::Metrics;
@@ -133,16 +133,17 @@ struct TokenEntry {
 /// How REST callers prove who they are.
 #[derive(Debug, Default)]
 pub struct RestAuth {
-    /// SHA-256(token) → principal. Looking up the digest, not the token, keeps
-    /// the comparison independent of the secret's bytes.
-    tokens: HashMap<[u8; 32], String>,
+    /// (SHA-256(token), principal). Only digests are kept, and a presented
+    /// token's digest is compared with every entry in constant time: neither
+    /// the timing nor an early exit tells a caller how close a guess was.
+    tokens: Vec<([u8; 32], String)>,
     mtls: bool,
     loopback: bool,
 }
 
 impl RestAuth {
     pub fn new(tokens_file: Option<&Path>, mtls: bool, loopback: bool) -> anyhow::Result<Self> {
-        let mut tokens = HashMap::new();
+        let mut tokens: Vec<([u8; 32], String)> = Vec::new();
         if let Some(path) = tokens_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -167,10 +168,11 @@ impl RestAuth {
                     path.display()
                 );
                 anyhow::ensure!(
-                    tokens.insert(digest, t.principal).is_none(),
+                    !tokens.iter().any(|(d, _)| *d == digest),
                     "{}: tokens[{i}] repeats another token",
                     path.display()
                 );
+                tokens.push((digest, t.principal));
             }
         }
         Ok(Self {
@@ -204,9 +206,14 @@ impl RestAuth {
                         "malformed Authorization header; expected `Bearer <token>`".into(),
                     )
                 })?;
-            return self
-                .tokens
-                .get(&sha256(token.as_bytes()))
+            let presented = sha256(token.as_bytes());
+            let mut principal = None;
+            for (digest, p) in &self.tokens {
+                if constant_time_eq(digest, &presented) {
+                    principal = Some(p);
+                }
+            }
+            return principal
                 .map(|p| Caller::new(p.clone(), AuthMethod::BearerToken))
                 .ok_or_else(|| SignError::Unauthenticated("invalid bearer token".into()));
         }
@@ -407,17 +414,7 @@ async fn sign_for(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<SignResponse, SignError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return Err(SignError::invalid_request(
-            "unsupported_media_type",
-            "Content-Type must be application/json",
-        ));
-    }
+    check_content_type(headers)?;
     let bytes: Bytes = axum::body::to_bytes(body, rest.max_body_bytes)
         .await
         .map_err(|e| {
@@ -433,14 +430,51 @@ async fn sign_for(
                 SignError::invalid_request("body_unreadable", "could not read the request body")
             }
         })?;
+    let (csr, request) = decode_sign_request(&bytes)?;
+    let grant = rest
+        .grants
+        .for_principal(caller.principal())
+        .ok_or_else(|| PolicyError::NoGrant(caller.principal().to_owned()))?;
+    let chain = rest.authority.issue(caller, grant, &csr, &request).await?;
+    Ok(SignResponse {
+        certificate: chain.leaf_pem(),
+        ca_chain: chain.intermediate_pems(),
+        trust_bundle: chain.trust_bundle().pems(),
+        serial_number: chain.serial_hex().to_owned(),
+        not_before: rfc3339(chain.not_before()),
+        not_after: rfc3339(chain.not_after()),
+    })
+}
+
+/// `POST /v1/sign` must say its body is JSON (a cheap CSRF guard for the
+/// unauthenticated loopback mode).
+pub fn check_content_type(headers: &HeaderMap) -> Result<(), SignError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(SignError::invalid_request(
+            "unsupported_media_type",
+            "Content-Type must be application/json",
+        ))
+    }
+}
+
+/// Decodes a `POST /v1/sign` body into a verified CSR and what it asks for;
+/// authorisation and policy come after. Pure, so that it can be fuzzed.
+pub fn decode_sign_request(body: &[u8]) -> Result<(VerifiedCsr, IssuanceRequest), SignError> {
     // serde would also accept a struct written as a JSON array; only objects are the API.
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(SignError::invalid_request(
             "malformed_json",
             "request body must be a JSON object",
         ));
     }
-    let req: SignRequest = serde_json::from_slice(&bytes).map_err(|e| {
+    let req: SignRequest = serde_json::from_slice(body).map_err(|e| {
         SignError::invalid_request("malformed_json", format!("invalid request body: {e}"))
     })?;
     let profile = match req.profile.as_deref() {
@@ -458,24 +492,14 @@ async fn sign_for(
         ),
     };
     let csr = VerifiedCsr::from_pem(req.csr.as_bytes())?;
-    let grant = rest
-        .grants
-        .for_principal(caller.principal())
-        .ok_or_else(|| PolicyError::NoGrant(caller.principal().to_owned()))?;
-    let request = IssuanceRequest {
-        profile,
-        ttl,
-        ttl_overflow: TtlOverflow::Refuse,
-    };
-    let chain = rest.authority.issue(caller, grant, &csr, &request).await?;
-    Ok(SignResponse {
-        certificate: chain.leaf_pem(),
-        ca_chain: chain.intermediate_pems(),
-        trust_bundle: chain.trust_bundle().pems(),
-        serial_number: chain.serial_hex().to_owned(),
-        not_before: rfc3339(chain.not_before()),
-        not_after: rfc3339(chain.not_after()),
-    })
+    Ok((
+        csr,
+        IssuanceRequest {
+            profile,
+            ttl,
+            ttl_overflow: TtlOverflow::Refuse,
+        },
+    ))
 }
 
 async fn trust_bundle(State(rest): State<Arc<Rest>>) -> Response {
