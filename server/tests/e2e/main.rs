@@ -8,6 +8,7 @@ mod config_docs;
 mod config_e2e;
 mod dev_e2e;
 mod examples;
+mod fuzz_corpus;
 mod helm_chart;
 mod hostile_bodies;
 mod istio_cacerts;

@@ -1,0 +1,4 @@
+//! signet's fuzz targets; see `targets.rs`.
+#![allow(missing_docs)]
+
+pub mod targets;
