@@ -509,7 +509,12 @@ impl VaultBackend {
                     .map(|p| p.display().to_string())
                     .collect(),
             )
-            .timeout(Some(self.config.resilience.timeout.get()));
+            // Longer than the per-attempt deadline, so that an answer that
+            // comes late is still read and its certificate audited
+            // (`signet_core::resilience::Timeout`).
+            .timeout(Some(
+                self.config.resilience.timeout.get() * signet_core::resilience::LATE_ANSWER_FACTOR,
+            ));
         if let Some(ns) = &self.config.namespace {
             settings.namespace(Some(ns.clone()));
         }

@@ -85,7 +85,17 @@ impl Authority {
     ) -> Result<IssuedChain, SignError> {
         let chain = self.signer.sign(decision, csr).await?;
         if let Err(e) = chain.check(decision, csr, self.clock.now(), self.tolerance) {
-            tracing::error!(authority = %self.name, error = %e, "backend returned a certificate that fails verification; not returned");
+            // Issued all the same (by someone): on the audit trail, refused.
+            tracing::error!(
+                target: "signet::audit",
+                serial = chain.serial_hex(),
+                principal = caller.principal(),
+                authority = %self.name,
+                backend = %self.backend_name,
+                delivered = false,
+                error = %e,
+                "backend returned a certificate that fails verification; not returned"
+            );
             return Err(SignError::BadChain(e));
         }
         let sans: Vec<String> = decision.sans().iter().map(ToString::to_string).collect();

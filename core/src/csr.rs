@@ -86,6 +86,8 @@ pub struct UnsupportedName {
 }
 
 /// A CSR whose structure, key and self-signature have been verified.
+/// (Public data: cloning is fine, e.g. to hand a backend call to a task.)
+#[derive(Clone)]
 pub struct VerifiedCsr {
     der: Vec<u8>,
     spki_der: Vec<u8>,

@@ -65,14 +65,53 @@ impl Timeout {
     }
 }
 
+/// How long a backend that missed the deadline may still answer: whatever
+/// it signs meanwhile gets an audit record, though no caller receives it.
+/// (Backends' own HTTP timeouts are at least this; see the Vault backend.)
+pub const LATE_ANSWER_FACTOR: u32 = 2;
+
 #[async_trait]
 impl Signer for Timeout {
+    /// The call runs as its own task, so that a certificate the backend
+    /// issues after the deadline is still received and audited (as not
+    /// delivered) instead of vanishing with a dropped future.
     async fn sign(
         &self,
         d: &IssuanceDecision,
         csr: &VerifiedCsr,
     ) -> Result<IssuedChain, SignError> {
-        self.run(self.inner.sign(d, csr)).await
+        let inner = self.inner.clone();
+        let (decision, request) = (d.clone(), csr.clone());
+        let mut task = tokio::spawn(async move { inner.sign(&decision, &request).await });
+        match tokio::time::timeout(self.limit, &mut task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(SignError::Internal(format!("signing task failed: {join}"))),
+            Err(_) => {
+                let backend = self.inner.describe().name;
+                let sans: Vec<String> = d.sans().iter().map(ToString::to_string).collect();
+                let grace = self.limit * (LATE_ANSWER_FACTOR - 1);
+                tokio::spawn(async move {
+                    let abort = task.abort_handle();
+                    match tokio::time::timeout(grace, task).await {
+                        Ok(Ok(Ok(chain))) => tracing::warn!(
+                            target: "signet::audit",
+                            serial = chain.serial_hex(),
+                            sans = %sans.join(","),
+                            not_after = %crate::clock::rfc3339(chain.not_after()),
+                            backend = %backend,
+                            delivered = false,
+                            "certificate issued after the deadline; not delivered"
+                        ),
+                        Ok(_) => {}
+                        Err(_) => abort.abort(),
+                    }
+                });
+                Err(SignError::BackendUnavailable(format!(
+                    "no answer within {}",
+                    HumanDuration(self.limit)
+                )))
+            }
+        }
     }
     async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {
         self.run(self.inner.trust_bundle()).await

@@ -119,9 +119,14 @@ pub enum DevCommand {
     IstioSign(crate::istio_client::IstioSignArgs),
 }
 
+/// The audit trail is not a log level: whatever the filter says, every
+/// `signet::audit` record is written (a later directive for the same
+/// target wins, so this one goes last).
+const AUDIT_DIRECTIVE: &str = "signet::audit=info";
+
 fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{filter},{AUDIT_DIRECTIVE}"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{AUDIT_DIRECTIVE}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
