@@ -203,8 +203,16 @@ impl JwtAuthenticator {
                 Err(e) => last = Some(e),
             }
         }
+        // The caller learns which check failed (never the expected values).
+        use jsonwebtoken::errors::ErrorKind as Jwt;
+        let public = match last.as_ref().map(|e| e.kind()) {
+            Some(Jwt::InvalidSignature) => "token signature does not verify",
+            Some(Jwt::InvalidIssuer) => "token issuer not accepted",
+            Some(Jwt::InvalidAudience) => "token audience not accepted",
+            _ => "token verification failed",
+        };
         Err(AuthError::invalid(
-            "token verification failed",
+            public,
             last.map_or_else(String::new, |e| e.to_string()),
         ))
     }

@@ -279,79 +279,62 @@ async fn a_valid_token_gets_its_own_identity_in_ztunnel_shape() {
 }
 
 #[tokio::test]
-async fn every_bad_credential_is_unauthenticated() {
+async fn every_bad_credential_is_unauthenticated_with_its_reason() {
     let s = standard().await;
     let id = sa("default", "demo");
-    let call = |t: Option<String>, cluster: Option<&'static str>| {
-        s.ca.create_certificate(request(csr(&id), 0, t.as_deref(), cluster, None, None))
+    let call = |t: Option<String>| {
+        s.ca.create_certificate(request(csr(&id), 0, t.as_deref(), None, None, None))
+    };
+    let mut wrong = Vec::new();
+    let mut expect = async |what: &str, t: Option<String>, reason: &str| match call(t).await {
+        Err(status)
+            if status.code() == Code::Unauthenticated && status.message().contains(reason) => {}
+        Err(status) => wrong.push(format!("{what}: {status:?}, want {reason:?}")),
+        Ok(_) => wrong.push(format!("{what}: signed")),
     };
 
-    let code = |r: Result<tonic::Response<IstioCertificateResponse>, tonic::Status>| {
-        r.map(|_| ()).unwrap_err().code()
-    };
     // Positive control: the same construction with valid claims is accepted,
     // so each refusal below is for the reason named.
-    call(
-        Some(custom_token(
-            &s,
-            claims("default", "demo", "istio-ca", 3600),
-            Algorithm::ES256,
-        )),
-        None,
-    )
+    call(Some(custom_token(
+        &s,
+        claims("default", "demo", "istio-ca", 3600),
+        Algorithm::ES256,
+    )))
     .await
     .expect("valid custom token");
-    assert_eq!(
-        code(call(None, None).await),
-        Code::Unauthenticated,
-        "no token"
-    );
-    assert_eq!(
-        code(
-            call(
-                Some(custom_token(
-                    &s,
-                    claims("default", "demo", "istio-ca", -3600),
-                    Algorithm::ES256
-                )),
-                None
-            )
-            .await
-        ),
-        Code::Unauthenticated,
-        "expired"
-    );
+
+    expect("no token", None, "no credentials").await;
+    let es256 = |c| Some(custom_token(&s, c, Algorithm::ES256));
+    expect(
+        "expired",
+        es256(claims("default", "demo", "istio-ca", -3600)),
+        "token expired",
+    )
+    .await;
     let mut not_yet = claims("default", "demo", "istio-ca", 7200);
     not_yet["nbf"] = json!(unix_seconds(SystemTime::now()) + 3600);
-    assert_eq!(
-        code(call(Some(custom_token(&s, not_yet, Algorithm::ES256)), None).await),
-        Code::Unauthenticated,
-        "not yet valid"
-    );
-    assert_eq!(
-        code(
-            call(
-                Some(custom_token(
-                    &s,
-                    claims("default", "demo", "kubernetes", 3600),
-                    Algorithm::ES256
-                )),
-                None
-            )
-            .await
-        ),
-        Code::Unauthenticated,
-        "wrong audience"
-    );
+    expect("not yet valid", es256(not_yet), "token not yet valid").await;
+    expect(
+        "wrong audience",
+        es256(claims("default", "demo", "kubernetes", 3600)),
+        "token audience not accepted",
+    )
+    .await;
+    let mut other_issuer = claims("default", "demo", "istio-ca", 3600);
+    other_issuer["iss"] = json!("https://evil.example");
+    expect(
+        "wrong issuer",
+        es256(other_issuer),
+        // No JWT issuer of that name is configured, so the token goes to
+        // the cluster's TokenReview, which rejects it.
+        "token rejected",
+    )
+    .await;
     let mut no_exp = claims("default", "demo", "istio-ca", 3600);
     no_exp.as_object_mut().unwrap().remove("exp");
-    assert_eq!(
-        code(call(Some(custom_token(&s, no_exp, Algorithm::ES256)), None).await),
-        Code::Unauthenticated,
-        "no exp"
-    );
+    expect("no exp", es256(no_exp), "token has no expiry").await;
 
-    // Signed by another key under the same issuer name.
+    // Signed by another key under the same issuer name and key ID.
     let other_dir = tempfile::tempdir().unwrap();
     let forger = DevIssuer::ensure(other_dir.path()).unwrap();
     let forged = forger
@@ -362,11 +345,13 @@ async fn every_bad_credential_is_unauthenticated() {
             SystemTime::now(),
         )
         .unwrap();
-    assert_eq!(
-        code(call(Some(forged.clone()), None).await),
-        Code::Unauthenticated,
-        "forged signature"
-    );
+    let forged_reason =
+        if forged.split('.').next() == token(&s, "default", "demo").split('.').next() {
+            "token signature does not verify"
+        } else {
+            "token signed by an unknown key"
+        };
+    expect("forged signature", Some(forged), forged_reason).await;
     // A tampered payload.
     let good = token(&s, "default", "demo");
     let parts: Vec<&str> = good.split('.').collect();
@@ -381,40 +366,45 @@ async fn every_bad_credential_is_unauthenticated() {
         b64.encode(payload.to_string()),
         parts[2]
     );
-    assert_eq!(
-        code(call(Some(tampered), None).await),
-        Code::Unauthenticated,
-        "tampered"
-    );
-    // alg: none, and HS256 keyed with the public key (the classic confusion).
+    expect(
+        "tampered",
+        Some(tampered),
+        "token signature does not verify",
+    )
+    .await;
+    // alg: none, and HS256 keyed with the public key (the classic
+    // confusion), as its PEM and as the JWKS document.
     let none = format!(
         "{}.{}.",
         b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
         b64.encode(claims("default", "demo", "istio-ca", 3600).to_string())
     );
-    assert_eq!(
-        code(call(Some(none), None).await),
-        Code::Unauthenticated,
-        "alg none"
-    );
+    expect("alg none", Some(none), "malformed token").await;
+    let public_pem = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&s.issuer.key)
+        .output()
+        .expect("openssl")
+        .stdout;
+    assert!(public_pem.starts_with(b"-----BEGIN PUBLIC KEY-----"));
     let jwks = std::fs::read(&s.issuer.jwks).unwrap();
-    let hs = jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims("default", "demo", "istio-ca", 3600),
-        &EncodingKey::from_secret(&jwks),
-    )
-    .unwrap();
-    assert_eq!(
-        code(call(Some(hs), None).await),
-        Code::Unauthenticated,
-        "HS256"
-    );
-    // Garbage.
-    assert_eq!(
-        code(call(Some("not-a-jwt".into()), None).await),
-        Code::Unauthenticated,
-        "garbage token"
-    );
+    for (what, secret) in [
+        ("HS256 with the public key PEM", &public_pem),
+        ("HS256 with the JWKS", &jwks),
+    ] {
+        let mut h = Header::new(Algorithm::HS256);
+        let doc: serde_json::Value = serde_json::from_slice(&jwks).unwrap();
+        h.kid = doc["keys"][0]["kid"].as_str().map(str::to_owned);
+        let hs = jsonwebtoken::encode(
+            &h,
+            &claims("default", "demo", "istio-ca", 3600),
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap();
+        expect(what, Some(hs), "token algorithm not allowed").await;
+    }
+    expect("garbage", Some("not-a-jwt".into()), "token rejected").await;
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
 #[tokio::test]
