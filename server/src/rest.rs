@@ -58,6 +58,7 @@ impl ApiError {
         match self.0.kind() {
             ErrorKind::InvalidRequest => match self.0.reason() {
                 Some("body_too_large") => StatusCode::PAYLOAD_TOO_LARGE,
+                Some("body_too_slow") => StatusCode::REQUEST_TIMEOUT,
                 Some("unsupported_media_type") => StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 Some("not_found") => StatusCode::NOT_FOUND,
                 Some("method_not_allowed") => StatusCode::METHOD_NOT_ALLOWED,
@@ -415,8 +416,21 @@ async fn sign_for(
     body: Body,
 ) -> Result<SignResponse, SignError> {
     check_content_type(headers)?;
-    let bytes: Bytes = axum::body::to_bytes(body, rest.max_body_bytes)
+    // The body must arrive within half the request's time: a client that
+    // dribbles it (slowloris) is told so (408), and the rest of the budget
+    // stays for signing.
+    let read = axum::body::to_bytes(body, rest.max_body_bytes);
+    let bytes: Bytes = tokio::time::timeout(rest.request_timeout / 2, read)
         .await
+        .map_err(|_| {
+            SignError::invalid_request(
+                "body_too_slow",
+                format!(
+                    "the request body did not arrive within {}",
+                    HumanDuration::from(rest.request_timeout / 2)
+                ),
+            )
+        })?
         .map_err(|e| {
             let too_large = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
