@@ -49,6 +49,9 @@ fn refuses_weak_and_unsupported_keys() {
     assert!(
         matches!(parse("ec-secp256k1").unwrap_err(), CsrError::Key(KeyError::UnsupportedCurve(c)) if c == "1.3.132.0.10")
     );
+    assert!(
+        matches!(parse("ec-brainpool").unwrap_err(), CsrError::Key(KeyError::UnsupportedCurve(c)) if c == "1.3.36.3.3.2.8.1.1.7")
+    );
     assert!(matches!(
         parse("ed448").unwrap_err(),
         CsrError::Key(KeyError::Unsupported(_))

@@ -341,6 +341,7 @@ impl KubeFake {
 
     /// Registers a token the API server will vouch for.
     pub fn add_token(&self, token: &str, info: TokenInfo) {
+        crate::secrets::register(token);
         self.lock().tokens.insert(token.to_owned(), info);
     }
 

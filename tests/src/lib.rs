@@ -10,16 +10,22 @@
 //! - [`moto`]: moto's server mode as AWS Private CA, with a PCA under an
 //!   external root.
 //! - [`json_proxy`]: a recording, fault-injecting proxy for JSON APIs.
+//! - [`latency_proxy`]: a TCP proxy that adds latency to a server's answers.
 //! - [`helm`]: the chart linted and rendered by Helm's own library.
+//! - [`hostile`]: hostile CSRs and what signet must answer to each.
+//! - [`secrets`]: finds keys and tokens in logs (every launched process is scanned).
 
 pub mod helm;
+pub mod hostile;
 pub mod http;
 pub mod json_proxy;
 pub mod kube_fake;
+pub mod latency_proxy;
 pub mod moto;
 pub mod openbao;
 pub mod openssl;
 pub mod process;
+pub mod secrets;
 
 /// An independent Istio CA client, generated from the test suite's own proto.
 #[allow(

@@ -123,6 +123,7 @@ impl OpenBao {
             false,
         );
         bao.token = init["root_token"].as_str().expect("root token").to_owned();
+        crate::secrets::register(&bao.token);
         bao.unseal_key = Some(
             init["keys_base64"][0]
                 .as_str()
@@ -313,10 +314,9 @@ impl OpenBao {
             body["explicit_max_ttl"] = json!(m);
         }
         let r = self.api("POST", "auth/token/create", Some(body));
-        r["auth"]["client_token"]
-            .as_str()
-            .expect("token")
-            .to_owned()
+        let token = r["auth"]["client_token"].as_str().expect("token");
+        crate::secrets::register(token);
+        token.to_owned()
     }
 
     /// Enables AppRole with a role of `policies` and token TTL; returns (role_id, secret_id).
@@ -347,6 +347,7 @@ impl OpenBao {
                 .expect("role_id")
                 .to_owned();
         let secret_id = self.api("POST", &format!("auth/approle/role/{role}/secret-id"), None)["data"]["secret_id"].as_str().expect("secret_id").to_owned();
+        crate::secrets::register(&secret_id);
         (role_id, secret_id)
     }
 

@@ -1,4 +1,6 @@
-//! Runs the real `signet` binary for end-to-end tests.
+//! Runs the real `signet` binary for end-to-end tests. Everything the
+//! process writes (stdout and stderr) is kept, and scanned for secrets
+//! ([`crate::secrets`]) when the process ends: a leak fails the test.
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ pub struct Signet {
     /// The plain-HTTP admin listener (`admin.listen`), if configured.
     pub admin_addr: Option<SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Signet {
@@ -54,15 +57,26 @@ impl Signet {
             })
             // signet stops when this pipe closes, even if the test is killed.
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("spawning {}: {e}", bin.display()))?;
         let stderr = child.stderr.take().ok_or("no stderr")?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         let sink = logs.clone();
-        std::thread::spawn(move || {
+        let out_sink = logs.clone();
+        let mut readers = vec![std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                out_sink
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(line);
+            }
+        })];
+        readers.push(std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
@@ -76,7 +90,7 @@ impl Signet {
                 }
                 sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
-        });
+        }));
         // Every listener logs its address; "ready" follows the last one.
         let (mut rest_addr, mut grpc_addr, mut admin_addr) = (None, None, None);
         while let Ok((what, addr)) = rx.recv_timeout(Duration::from_secs(30)) {
@@ -87,6 +101,7 @@ impl Signet {
                     grpc_addr,
                     admin_addr,
                     logs,
+                    readers,
                 });
             }
             let parsed: SocketAddr = addr
@@ -193,5 +208,14 @@ impl Drop for Signet {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The pipes close with the process: the readers have every line.
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let found = crate::secrets::scan(logs.iter().map(String::as_str));
+        if !found.is_empty() && !std::thread::panicking() {
+            panic!("signet logged secrets: {found:?}");
+        }
     }
 }

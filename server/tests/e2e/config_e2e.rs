@@ -224,6 +224,7 @@ async fn tokens_client_certificates_and_per_principal_policy() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let config = setup(dir, "127.0.0.1:0");
+    signet_tests::secrets::register(TOKEN);
     let signet = Signet::start(&bin(), &["serve", "--config", config.to_str().unwrap()]).unwrap();
     let url = signet.url();
     let root = dir.join("root.pem");
@@ -366,10 +367,13 @@ fn check_validates_configs_and_names_the_bad_key() {
     let tmp = tempfile::tempdir().unwrap();
     let config = setup(tmp.path(), "127.0.0.1:0");
     let run = |args: &[&str]| {
-        std::process::Command::new(bin())
+        let out = std::process::Command::new(bin())
             .args(args)
             .output()
-            .unwrap()
+            .unwrap();
+        signet_tests::secrets::assert_clean("signet check", &String::from_utf8_lossy(&out.stderr));
+        signet_tests::secrets::assert_clean("signet check", &String::from_utf8_lossy(&out.stdout));
+        out
     };
     let out = run(&["check", "--config", config.to_str().unwrap()]);
     assert!(
@@ -386,6 +390,7 @@ fn check_validates_configs_and_names_the_bad_key() {
     let out = run(&["check", "--offline", "--config", config.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    signet_tests::secrets::assert_clean("signet serve", &err);
     assert!(
         err.contains("line 13")
             && err.contains("authorities.mesh.polcy")

@@ -431,6 +431,7 @@ async fn dev_pki_is_reused_across_restarts_and_sigterm_is_graceful() {
         "{}",
         String::from_utf8_lossy(&status.stderr)
     );
+    signet_tests::secrets::assert_clean("signet sign", &String::from_utf8_lossy(&status.stderr));
     openssl::verify(
         &data.join("root.pem"),
         Some(&out.join("ca-chain.pem")),
@@ -455,6 +456,7 @@ async fn dev_pki_is_reused_across_restarts_and_sigterm_is_graceful() {
         .unwrap();
     assert!(!status.status.success());
     assert!(String::from_utf8_lossy(&status.stderr).contains("policy_denied"));
+    signet_tests::secrets::assert_clean("signet sign", &String::from_utf8_lossy(&status.stderr));
 
     // Closing its standard input stops a `--exit-with-stdin` server cleanly.
     assert!(second.close_stdin(), "exits 0 when stdin closes");
