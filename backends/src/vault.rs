@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use rustify_derive::Endpoint;
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
-use signet_core::chain::{self, IssuedChain, TrustBundle};
+use signet_core::chain::{self, IssuedChain, MAX_NOT_BEFORE_SKEW, TrustBundle};
 use signet_core::duration::HumanDuration;
 use signet_core::names::San;
 use signet_core::pem;
@@ -890,7 +890,10 @@ impl Signer for VaultBackend {
             .await?
         };
         let chain = self.assemble(&resp, self.bundle().await?)?;
-        if chain.verify(self.clock.now()).is_err() {
+        if chain
+            .verify_with_skew(self.clock.now(), MAX_NOT_BEFORE_SKEW)
+            .is_err()
+        {
             // Vault's roots may have changed (rotation): read them again once.
             let bundle = self.refresh_trust_bundle().await?;
             return self.assemble(&resp, bundle);

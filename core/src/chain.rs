@@ -29,6 +29,11 @@ use crate::spiffe::SpiffeId;
 /// and ours differ a little).
 pub const BACKEND_CLOCK_TOLERANCE: Duration = Duration::from_secs(300);
 
+/// How far in our future a remote backend's NotBefore may be: its clock may
+/// run a little ahead of ours (some backends do not back-date at all). More
+/// than this is a clock to fix, and is refused as `NotYetValid`.
+pub const MAX_NOT_BEFORE_SKEW: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ChainError {
@@ -46,7 +51,7 @@ pub enum ChainError {
     PathLenExceeded(String),
     #[error("{what} expired at {at}")]
     Expired { what: String, at: String },
-    #[error("{what} is not valid before {at}")]
+    #[error("{what} is not valid before {at} (is a clock wrong?)")]
     NotYetValid { what: String, at: String },
     #[error("signature on {what} does not verify: {source}")]
     Signature {
@@ -254,11 +259,18 @@ impl IssuedChain {
 
     /// Verifies the path from the leaf to a root of the trust bundle at `now`.
     pub fn verify(&self, now: SystemTime) -> Result<(), ChainError> {
+        self.verify_with_skew(now, Duration::ZERO)
+    }
+
+    /// [`IssuedChain::verify`], allowing NotBefore up to `skew` after `now`
+    /// (a backend whose clock runs ahead of ours).
+    pub fn verify_with_skew(&self, now: SystemTime, skew: Duration) -> Result<(), ChainError> {
         verify_path_inner(
             &self.leaf,
             &self.intermediates,
             &self.trust_bundle,
             now,
+            skew,
             &self.leaf_signed_by,
         )
     }
@@ -354,6 +366,8 @@ impl IssuedChain {
     }
 
     /// [`IssuedChain::verify`] and [`IssuedChain::check_matches`] for a CSR.
+    /// A non-zero `tolerance` (a remote backend's clock) also allows its
+    /// NotBefore up to [`MAX_NOT_BEFORE_SKEW`] in our future.
     pub fn check(
         &self,
         decision: &IssuanceDecision,
@@ -361,7 +375,7 @@ impl IssuedChain {
         now: SystemTime,
         tolerance: Duration,
     ) -> Result<(), ChainError> {
-        self.verify(now)?;
+        self.verify_with_skew(now, tolerance.min(MAX_NOT_BEFORE_SKEW))?;
         self.check_matches(decision, csr.spki_der(), tolerance)
     }
 }
@@ -423,10 +437,11 @@ fn check_validity(
     cert: &X509Certificate<'_>,
     what: &str,
     now: SystemTime,
+    skew: Duration,
 ) -> Result<(), ChainError> {
     let nb = from_unix_seconds(cert.validity().not_before.timestamp());
     let na = from_unix_seconds(cert.validity().not_after.timestamp());
-    if now < nb {
+    if now + skew < nb {
         return Err(ChainError::NotYetValid {
             what: what.to_owned(),
             at: rfc3339(nb),
@@ -486,6 +501,7 @@ fn check_link(
     issuer_what: &str,
     below: usize,
     now: SystemTime,
+    skew: Duration,
     signature: LinkSignature,
 ) -> Result<(), ChainError> {
     if child.issuer().as_raw() != issuer.subject().as_raw() {
@@ -508,7 +524,7 @@ fn check_link(
     {
         return Err(ChainError::NoKeyCertSign(issuer_what.to_owned()));
     }
-    check_validity(issuer, issuer_what, now)?;
+    check_validity(issuer, issuer_what, now, skew)?;
     let kind = crypto::classify_key(issuer.public_key()).map_err(|source| ChainError::Key {
         what: issuer_what.to_owned(),
         source,
@@ -569,7 +585,14 @@ pub fn verify_path(
     bundle: &TrustBundle,
     now: SystemTime,
 ) -> Result<(), ChainError> {
-    verify_path_inner(leaf_der, intermediates, bundle, now, &OnceLock::new())
+    verify_path_inner(
+        leaf_der,
+        intermediates,
+        bundle,
+        now,
+        Duration::ZERO,
+        &OnceLock::new(),
+    )
 }
 
 fn verify_path_inner(
@@ -577,10 +600,11 @@ fn verify_path_inner(
     intermediates: &[CertificateDer<'_>],
     bundle: &TrustBundle,
     now: SystemTime,
+    skew: Duration,
     leaf_signed_by: &OnceLock<Vec<u8>>,
 ) -> Result<(), ChainError> {
     let leaf = parse(leaf_der, "the certificate")?;
-    check_validity(&leaf, "the certificate", now)?;
+    check_validity(&leaf, "the certificate", now, skew)?;
     let leaf_not_after = leaf.validity().not_after.timestamp();
     let cas = intermediates
         .iter()
@@ -612,7 +636,7 @@ fn verify_path_inner(
     let mut child = &leaf;
     let mut child_what = "the certificate".to_owned();
     for (below, (ca, what)) in cas.iter().enumerate() {
-        check_link(child, &child_what, ca, what, below, now, link(below))?;
+        check_link(child, &child_what, ca, what, below, now, skew, link(below))?;
         outlives(ca, what)?;
         child = ca;
         child_what = what.clone();
@@ -631,6 +655,7 @@ fn verify_path_inner(
             &what,
             cas.len(),
             now,
+            skew,
             link(cas.len()),
         )
         .and_then(|()| outlives(&root, &what))

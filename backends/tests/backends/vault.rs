@@ -731,3 +731,69 @@ async fn a_role_that_copies_the_csr_common_name_is_caught() {
     assert_eq!(err.kind(), ErrorKind::BadChain, "{err}");
     assert!(err.to_string().contains("common name"), "{err}");
 }
+
+/// Real time, shifted: signet's clock `offset_s` seconds off OpenBao's.
+#[derive(Debug)]
+struct Skewed(i64);
+
+impl signet_core::clock::Clock for Skewed {
+    fn now(&self) -> SystemTime {
+        let d = Duration::from_secs(self.0.unsigned_abs());
+        if self.0 >= 0 {
+            SystemTime::now() + d
+        } else {
+            SystemTime::now() - d
+        }
+    }
+}
+
+/// Clock skew between signet and OpenBao (which back-dates NotBefore by
+/// 30 s): signet behind by 80 s sees NotBefore 50 s ahead, within the
+/// one-minute allowance; 200 s behind is refused as a clock problem, never
+/// returned; ahead by ten minutes is harmless.
+#[tokio::test]
+async fn clock_skew_is_tolerated_within_a_minute_and_named_beyond() {
+    let (bao, _root) = bao_with_pki();
+    let dir = tempfile::tempdir().unwrap();
+    let token = bao.create_token(&["signet"], "1h", true, None);
+    let token_file = write(dir.path(), "token", &token);
+    for (offset, ok) in [(-80, true), (600, true), (-200, false)] {
+        let clock: Arc<dyn signet_core::clock::Clock> = Arc::new(Skewed(offset));
+        let backend = build(
+            "v",
+            &BackendConfig::Vault(Box::new(config(
+                &bao.addr(),
+                VaultAuth::Token {
+                    token_file: Some(token_file.clone()),
+                    token_env: None,
+                },
+            ))),
+            clock.clone(),
+        )
+        .await
+        .unwrap();
+        let policy = PolicyConfig {
+            max_ttl: HumanDuration::from_secs(86_400),
+            ..PolicyConfig::default()
+        };
+        let a = Authority::new(
+            "mesh",
+            backend,
+            AuthorityPolicy::new(td(), policy).unwrap(),
+            clock,
+        );
+        let result = issue(&a, workload("demo"), Profile::Workload).await;
+        match (ok, result) {
+            (true, Ok(chain)) => assert!(chain.verify(SystemTime::now()).is_ok()),
+            (false, Err(e)) => {
+                assert_eq!(e.kind(), ErrorKind::BadChain, "{e}");
+                let detail = e.to_string();
+                assert!(
+                    detail.contains("not valid before") && detail.contains("clock"),
+                    "{detail}"
+                );
+            }
+            (ok, other) => panic!("offset {offset}s: expected ok={ok}, got {other:?}"),
+        }
+    }
+}
