@@ -332,6 +332,93 @@ async fn conflicts_are_retried_without_signing_twice() {
     );
 }
 
+/// A conflict storm (every write refused a hundred times over) and watches
+/// dropped again and again while CSRs keep arriving: each CSR is signed
+/// exactly once, none is lost, and the signer needs no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_storm_and_dropped_watches_lose_nothing_and_sign_once() {
+    let fake = KubeFake::start().await;
+    let c = client(&fake).await;
+    let up = CaSigner::root(SystemTime::now(), 365 * DAY);
+    let (_tx, leader) = watch::channel(true);
+    let api: Api<CertificateSigningRequest> = Api::all(c.clone());
+    // The storm hits the test's own writes too: they retry on 409.
+    let conflict = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409);
+    let create = async |n: usize| {
+        let name = format!("storm-{n}");
+        let csr = k8s_csr(
+            &name,
+            "signet.dev/mesh",
+            ISTIOD,
+            &workload(&format!("w{n}")),
+            None,
+        );
+        while let Err(e) = api.create(&PostParams::default(), &csr).await {
+            assert!(conflict(&e), "{e}");
+        }
+        let approval = json!({ "status": { "conditions": [{ "type": "Approved", "status": "True", "reason": "Test", "message": "t" }] } });
+        while let Err(e) = api
+            .patch_approval(&name, &PatchParams::default(), &Patch::Merge(&approval))
+            .await
+        {
+            assert!(conflict(&e), "{e}");
+        }
+    };
+    for n in 0..20 {
+        create(n).await;
+    }
+    fake.inject_conflicts(100);
+    let signer = Arc::new(CsrSigner::new(
+        c.clone(),
+        csr_config(false),
+        authority(up.clone(), Arc::new(SystemClock)),
+        leader,
+    ));
+    tokio::spawn(signer.run());
+    // More CSRs while the watch is dropped under the signer, repeatedly.
+    for n in 20..40 {
+        if n % 4 == 0 {
+            fake.drop_watches();
+        }
+        create(n).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fake.drop_watches();
+    fake.inject_conflicts(20);
+    for n in 40..45 {
+        create(n).await;
+    }
+    for n in 0..45 {
+        let name = format!("storm-{n}");
+        let cert = eventually(&name, async || {
+            api.get(&name)
+                .await
+                .unwrap()
+                .status
+                .and_then(|s| s.certificate)
+        })
+        .await;
+        let leaf = pem::certificates(&cert.0).unwrap().remove(0);
+        let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+        let uri = parsed
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .find_map(|g| match g {
+                x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(uri, format!("spiffe://cluster.local/ns/default/sa/w{n}"));
+    }
+    // Give a duplicate signing time to show itself.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(up.calls(), 45, "each CSR signed exactly once");
+}
+
 #[tokio::test]
 async fn followers_do_not_write_and_a_new_leader_catches_up() {
     let fake = KubeFake::start().await;
