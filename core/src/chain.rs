@@ -433,11 +433,18 @@ fn leaf_sans(cert: &X509Certificate<'_>) -> Result<BTreeSet<San>, ChainError> {
     Ok(out)
 }
 
+/// The moment a chain is checked for, and how far a NotBefore may be
+/// after it (a remote backend's clock).
+#[derive(Debug, Clone, Copy)]
+struct ValidAt {
+    now: SystemTime,
+    skew: Duration,
+}
+
 fn check_validity(
     cert: &X509Certificate<'_>,
     what: &str,
-    now: SystemTime,
-    skew: Duration,
+    ValidAt { now, skew }: ValidAt,
 ) -> Result<(), ChainError> {
     let nb = from_unix_seconds(cert.validity().not_before.timestamp());
     let na = from_unix_seconds(cert.validity().not_after.timestamp());
@@ -500,8 +507,7 @@ fn check_link(
     issuer: &X509Certificate<'_>,
     issuer_what: &str,
     below: usize,
-    now: SystemTime,
-    skew: Duration,
+    at: ValidAt,
     signature: LinkSignature,
 ) -> Result<(), ChainError> {
     if child.issuer().as_raw() != issuer.subject().as_raw() {
@@ -524,7 +530,7 @@ fn check_link(
     {
         return Err(ChainError::NoKeyCertSign(issuer_what.to_owned()));
     }
-    check_validity(issuer, issuer_what, now, skew)?;
+    check_validity(issuer, issuer_what, at)?;
     let kind = crypto::classify_key(issuer.public_key()).map_err(|source| ChainError::Key {
         what: issuer_what.to_owned(),
         source,
@@ -604,7 +610,8 @@ fn verify_path_inner(
     leaf_signed_by: &OnceLock<Vec<u8>>,
 ) -> Result<(), ChainError> {
     let leaf = parse(leaf_der, "the certificate")?;
-    check_validity(&leaf, "the certificate", now, skew)?;
+    let at = ValidAt { now, skew };
+    check_validity(&leaf, "the certificate", at)?;
     let leaf_not_after = leaf.validity().not_after.timestamp();
     let cas = intermediates
         .iter()
@@ -636,7 +643,7 @@ fn verify_path_inner(
     let mut child = &leaf;
     let mut child_what = "the certificate".to_owned();
     for (below, (ca, what)) in cas.iter().enumerate() {
-        check_link(child, &child_what, ca, what, below, now, skew, link(below))?;
+        check_link(child, &child_what, ca, what, below, at, link(below))?;
         outlives(ca, what)?;
         child = ca;
         child_what = what.clone();
@@ -654,8 +661,7 @@ fn verify_path_inner(
             &root,
             &what,
             cas.len(),
-            now,
-            skew,
+            at,
             link(cas.len()),
         )
         .and_then(|()| outlives(&root, &what))
