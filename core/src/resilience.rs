@@ -70,47 +70,85 @@ impl Timeout {
 /// (Backends' own HTTP timeouts are at least this; see the Vault backend.)
 pub const LATE_ANSWER_FACTOR: u32 = 2;
 
+type Answer = Result<IssuedChain, SignError>;
+
+/// Audits a certificate that was issued but reached no caller.
+fn audit_undelivered(chain: &IssuedChain, sans: &[String], backend: &str) {
+    tracing::warn!(
+        target: "signet::audit",
+        serial = chain.serial_hex(),
+        sans = %sans.join(","),
+        not_after = %crate::clock::rfc3339(chain.not_after()),
+        backend = %backend,
+        delivered = false,
+        "certificate issued after the deadline; not delivered"
+    );
+}
+
+/// The caller's end of a signing task. However the caller stops waiting
+/// (the deadline, or its own future dropped), an answer already sent is
+/// taken out and audited; one sent later bounces back to the task, which
+/// audits it.
+struct Pending {
+    rx: tokio::sync::oneshot::Receiver<Answer>,
+    sans: Arc<Vec<String>>,
+    backend: Arc<str>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Ok(Ok(chain)) = self.rx.try_recv() {
+            audit_undelivered(&chain, &self.sans, &self.backend);
+        }
+    }
+}
+
 #[async_trait]
 impl Signer for Timeout {
     /// The call runs as its own task, so that a certificate the backend
-    /// issues after the deadline is still received and audited (as not
-    /// delivered) instead of vanishing with a dropped future.
+    /// issues after the deadline (or after the caller gave up) is still
+    /// received and audited as not delivered, instead of vanishing with a
+    /// dropped future. The task itself stops at [`LATE_ANSWER_FACTOR`] times
+    /// the deadline.
     async fn sign(
         &self,
         d: &IssuanceDecision,
         csr: &VerifiedCsr,
     ) -> Result<IssuedChain, SignError> {
+        let sans: Arc<Vec<String>> = Arc::new(d.sans().iter().map(ToString::to_string).collect());
+        let backend: Arc<str> = self.inner.describe().name.into();
+        let (tx, rx) = tokio::sync::oneshot::channel::<Answer>();
+        let mut pending = Pending {
+            rx,
+            sans: sans.clone(),
+            backend: backend.clone(),
+        };
         let inner = self.inner.clone();
         let (decision, request) = (d.clone(), csr.clone());
-        let mut task = tokio::spawn(async move { inner.sign(&decision, &request).await });
-        match tokio::time::timeout(self.limit, &mut task).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(SignError::Internal(format!("signing task failed: {join}"))),
-            Err(_) => {
-                let backend = self.inner.describe().name;
-                let sans: Vec<String> = d.sans().iter().map(ToString::to_string).collect();
-                let grace = self.limit * (LATE_ANSWER_FACTOR - 1);
-                tokio::spawn(async move {
-                    let abort = task.abort_handle();
-                    match tokio::time::timeout(grace, task).await {
-                        Ok(Ok(Ok(chain))) => tracing::warn!(
-                            target: "signet::audit",
-                            serial = chain.serial_hex(),
-                            sans = %sans.join(","),
-                            not_after = %crate::clock::rfc3339(chain.not_after()),
-                            backend = %backend,
-                            delivered = false,
-                            "certificate issued after the deadline; not delivered"
-                        ),
-                        Ok(_) => {}
-                        Err(_) => abort.abort(),
-                    }
+        let cap = self.limit * LATE_ANSWER_FACTOR;
+        tokio::spawn(async move {
+            let answer = tokio::time::timeout(cap, inner.sign(&decision, &request))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(SignError::BackendUnavailable(format!(
+                        "no answer within {}",
+                        HumanDuration(cap)
+                    )))
                 });
-                Err(SignError::BackendUnavailable(format!(
-                    "no answer within {}",
-                    HumanDuration(self.limit)
-                )))
+            if let Err(Ok(chain)) = tx.send(answer) {
+                audit_undelivered(&chain, &sans, &backend);
             }
+        });
+        match tokio::time::timeout(self.limit, &mut pending.rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(SignError::Internal(
+                "the signing task ended without an answer".into(),
+            )),
+            Err(_) => Err(SignError::BackendUnavailable(format!(
+                "no answer within {}",
+                HumanDuration(self.limit)
+            ))),
         }
     }
     async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {

@@ -588,3 +588,21 @@ fn loading_refuses_non_cas_and_mismatched_keys() {
         CaError::NotACa
     );
 }
+
+#[test]
+fn a_ca_prints_without_its_key() {
+    let now = SystemTime::now();
+    let (root, inter) = hierarchy(now, KeyAlgorithm::EcdsaP256);
+    for ca in [&root, &inter] {
+        let pem = ca.key().to_pem();
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let shown = format!("{ca:?} {:?}", ca.key());
+        assert!(shown.contains("redacted"), "{shown}");
+        for window in body.as_bytes().chunks(16) {
+            assert!(
+                !shown.contains(std::str::from_utf8(window).unwrap()),
+                "{shown}"
+            );
+        }
+    }
+}
