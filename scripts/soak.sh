@@ -97,7 +97,7 @@ authorities:
     backend: bao
     mode: delegated
     intermediate: { ttl: 10m, renew_at: 0.3 }
-    policy: { default_ttl: 5m, max_ttl: 1h }
+    policy: { default_ttl: 5m, max_ttl: 5m }
 frontends:
   rest:
     listen: 127.0.0.1:$REST_PORT

@@ -703,6 +703,53 @@ async fn a_failed_status_write_is_retried_without_signing_again() {
     drop(env);
 }
 
+/// Watches dropped again and again and a conflict storm while requests keep
+/// arriving: every CertificateRequest is issued, each signed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_watches_and_a_conflict_storm_issue_everything_once() {
+    let (fake, c) = cluster().await;
+    let up = CaSigner::forgetful_root(SystemTime::now(), 365 * DAY);
+    issuer(
+        &fake,
+        Some("apps"),
+        "test",
+        json!({ "backend": local_backend("test-ca") }),
+    );
+    let env = start(fake.clone(), c.clone(), Some(fixed(up.clone())));
+    wait_issuer(&c, Some("apps"), "test", "True").await;
+    let api: Api<CertificateRequest> = Api::namespaced(c.clone(), "apps");
+    for n in 0..30 {
+        if n % 5 == 0 {
+            env.fake.drop_watches();
+        }
+        if n == 10 {
+            env.fake.inject_conflicts(60);
+        }
+        let name = format!("storm-{n}");
+        let cr: CertificateRequest = serde_json::from_value(request(
+            &name,
+            "test",
+            "SignetIssuer",
+            &csr_pem(&[dns(&format!("s{n}.example"))]),
+            json!({}),
+        ))
+        .unwrap();
+        // The storm refuses the test's own writes too: retry on 409.
+        while let Err(e) = api.create(&PostParams::default(), &cr).await {
+            assert!(matches!(&e, kube::Error::Api(s) if s.code == 409), "{e}");
+        }
+        decide(&c, &name, "Approved").await;
+    }
+    env.fake.drop_watches();
+    for n in 0..30 {
+        let cr = wait_reason(&c, &format!("storm-{n}"), "Issued").await;
+        assert!(cr.status.unwrap().certificate.is_some());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(up.issued(), 30, "each request signed exactly once");
+    drop(env);
+}
+
 #[tokio::test]
 async fn cluster_and_namespaced_issuers_read_secrets_from_their_own_namespaces() {
     let (fake, c) = cluster().await;
