@@ -626,6 +626,52 @@ async fn cacerts_are_created_rotated_and_never_broken() {
     assert!(!keeper.reconcile_once().await.unwrap());
 }
 
+/// Twenty rotations, each through a burst of conflicting writes: after
+/// every reconcile the Secret is either what it was or a new set that
+/// validates. Nothing in between is ever stored.
+#[tokio::test]
+async fn a_conflict_storm_through_rotations_never_stores_a_broken_cacerts() {
+    let fake = KubeFake::start().await;
+    fake.add_namespace("istio-system", json!({}));
+    let c = client(&fake).await;
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let root = CaSigner::root(clock.now(), 3650 * DAY);
+    let (_tx, leader) = watch::channel(true);
+    let keeper = CacertsKeeper::new(
+        c,
+        Cacerts::new(root, cacerts_config(Layout::Istio), td(), clock.clone()),
+        leader,
+    );
+    keeper.reconcile_once().await.unwrap();
+    let mut last = secret_files(&fake);
+    let (mut rotations, mut refused) = (0, 0);
+    for round in 0..20u32 {
+        clock.advance(21 * DAY);
+        fake.inject_conflicts(round % 4);
+        let mut done = false;
+        for _ in 0..5 {
+            let result = keeper.reconcile_once().await;
+            let stored = secret_files(&fake);
+            if stored != last {
+                validate(&stored, Layout::Istio, clock.now())
+                    .unwrap_or_else(|e| panic!("round {round}: a broken cacerts was stored: {e}"));
+                last = stored;
+                rotations += 1;
+            }
+            match result {
+                Ok(_) => {
+                    done = true;
+                    break;
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(done, "round {round} never succeeded");
+    }
+    assert_eq!(rotations, 20);
+    assert_eq!(refused, (0..20).map(|r| r % 4).sum::<u32>(), "each conflict is one failed write");
+}
+
 #[tokio::test]
 async fn the_tls_layout_works_too() {
     let fake = KubeFake::start().await;
