@@ -669,7 +669,11 @@ async fn a_conflict_storm_through_rotations_never_stores_a_broken_cacerts() {
         assert!(done, "round {round} never succeeded");
     }
     assert_eq!(rotations, 20);
-    assert_eq!(refused, (0..20).map(|r| r % 4).sum::<u32>(), "each conflict is one failed write");
+    assert_eq!(
+        refused,
+        (0..20).map(|r| r % 4).sum::<u32>(),
+        "each conflict is one failed write"
+    );
 }
 
 #[tokio::test]
