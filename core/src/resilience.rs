@@ -81,7 +81,7 @@ fn audit_undelivered(chain: &IssuedChain, sans: &[String], backend: &str) {
         not_after = %crate::clock::rfc3339(chain.not_after()),
         backend = %backend,
         delivered = false,
-        "certificate issued after the deadline; not delivered"
+        "certificate issued but not delivered (deadline passed or caller gone)"
     );
 }
 
