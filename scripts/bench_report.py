@@ -65,7 +65,10 @@ r = {name: load(name) for name in runs}
 cfssl = r["cfssl"]["throughput"]
 bao = r["openbao"]["throughput"]
 ceiling = load("ceiling")
-half = load("local-rest-half")
+# The half-load windows, by p99; the median one is the figure.
+halves = sorted((load("local-rest-half-%d" % i) for i in (1, 2, 3)),
+                key=lambda h: (h.get("latency_ms") or {}).get("p99", float("inf")))
+half = halves[1]
 storm = load("delegated-storm")
 local_storm = load("local-storm")
 direct_storm = load("direct-storm")
@@ -186,9 +189,10 @@ w("| local or delegated vs OpenBao `pki/sign` | ≥ 5× | %.2f× (%.0f vs %.0f/s
     ratio(best_fast, bao), best_fast, bao, verdict(ratio(best_fast, bao) >= 5)))
 w("| direct → OpenBao vs OpenBao alone | ≥ 0.85× | %.2f× (%.0f vs %.0f/s) | %s |" % (
     direct_ratio, r["direct-rest"]["throughput"], bao, verdict(direct_ratio >= 0.85)))
-w("| p99 at half of maximum throughput (local REST, %.0f/s offered) | < 20 ms | %s ms (%d errors) | %s |" % (
-    half["rate"], lat(half, "p99"), sum((half.get("errors") or {}).values()),
-    verdict(half.get("latency_ms") and half["latency_ms"]["p99"] < 20 and not half.get("errors"))))
+half_errors = sum(sum((h.get("errors") or {}).values()) for h in halves)
+w("| p99 at half of maximum throughput (local REST, %.0f/s offered, median of 3 windows) | < 20 ms | %s ms (windows: %s ms; p50 %s ms; %d errors) | %s |" % (
+    half["rate"], lat(half, "p99"), ", ".join(lat(h, "p99") for h in halves), lat(half, "p50"), half_errors,
+    verdict(half.get("latency_ms") and half["latency_ms"]["p99"] < 20 and not half_errors)))
 w("| delegated storm: %d CSRs, %d clients | all answered, 0 errors, ≤ 3 s | %d answered, %d errors, %.2f s | %s |" % (
     storm.get("requests") or 0, storm["connections"], storm["ok"], storm_errors, storm["elapsed_s"],
     verdict(storm_errors == 0 and storm["ok"] == storm.get("requests") and storm["elapsed_s"] <= 3)))

@@ -2,8 +2,11 @@
 //! requests built from the CSR pool. Closed loop by default (each worker
 //! sends its next request when the previous one is answered); with `--rate`,
 //! requests follow a fixed schedule and latency is measured from the
-//! scheduled time, so a server that falls behind is not flattered
-//! (no coordinated omission).
+//! scheduled time whenever the worker was still waiting for its previous
+//! answer at that time, so a server that falls behind is not flattered
+//! (no coordinated omission). A worker that was idle is woken by tokio's
+//! timer, which rounds up to the next millisecond; that lateness is the load
+//! generator's, so its latency is measured from when it actually sent.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -300,6 +303,7 @@ async fn worker(w: usize, shared: Arc<Shared>) -> Recorder {
     let mut conn: Option<Conn> = None;
     let conns = shared.args.connections as u64;
     let mut k: u64 = 0;
+    let mut previous_done = shared.t0;
     loop {
         let seq = match shared.plan {
             Plan::Count { total } => {
@@ -314,13 +318,23 @@ async fn worker(w: usize, shared: Arc<Shared>) -> Recorder {
                 (k - 1) * conns + w as u64
             }
         };
-        let scheduled = match shared.args.rate {
+        // `scheduled` decides which window the request belongs to; `start`
+        // is what its latency is measured from.
+        let (scheduled, start) = match shared.args.rate {
             Some(rate) => {
                 let at = shared.t0 + Duration::from_secs_f64(seq as f64 / rate);
-                tokio::time::sleep_until(at.into()).await;
-                at
+                if previous_done >= at {
+                    // Late because the server was: count the wait.
+                    (at, at)
+                } else {
+                    tokio::time::sleep_until(at.into()).await;
+                    (at, Instant::now())
+                }
             }
-            None => Instant::now(),
+            None => {
+                let now = Instant::now();
+                (now, now)
+            }
         };
         if let Plan::Timed { end, .. } = shared.plan
             && scheduled >= end
@@ -339,9 +353,10 @@ async fn worker(w: usize, shared: Arc<Shared>) -> Recorder {
                 Err("timeout".to_owned())
             });
         let done = Instant::now();
+        previous_done = done;
         if measured {
             match outcome {
-                Ok(()) => rec.ok(done - scheduled, done),
+                Ok(()) => rec.ok(done - start, done),
                 Err(code) => rec.error(code, done),
             }
         }
