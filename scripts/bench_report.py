@@ -61,7 +61,21 @@ runs = {
     "delegated-rest": "signet delegated over OpenBao, REST",
     "delegated-grpc": "signet delegated over OpenBao, Istio gRPC",
 }
-r = {name: load(name) for name in runs}
+
+
+def rounds_of(name):
+    out, i = [], 1
+    while os.path.exists(os.path.join(args.results, "%s-r%d.json" % (name, i))):
+        out.append(load("%s-r%d" % (name, i)))
+        i += 1
+    return out
+
+
+# Every endpoint ran once per round, round-robin; its figure is its median
+# round by throughput (latencies are that round's).
+rounds = {name: rounds_of(name) for name in runs}
+n_rounds = min(len(v) for v in rounds.values())
+r = {name: sorted(v, key=lambda x: x["throughput"])[(len(v) - 1) // 2] for name, v in rounds.items()}
 cfssl = r["cfssl"]["throughput"]
 bao = r["openbao"]["throughput"]
 ceiling = load("ceiling")
@@ -75,9 +89,21 @@ direct_storm = load("direct-storm")
 direct_alive_doc = load("direct-storm-alive")
 direct_alive = direct_alive_doc["alive"]
 direct_storm_rss = direct_alive_doc.get("hwm_kb", 0) / 1024
-bao_cpu = load("openbao-cpu")["openbao_cpu_s"]
-direct_cpu = load("direct-cpu")
-idle = {m: load(m + "-idle")["rss_kb"] / 1024 for m in ("local", "delegated")}
+
+
+def cpu_used(before, after, n):
+    """CPU seconds per process between two cpu_json snapshots, summed over n rounds."""
+    total = None
+    for i in range(1, n + 1):
+        a, b = load("%s-r%d" % (before, i)), load("%s-r%d" % (after, i))
+        d = [y - x for x, y in zip(a, b)]
+        total = d if total is None else [t + x for t, x in zip(total, d)]
+    return total
+
+
+bao_cpu = cpu_used("openbao-cpu0", "openbao-cpu1", n_rounds)[0]
+direct_bao_cpu, direct_signet_cpu = cpu_used("direct-cpu0", "direct-cpu1", n_rounds)
+idle = {m: load(m + "-idle")["rss_kb"] / 1024 for m in ("local", "direct", "delegated")}
 storm_rss = load("delegated-storm-rss")["hwm_kb"] / 1024
 local_storm_rss = load("local-storm-rss")["hwm_kb"] / 1024
 bao_rss = load("openbao-rss")["hwm_kb"] / 1024
@@ -148,13 +174,17 @@ w("ceiling for the pair is about %.0f requests/s. signet uses aws-lc-rs; "
 w("")
 w("## Throughput at %s connections" % args.connections)
 w("")
-w("| endpoint | signs/s | × cfssl | × OpenBao | p50 ms | p90 ms | p99 ms | max ms | errors |")
-w("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+w("Median of %d rounds; each round ran every endpoint once, in this order." % n_rounds)
+w("")
+w("| endpoint | signs/s | rounds | × cfssl | × OpenBao | p50 ms | p90 ms | p99 ms | max ms | errors |")
+w("|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
 for name, title in runs.items():
     x = r[name]
-    w("| %s | %.0f | %.2f | %.2f | %s | %s | %s | %s | %s |" % (
-        title, x["throughput"], ratio(x["throughput"], cfssl), ratio(x["throughput"], bao),
-        lat(x, "p50"), lat(x, "p90"), lat(x, "p99"), lat(x, "max"), errors(x)))
+    w("| %s | %.0f | %s | %.2f | %.2f | %s | %s | %s | %s | %s |" % (
+        title, x["throughput"], ", ".join("%.0f" % y["throughput"] for y in rounds[name]),
+        ratio(x["throughput"], cfssl), ratio(x["throughput"], bao),
+        lat(x, "p50"), lat(x, "p90"), lat(x, "p99"), lat(x, "max"),
+        ", ".join(errors(y) for y in rounds[name])))
 w("")
 w("## Restart storms (%d CSRs from %d gRPC clients, each its own TLS connection)" % (
     storm.get("requests") or 0, storm["connections"]))
@@ -199,8 +229,8 @@ w("| delegated storm: %d CSRs, %d clients | all answered, 0 errors, ≤ 3 s | %d
 w("| direct storm degrades gracefully | only retryable codes, no crash | %s; process %s | %s |" % (
     errors(direct_storm), "alive" if direct_alive else "**gone**",
     verdict(direct_alive and direct_codes <= retryable)))
-w("| RSS idle | ≤ 25 MB | local %.1f MB, delegated %.1f MB | %s |" % (
-    idle["local"], idle["delegated"], verdict(max(idle.values()) <= 25)))
+w("| RSS idle | ≤ 25 MB | local %.1f MB, direct %.1f MB, delegated %.1f MB | %s |" % (
+    idle["local"], idle["direct"], idle["delegated"], verdict(max(idle.values()) <= 25)))
 w("| RSS peak in the storm | ≤ 150 MB | %.1f MB (delegated), %.1f MB (local) | %s |" % (
     storm_rss, local_storm_rss, verdict(max(storm_rss, local_storm_rss) <= 150)))
 w("| start-up to ready with existing keys | ≤ 100 ms | median %.1f ms of %d (%s) | %s |" % (
@@ -218,13 +248,18 @@ w("|---|---:|---:|")
 # The CPU counters span the warm-up and the measured window; the warm-up
 # ran at about the measured rate.
 warm = float(args.warmup.rstrip("s"))
-bao_n = r["openbao"]["throughput"] * (r["openbao"]["elapsed_s"] + warm)
-dir_n = r["direct-rest"]["throughput"] * (r["direct-rest"]["elapsed_s"] + warm)
+
+
+def certs(name):
+    return sum(x["throughput"] * (x["elapsed_s"] + warm) for x in rounds[name][:n_rounds])
+
+
+bao_n, dir_n = certs("openbao"), certs("direct-rest")
 w("| OpenBao alone | %.0f | – |" % (1e6 * bao_cpu / max(bao_n, 1)))
 w("| signet direct → OpenBao | %.0f | %.0f |" % (
-    1e6 * direct_cpu["openbao_cpu_s"] / max(dir_n, 1), 1e6 * direct_cpu["signet_cpu_s"] / max(dir_n, 1)))
+    1e6 * direct_bao_cpu / max(dir_n, 1), 1e6 * direct_signet_cpu / max(dir_n, 1)))
 w("")
-w("(Certificates counted over the warm-up and the window, at the measured rate.)")
+w("(All rounds; certificates counted over the warm-up and the window, at the measured rate.)")
 w("")
 analysis = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks-analysis.md")
 if os.path.exists(analysis):
