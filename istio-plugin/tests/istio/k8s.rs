@@ -125,7 +125,7 @@ async fn the_csr_signer_signs_only_what_it_should() {
     let fake = KubeFake::start().await;
     let c = client(&fake).await;
     let up = CaSigner::root(SystemTime::now(), 365 * DAY);
-    let (_tx, leader) = watch::channel(true);
+    let (tx, leader) = watch::channel(true);
     let signer = Arc::new(CsrSigner::new(
         c.clone(),
         csr_config(true),
@@ -200,6 +200,10 @@ async fn the_csr_signer_signs_only_what_it_should() {
     )
     .await
     .unwrap();
+    // Someone else signs "presigned" while this replica is not the leader;
+    // as leader it would (rightly) sign it between the approval and the
+    // other signer's write.
+    tx.send(false).unwrap();
     approve(&api, "presigned", "Approved").await;
     api.patch_status(
         "presigned",
@@ -208,6 +212,7 @@ async fn the_csr_signer_signs_only_what_it_should() {
     )
     .await
     .unwrap();
+    tx.send(true).unwrap();
     let rv_before = api
         .get("presigned")
         .await
