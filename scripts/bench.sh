@@ -6,7 +6,7 @@
 # restart storms, memory, start-up and the crypto ceiling. Writes
 # docs/benchmarks.md (and the raw JSON under target/bench/).
 #
-#   scripts/bench.sh            # the full run (about 10 minutes after the build)
+#   scripts/bench.sh            # the full run (about 7 minutes after the build)
 #   scripts/bench.sh --quick    # shorter windows, to check the script itself
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,12 +22,21 @@ STORM_CLIENTS=1000
 # host lands on one round of every endpoint instead of on one endpoint.
 ROUNDS=3
 OUT=docs/benchmarks.md
-if [ "${1:-}" = "--quick" ]; then
-  DURATION=3s
-  WARMUP=1s
-  ROUNDS=1
-  OUT=${BENCH_OUT:-target/bench/benchmarks.md}
-fi
+case "${1:-}" in
+  "") ;;
+  --quick)
+    DURATION=3s
+    WARMUP=1s
+    ROUNDS=1
+    OUT=${BENCH_OUT:-target/bench/benchmarks.md}
+    ;;
+  *)
+    # Anything else (even --help) must not start a run: a run replaces
+    # target/bench/ and docs/benchmarks.md.
+    sed -n '2,10s/^# \{0,1\}//p' "$0" >&2
+    exit 2
+    ;;
+esac
 
 log() { echo "bench: $*" >&2; }
 
@@ -239,6 +248,10 @@ grpc_load() {
 }
 # cpu_json FILE PID...: the CPU seconds each PID has used, as a JSON list.
 cpu_json() { local f=$1; shift; local xs=(); for p in "$@"; do xs+=("$(cpu_s "$p")"); done; (IFS=,; echo "[${xs[*]}]") >"$f"; }
+
+# When and from what the run was made (the page can be re-rendered later).
+python3 -c 'import datetime,json,sys; print(json.dumps({"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": sys.argv[1]}))' \
+  "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (uncommitted changes)')" >"$RESULTS/run.json"
 
 log "crypto ceiling"
 "$LOADGEN" ceiling --json "$RESULTS/ceiling.json" >/dev/null

@@ -142,9 +142,10 @@ w("Do not edit by hand; the analysis at the end is `docs/benchmarks-analysis.md`
 w("")
 w("## Machine and method")
 w("")
-w("- Date: %s; signet commit `%s`" % (
-    datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    sh("git rev-parse --short HEAD") or "unknown"))
+run_info = load("run") if os.path.exists(os.path.join(args.results, "run.json")) else {
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    "commit": sh("git rev-parse --short HEAD") or "unknown"}
+w("- Date: %s (start of the run); signet commit `%s`" % (run_info["date"], run_info["commit"]))
 w("- CPU: %s, %d cores; memory %s; %s %s" % (
     cpu_model(), os.cpu_count(), mem_total(), platform.system(), platform.release()))
 w("- Peers: %s; OpenBao %s" % (
