@@ -182,7 +182,8 @@ w("ceiling for the pair is about %.0f requests/s. signet uses aws-lc-rs; %s." % 
 w("")
 w("## Throughput at %s connections" % args.connections)
 w("")
-w("Median of %d rounds; each round ran every endpoint once, in this order." % n_rounds)
+w("Median of %d rounds; each round ran every endpoint once, in this order." % n_rounds
+  if n_rounds > 1 else "One round (`--quick`): each endpoint ran once, in this order.")
 w("")
 w("| endpoint | signs/s | rounds | × cfssl | × OpenBao | p50 ms | p90 ms | p99 ms | max ms | errors |")
 w("|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
