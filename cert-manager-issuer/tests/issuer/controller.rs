@@ -287,6 +287,20 @@ async fn wait_issuer(
     .await
 }
 
+/// A namespaced issuer `name` in "apps" on a local CA, served by a
+/// controller whose backend is `up`, once the issuer is ready.
+async fn running_issuer(fake: &KubeFake, c: &Client, name: &str, up: &Arc<CaSigner>) -> Env {
+    issuer(
+        fake,
+        Some("apps"),
+        name,
+        json!({ "backend": local_backend("test-ca") }),
+    );
+    let env = start(fake.clone(), c.clone(), Some(fixed(up.clone())));
+    wait_issuer(c, Some("apps"), name, "True").await;
+    env
+}
+
 /// Writes status.certificate and status.ca to files; returns (leaf+chain, ca).
 fn files(
     dir: &std::path::Path,
@@ -576,14 +590,7 @@ async fn a_restart_mid_flight_does_not_sign_twice() {
     // Idempotent backend: the new process resumes with the same request ID.
     let (fake, c) = cluster().await;
     let up = CaSigner::root(SystemTime::now(), 365 * DAY);
-    issuer(
-        &fake,
-        Some("apps"),
-        "test",
-        json!({ "backend": local_backend("test-ca") }),
-    );
-    let env = start(fake.clone(), c.clone(), Some(fixed(up.clone())));
-    wait_issuer(&c, Some("apps"), "test", "True").await;
+    let env = running_issuer(&fake, &c, "test", &up).await;
     up.set_fault(Fault::Slow(Duration::from_secs(30)), u32::MAX);
     create(
         &c,
@@ -618,14 +625,7 @@ async fn a_restart_mid_flight_does_not_sign_twice() {
     // reason instead of risking a second certificate.
     let (fake, c) = cluster().await;
     let up = CaSigner::forgetful_root(SystemTime::now(), 365 * DAY);
-    issuer(
-        &fake,
-        Some("apps"),
-        "vaultish",
-        json!({ "backend": local_backend("test-ca") }),
-    );
-    let env = start(fake.clone(), c.clone(), Some(fixed(up.clone())));
-    wait_issuer(&c, Some("apps"), "vaultish", "True").await;
+    let env = running_issuer(&fake, &c, "vaultish", &up).await;
     up.set_fault(Fault::Slow(Duration::from_secs(30)), u32::MAX);
     create(
         &c,
@@ -665,14 +665,7 @@ async fn a_restart_mid_flight_does_not_sign_twice() {
 async fn a_failed_status_write_is_retried_without_signing_again() {
     let (fake, c) = cluster().await;
     let up = CaSigner::forgetful_root(SystemTime::now(), 365 * DAY);
-    issuer(
-        &fake,
-        Some("apps"),
-        "test",
-        json!({ "backend": local_backend("test-ca") }),
-    );
-    let env = start(fake.clone(), c.clone(), Some(fixed(up.clone())));
-    wait_issuer(&c, Some("apps"), "test", "True").await;
+    let env = running_issuer(&fake, &c, "test", &up).await;
     up.set_fault(Fault::Slow(Duration::from_secs(1)), u32::MAX);
     create(
         &c,
@@ -709,14 +702,7 @@ async fn a_failed_status_write_is_retried_without_signing_again() {
 async fn dropped_watches_and_a_conflict_storm_issue_everything_once() {
     let (fake, c) = cluster().await;
     let up = CaSigner::forgetful_root(SystemTime::now(), 365 * DAY);
-    issuer(
-        &fake,
-        Some("apps"),
-        "test",
-        json!({ "backend": local_backend("test-ca") }),
-    );
-    let env = start(fake.clone(), c.clone(), Some(fixed(up.clone())));
-    wait_issuer(&c, Some("apps"), "test", "True").await;
+    let env = running_issuer(&fake, &c, "test", &up).await;
     let api: Api<CertificateRequest> = Api::namespaced(c.clone(), "apps");
     for n in 0..30 {
         if n % 5 == 0 {
