@@ -294,6 +294,10 @@ impl Signer for LocalBackend {
         Ok(self.ca.load().trust_bundle().clone())
     }
 
+    fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
+        self.ca.load().holds_key(spki_der)
+    }
+
     fn describe(&self) -> BackendInfo {
         let ca = self.ca.load();
         let now = self.clock.now();

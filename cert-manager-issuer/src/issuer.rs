@@ -7,7 +7,7 @@ use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use signet_core::caller::{AuthMethod, Caller};
+use signet_core::caller::{AuthMethod, Caller, Principal};
 use signet_core::delegated::{Delegated, IntermediateConfig};
 use signet_core::duration::HumanDuration;
 use signet_core::names::{San, SanPattern};
@@ -162,10 +162,7 @@ pub fn rules(spec: &IssuerSpec, trust_domain: &TrustDomain) -> Result<Rules, Str
             SanPattern::AnyDns,
             SanPattern::parse("0.0.0.0/0").map_err(|e| e.to_string())?,
             SanPattern::parse("::/0").map_err(|e| e.to_string())?,
-            SanPattern::SpiffePrefix {
-                trust_domain: trust_domain.to_string(),
-                segments: vec![],
-            },
+            SanPattern::whole_trust_domain(trust_domain),
         ],
     };
     let rate_limit = p.rate_limit.unwrap_or(DEFAULT_RATE);
@@ -375,14 +372,18 @@ impl Issuer {
             None => None,
         };
         let caller = Caller::new(
-            params.username.unwrap_or("unknown"),
+            Principal::Kubernetes(params.username.unwrap_or("unknown").to_owned()),
             AuthMethod::KubernetesToken {
                 cluster: "local".into(),
             },
         );
         let policy = self.authority.policy();
         if params.is_ca || usages.contains(&Usage::CertSign) {
-            return self.decide_ca(csr, &caller, ttl, now).map(|d| (caller, d));
+            if !self.rules.allow_ca {
+                return Err(PolicyError::CaRequested.into());
+            }
+            let decision = policy.decide_ca(&caller, &self.rules.grant, csr, ttl, now)?;
+            return Ok((caller, decision));
         }
         let server = usages.contains(&Usage::ServerAuth);
         let client = usages.contains(&Usage::ClientAuth);
@@ -399,57 +400,10 @@ impl Issuer {
             profile,
             ttl,
             ttl_overflow: TtlOverflow::Clamp,
+            renewable: false,
         };
         let decision = policy.decide(&caller, &self.rules.grant, csr, &request, now)?;
         Ok((caller, decision))
-    }
-
-    fn decide_ca(
-        &self,
-        csr: &VerifiedCsr,
-        caller: &Caller,
-        ttl: Option<Duration>,
-        now: SystemTime,
-    ) -> Result<IssuanceDecision, SignError> {
-        if !self.rules.allow_ca {
-            return Err(PolicyError::CaRequested.into());
-        }
-        if let Some(name) = csr.unsupported_names().first() {
-            return Err(PolicyError::UnsupportedName {
-                kind: name.kind,
-                value: name.value.clone(),
-            }
-            .into());
-        }
-        for san in csr.requested_sans() {
-            if !self.rules.grant.allowed_sans.iter().any(|p| p.matches(san)) {
-                return Err(PolicyError::SanNotAllowed {
-                    san: san.to_string(),
-                    principal: caller.principal().to_owned(),
-                }
-                .into());
-            }
-        }
-        let ttl = ttl
-            .unwrap_or(self.rules.max_duration)
-            .min(self.rules.max_duration);
-        if ttl < MIN_DURATION {
-            return Err(PolicyError::TtlTooShort {
-                requested: ttl.into(),
-                min: MIN_DURATION.into(),
-            }
-            .into());
-        }
-        let cn = csr.common_name().unwrap_or("signet issued CA");
-        Ok(IssuanceDecision::ca_certificate(
-            cn,
-            csr.requested_sans().to_vec(),
-            Some(0),
-            now,
-            ttl,
-            BACKDATE,
-            caller.principal(),
-        ))
     }
 
     pub fn now(&self) -> SystemTime {

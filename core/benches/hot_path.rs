@@ -88,12 +88,13 @@ fn pipeline(c: &mut Criterion) {
     }
 
     let policy = AuthorityPolicy::new(td(), PolicyConfig::default()).expect("policy");
-    let caller = Caller::new(ID, AuthMethod::ClientCertificate);
+    let caller = Caller::new(signet_core::Principal::CertificateUri(ID.into()), AuthMethod::ClientCertificate);
     let grant = Grant::exact_identity(SpiffeId::new(ID).expect("id"));
     let request = IssuanceRequest {
         profile: Profile::Workload,
         ttl: None,
         ttl_overflow: TtlOverflow::Clamp,
+        renewable: false,
     };
     let csr = VerifiedCsr::from_pem(csr_pem(KeyAlgorithm::EcdsaP256).as_bytes()).expect("csr");
     c.bench_function("policy/decide", |b| {

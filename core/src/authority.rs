@@ -1,12 +1,17 @@
 //! An authority runs the pipeline: policy → signer → chain check → audit.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+use x509_parser::prelude::FromDer as _;
 
 use crate::caller::Caller;
 use crate::chain::{BACKEND_CLOCK_TOLERANCE, IssuedChain, TrustBundle};
 use crate::clock::{Clock, rfc3339};
-use crate::csr::VerifiedCsr;
+use crate::crypto::sha256;
+use crate::csr::{CsrError, VerifiedCsr};
 use crate::error::SignError;
 use crate::policy::{AuthorityPolicy, Grant, IssuanceDecision, IssuanceRequest};
 use crate::signer::{BackendInfo, Signer};
@@ -21,6 +26,17 @@ pub struct Authority {
     backend_name: String,
     /// In-process signers stamp NotAfter exactly; remote ones get a little slack.
     tolerance: Duration,
+    /// Keys of the CAs this authority's chains have shown (roots and
+    /// intermediates), so that a CSR carrying one is refused before signing.
+    ca_keys: RwLock<CaKeys>,
+}
+
+/// SHA-256 digests of CA SubjectPublicKeyInfos, and the certificates they
+/// were learnt from (re-learnt only when a chain shows different ones).
+#[derive(Debug, Default)]
+struct CaKeys {
+    digests: HashSet<[u8; 32]>,
+    seen: Vec<CertificateDer<'static>>,
 }
 
 impl Authority {
@@ -43,6 +59,7 @@ impl Authority {
             clock,
             backend_name: info.name,
             tolerance,
+            ca_keys: RwLock::new(CaKeys::default()),
         }
     }
 
@@ -76,20 +93,51 @@ impl Authority {
         self.sign_decided(caller, &decision, csr).await
     }
 
-    /// Signs an already-made decision (intermediates, internal certificates).
+    /// Decides, signs, verifies and audits a CA certificate for a caller
+    /// whose grant allows CA requests.
+    pub async fn issue_ca(
+        &self,
+        caller: &Caller,
+        grant: &Grant,
+        csr: &VerifiedCsr,
+        ttl: Option<Duration>,
+    ) -> Result<IssuedChain, SignError> {
+        let decision = self
+            .policy
+            .decide_ca(caller, grant, csr, ttl, self.clock.now())?;
+        self.sign_decided(caller, &decision, csr).await
+    }
+
+    /// Signs a decision policy made (see [`AuthorityPolicy::decide`] and
+    /// [`AuthorityPolicy::decide_ca`]).
     pub async fn sign_decided(
         &self,
         caller: &Caller,
         decision: &IssuanceDecision,
         csr: &VerifiedCsr,
     ) -> Result<IssuedChain, SignError> {
+        self.refuse_ca_key(csr).await?;
         let chain = self.signer.sign(decision, csr).await?;
+        // A chain may show a CA this authority had not seen (a remote
+        // backend's intermediate before its first certificate).
+        if self.learn(&chain) && self.is_ca_key(csr.spki_der()) {
+            tracing::error!(
+                target: "signet::audit",
+                serial = chain.serial_hex(),
+                principal = %caller.principal(),
+                authority = %self.name,
+                backend = %self.backend_name,
+                delivered = false,
+                "the CSR carries the key of a CA in the chain; not returned"
+            );
+            return Err(CsrError::CaKey.into());
+        }
         if let Err(e) = chain.check(decision, csr, self.clock.now(), self.tolerance) {
             // Issued all the same (by someone): on the audit trail, refused.
             tracing::error!(
                 target: "signet::audit",
                 serial = chain.serial_hex(),
-                principal = caller.principal(),
+                principal = %caller.principal(),
                 authority = %self.name,
                 backend = %self.backend_name,
                 delivered = false,
@@ -102,7 +150,7 @@ impl Authority {
         tracing::info!(
             target: "signet::audit",
             serial = chain.serial_hex(),
-            principal = caller.principal(),
+            principal = %caller.principal(),
             auth = caller.method().as_str(),
             profile = decision.profile().map_or("ca", |p| p.as_str()),
             sans = %sans.join(","),
@@ -116,5 +164,66 @@ impl Authority {
 
     pub async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {
         self.signer.trust_bundle().await
+    }
+
+    /// Refuses a CSR whose key is a CA's: the signer's own, or one seen in
+    /// this authority's chains and trust bundle (learnt on first use).
+    async fn refuse_ca_key(&self, csr: &VerifiedCsr) -> Result<(), SignError> {
+        if self.signer.holds_ca_key(csr.spki_der()) {
+            return Err(CsrError::CaKey.into());
+        }
+        let empty = self
+            .ca_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .digests
+            .is_empty();
+        if empty && let Ok(bundle) = self.signer.trust_bundle().await {
+            self.learn_certs(bundle.roots().iter().cloned());
+        }
+        if self.is_ca_key(csr.spki_der()) {
+            return Err(CsrError::CaKey.into());
+        }
+        Ok(())
+    }
+
+    fn is_ca_key(&self, spki_der: &[u8]) -> bool {
+        self.ca_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .digests
+            .contains(&sha256(spki_der))
+    }
+
+    /// Learns the CA keys of a chain; returns whether any were new.
+    fn learn(&self, chain: &IssuedChain) -> bool {
+        let certs = chain
+            .intermediates()
+            .iter()
+            .chain(chain.trust_bundle().roots());
+        let known = {
+            let keys = self.ca_keys.read().unwrap_or_else(|e| e.into_inner());
+            certs.clone().all(|c| keys.seen.contains(c))
+        };
+        !known && self.learn_certs(certs.cloned())
+    }
+
+    fn learn_certs(&self, certs: impl Iterator<Item = CertificateDer<'static>>) -> bool {
+        let mut keys = self.ca_keys.write().unwrap_or_else(|e| e.into_inner());
+        let mut new = false;
+        for der in certs {
+            if keys.seen.contains(&der) {
+                continue;
+            }
+            if let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(&der) {
+                new |= keys.digests.insert(sha256(cert.public_key().raw));
+            }
+            // Bounded: CA sets are small, but rotations add to them.
+            if keys.seen.len() >= 256 {
+                keys.seen.clear();
+            }
+            keys.seen.push(der);
+        }
+        new
     }
 }

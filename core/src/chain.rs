@@ -87,6 +87,10 @@ pub enum ChainError {
     MissingExtKeyUsage(String),
     #[error("the certificate has unsupported subjectAltName entries ({0})")]
     UnsupportedSan(String),
+    #[error("the certificate's renewal extension is not what was decided ({0})")]
+    RenewalMarker(String),
+    #[error("the certificate's public key is a CA's key in its own chain")]
+    LeafKeyIsCaKey,
 }
 
 /// Trust anchors: the roots a chain must end in.
@@ -347,6 +351,17 @@ impl IssuedChain {
                     return Err(ChainError::MissingExtKeyUsage(format!("{want:?}")));
                 }
             }
+        }
+        // Only policy puts signet's renewal extension in a certificate; a
+        // backend that copies extensions from the CSR must not.
+        match crate::renewal::is_marked(&leaf) {
+            Ok(m) if m == decision.renewable() => {}
+            Ok(m) => {
+                return Err(ChainError::RenewalMarker(
+                    if m { "present" } else { "missing" }.to_owned(),
+                ));
+            }
+            Err(e) => return Err(ChainError::RenewalMarker(e)),
         }
         let got = leaf_sans(&leaf)?;
         let want: BTreeSet<San> = decision.sans().iter().cloned().collect();

@@ -14,6 +14,7 @@ use x509_parser::oid_registry::{OID_X509_EXT_BASIC_CONSTRAINTS, OID_X509_EXT_SUB
 use x509_parser::prelude::FromDer;
 
 use crate::crypto::{self, KeyError, KeyKind, SignatureError};
+use crate::der;
 use crate::names::{DnsName, NameError, San};
 use crate::pem::{self, PemError};
 use crate::spiffe::SpiffeId;
@@ -55,6 +56,14 @@ pub enum CsrError {
     InvalidName(#[from] NameError),
     #[error("CSR asks for an IP address SAN of {0} bytes")]
     InvalidIp(usize),
+    #[error("CSR key is the key of a CA in this authority's chain")]
+    CaKey,
+    #[error("CSR is not canonical DER ({0})")]
+    NonCanonicalDer(String),
+    #[error("CSR attribute {0} has more than one value")]
+    MultiValuedAttribute(&'static str),
+    #[error("CSR requests critical extension {0}, which signet does not understand")]
+    UnsupportedCriticalExtension(String),
 }
 
 impl CsrError {
@@ -72,6 +81,10 @@ impl CsrError {
             CsrError::MalformedExtension(_) => "malformed_extension",
             CsrError::TooManySans => "too_many_sans",
             CsrError::InvalidName(_) | CsrError::InvalidIp(_) => "invalid_name",
+            CsrError::CaKey => "ca_key",
+            CsrError::NonCanonicalDer(_) => "non_canonical_der",
+            CsrError::MultiValuedAttribute(_) => "multi_valued_attribute",
+            CsrError::UnsupportedCriticalExtension(_) => "unsupported_critical_extension",
         }
     }
 }
@@ -153,6 +166,7 @@ impl VerifiedCsr {
             info.raw,
         )?;
         check_outer_der(der, info.raw)?;
+        check_request_info(info.raw)?;
 
         let mut sans = Vec::new();
         let mut unsupported_names = Vec::new();
@@ -280,29 +294,8 @@ impl VerifiedCsr {
     }
 }
 
-/// One DER TLV: (tag, content, rest). Only definite, minimal lengths.
 fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (first as usize, rest)
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 || rest.len() < n || rest[0] == 0 {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
-        if len < 0x80 {
-            return None;
-        }
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
+    der::tlv(input).ok().map(|(t, rest)| (t.tag, t.content, rest))
 }
 
 /// The signature does not cover the outer wrapper of a CSR, so the parser's
@@ -333,6 +326,132 @@ fn check_outer_der(der: &[u8], info_raw: &[u8]) -> Result<(), CsrError> {
     let (tag, bits, end) = der_tlv(after_alg).ok_or_else(malformed)?;
     if tag != 0x03 || bits.first() != Some(&0) || !end.is_empty() {
         return Err(malformed());
+    }
+    Ok(())
+}
+
+/// DER content of the OID 1.2.840.113549.1.9.14 (PKCS #9 extensionRequest).
+const OID_EXTENSION_REQUEST: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x0e];
+/// Extensions a CSR may mark critical: signet reads SAN and basicConstraints,
+/// and policy alone sets keyUsage and extKeyUsage.
+const KNOWN_EXTENSIONS: [(&[u8], &str); 4] = [
+    (&[0x55, 0x1d, 0x11], "subjectAltName"),
+    (&[0x55, 0x1d, 0x13], "basicConstraints"),
+    (&[0x55, 0x1d, 0x0f], "keyUsage"),
+    (&[0x55, 0x1d, 0x25], "extKeyUsage"),
+];
+
+fn oid_string(content: &[u8]) -> String {
+    x509_parser::der_parser::oid::Oid::new(std::borrow::Cow::Borrowed(content)).to_id_string()
+}
+
+/// Reads the signed request info strictly (see [`crate::der`]): canonical
+/// DER throughout and inside every extension value, at most one
+/// extensionRequest with exactly one value, no extension twice, no bytes
+/// after a value (the SAN's GeneralNames included), and no critical
+/// extension signet does not understand.
+fn check_request_info(info: &[u8]) -> Result<(), CsrError> {
+    let non_der = |what: &str, why: &str| CsrError::NonCanonicalDer(format!("{what}: {why}"));
+    der::check_canonical(info).map_err(|e| non_der("request info", e))?;
+    let info = der::single(info).map_err(|e| non_der("request info", e))?;
+    let parts = der::elements(info.content).map_err(|e| non_der("request info", e))?;
+    let Some(attrs) = parts.get(3) else {
+        return Ok(());
+    };
+    if attrs.tag != 0xa0 || parts.len() > 4 {
+        return Err(CsrError::Malformed("unexpected fields in the request info".into()));
+    }
+    let mut extension_requests = 0;
+    for attr in der::elements(attrs.content).map_err(|e| non_der("attributes", e))? {
+        let fields = der::elements(attr.content).map_err(|e| non_der("attribute", e))?;
+        let [oid, values] = fields.as_slice() else {
+            return Err(CsrError::Malformed("attribute is not (type, values)".into()));
+        };
+        if oid.tag != der::OID || values.tag != der::SET {
+            return Err(CsrError::Malformed("attribute is not (type, values)".into()));
+        }
+        if oid.content != OID_EXTENSION_REQUEST {
+            continue;
+        }
+        extension_requests += 1;
+        if extension_requests > 1 {
+            return Err(CsrError::DuplicateExtension("extensionRequest"));
+        }
+        let values = der::elements(values.content).map_err(|e| non_der("extensionRequest", e))?;
+        let [extensions] = values.as_slice() else {
+            return Err(CsrError::MultiValuedAttribute("extensionRequest"));
+        };
+        check_extensions(extensions)?;
+    }
+    Ok(())
+}
+
+fn check_extensions(extensions: &der::Tlv<'_>) -> Result<(), CsrError> {
+    let malformed = |what: &'static str| CsrError::MalformedExtension(what);
+    if extensions.tag != der::SEQUENCE {
+        return Err(malformed("extensionRequest"));
+    }
+    let mut seen: Vec<&[u8]> = Vec::new();
+    for ext in der::elements(extensions.content).map_err(|_| malformed("extensionRequest"))? {
+        let fields = der::elements(ext.content).map_err(|_| malformed("extension"))?;
+        let (oid, critical, value) = match fields.as_slice() {
+            [o, v] => (o, false, v),
+            [o, c, v] if c.tag == der::BOOLEAN => {
+                if c.content != [0xff] {
+                    return Err(CsrError::NonCanonicalDer(format!(
+                        "extension {}: a FALSE critical flag must be omitted",
+                        oid_string(o.content)
+                    )));
+                }
+                (o, true, v)
+            }
+            _ => return Err(malformed("extension")),
+        };
+        if oid.tag != der::OID || value.tag != der::OCTET_STRING {
+            return Err(malformed("extension"));
+        }
+        let known = KNOWN_EXTENSIONS
+            .iter()
+            .find(|(o, _)| *o == oid.content)
+            .map(|(_, name)| *name);
+        if seen.contains(&oid.content) {
+            return Err(CsrError::DuplicateExtension(known.unwrap_or("an extension")));
+        }
+        seen.push(oid.content);
+        der::check_canonical(value.content).map_err(|e| {
+            CsrError::NonCanonicalDer(format!(
+                "extension {}: {e}",
+                known.map_or_else(|| oid_string(oid.content), str::to_owned)
+            ))
+        })?;
+        if critical && known.is_none() {
+            return Err(CsrError::UnsupportedCriticalExtension(oid_string(oid.content)));
+        }
+        if known == Some("subjectAltName") {
+            check_general_names(value.content)?;
+        }
+    }
+    Ok(())
+}
+
+/// GeneralNames: a SEQUENCE of names, the string-valued ones (email, DNS,
+/// URI, IP) primitive as DER requires of IMPLICIT string types.
+fn check_general_names(value: &[u8]) -> Result<(), CsrError> {
+    let names = der::single(value).map_err(|_| CsrError::MalformedExtension("subjectAltName"))?;
+    if names.tag != der::SEQUENCE {
+        return Err(CsrError::MalformedExtension("subjectAltName"));
+    }
+    for name in
+        der::elements(names.content).map_err(|_| CsrError::MalformedExtension("subjectAltName"))?
+    {
+        if matches!(name.tag, 0xa1 | 0xa2 | 0xa6 | 0xa7) {
+            return Err(CsrError::NonCanonicalDer(
+                "subjectAltName: a constructed string name".into(),
+            ));
+        }
+        if name.tag & 0xc0 != 0x80 {
+            return Err(CsrError::MalformedExtension("subjectAltName"));
+        }
     }
     Ok(())
 }

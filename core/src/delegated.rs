@@ -261,6 +261,14 @@ impl Signer for Delegated {
         }
     }
 
+    fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
+        self.current
+            .load()
+            .as_ref()
+            .is_some_and(|ca| ca.holds_key(spki_der))
+            || self.upstream.holds_ca_key(spki_der)
+    }
+
     fn describe(&self) -> BackendInfo {
         let current = self.current.load_full();
         let now = self.clock.now();

@@ -53,6 +53,8 @@ pub struct LocalCa {
     subject: String,
     /// The CA certificate's SubjectPublicKeyInfo (= the key's).
     spki: Vec<u8>,
+    /// SubjectPublicKeyInfos of this CA, its chain and its roots.
+    ca_spkis: Vec<Vec<u8>>,
 }
 
 impl fmt::Debug for LocalCa {
@@ -132,6 +134,12 @@ impl LocalCa {
             chain::verify_path(&cert, &chain, &trust_bundle, now)?;
         }
 
+        let mut ca_spkis = vec![spki.clone()];
+        for der in chain.iter().chain(trust_bundle.roots()) {
+            if let Ok((_, c)) = X509Certificate::from_der(der) {
+                ca_spkis.push(c.public_key().raw.to_vec());
+            }
+        }
         let issuer = Issuer::from_ca_cert_der(&cert, key)
             .map_err(|e| CaError::Certificate(e.to_string()))?;
         Ok(Self {
@@ -144,7 +152,13 @@ impl LocalCa {
             path_len,
             subject,
             spki,
+            ca_spkis,
         })
+    }
+
+    /// Whether `spki_der` is the key of this CA, of its chain or of a root.
+    pub fn holds_key(&self, spki_der: &[u8]) -> bool {
+        self.ca_spkis.iter().any(|k| k == spki_der)
     }
 
     /// A new self-signed root CA (used by `--dev` and tests).
@@ -330,6 +344,9 @@ fn certificate_params(
             ExtKeyUsage::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
         })
         .collect();
+    if decision.renewable() {
+        params.custom_extensions.push(crate::renewal::extension());
+    }
     params.use_authority_key_identifier_extension = true;
     Ok(params)
 }

@@ -3,8 +3,14 @@
 //! A [`San`] is a name signet is willing to put in a certificate: a SPIFFE
 //! ID, a DNS name (ASCII, LDH labels, optionally one leading `*` label) or an
 //! IP address. A [`SanPattern`] is what an operator writes to say which names a
-//! principal may have: `spiffe://td/ns/prod/*`, `*.svc.example.com`,
-//! `**.example.com`, `10.0.0.0/8`.
+//! principal may have: `spiffe://td/ns/prod/sa/*`, `spiffe://td/batch/**`,
+//! `*.svc.example.com`, `**.example.com`, `10.0.0.0/8`.
+//!
+//! Wildcards say how much they cover, in SPIFFE paths as in DNS names: `*` is
+//! exactly one segment (label), `**` one or more and only last in a path
+//! (first in a DNS name). A SPIFFE pattern with an `ns` segment must have the
+//! mesh shape itself, `ns/<namespace or *>/sa/<service account or *>`, so a
+//! grant can never reach deeper than one workload identity.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -41,6 +47,8 @@ pub enum NameError {
     Spiffe { uri: String, source: SpiffeIdError },
     #[error("invalid SAN pattern {0:?}")]
     Pattern(String),
+    #[error("invalid SAN pattern {pattern:?}: {why}")]
+    PatternShape { pattern: String, why: String },
 }
 
 fn printable(s: &str) -> String {
@@ -156,16 +164,28 @@ pub(crate) fn rcgen_san(san: &San) -> Result<rcgen::SanType, String> {
     })
 }
 
+/// One segment of a SPIFFE ID pattern's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathSegment {
+    /// Exactly this segment.
+    Exact(String),
+    /// `*`: any one segment.
+    One,
+    /// `**`: one or more segments (only last).
+    Many,
+}
+
 /// Which names a principal may obtain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SanPattern {
     /// Exactly this SPIFFE ID.
     SpiffeExact(SpiffeId),
-    /// `spiffe://td/a/b/*`: any ID in `td` whose path starts with `/a/b/`
-    /// and has at least one more segment (`spiffe://td/*` is the whole domain).
-    SpiffePrefix {
+    /// `spiffe://td/a/*/c`, `spiffe://td/a/**`: an ID of `td` whose path
+    /// matches segment by segment (`spiffe://td/**` is the whole domain but
+    /// for its own ID).
+    Spiffe {
         trust_domain: String,
-        segments: Vec<String>,
+        segments: Vec<PathSegment>,
     },
     /// DNS glob: labels compared case-insensitively; a `*` label matches one
     /// label, a leading `**` label matches one or more.
@@ -177,25 +197,18 @@ pub enum SanPattern {
 }
 
 impl SanPattern {
+    /// Every SPIFFE ID of a trust domain but its own ID (`spiffe://td/**`).
+    pub fn whole_trust_domain(trust_domain: &crate::spiffe::TrustDomain) -> Self {
+        SanPattern::Spiffe {
+            trust_domain: trust_domain.to_string(),
+            segments: vec![PathSegment::Many],
+        }
+    }
+
     pub fn parse(pattern: &str) -> Result<Self, NameError> {
         let bad = || NameError::Pattern(printable(pattern));
         if pattern.starts_with("spiffe://") {
-            if let Some(prefix) = pattern.strip_suffix("/*") {
-                let id = SpiffeId::new(prefix).map_err(|source| NameError::Spiffe {
-                    uri: printable(pattern),
-                    source,
-                })?;
-                return Ok(SanPattern::SpiffePrefix {
-                    trust_domain: id.trust_domain().to_owned(),
-                    segments: id.segments().map(str::to_owned).collect(),
-                });
-            }
-            return SpiffeId::new(pattern)
-                .map(SanPattern::SpiffeExact)
-                .map_err(|source| NameError::Spiffe {
-                    uri: printable(pattern),
-                    source,
-                });
+            return parse_spiffe_pattern(pattern);
         }
         if pattern == "**" {
             return Ok(SanPattern::AnyDns);
@@ -224,24 +237,118 @@ impl SanPattern {
         match (self, san) {
             (SanPattern::SpiffeExact(want), San::Uri(id)) => want == id,
             (
-                SanPattern::SpiffePrefix {
+                SanPattern::Spiffe {
                     trust_domain,
                     segments,
                 },
                 San::Uri(id),
-            ) => {
-                if id.trust_domain() != trust_domain {
-                    return false;
-                }
-                let have: Vec<&str> = id.segments().collect();
-                have.len() > segments.len() && have.iter().zip(segments).all(|(h, w)| h == w)
-            }
+            ) => id.trust_domain() == trust_domain && path_glob(segments, id),
             (SanPattern::Dns(pattern), San::Dns(name)) => dns_glob(pattern, name),
             (SanPattern::Ip(net), San::Ip(ip)) => net.contains(ip),
             (SanPattern::AnyDns, San::Dns(_)) => true,
             _ => false,
         }
     }
+}
+
+fn parse_spiffe_pattern(pattern: &str) -> Result<SanPattern, NameError> {
+    let shape = |why: String| NameError::PatternShape {
+        pattern: printable(pattern),
+        why,
+    };
+    let spiffe = |source| NameError::Spiffe {
+        uri: printable(pattern),
+        source,
+    };
+    let rest = &pattern["spiffe://".len()..];
+    let (td, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let raw: Vec<&str> = if path.is_empty() {
+        Vec::new()
+    } else {
+        path.split('/').collect()
+    };
+    if !raw.iter().any(|s| *s == "*" || *s == "**") {
+        let id = SpiffeId::new(pattern).map_err(spiffe)?;
+        id.mesh_identity().map_err(spiffe)?;
+        return Ok(SanPattern::SpiffeExact(id));
+    }
+    // Validate the literal parts as an ID would be, a wildcard standing for
+    // one ordinary segment.
+    let literal: Vec<&str> = raw
+        .iter()
+        .map(|s| if *s == "*" || *s == "**" { "x" } else { s })
+        .collect();
+    SpiffeId::new(&format!("spiffe://{td}/{}", literal.join("/"))).map_err(spiffe)?;
+    let segments: Vec<PathSegment> = raw
+        .iter()
+        .map(|s| match *s {
+            "*" => PathSegment::One,
+            "**" => PathSegment::Many,
+            other => PathSegment::Exact(other.to_owned()),
+        })
+        .collect();
+    if segments[..segments.len() - 1].contains(&PathSegment::Many) {
+        return Err(shape("`**` may only be the last segment".into()));
+    }
+    let has_ns = segments
+        .iter()
+        .any(|s| matches!(s, PathSegment::Exact(e) if e.eq_ignore_ascii_case("ns")));
+    if has_ns {
+        let fits = match segments.as_slice() {
+            [PathSegment::Exact(n), ns, PathSegment::Exact(s), sa] if n == "ns" && s == "sa" => {
+                let ns_ok = match ns {
+                    PathSegment::One => true,
+                    PathSegment::Exact(ns) => crate::spiffe::is_dns1123_label(ns),
+                    PathSegment::Many => false,
+                };
+                let sa_ok = match sa {
+                    PathSegment::One => true,
+                    PathSegment::Exact(sa) => crate::spiffe::is_dns1123_subdomain(sa),
+                    PathSegment::Many => false,
+                };
+                ns_ok && sa_ok
+            }
+            _ => false,
+        };
+        if !fits {
+            let hint = match segments.as_slice() {
+                [PathSegment::Exact(n), PathSegment::Exact(ns), ..] if n == "ns" => {
+                    format!("; for every service account of namespace {ns} write spiffe://{td}/ns/{ns}/sa/*")
+                }
+                _ => String::new(),
+            };
+            return Err(shape(format!(
+                "a pattern with an `ns` segment must be ns/<namespace or *>/sa/<service account or *>, \
+                 `*` covering one segment and `**` not allowed{hint}"
+            )));
+        }
+    }
+    Ok(SanPattern::Spiffe {
+        trust_domain: td.to_owned(),
+        segments,
+    })
+}
+
+fn path_glob(pattern: &[PathSegment], id: &SpiffeId) -> bool {
+    let have: Vec<&str> = id.segments().collect();
+    let mut i = 0;
+    for p in pattern {
+        match p {
+            PathSegment::Many => return have.len() > i,
+            PathSegment::One => {
+                if i >= have.len() {
+                    return false;
+                }
+            }
+            PathSegment::Exact(e) => {
+                if have.get(i) != Some(&e.as_str()) {
+                    return false;
+                }
+            }
+        }
+        i += 1;
+    }
+    i == have.len()
 }
 
 fn dns_glob(pattern: &[String], name: &DnsName) -> bool {
@@ -265,15 +372,19 @@ impl fmt::Display for SanPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SanPattern::SpiffeExact(id) => write!(f, "{id}"),
-            SanPattern::SpiffePrefix {
+            SanPattern::Spiffe {
                 trust_domain,
                 segments,
             } => {
                 write!(f, "spiffe://{trust_domain}")?;
                 for s in segments {
-                    write!(f, "/{s}")?;
+                    match s {
+                        PathSegment::Exact(e) => write!(f, "/{e}")?,
+                        PathSegment::One => f.write_str("/*")?,
+                        PathSegment::Many => f.write_str("/**")?,
+                    }
                 }
-                f.write_str("/*")
+                Ok(())
             }
             SanPattern::Dns(labels) => f.write_str(&labels.join(".")),
             SanPattern::Ip(net) => write!(f, "{net}"),
@@ -342,19 +453,62 @@ mod tests {
 
     #[test]
     fn spiffe_patterns_match_by_segment() {
-        let p = pat("spiffe://cluster.local/ns/default/*");
+        let p = pat("spiffe://cluster.local/ns/default/sa/*");
         assert!(p.matches(&uri("spiffe://cluster.local/ns/default/sa/demo")));
-        assert!(!p.matches(&uri("spiffe://cluster.local/ns/default")));
+        assert!(!p.matches(&uri("spiffe://cluster.local/ns/default/sa")));
+        assert!(!p.matches(&uri("spiffe://cluster.local/ns/default/sa/x/ns/kube-system/sa/a")));
         assert!(!p.matches(&uri("spiffe://cluster.local/ns/defaultx/sa/demo")));
         assert!(!p.matches(&uri("spiffe://other.local/ns/default/sa/demo")));
         assert!(!p.matches(&dns("default")));
-        let whole = pat("spiffe://cluster.local/*");
-        assert!(whole.matches(&uri("spiffe://cluster.local/anything")));
+        let any_ns = pat("spiffe://cluster.local/ns/*/sa/default");
+        assert!(any_ns.matches(&uri("spiffe://cluster.local/ns/a/sa/default")));
+        assert!(!any_ns.matches(&uri("spiffe://cluster.local/ns/a/sa/other")));
+        let one = pat("spiffe://cluster.local/batch/*");
+        assert!(one.matches(&uri("spiffe://cluster.local/batch/a")));
+        assert!(!one.matches(&uri("spiffe://cluster.local/batch/a/b")));
+        assert!(!one.matches(&uri("spiffe://cluster.local/batch")));
+        let many = pat("spiffe://cluster.local/batch/**");
+        assert!(many.matches(&uri("spiffe://cluster.local/batch/a/b/c")));
+        assert!(!many.matches(&uri("spiffe://cluster.local/batch")));
+        let whole = pat("spiffe://cluster.local/**");
+        assert!(whole.matches(&uri("spiffe://cluster.local/anything/at/all")));
         assert!(!whole.matches(&uri("spiffe://cluster.local")));
+        assert_eq!(whole.to_string(), "spiffe://cluster.local/**");
+        assert_eq!(
+            whole,
+            SanPattern::whole_trust_domain(&"cluster.local".parse().unwrap())
+        );
+        assert_eq!(p.to_string(), "spiffe://cluster.local/ns/default/sa/*");
         let exact = pat("spiffe://cluster.local/ns/a/sa/b");
         assert!(exact.matches(&uri("spiffe://cluster.local/ns/a/sa/b")));
         assert!(!exact.matches(&uri("spiffe://cluster.local/ns/a/sa/bb")));
-        assert_eq!(whole.to_string(), "spiffe://cluster.local/*");
+    }
+
+    #[test]
+    fn spiffe_patterns_keep_the_mesh_shape() {
+        for bad in [
+            "spiffe://cluster.local/ns/ci/*",
+            "spiffe://cluster.local/ns/ci/**",
+            "spiffe://cluster.local/ns/**",
+            "spiffe://cluster.local/ns/*/sa/**",
+            "spiffe://cluster.local/ns/ci/sa/*/x",
+            "spiffe://cluster.local/x/ns/*/sa/*",
+            "spiffe://cluster.local/NS/*/sa/*",
+            "spiffe://cluster.local/ns/Ci/sa/*",
+            "spiffe://cluster.local/ns/ci/sa/x/ns/kube-system/sa/admin",
+            "spiffe://cluster.local/**/x",
+            "spiffe://cluster.local/a/**/b",
+            "spiffe://cluster.local/a*",
+            "spiffe://cluster.local/**x",
+            "spiffe://cluster.local/a/%2a",
+            "spiffe://Cluster.local/*",
+        ] {
+            assert!(SanPattern::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let e = SanPattern::parse("spiffe://cluster.local/ns/ci/*")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("spiffe://cluster.local/ns/ci/sa/*"), "{e}");
     }
 
     #[test]

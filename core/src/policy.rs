@@ -113,6 +113,8 @@ pub enum PolicyError {
     WrongTrustDomain { san: String, trust_domain: String },
     #[error("{san} is not allowed for {principal}")]
     SanNotAllowed { san: String, principal: String },
+    #[error("{san} is not a workload identity signet issues: {why}")]
+    IdentityShape { san: String, why: String },
     #[error("wildcard name {0} is not allowed")]
     WildcardNotAllowed(String),
     #[error("profile {profile}: {detail}")]
@@ -141,6 +143,7 @@ impl PolicyError {
             PolicyError::UnsupportedName { .. } => "san_type_not_allowed",
             PolicyError::WrongTrustDomain { .. } => "wrong_trust_domain",
             PolicyError::SanNotAllowed { .. } => "san_not_allowed",
+            PolicyError::IdentityShape { .. } => "identity_shape",
             PolicyError::WildcardNotAllowed(_) => "wildcard_not_allowed",
             PolicyError::ProfileMismatch { .. } => "profile_mismatch",
             PolicyError::TtlTooLong { .. } => "ttl_too_long",
@@ -254,6 +257,10 @@ pub struct IssuanceRequest {
     pub profile: Profile,
     pub ttl: Option<Duration>,
     pub ttl_overflow: TtlOverflow,
+    /// Whether the certificate may later renew itself by mTLS on the Istio
+    /// front-end ([`crate::renewal`]): asked only where the caller proved a
+    /// workload's own identity; granted for the workload profile only.
+    pub renewable: bool,
 }
 
 /// CA-ness of a decision.
@@ -273,6 +280,7 @@ pub struct IssuanceDecision {
     key_usage: Vec<KeyUsage>,
     extended_key_usage: Vec<ExtKeyUsage>,
     ca: Option<CaConstraints>,
+    renewable: bool,
     requested_by: String,
     request_id: Option<String>,
 }
@@ -291,7 +299,8 @@ impl IssuanceDecision {
     }
 
     /// A CA certificate with the given subject CN and names (for issuers
-    /// whose policy allows CA requests, e.g. cert-manager `isCA`).
+    /// whose policy allows CA requests, e.g. cert-manager `isCA`); see
+    /// [`AuthorityPolicy::decide_ca`].
     pub fn ca_certificate(
         common_name: &str,
         sans: Vec<San>,
@@ -314,6 +323,7 @@ impl IssuanceDecision {
             ],
             extended_key_usage: Vec::new(),
             ca: Some(CaConstraints { path_len }),
+            renewable: false,
             requested_by: requested_by.to_owned(),
             request_id: None,
         }
@@ -354,6 +364,10 @@ impl IssuanceDecision {
     pub fn is_ca(&self) -> bool {
         self.ca.is_some()
     }
+    /// Whether the certificate carries signet's renewal extension.
+    pub fn renewable(&self) -> bool {
+        self.renewable
+    }
     /// The principal this certificate is issued for (audit).
     pub fn requested_by(&self) -> &str {
         &self.requested_by
@@ -386,6 +400,7 @@ impl IssuanceDecision {
             ca: Some(CaConstraints {
                 path_len: Some(path_len),
             }),
+            renewable: false,
             requested_by: requested_by.to_owned(),
             request_id: None,
         }
@@ -459,7 +474,7 @@ impl AuthorityPolicy {
         if !grant.profiles.contains(&profile) {
             return Err(PolicyError::ProfileNotAllowed {
                 profile,
-                principal: caller.principal().to_owned(),
+                principal: caller.principal().to_string(),
             });
         }
         if csr.requests_ca() {
@@ -473,28 +488,7 @@ impl AuthorityPolicy {
         }
         let sans = csr.requested_sans();
         self.check_profile_shape(profile, sans)?;
-        for san in sans {
-            if let San::Uri(id) = san
-                && !id.is_member_of(&self.trust_domain)
-            {
-                return Err(PolicyError::WrongTrustDomain {
-                    san: san.to_string(),
-                    trust_domain: self.trust_domain.to_string(),
-                });
-            }
-            if let San::Dns(d) = san
-                && d.is_wildcard()
-                && !grant.allow_wildcards
-            {
-                return Err(PolicyError::WildcardNotAllowed(d.to_string()));
-            }
-            if !grant.allowed_sans.iter().any(|p| p.matches(san)) {
-                return Err(PolicyError::SanNotAllowed {
-                    san: san.to_string(),
-                    principal: caller.principal().to_owned(),
-                });
-            }
-        }
+        self.check_sans(caller, grant, sans)?;
 
         let ttl = self.ttl(grant, request)?;
         let mut key_usage = vec![KeyUsage::DigitalSignature];
@@ -510,9 +504,82 @@ impl AuthorityPolicy {
             key_usage,
             extended_key_usage: profile.extended_key_usage(),
             ca: None,
-            requested_by: caller.principal().to_owned(),
+            renewable: request.renewable && profile == Profile::Workload,
+            requested_by: caller.principal().to_string(),
             request_id: None,
         })
+    }
+
+    /// Decides a CA certificate for a caller whose grant allows CA requests
+    /// (cert-manager `isCA`): the same name rules as a leaf, the subject CN
+    /// from the CSR (printable, at most 64 characters), pathLen 0, and the
+    /// TTL clamped to the grant.
+    pub fn decide_ca(
+        &self,
+        caller: &Caller,
+        grant: &Grant,
+        csr: &VerifiedCsr,
+        ttl: Option<Duration>,
+        now: SystemTime,
+    ) -> Result<IssuanceDecision, PolicyError> {
+        if let Some(name) = csr.unsupported_names().first() {
+            return Err(PolicyError::UnsupportedName {
+                kind: name.kind,
+                value: name.value.clone(),
+            });
+        }
+        self.check_sans(caller, grant, csr.requested_sans())?;
+        let request = IssuanceRequest {
+            profile: Profile::Mtls,
+            ttl,
+            ttl_overflow: TtlOverflow::Clamp,
+            renewable: false,
+        };
+        let ttl = self.ttl(grant, &request)?;
+        Ok(IssuanceDecision::ca_certificate(
+            csr.common_name().unwrap_or("signet issued CA"),
+            csr.requested_sans().to_vec(),
+            Some(0),
+            now,
+            ttl,
+            self.config.backdate.get(),
+            &caller.principal().to_string(),
+        ))
+    }
+
+    /// Every name must be in the trust domain (SPIFFE IDs), of the mesh
+    /// shape where it names a namespace, a wildcard only where granted, and
+    /// matched by one of the grant's patterns.
+    fn check_sans(&self, caller: &Caller, grant: &Grant, sans: &[San]) -> Result<(), PolicyError> {
+        for san in sans {
+            if let San::Uri(id) = san {
+                if !id.is_member_of(&self.trust_domain) {
+                    return Err(PolicyError::WrongTrustDomain {
+                        san: san.to_string(),
+                        trust_domain: self.trust_domain.to_string(),
+                    });
+                }
+                if let Err(e) = id.mesh_identity() {
+                    return Err(PolicyError::IdentityShape {
+                        san: san.to_string(),
+                        why: e.to_string(),
+                    });
+                }
+            }
+            if let San::Dns(d) = san
+                && d.is_wildcard()
+                && !grant.allow_wildcards
+            {
+                return Err(PolicyError::WildcardNotAllowed(d.to_string()));
+            }
+            if !grant.allowed_sans.iter().any(|p| p.matches(san)) {
+                return Err(PolicyError::SanNotAllowed {
+                    san: san.to_string(),
+                    principal: caller.principal().to_string(),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn check_profile_shape(&self, profile: Profile, sans: &[San]) -> Result<(), PolicyError> {

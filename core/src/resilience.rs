@@ -157,6 +157,9 @@ impl Signer for Timeout {
     fn describe(&self) -> BackendInfo {
         self.inner.describe()
     }
+    fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
+        self.inner.holds_ca_key(spki_der)
+    }
 }
 
 // === Retry ===
@@ -216,6 +219,9 @@ impl Signer for Retry {
     }
     fn describe(&self) -> BackendInfo {
         self.inner.describe()
+    }
+    fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
+        self.inner.holds_ca_key(spki_der)
     }
 }
 
@@ -304,6 +310,9 @@ impl Signer for RateLimit {
     }
     fn describe(&self) -> BackendInfo {
         self.inner.describe()
+    }
+    fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
+        self.inner.holds_ca_key(spki_der)
     }
 }
 
@@ -409,6 +418,9 @@ impl Signer for CircuitBreaker {
         self.record(&r);
         r
     }
+    fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
+        self.inner.holds_ca_key(spki_der)
+    }
     fn describe(&self) -> BackendInfo {
         let mut info = self.inner.describe();
         if info.ready.is_ok() && self.is_open() {
@@ -461,6 +473,9 @@ impl Signer for ConcurrencyLimit {
     }
     fn describe(&self) -> BackendInfo {
         self.inner.describe()
+    }
+    fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
+        self.inner.holds_ca_key(spki_der)
     }
 }
 

@@ -58,4 +58,11 @@ pub trait Signer: Send + Sync + fmt::Debug {
     ) -> Result<IssuedChain, SignError>;
     async fn trust_bundle(&self) -> Result<TrustBundle, SignError>;
     fn describe(&self) -> BackendInfo;
+    /// Whether `spki_der` is the public key of a CA this signer signs with or
+    /// chains to, as far as it knows without a network call (in-process
+    /// signers know their own; decorators ask what they wrap).
+    fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
+        let _ = spki_der;
+        false
+    }
 }

@@ -4,6 +4,14 @@
 //! `spiffe://<trust-domain>/<path>`: lowercase scheme, a trust domain of
 //! `[a-z0-9._-]`, path segments of `[A-Za-z0-9._-]`, no empty, `.` or `..`
 //! segments, no percent-encoding, query, fragment, port or user info.
+//!
+//! The mesh shape: Istio reads a SPIFFE ID's namespace by matching
+//! `.*/ns/<namespace>/.*` against it, wherever `/ns/` appears. So an ID with
+//! a segment `ns` anywhere in its path is a Kubernetes workload identity and
+//! must be exactly `/ns/<namespace>/sa/<service account>`, each part valid by
+//! Kubernetes' own naming rules ([`SpiffeId::mesh_identity`]); anything else
+//! (`/ns/a/sa/b/ns/kube-system/sa/x`, `/x/ns/kube-system/sa/y`) is refused
+//! wherever an ID is issued or accepted.
 
 use std::fmt;
 use std::str::FromStr;
@@ -36,6 +44,51 @@ pub enum SpiffeIdError {
     TrailingSlash,
     #[error("SPIFFE ID is longer than {MAX_SPIFFE_ID_LEN} bytes")]
     TooLong,
+    #[error(
+        "a path with an \"ns\" segment must be exactly /ns/<namespace>/sa/<service account>"
+    )]
+    MeshShape,
+    #[error("namespace {0:?} is not a valid Kubernetes namespace name (a DNS-1123 label)")]
+    Namespace(String),
+    #[error(
+        "service account {0:?} is not a valid Kubernetes service account name (a DNS-1123 subdomain)"
+    )]
+    ServiceAccount(String),
+}
+
+/// Kubernetes' DNS-1123 label (a namespace name): at most 63 characters of
+/// `[a-z0-9-]`, starting and ending with a letter or digit.
+pub fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Kubernetes' DNS-1123 subdomain (a service account name): at most 253
+/// characters, DNS-1123 labels joined by dots.
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+/// Checks a namespace and service account name as Kubernetes would.
+pub fn check_service_account(namespace: &str, service_account: &str) -> Result<(), SpiffeIdError> {
+    if !is_dns1123_label(namespace) {
+        return Err(SpiffeIdError::Namespace(printable(namespace)));
+    }
+    if !is_dns1123_subdomain(service_account) {
+        return Err(SpiffeIdError::ServiceAccount(printable(service_account)));
+    }
+    Ok(())
+}
+
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(80)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
 }
 
 fn is_td_char(c: char) -> bool {
@@ -76,12 +129,14 @@ impl TrustDomain {
         }
     }
 
-    /// `spiffe://<td>/ns/<ns>/sa/<sa>`, the identity Istio gives a service account.
+    /// `spiffe://<td>/ns/<ns>/sa/<sa>`, the identity Istio gives a service
+    /// account; both names must be valid Kubernetes names.
     pub fn service_account_id(
         &self,
         namespace: &str,
         service_account: &str,
     ) -> Result<SpiffeId, SpiffeIdError> {
+        check_service_account(namespace, service_account)?;
         SpiffeId::new(&format!(
             "{SCHEME}{}/ns/{namespace}/sa/{service_account}",
             self.0
@@ -181,6 +236,24 @@ impl SpiffeId {
     pub fn segments(&self) -> impl Iterator<Item = &str> {
         self.path().split('/').skip(1)
     }
+
+    /// The Kubernetes workload this ID names, if it is one: `Ok(Some((ns,
+    /// sa)))` for exactly `/ns/<ns>/sa/<sa>` with valid names, `Ok(None)` for
+    /// a path with no `ns` segment at all, and an error for every other path
+    /// that has one (any case), which Istio would read as a namespace.
+    pub fn mesh_identity(&self) -> Result<Option<(&str, &str)>, SpiffeIdError> {
+        let segments: Vec<&str> = self.segments().collect();
+        if !segments.iter().any(|s| s.eq_ignore_ascii_case("ns")) {
+            return Ok(None);
+        }
+        match segments.as_slice() {
+            ["ns", ns, "sa", sa] => {
+                check_service_account(ns, sa)?;
+                Ok(Some((ns, sa)))
+            }
+            _ => Err(SpiffeIdError::MeshShape),
+        }
+    }
 }
 
 impl fmt::Display for SpiffeId {
@@ -270,7 +343,63 @@ mod tests {
             td.service_account_id("default", "demo").unwrap().as_str(),
             "spiffe://cluster.local/ns/default/sa/demo"
         );
-        assert!(td.service_account_id("..", "demo").is_err());
+        assert_eq!(
+            td.service_account_id("a", "b.c-d").unwrap().as_str(),
+            "spiffe://cluster.local/ns/a/sa/b.c-d"
+        );
+        for (ns, sa) in [
+            ("..", "demo"),
+            ("a/b", "demo"),
+            ("ci/sa/x/ns/kube-system", "admin"),
+            ("Default", "demo"),
+            ("a.b", "demo"),
+            ("-a", "demo"),
+            ("", "demo"),
+            (&"a".repeat(64), "demo"),
+            ("ns", "a/b"),
+            ("ns", "A"),
+            ("ns", "a..b"),
+            ("ns", ".a"),
+            ("ns", "a_b"),
+            ("ns", ""),
+            ("ns", "a\0"),
+            ("ns", &"a".repeat(254)),
+        ] {
+            assert!(
+                td.service_account_id(ns, sa).is_err(),
+                "{ns:?} {sa:?} accepted"
+            );
+        }
         assert_eq!(td.id().as_str(), "spiffe://cluster.local");
+    }
+
+    #[test]
+    fn mesh_shape() {
+        let ok = |s: &str| SpiffeId::new(s).unwrap().mesh_identity().map(|o| o.is_some());
+        assert_eq!(ok("spiffe://td/ns/default/sa/demo"), Ok(true));
+        assert_eq!(ok("spiffe://td/ns/a/sa/b.c"), Ok(true));
+        assert_eq!(ok("spiffe://td/custom/path"), Ok(false));
+        assert_eq!(ok("spiffe://td"), Ok(false));
+        assert_eq!(ok("spiffe://td/nsx/a"), Ok(false));
+        for bad in [
+            "spiffe://td/ns/ci/sa/x/ns/kube-system/sa/admin",
+            "spiffe://td/ns/ci/sa/x/y",
+            "spiffe://td/ns/ci",
+            "spiffe://td/ns/ci/x",
+            "spiffe://td/ns/ci/SA/x",
+            "spiffe://td/NS/ci/sa/x",
+            "spiffe://td/x/ns/kube-system/sa/admin",
+            "spiffe://td/a/Ns/b",
+            "spiffe://td/ns",
+            "spiffe://td/ns/Upper/sa/x",
+            "spiffe://td/ns/a_b/sa/x",
+            "spiffe://td/ns/a/sa/B",
+            "spiffe://td/ns/a.b/sa/x",
+        ] {
+            assert!(
+                SpiffeId::new(bad).unwrap().mesh_identity().is_err(),
+                "{bad} accepted"
+            );
+        }
     }
 }

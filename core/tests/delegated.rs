@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::UnixTime;
-use signet_core::caller::{AuthMethod, Caller};
+use signet_core::caller::Caller;
 use signet_core::clock::{Clock, ManualClock};
 use signet_core::delegated::{Delegated, IntermediateConfig};
 use signet_core::duration::HumanDuration;
@@ -31,7 +31,7 @@ async fn issue(a: &Authority, n: usize) -> Result<IssuedChain, signet_core::Sign
     let csr = VerifiedCsr::from_der(&key.csr_der(None, &[San::Uri(id.parse().unwrap())]).unwrap())
         .unwrap();
     let grant = Grant {
-        allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/*").unwrap()],
+        allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/**").unwrap()],
         max_ttl: None,
         profiles: vec![Profile::Workload],
         allow_wildcards: false,
@@ -40,8 +40,9 @@ async fn issue(a: &Authority, n: usize) -> Result<IssuedChain, signet_core::Sign
         profile: Profile::Workload,
         ttl: None,
         ttl_overflow: TtlOverflow::Refuse,
+        renewable: false,
     };
-    a.issue(&Caller::new("t", AuthMethod::Internal), &grant, &csr, &req)
+    a.issue(&Caller::internal("t"), &grant, &csr, &req)
         .await
 }
 

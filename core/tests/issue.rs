@@ -98,11 +98,12 @@ fn request(profile: Profile, ttl: Option<Duration>) -> IssuanceRequest {
         profile,
         ttl,
         ttl_overflow: TtlOverflow::Refuse,
+        renewable: false,
     }
 }
 
 fn caller() -> Caller {
-    Caller::new("tester", AuthMethod::BearerToken)
+    Caller::new(signet_core::Principal::Token("tester".into()), AuthMethod::BearerToken)
 }
 
 fn webpki_verify(
@@ -147,7 +148,7 @@ fn workload_certificate_has_exactly_what_policy_chose() {
         let decision = policy()
             .decide(
                 &caller(),
-                &grant(&["spiffe://cluster.local/*"], &[Profile::Workload]),
+                &grant(&["spiffe://cluster.local/**"], &[Profile::Workload]),
                 &csr,
                 &request(Profile::Workload, None),
                 now,
@@ -206,7 +207,7 @@ fn serials_do_not_repeat() {
     let decision = policy()
         .decide(
             &caller(),
-            &grant(&["spiffe://cluster.local/*"], &[Profile::Workload]),
+            &grant(&["spiffe://cluster.local/**"], &[Profile::Workload]),
             &csr,
             &request(Profile::Workload, None),
             now,
@@ -268,7 +269,7 @@ fn server_and_client_profiles() {
 fn policy_refusals_are_specific() {
     let now = SystemTime::now();
     let wide = grant(
-        &["spiffe://cluster.local/*", "**.example.com"],
+        &["spiffe://cluster.local/**", "**.example.com"],
         &Profile::ALL,
     );
     let decide = |g: &Grant, c: &VerifiedCsr, r: IssuanceRequest| {
@@ -321,7 +322,7 @@ fn policy_refusals_are_specific() {
             .is_ok()
     );
 
-    let narrow = grant(&["spiffe://cluster.local/ns/prod/*"], &[Profile::Workload]);
+    let narrow = grant(&["spiffe://cluster.local/ns/prod/sa/*"], &[Profile::Workload]);
     assert!(matches!(
         decide(&narrow, &fixture("ec-p256"), wl),
         PolicyError::SanNotAllowed { .. }
@@ -348,6 +349,7 @@ fn policy_refusals_are_specific() {
     ));
     let clamped = IssuanceRequest {
         ttl_overflow: TtlOverflow::Clamp,
+        renewable: false,
         ..long
     };
     let d = policy()
@@ -388,7 +390,7 @@ fn leaves_never_outlive_their_issuer() {
     let d = policy()
         .decide(
             &caller(),
-            &grant(&["spiffe://cluster.local/*"], &[Profile::Workload]),
+            &grant(&["spiffe://cluster.local/**"], &[Profile::Workload]),
             &csr,
             &request(Profile::Workload, None),
             now,
@@ -406,7 +408,7 @@ fn chain_checks_catch_what_a_backend_might_get_wrong() {
     let now = clock.now();
     let (root, ca) = hierarchy(now, KeyAlgorithm::EcdsaP256);
     let (other_root, _) = hierarchy(now, KeyAlgorithm::EcdsaP256);
-    let g = grant(&["spiffe://cluster.local/*"], &[Profile::Workload]);
+    let g = grant(&["spiffe://cluster.local/**"], &[Profile::Workload]);
     let demo = csr(KeyAlgorithm::EcdsaP256, &[DEMO]);
     let d = policy()
         .decide(&caller(), &g, &demo, &request(Profile::Workload, None), now)
@@ -484,7 +486,7 @@ fn chain_checks_catch_what_a_backend_might_get_wrong() {
 fn remembered_signatures_never_vouch_for_other_bytes() {
     let now = SystemTime::now();
     let (root, ca) = hierarchy(now, KeyAlgorithm::EcdsaP256);
-    let g = grant(&["spiffe://cluster.local/*"], &[Profile::Workload]);
+    let g = grant(&["spiffe://cluster.local/**"], &[Profile::Workload]);
     let demo = csr(KeyAlgorithm::EcdsaP256, &[DEMO]);
     let d = policy()
         .decide(&caller(), &g, &demo, &request(Profile::Workload, None), now)
@@ -575,7 +577,7 @@ fn loading_refuses_non_cas_and_mismatched_keys() {
     let d = policy()
         .decide(
             &caller(),
-            &grant(&["spiffe://cluster.local/*"], &[Profile::Workload]),
+            &grant(&["spiffe://cluster.local/**"], &[Profile::Workload]),
             &csr,
             &request(Profile::Workload, None),
             now,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use signet_core::caller::{AuthMethod, Caller};
+use signet_core::caller::Caller;
 use signet_core::error::{ErrorKind, SignError};
 use signet_core::key::{KeyAlgorithm, PrivateKey};
 use signet_core::names::{San, SanPattern};
@@ -37,7 +37,7 @@ fn request() -> (IssuanceDecision, VerifiedCsr) {
     )
     .unwrap();
     let grant = Grant {
-        allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/*").unwrap()],
+        allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/**").unwrap()],
         max_ttl: None,
         profiles: vec![Profile::Workload],
         allow_wildcards: false,
@@ -46,10 +46,11 @@ fn request() -> (IssuanceDecision, VerifiedCsr) {
         profile: Profile::Workload,
         ttl: None,
         ttl_overflow: TtlOverflow::Refuse,
+        renewable: false,
     };
     let d = policy
         .decide(
-            &Caller::new("t", AuthMethod::Internal),
+            &Caller::internal("t"),
             &grant,
             &csr,
             &req,

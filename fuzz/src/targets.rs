@@ -62,7 +62,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     let grants = vec![
         (
             Grant {
-                allowed_sans: vec![pattern("spiffe://cluster.local/ns/default/*")],
+                allowed_sans: vec![pattern("spiffe://cluster.local/ns/default/sa/*")],
                 max_ttl: None,
                 profiles: vec![Profile::Workload],
                 allow_wildcards: false,
@@ -141,13 +141,14 @@ pub fn csr_policy(data: &[u8]) {
     };
     let f = &*FIXTURE;
     let now = SystemTime::now();
-    let caller = Caller::new("fuzz", AuthMethod::BearerToken);
+    let caller = Caller::new(signet_core::Principal::Token("fuzz".into()), AuthMethod::BearerToken);
     for (grant, profile) in &f.grants {
         for ttl in [None, Some(Duration::from_secs(600)), Some(400 * DAY)] {
             let request = IssuanceRequest {
                 profile: *profile,
                 ttl,
                 ttl_overflow: TtlOverflow::Refuse,
+                renewable: false,
             };
             let Ok(decision) = f.policy.decide(&caller, grant, &csr, &request, now) else {
                 continue;
@@ -180,7 +181,7 @@ pub fn rest_request(data: &[u8]) {
     match signet::rest::decode_sign_request(data) {
         Ok((csr, request)) => {
             let f = &*FIXTURE;
-            let caller = Caller::new("fuzz", AuthMethod::BearerToken);
+            let caller = Caller::new(signet_core::Principal::Token("fuzz".into()), AuthMethod::BearerToken);
             for (grant, _) in &f.grants {
                 if let Ok(d) = f
                     .policy

@@ -1,7 +1,9 @@
 //! Who a caller is once authenticated: a Kubernetes service account in a
-//! cluster (from a token), or a SPIFFE ID (from a client certificate).
+//! cluster (from a token), or a workload renewing with a certificate issued
+//! for renewal (see [`signet_core::renewal`]).
 
 use std::fmt;
+use std::time::Duration;
 
 use signet_core::spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
 
@@ -24,8 +26,9 @@ pub enum Identity {
         /// How it was proven: `jwt:<issuer>` or `token_review`.
         method: String,
     },
-    /// A SPIFFE ID, from a verified client certificate.
-    Spiffe(SpiffeId),
+    /// A workload renewing by mTLS: the SPIFFE ID of its certificate, and
+    /// that certificate's lifetime (a renewal is never longer).
+    Renewal { id: SpiffeId, lifetime: Duration },
 }
 
 impl Identity {
@@ -35,7 +38,7 @@ impl Identity {
             Identity::ServiceAccount {
                 namespace, name, ..
             } => td.service_account_id(namespace, name),
-            Identity::Spiffe(id) => Ok(id.clone()),
+            Identity::Renewal { id, .. } => Ok(id.clone()),
         }
     }
 
@@ -45,21 +48,23 @@ impl Identity {
             Identity::ServiceAccount {
                 namespace, name, ..
             } => Some((namespace.clone(), name.clone())),
-            Identity::Spiffe(id) => {
-                let s: Vec<&str> = id.segments().collect();
-                match s.as_slice() {
-                    ["ns", ns, "sa", sa] => Some(((*ns).to_owned(), (*sa).to_owned())),
-                    _ => None,
-                }
-            }
+            Identity::Renewal { id, .. } => spiffe_account(id),
         }
     }
 
     pub fn cluster(&self) -> Option<&str> {
         match self {
             Identity::ServiceAccount { cluster, .. } => Some(cluster),
-            Identity::Spiffe(_) => None,
+            Identity::Renewal { .. } => None,
         }
+    }
+}
+
+/// `(namespace, service account)` of an ID of exactly the mesh shape.
+pub fn spiffe_account(id: &SpiffeId) -> Option<(String, String)> {
+    match id.mesh_identity() {
+        Ok(Some((ns, sa))) => Some((ns.to_owned(), sa.to_owned())),
+        _ => None,
     }
 }
 
@@ -74,12 +79,13 @@ impl fmt::Display for Identity {
             } => {
                 write!(f, "system:serviceaccount:{namespace}:{name}@{cluster}")
             }
-            Identity::Spiffe(id) => write!(f, "{id}"),
+            Identity::Renewal { id, .. } => write!(f, "{id}"),
         }
     }
 }
 
-/// Parses `system:serviceaccount:<ns>:<sa>`.
+/// Parses `system:serviceaccount:<ns>:<sa>` (its shape only: the names are
+/// checked by [`signet_core::spiffe::check_service_account`]).
 pub fn parse_service_account_username(username: &str) -> Option<(String, String)> {
     let rest = username.strip_prefix("system:serviceaccount:")?;
     let (ns, sa) = rest.split_once(':')?;
@@ -112,16 +118,21 @@ mod tests {
 
     #[test]
     fn spiffe_identities_map_to_accounts() {
-        let id = Identity::Spiffe(
-            "spiffe://cluster.local/ns/istio-system/sa/ztunnel"
-                .parse()
-                .unwrap(),
-        );
+        let renewal = |s: &str| Identity::Renewal {
+            id: s.parse().unwrap(),
+            lifetime: Duration::from_secs(3600),
+        };
+        let id = renewal("spiffe://cluster.local/ns/istio-system/sa/ztunnel");
         assert_eq!(
             id.namespace_and_account(),
             Some(("istio-system".into(), "ztunnel".into()))
         );
-        let odd = Identity::Spiffe("spiffe://cluster.local/custom/path".parse().unwrap());
-        assert_eq!(odd.namespace_and_account(), None);
+        for odd in [
+            "spiffe://cluster.local/custom/path",
+            "spiffe://cluster.local/ns/a/sa/b/ns/kube-system/sa/c",
+            "spiffe://cluster.local/ns/A/sa/b",
+        ] {
+            assert_eq!(renewal(odd).namespace_and_account(), None, "{odd}");
+        }
     }
 }

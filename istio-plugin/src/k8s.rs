@@ -23,7 +23,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt as _};
 use serde::Deserialize;
-use signet_core::caller::{AuthMethod, Caller};
+use signet_core::caller::{AuthMethod, Caller, Principal};
 use signet_core::duration::HumanDuration;
 use signet_core::error::ErrorKind;
 use signet_core::names::SanPattern;
@@ -128,10 +128,7 @@ impl CsrSigner {
     ) -> Self {
         let td = authority.policy().trust_domain().clone();
         let allowed = config.allowed_sans.clone().unwrap_or_else(|| {
-            vec![SanPattern::SpiffePrefix {
-                trust_domain: td.to_string(),
-                segments: vec![],
-            }]
+            vec![SanPattern::whole_trust_domain(&td)]
         });
         let grant = Grant {
             allowed_sans: allowed,
@@ -242,9 +239,10 @@ impl CsrSigner {
                 .expiration_seconds
                 .map(|s| Duration::from_secs(s.max(0) as u64)),
             ttl_overflow: TtlOverflow::Clamp,
+            renewable: false,
         };
         let caller = Caller::new(
-            requester,
+            Principal::Kubernetes(requester),
             AuthMethod::KubernetesToken {
                 cluster: "local".into(),
             },
@@ -758,6 +756,7 @@ impl IstiodTlsKeeper {
             profile: Profile::Server,
             ttl: Some(self.authority.policy().config().max_ttl.get()),
             ttl_overflow: TtlOverflow::Clamp,
+            renewable: false,
         };
         let chain = self
             .authority

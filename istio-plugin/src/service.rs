@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use signet_core::caller::{AuthMethod, Caller, PeerInfo};
+use signet_core::caller::{AuthMethod, Caller, PeerInfo, Principal};
 use signet_core::error::{ErrorKind, SignError};
 use signet_core::metrics::Metrics;
 use signet_core::policy::{Grant, IssuanceRequest, PolicyError, Profile, TtlOverflow};
@@ -52,6 +52,20 @@ pub fn to_status(e: &SignError) -> Status {
         }
         _ => Status::internal(msg),
     }
+}
+
+/// Set by the service when a request reached it, i.e. its message decoded.
+/// The listener adds one to every request: a gRPC INTERNAL answered to a
+/// request that never reached the service is tonic refusing a malformed
+/// message (truncated frame or field, bad varint, invalid UTF-8, nesting too
+/// deep), which is the caller's fault and is answered INVALID_ARGUMENT
+/// ([`malformed_request_status`]).
+#[derive(Debug, Clone, Default)]
+pub struct Reached(pub Arc<std::sync::atomic::AtomicBool>);
+
+/// The status for a request tonic could not decode, given the one it chose.
+pub fn malformed_request_status(code: tonic::Code) -> Option<tonic::Code> {
+    (code == tonic::Code::Internal).then_some(tonic::Code::InvalidArgument)
 }
 
 /// The Istio CA service.
@@ -148,8 +162,7 @@ impl IstioCa {
                 let id = SpiffeId::new(&s).map_err(|_| {
                     SignError::Unauthenticated("impersonated identity is not a SPIFFE ID".into())
                 })?;
-                let target = Identity::Spiffe(id.clone())
-                    .namespace_and_account()
+                let target = crate::identity::spiffe_account(&id)
                     .filter(|_| id.is_member_of(td))
                     .ok_or_else(|| {
                         SignError::Unauthenticated(
@@ -182,16 +195,30 @@ impl IstioCa {
             d => Some(Duration::from_secs(d as u64)),
         };
         let csr = VerifiedCsr::from_pem(req.csr.as_bytes())?;
-        let caller = if target == own {
-            Caller::new(own.as_str(), method)
+        let impersonating = target != own;
+        let caller = if impersonating {
+            Caller::new(
+                Principal::Workload(format!("{target} (impersonated by {own})")),
+                method,
+            )
         } else {
-            Caller::new(format!("{target} (impersonated by {own})"), method)
+            Caller::new(Principal::Workload(own.to_string()), method)
         };
-        let grant = Grant::exact_identity(target);
+        let mut grant = Grant::exact_identity(target);
+        // A renewal is never longer than the certificate that asked for it
+        // (whose lifetime includes the back-dated start).
+        if let Identity::Renewal { lifetime, .. } = identity {
+            let backdate = self.authority.policy().config().backdate.get();
+            grant.max_ttl = Some(lifetime.saturating_sub(backdate));
+        }
         let request = IssuanceRequest {
             profile: Profile::Workload,
             ttl,
             ttl_overflow: TtlOverflow::Clamp,
+            // The workload's own certificate may renew itself; one a node
+            // proxy obtained for a pod may not (that would outlast the
+            // pod-on-node check).
+            renewable: !impersonating,
         };
         let chain = self
             .authority
@@ -207,7 +234,7 @@ impl IstioCa {
 
 fn auth_method(identity: &Identity) -> AuthMethod {
     match identity {
-        Identity::Spiffe(_) => AuthMethod::ClientCertificate,
+        Identity::Renewal { .. } => AuthMethod::ClientCertificate,
         Identity::ServiceAccount {
             cluster, method, ..
         } => match method.strip_prefix("jwt:") {
@@ -237,6 +264,9 @@ impl IstioCertificateService for IstioCa {
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let started = Instant::now();
+        if let Some(r) = request.extensions().get::<Reached>() {
+            r.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let peer = request.extensions().get::<PeerInfo>().cloned();
         let result = match self.in_flight.clone().try_acquire_owned() {
             Err(_) => (None, Err(SignError::Overloaded)),

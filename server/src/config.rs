@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use signet_backends::BackendConfig;
+use signet_core::caller::{Principal, PrincipalSelector};
 use signet_core::delegated::IntermediateConfig;
 use signet_core::duration::HumanDuration;
 use signet_core::names::SanPattern;
@@ -207,8 +208,10 @@ fn all_profiles() -> Vec<Profile> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrincipalConfig {
-    /// The principal (token principal, client certificate SAN, `anonymous`) or `*`.
-    pub name: String,
+    /// The typed principal (`token:<name>`, `uri:<URI SAN>`, `dns:<DNS SAN>`,
+    /// `anonymous`), every principal of a type (`token:*`, `uri:*`, `dns:*`),
+    /// or `*`.
+    pub name: PrincipalSelector,
     /// SAN patterns: `spiffe://td/path/*`, `spiffe://td/exact`, `*.example.com`,
     /// `**.example.com`, `10.0.0.0/8`.
     pub allowed_sans: Vec<SanPattern>,
@@ -482,10 +485,37 @@ impl Config {
             let mut seen = BTreeSet::new();
             for (i, p) in rest.principals.iter().enumerate() {
                 let k = |f: &str| format!("frontends.rest.principals[{i}].{f}");
-                if !seen.insert(p.name.as_str()) {
+                if !seen.insert(p.name.clone()) {
                     return Err(invalid(
                         k("name"),
-                        format!("principal {:?} is listed twice", p.name),
+                        format!("principal \"{}\" is listed twice", p.name),
+                    ));
+                }
+                let unusable = match &p.name {
+                    PrincipalSelector::Exact(Principal::Token(_))
+                    | PrincipalSelector::AnyToken => {
+                        rest.auth.tokens_file.is_none().then_some("auth.tokens_file")
+                    }
+                    PrincipalSelector::Exact(
+                        Principal::CertificateUri(_) | Principal::CertificateDns(_),
+                    )
+                    | PrincipalSelector::AnyCertificateUri
+                    | PrincipalSelector::AnyCertificateDns => {
+                        rest.auth.mtls.is_none().then_some("auth.mtls")
+                    }
+                    PrincipalSelector::Exact(Principal::Anonymous) => (!rest
+                        .auth
+                        .loopback_unauthenticated)
+                        .then_some("auth.loopback_unauthenticated"),
+                    _ => None,
+                };
+                if let Some(needs) = unusable {
+                    return Err(invalid(
+                        k("name"),
+                        format!(
+                            "principal \"{}\" can never authenticate: {needs} is not configured",
+                            p.name
+                        ),
                     ));
                 }
                 if p.profiles.is_empty() {
@@ -552,8 +582,8 @@ frontends:
     auth:
       tokens_file: /etc/signet/tokens.yaml
     principals:
-      - name: ci
-        allowed_sans: ["spiffe://cluster.local/ns/ci/*", "*.ci.example.com"]
+      - name: token:ci
+        allowed_sans: ["spiffe://cluster.local/ns/ci/sa/*", "*.ci.example.com"]
         max_ttl: 1h
 "#;
 
@@ -629,5 +659,15 @@ frontends:
         assert!(e(GOOD.replace("127.0.0.1:8443", "0.0.0.0:8443")).contains("server_names"));
         assert!(e(GOOD.replace("max_ttl: 24h", "max_ttl: 30m")).contains("default_ttl"));
         assert!(e(GOOD.replace("*.ci.example.com", "a..b")).contains("allowed_sans"));
+        // Principals say how they authenticate, and only a configured way.
+        assert!(e(GOOD.replace("name: token:ci", "name: ci")).contains("token:<name>"));
+        assert!(e(GOOD.replace("name: token:ci", "name: dns:ci")).contains("auth.mtls"));
+        assert!(
+            e(GOOD.replace("name: token:ci", "name: anonymous"))
+                .contains("loopback_unauthenticated")
+        );
+        // Grant patterns cover what they say, and never more than one identity.
+        assert!(e(GOOD.replace("ns/ci/sa/*", "ns/ci/*")).contains("ns/ci/sa/*"));
+        assert!(e(GOOD.replace("ns/ci/sa/*", "ns/ci/**")).contains("allowed_sans"));
     }
 }

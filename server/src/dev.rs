@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use signet_backends::BackendConfig;
 use signet_backends::local::LocalConfig;
 use signet_core::VerifiedCsr;
+use signet_core::caller::{Principal, PrincipalSelector};
 use signet_core::clock::rfc3339;
 use signet_core::duration::HumanDuration;
 use signet_core::issuer::LocalCa;
@@ -203,7 +204,7 @@ pub fn config(
         },
     );
     let patterns = [
-        format!("spiffe://{TRUST_DOMAIN}/*"),
+        format!("spiffe://{TRUST_DOMAIN}/**"),
         format!("**.{TRUST_DOMAIN}"),
         "localhost".into(),
         "**.localhost".into(),
@@ -221,7 +222,7 @@ pub fn config(
             loopback_unauthenticated: true,
         },
         principals: vec![PrincipalConfig {
-            name: "*".into(),
+            name: PrincipalSelector::Exact(Principal::Anonymous),
             allowed_sans: patterns
                 .iter()
                 .map(|p| SanPattern::parse(p))

@@ -12,7 +12,7 @@ use signet_istio::auth::jwt::JwtAuthenticator;
 use signet_istio::auth::token_review::{Clusters, TokenReviewer};
 use signet_istio::config::IstioConfig;
 use signet_istio::impersonation::{Impersonation, KubePods};
-use signet_istio::service::IstioCa;
+use signet_istio::service::{IstioCa, Reached, malformed_request_status};
 
 use crate::tls::{self, BundleClientVerifier, ServingNames};
 
@@ -68,6 +68,37 @@ pub async fn build(
     );
     let router = tonic::service::Routes::new(ca.into_service(ic.limits.max_message_bytes))
         .prepare()
-        .into_axum_router();
+        .into_axum_router()
+        .layer(axum::middleware::from_fn(malformed_is_invalid_argument));
     Ok((router, tls_config))
+}
+
+/// tonic answers INTERNAL when it cannot decode a request; that is the
+/// caller's fault, so it becomes INVALID_ARGUMENT (signet's own faults, from
+/// requests that reached the service, stay INTERNAL).
+async fn malformed_is_invalid_argument(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let reached = Reached::default();
+    req.extensions_mut().insert(reached.clone());
+    let mut resp = next.run(req).await;
+    if reached.0.load(std::sync::atomic::Ordering::Relaxed) {
+        return resp;
+    }
+    let code = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from);
+    if let Some(new) = code.and_then(malformed_request_status) {
+        let headers = resp.headers_mut();
+        headers.insert("grpc-status", (new as i32).into());
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("malformed%20request%20message"),
+        );
+    }
+    resp
 }

@@ -12,12 +12,10 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
-use x509_parser::prelude::FromDer as _;
 
 pub use signet_core::caller::PeerInfo;
 
@@ -27,29 +25,6 @@ pub struct ListenerLimits {
     pub handshake_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
-}
-
-fn client_principal(cert: &CertificateDer<'_>) -> Result<String, String> {
-    use x509_parser::extensions::GeneralName;
-    let (_, cert) =
-        x509_parser::certificate::X509Certificate::from_der(cert).map_err(|e| e.to_string())?;
-    let sans = cert
-        .subject_alternative_name()
-        .map_err(|e| e.to_string())?
-        .map(|e| e.value.general_names.clone())
-        .unwrap_or_default();
-    if let Some(uri) = sans.iter().find_map(|n| match n {
-        GeneralName::URI(u) => Some(u.to_string()),
-        _ => None,
-    }) {
-        return Ok(uri);
-    }
-    sans.iter()
-        .find_map(|n| match n {
-            GeneralName::DNSName(d) => Some(d.to_string()),
-            _ => None,
-        })
-        .ok_or_else(|| "client certificate has no URI or DNS subjectAltName".to_owned())
 }
 
 /// Serves `router` over TLS on `listener` until `shutdown` turns true.
@@ -116,16 +91,13 @@ pub async fn serve(
                     return;
                 }
             };
-            let client_principal = tls
+            let client_cert = tls
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .map(client_principal);
-            let peer = PeerInfo {
-                addr,
-                client_principal,
-            };
+                .map(|c| Arc::<[u8]>::from(c.as_ref()));
+            let peer = PeerInfo { addr, client_cert };
             let svc = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(peer.clone());
                 router.clone().oneshot(req.map(axum::body::Body::new))

@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
-use signet_core::caller::{AuthMethod, Caller};
+use signet_core::caller::{AuthMethod, Caller, Principal, PrincipalSelector, certificate_principal};
 use signet_core::clock::rfc3339;
 use signet_core::crypto::{constant_time_eq, sha256};
 use signet_core::duration::HumanDuration;
@@ -137,14 +137,14 @@ pub struct RestAuth {
     /// (SHA-256(token), principal). Only digests are kept, and a presented
     /// token's digest is compared with every entry in constant time: neither
     /// the timing nor an early exit tells a caller how close a guess was.
-    tokens: Vec<([u8; 32], String)>,
+    tokens: Vec<([u8; 32], Principal)>,
     mtls: bool,
     loopback: bool,
 }
 
 impl RestAuth {
     pub fn new(tokens_file: Option<&Path>, mtls: bool, loopback: bool) -> anyhow::Result<Self> {
-        let mut tokens: Vec<([u8; 32], String)> = Vec::new();
+        let mut tokens: Vec<([u8; 32], Principal)> = Vec::new();
         if let Some(path) = tokens_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -163,8 +163,11 @@ impl RestAuth {
                             path.display()
                         )
                     })?;
+                // A token's principal is `token:<name>` whether or not the
+                // file writes the prefix.
+                let name = t.principal.strip_prefix("token:").unwrap_or(&t.principal);
                 anyhow::ensure!(
-                    !t.principal.is_empty(),
+                    !name.is_empty() && !name.chars().any(char::is_control),
                     "{}: tokens[{i}].principal is empty",
                     path.display()
                 );
@@ -173,7 +176,7 @@ impl RestAuth {
                     "{}: tokens[{i}] repeats another token",
                     path.display()
                 );
-                tokens.push((digest, t.principal));
+                tokens.push((digest, Principal::Token(name.to_owned())));
             }
         }
         Ok(Self {
@@ -187,12 +190,12 @@ impl RestAuth {
     /// (loopback listeners only) anonymous. A presented but invalid credential
     /// is refused rather than downgraded to anonymous.
     pub fn authenticate(&self, headers: &HeaderMap, peer: &PeerInfo) -> Result<Caller, SignError> {
-        if self.mtls {
-            match &peer.client_principal {
-                Some(Ok(p)) => return Ok(Caller::new(p.clone(), AuthMethod::ClientCertificate)),
-                Some(Err(e)) => return Err(SignError::Unauthenticated(e.clone())),
-                None => {}
-            }
+        if self.mtls
+            && let Some(der) = &peer.client_cert
+        {
+            return certificate_principal(der)
+                .map(|p| Caller::new(p, AuthMethod::ClientCertificate))
+                .map_err(SignError::Unauthenticated);
         }
         if let Some(value) = headers.get(header::AUTHORIZATION) {
             let token = value
@@ -219,7 +222,7 @@ impl RestAuth {
                 .ok_or_else(|| SignError::Unauthenticated("invalid bearer token".into()));
         }
         if self.loopback && peer.addr.ip().is_loopback() {
-            return Ok(Caller::new("anonymous", AuthMethod::Loopback));
+            return Ok(Caller::new(Principal::Anonymous, AuthMethod::Loopback));
         }
         Err(SignError::Unauthenticated(
             "credentials required: a client certificate or a bearer token".into(),
@@ -229,11 +232,11 @@ impl RestAuth {
 
 // === impl Grants ===
 
-/// Per-principal grants with an optional `*` fallback.
+/// Grants by typed principal: an exact entry, else the entry for every
+/// principal of its type (`token:*`, `uri:*`, `dns:*`), else `*`.
 #[derive(Debug, Default)]
 pub struct Grants {
-    by_name: HashMap<String, Grant>,
-    fallback: Option<Grant>,
+    by_selector: HashMap<PrincipalSelector, Grant>,
 }
 
 impl Grants {
@@ -246,17 +249,18 @@ impl Grants {
                 profiles: p.profiles.clone(),
                 allow_wildcards: p.allow_wildcards,
             };
-            if p.name == "*" {
-                g.fallback = Some(grant);
-            } else {
-                g.by_name.insert(p.name.clone(), grant);
-            }
+            g.by_selector.insert(p.name.clone(), grant);
         }
         g
     }
 
-    pub fn for_principal(&self, principal: &str) -> Option<&Grant> {
-        self.by_name.get(principal).or(self.fallback.as_ref())
+    pub fn for_principal(&self, principal: &Principal) -> Option<&Grant> {
+        self.by_selector
+            .get(&PrincipalSelector::Exact(principal.clone()))
+            .or_else(|| {
+                PrincipalSelector::kind_of(principal).and_then(|k| self.by_selector.get(&k))
+            })
+            .or_else(|| self.by_selector.get(&PrincipalSelector::Anyone))
     }
 }
 
@@ -378,7 +382,7 @@ fn finish(
     match result {
         Ok(body) => (StatusCode::OK, Json(body)).into_response(),
         Err(e) => {
-            let principal = caller.map_or("-", Caller::principal);
+            let principal = caller.map_or_else(|| "-".to_owned(), |c| c.principal().to_string());
             match e.kind() {
                 ErrorKind::Internal
                 | ErrorKind::BadChain
@@ -448,7 +452,7 @@ async fn sign_for(
     let grant = rest
         .grants
         .for_principal(caller.principal())
-        .ok_or_else(|| PolicyError::NoGrant(caller.principal().to_owned()))?;
+        .ok_or_else(|| PolicyError::NoGrant(caller.principal().to_string()))?;
     let chain = rest.authority.issue(caller, grant, &csr, &request).await?;
     Ok(SignResponse {
         certificate: chain.leaf_pem(),
@@ -512,6 +516,7 @@ pub fn decode_sign_request(body: &[u8]) -> Result<(VerifiedCsr, IssuanceRequest)
             profile,
             ttl,
             ttl_overflow: TtlOverflow::Refuse,
+            renewable: false,
         },
     ))
 }

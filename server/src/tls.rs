@@ -157,6 +157,7 @@ async fn issue_serving(
         profile: Profile::Server,
         ttl: Some(authority.policy().config().max_ttl.get()),
         ttl_overflow: TtlOverflow::Clamp,
+        renewable: false,
     };
     let chain = authority
         .issue(&Caller::internal(purpose), &grant, &csr, &request)

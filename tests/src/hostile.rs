@@ -55,6 +55,76 @@ const OID_EKU: &[u64] = &[2, 5, 29, 37];
 const OID_NAME_CONSTRAINTS: &[u64] = &[2, 5, 29, 30];
 /// A private-enterprise OID no one implements.
 pub const OID_UNKNOWN: &[u64] = &[1, 3, 6, 1, 4, 1, 55555, 1, 1];
+/// signet's renewal extension (`signet_core::renewal::RENEWAL_OID`, written
+/// out here so that the corpus does not use signet's code).
+pub const OID_SIGNET_RENEWAL: &[u64] = &[2, 25, 6_379_693_309_150_171_038];
+const OID_SAN_DER: &[u8] = &[0x55, 0x1d, 0x11];
+const LONG_NAMESPACE_ID: &str = "spiffe://cluster.local/ns/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/sa/x";
+
+fn name_constraints(critical: bool) -> CustomExtension {
+    let mut nc = CustomExtension::from_oid_content(
+        OID_NAME_CONSTRAINTS,
+        tlv(0x30, &tlv(0xa0, &tlv(0x30, &tlv(0x82, b".evil")))),
+    );
+    nc.set_criticality(critical);
+    nc
+}
+
+/// `value` (one TLV) re-encoded with a needless long-form length.
+fn long_form(value: &[u8]) -> Vec<u8> {
+    let (tag, len) = (value[0], value[1]);
+    assert!(len < 0x80, "short form expected");
+    [vec![tag, 0x81, len], value[2..].to_vec()].concat()
+}
+
+/// `value` (one TLV) re-encoded with an indefinite length (BER only).
+fn indefinite(value: &[u8]) -> Vec<u8> {
+    [vec![value[0] | 0x20, 0x80], value[2..].to_vec(), vec![0, 0]].concat()
+}
+
+/// An Extension: OID, optional critical flag written out, OCTET STRING value.
+fn extension(oid: &[u8], critical: Option<bool>, value: &[u8]) -> Vec<u8> {
+    let mut body = tlv(0x06, oid);
+    if let Some(c) = critical {
+        body.extend(tlv(0x01, &[if c { 0xff } else { 0x00 }]));
+    }
+    body.extend(tlv(0x04, value));
+    tlv(0x30, &body)
+}
+
+/// An extensionRequest attribute with one value (the given extensions) or,
+/// with `second`, two values.
+fn ext_request(exts: &[&[u8]], second: Option<&[&[u8]]>) -> Vec<u8> {
+    let value = |e: &[&[u8]]| tlv(0x30, &e.concat());
+    let mut values = value(exts);
+    if let Some(s) = second {
+        values.extend(value(s));
+    }
+    let oid = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x0e];
+    tlv(0x30, &[tlv(0x06, &oid), tlv(0x31, &values)].concat())
+}
+
+/// A PKCS#10 request written by hand (empty subject, the given attributes)
+/// and signed with a fresh P-256 key, so that only its shape is wrong.
+fn hand_csr(attributes: &[Vec<u8>]) -> String {
+    use rcgen::{PublicKeyData as _, SigningKey as _};
+    let key = KeyPair::generate().expect("P-256 key");
+    let info = tlv(
+        0x30,
+        &[
+            tlv(0x02, &[0]),
+            tlv(0x30, &[]),
+            key.subject_public_key_info(),
+            tlv(0xa0, &attributes.concat()),
+        ]
+        .concat(),
+    );
+    let sig = key.sign(&info).expect("sign");
+    // ecdsa-with-SHA256
+    let alg = tlv(0x30, &tlv(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]));
+    let bits = tlv(0x03, &[&[0u8][..], &sig].concat());
+    der_to_pem("CERTIFICATE REQUEST", &tlv(0x30, &[info, alg, bits].concat()))
+}
 
 /// DER: tag, definite length, content.
 fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
@@ -355,19 +425,130 @@ pub fn csr_corpus() -> Vec<HostileCsr> {
             &tlv(0x06, &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03]),
         ),
     ));
-    // nameConstraints permitting everything under .evil.
-    let mut nc = CustomExtension::from_oid_content(
-        OID_NAME_CONSTRAINTS,
-        tlv(0x30, &tlv(0xa0, &tlv(0x30, &tlv(0x82, b".evil")))),
-    );
-    nc.set_criticality(true);
-    p.custom_extensions.push(nc);
-    let mut unknown = CustomExtension::from_oid_content(OID_UNKNOWN, tlv(0x04, b"hello"));
-    unknown.set_criticality(true);
-    p.custom_extensions.push(unknown);
+    // nameConstraints permitting everything under .evil (not critical).
+    p.custom_extensions.push(name_constraints(false));
+    p.custom_extensions
+        .push(CustomExtension::from_oid_content(OID_UNKNOWN, tlv(0x04, b"hello")));
+    // signet's own renewal extension: only policy may grant it.
+    p.custom_extensions.push(CustomExtension::from_oid_content(
+        OID_SIGNET_RENEWAL,
+        b"\x0c\x12signet workload v1".to_vec(),
+    ));
     p.distinguished_name
         .push(rcgen::DnType::CommonName, "admin\0.cluster.local");
     add("extras-are-ignored", make(&p), Expect::SignedWithoutExtras);
+
+    // Critical extensions signet does not understand are refused, not dropped.
+    let mut p = params(vec![uri(DEMO)]);
+    p.custom_extensions.push(name_constraints(true));
+    add(
+        "critical-name-constraints",
+        make(&p),
+        refused(INVALID, "unsupported_critical_extension"),
+    );
+    let mut p = params(vec![uri(DEMO)]);
+    let mut unknown = CustomExtension::from_oid_content(OID_UNKNOWN, tlv(0x04, b"hello"));
+    unknown.set_criticality(true);
+    p.custom_extensions.push(unknown);
+    add(
+        "critical-unknown-extension",
+        make(&p),
+        refused(INVALID, "unsupported_critical_extension"),
+    );
+
+    // Strict DER, inside the extensions as well as around them.
+    let san_value = general_names(&[(URI, DEMO.as_bytes())]);
+    let mut trailing = san_value.clone();
+    trailing.extend_from_slice(&tlv(0x86, b"spiffe://cluster.local/ns/kube-system/sa/admin"));
+    for (name, value) in [
+        ("san-trailing-names", trailing),
+        ("san-trailing-zero", [san_value.clone(), vec![0x00]].concat()),
+        ("san-long-form-length", long_form(&san_value)),
+        ("san-indefinite-length", indefinite(&san_value)),
+        (
+            "san-constructed-uri",
+            tlv(0x30, &tlv(0xa6, &tlv(0x16, DEMO.as_bytes()))),
+        ),
+    ] {
+        let mut p = params(vec![]);
+        p.custom_extensions
+            .push(CustomExtension::from_oid_content(OID_SAN, value));
+        add(name, make(&p), refused(INVALID, "non_canonical_der"));
+    }
+    // basicConstraints cA as BOOLEAN 01 (BER true, not DER).
+    let mut p = params(vec![uri(DEMO)]);
+    p.custom_extensions.push(CustomExtension::from_oid_content(
+        OID_BASIC_CONSTRAINTS,
+        tlv(0x30, &[0x01, 0x01, 0x01]),
+    ));
+    add(
+        "basic-constraints-ber-true",
+        make(&p),
+        refused(INVALID, "non_canonical_der"),
+    );
+    // Hand-built requests: attribute shapes rcgen never writes.
+    let san_ext = extension(OID_SAN_DER, None, &general_names(&[(URI, DEMO.as_bytes())]));
+    let admin_ext = extension(
+        OID_SAN_DER,
+        None,
+        &general_names(&[(URI, b"spiffe://cluster.local/ns/kube-system/sa/admin")]),
+    );
+    add(
+        "extension-request-two-values",
+        hand_csr(&[ext_request(&[&san_ext], Some(&[&admin_ext]))]),
+        refused(INVALID, "multi_valued_attribute"),
+    );
+    add(
+        "two-extension-requests",
+        hand_csr(&[
+            ext_request(&[&san_ext], None),
+            ext_request(&[&admin_ext], None),
+        ]),
+        refused(INVALID, "duplicate_extension"),
+    );
+    add(
+        "critical-false-written-out",
+        hand_csr(&[ext_request(
+            &[&extension(OID_SAN_DER, Some(false), &general_names(&[(URI, DEMO.as_bytes())]))],
+            None,
+        )]),
+        refused(INVALID, "non_canonical_der"),
+    );
+    add(
+        "hand-built-control",
+        hand_csr(&[ext_request(&[&san_ext], None)]),
+        Expect::SignedWithoutExtras,
+    );
+
+    // Identity shape: an ID with an `ns` segment is exactly
+    // /ns/<namespace>/sa/<service account>, with Kubernetes-valid names.
+    for (name, id) in [
+        (
+            "shape-nested-namespace",
+            "spiffe://cluster.local/ns/default/sa/demo/ns/kube-system/sa/admin",
+        ),
+        (
+            "shape-ns-not-first",
+            "spiffe://cluster.local/x/ns/kube-system/sa/admin",
+        ),
+        ("shape-no-sa", "spiffe://cluster.local/ns/kube-system"),
+        ("shape-extra-segment", "spiffe://cluster.local/ns/default/sa/demo/x"),
+        ("shape-upper-ns-keyword", "spiffe://cluster.local/NS/kube-system/sa/admin"),
+        ("shape-upper-sa-keyword", "spiffe://cluster.local/ns/kube-system/SA/admin"),
+        ("shape-upper-namespace", "spiffe://cluster.local/ns/Kube-System/sa/admin"),
+        ("shape-dotted-namespace", "spiffe://cluster.local/ns/kube.system/sa/admin"),
+        ("shape-underscore-namespace", "spiffe://cluster.local/ns/kube_system/sa/admin"),
+        ("shape-hyphen-namespace", "spiffe://cluster.local/ns/-kube/sa/admin"),
+        ("shape-upper-account", "spiffe://cluster.local/ns/default/sa/Admin"),
+        ("shape-underscore-account", "spiffe://cluster.local/ns/default/sa/ad_min"),
+        ("shape-long-namespace", LONG_NAMESPACE_ID),
+    ] {
+        add(
+            name,
+            make(&params(vec![uri(id)])),
+            refused(POLICY, "identity_shape"),
+        );
+    }
 
     out
 }

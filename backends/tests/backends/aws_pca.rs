@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use signet_backends::aws_pca::{
     AwsPcaBackend, AwsPcaConfig, END_ENTITY_TEMPLATE, SUBORDINATE_PATHLEN0_TEMPLATE,
 };
-use signet_core::caller::{AuthMethod, Caller};
+use signet_core::caller::Caller;
 use signet_core::chain::TrustBundle;
 use signet_core::duration::HumanDuration;
 use signet_core::key::{KeyAlgorithm, PrivateKey};
@@ -142,8 +142,9 @@ async fn issue(
         profile: Profile::Workload,
         ttl: None,
         ttl_overflow: TtlOverflow::Refuse,
+        renewable: false,
     };
-    a.issue(&Caller::new(sa, AuthMethod::Internal), &grant, &csr, &req)
+    a.issue(&Caller::internal(sa), &grant, &csr, &req)
         .await
 }
 
@@ -367,8 +368,9 @@ fn request_ids_make_tokens_stable_across_restarts() {
         profile: Profile::Workload,
         ttl: None,
         ttl_overflow: TtlOverflow::Clamp,
+        renewable: false,
     };
-    let caller = Caller::new("a", AuthMethod::Internal);
+    let caller = Caller::internal("a");
     let now = SystemTime::now();
     let d1 = policy.decide(&caller, &grant, &csr, &req, now).unwrap();
     let d2 = policy

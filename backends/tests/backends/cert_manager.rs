@@ -21,7 +21,7 @@ use signet_backends::cert_manager::{
     IssuerRefConfig, RequestCondition, now_rfc3339,
 };
 use signet_backends::{BackendConfig, BackendKind};
-use signet_core::caller::{AuthMethod, Caller};
+use signet_core::caller::Caller;
 use signet_core::delegated::{Delegated, IntermediateConfig};
 use signet_core::duration::HumanDuration;
 use signet_core::issuer::LocalCa;
@@ -235,7 +235,7 @@ impl SimCertManager {
             let grant = Grant {
                 allowed_sans: vec![
                     "**".parse().unwrap(),
-                    "spiffe://cluster.local/*".parse().unwrap(),
+                    "spiffe://cluster.local/**".parse().unwrap(),
                 ],
                 max_ttl: None,
                 profiles: Profile::ALL.to_vec(),
@@ -245,10 +245,11 @@ impl SimCertManager {
                 profile,
                 ttl: Some(Duration::from_secs(secs)),
                 ttl_overflow: TtlOverflow::Clamp,
+                renewable: false,
             };
             policy
                 .decide(
-                    &Caller::new("cert-manager", AuthMethod::Internal),
+                    &Caller::internal("cert-manager"),
                     &grant,
                     &csr,
                     &req,
@@ -350,8 +351,9 @@ async fn issue(
         profile: Profile::Workload,
         ttl: Some(Duration::from_secs(3600)),
         ttl_overflow: TtlOverflow::Refuse,
+        renewable: false,
     };
-    a.issue(&Caller::new(sa, AuthMethod::Internal), &grant, &csr, &req)
+    a.issue(&Caller::internal(sa), &grant, &csr, &req)
         .await
 }
 
@@ -504,10 +506,11 @@ async fn kept_requests_make_request_ids_idempotent() {
         profile: Profile::Workload,
         ttl: None,
         ttl_overflow: TtlOverflow::Clamp,
+        renewable: false,
     };
     let decision = policy
         .decide(
-            &Caller::new("t", AuthMethod::Internal),
+            &Caller::internal("t"),
             &grant,
             &csr,
             &req,

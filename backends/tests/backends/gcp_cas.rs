@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use signet_backends::gcp_cas::{GcpCasBackend, GcpCasConfig};
-use signet_core::caller::{AuthMethod, Caller};
+use signet_core::caller::Caller;
 use signet_core::delegated::{Delegated, IntermediateConfig};
 use signet_core::duration::HumanDuration;
 use signet_core::issuer::LocalCa;
@@ -219,7 +219,7 @@ impl FakeCas {
             let grant = Grant {
                 allowed_sans: vec![
                     "**".parse().unwrap(),
-                    "spiffe://cluster.local/*".parse().unwrap(),
+                    "spiffe://cluster.local/**".parse().unwrap(),
                 ],
                 max_ttl: None,
                 profiles: Profile::ALL.to_vec(),
@@ -229,10 +229,11 @@ impl FakeCas {
                 profile,
                 ttl: Some(lifetime),
                 ttl_overflow: TtlOverflow::Clamp,
+                renewable: false,
             };
             let d = policy
                 .decide(
-                    &Caller::new("cas", AuthMethod::Internal),
+                    &Caller::internal("cas"),
                     &grant,
                     &csr,
                     &req,
@@ -402,9 +403,10 @@ async fn issue_server(a: &Authority, name: &str) -> Result<IssuedChain, signet_c
         profile: Profile::Mtls,
         ttl: Some(Duration::from_secs(3600)),
         ttl_overflow: TtlOverflow::Refuse,
+        renewable: false,
     };
     a.issue(
-        &Caller::new("t", AuthMethod::Internal),
+        &Caller::internal("t"),
         &grant,
         &csr(&[san]),
         &req,
@@ -580,10 +582,11 @@ async fn a_lost_response_is_retried_without_issuing_twice() {
         profile: Profile::Mtls,
         ttl: None,
         ttl_overflow: TtlOverflow::Clamp,
+        renewable: false,
     };
     let d = policy
         .decide(
-            &Caller::new("t", AuthMethod::Internal),
+            &Caller::internal("t"),
             &grant,
             &c,
             &req,

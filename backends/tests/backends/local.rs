@@ -75,7 +75,7 @@ async fn issue(a: &Authority, id: &str) -> signet_core::IssuedChain {
     let csr = VerifiedCsr::from_der(&key.csr_der(None, &[San::Uri(id.parse().unwrap())]).unwrap())
         .unwrap();
     let grant = Grant {
-        allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/*").unwrap()],
+        allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/**").unwrap()],
         max_ttl: None,
         profiles: vec![Profile::Workload],
         allow_wildcards: false,
@@ -84,9 +84,10 @@ async fn issue(a: &Authority, id: &str) -> signet_core::IssuedChain {
         profile: Profile::Workload,
         ttl: None,
         ttl_overflow: TtlOverflow::Refuse,
+        renewable: false,
     };
     a.issue(
-        &Caller::new("t", AuthMethod::BearerToken),
+        &Caller::new(signet_core::Principal::Token("t".into()), AuthMethod::BearerToken),
         &grant,
         &csr,
         &req,

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 use signet_backends::vault::{VaultAuth, VaultBackend, VaultConfig};
 use signet_backends::{BackendConfig, build};
-use signet_core::caller::{AuthMethod, Caller};
+use signet_core::caller::Caller;
 use signet_core::chain::IssuedChain;
 use signet_core::delegated::{Delegated, IntermediateConfig};
 use signet_core::duration::HumanDuration;
@@ -72,7 +72,7 @@ async fn issue(
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let csr = VerifiedCsr::from_der(&key.csr_der(Some("ignored-cn"), &sans).unwrap()).unwrap();
     let grant = Grant {
-        allowed_sans: ["spiffe://cluster.local/*", "**.example.com", "10.0.0.0/8"]
+        allowed_sans: ["spiffe://cluster.local/**", "**.example.com", "10.0.0.0/8"]
             .iter()
             .map(|p| SanPattern::parse(p).unwrap())
             .collect(),
@@ -84,9 +84,10 @@ async fn issue(
         profile,
         ttl: Some(Duration::from_secs(3600)),
         ttl_overflow: TtlOverflow::Refuse,
+        renewable: false,
     };
     a.issue(
-        &Caller::new("test", AuthMethod::Internal),
+        &Caller::internal("test"),
         &grant,
         &csr,
         &req,
@@ -374,7 +375,7 @@ mod fake {
     use axum::http::Method;
     use axum::routing::{any, post};
     use serde_json::{Value, json};
-    use signet_core::caller::{AuthMethod, Caller};
+    use signet_core::caller::Caller;
     use signet_core::issuer::LocalCa;
     use signet_core::key::{KeyAlgorithm, PrivateKey};
     use signet_core::names::SanPattern;
@@ -488,7 +489,7 @@ mod fake {
         )
         .unwrap();
         let grant = Grant {
-            allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/*").unwrap()],
+            allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/**").unwrap()],
             max_ttl: None,
             profiles: vec![Profile::Workload],
             allow_wildcards: false,
@@ -497,10 +498,11 @@ mod fake {
             profile: Profile::Workload,
             ttl: Some(Duration::from_secs(3600)),
             ttl_overflow: TtlOverflow::Clamp,
+            renewable: false,
         };
         let d = policy
             .decide(
-                &Caller::new("fake", AuthMethod::Internal),
+                &Caller::internal("fake"),
                 &grant,
                 &csr,
                 &req,

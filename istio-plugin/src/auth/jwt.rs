@@ -3,7 +3,10 @@
 //! Only asymmetric algorithms are accepted, and each key only with the
 //! algorithm its type (and curve) implies: no `none`, no HMAC, no RSA key
 //! used as an HMAC secret. `exp` is required; `exp`/`nbf` are checked with
-//! the configured leeway against the injectable clock. The JWKS comes from a
+//! the configured leeway against the injectable clock. `aud` is required and
+//! must hold one of the configured audiences (absent, `null`, empty or
+//! malformed is refused). The namespace and service account the token names
+//! must be valid Kubernetes names. The JWKS comes from a
 //! file or a URL, cached, refreshed periodically and (rate-limited) when a
 //! token names an unknown key.
 
@@ -16,6 +19,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use signet_core::Clock;
 use signet_core::clock::unix_seconds;
+use signet_core::spiffe::{check_service_account, is_dns1123_subdomain};
 use tokio::sync::Mutex;
 
 use super::AuthError;
@@ -43,6 +47,10 @@ struct NamedRef {
 struct Claims {
     #[serde(default)]
     sub: Option<String>,
+    /// Read as any JSON value so that `null`, numbers and mixed arrays are
+    /// refused by name rather than defaulted.
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
     #[serde(default)]
     exp: Option<i64>,
     #[serde(default)]
@@ -194,7 +202,8 @@ impl JwtAuthenticator {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.required_spec_claims.clear();
-        validation.set_audience(&self.config.audiences);
+        // The audience is checked in `identity`, strictly (see the module doc).
+        validation.validate_aud = false;
         validation.set_issuer(&[&self.config.issuer]);
         let mut last = None;
         for key in candidates {
@@ -228,7 +237,45 @@ impl JwtAuthenticator {
             .collect()
     }
 
+    /// The token must name at least one configured audience.
+    fn check_audience(&self, aud: Option<&serde_json::Value>) -> Result<(), AuthError> {
+        use serde_json::Value;
+        let auds: Vec<&str> = match aud {
+            Some(Value::String(a)) => vec![a.as_str()],
+            Some(Value::Array(list)) => list
+                .iter()
+                .map(Value::as_str)
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    AuthError::invalid("token audience is malformed", "aud holds a non-string")
+                })?,
+            Some(Value::Null) | None => {
+                return Err(AuthError::invalid(
+                    "token has no audience",
+                    "aud is missing or null",
+                ));
+            }
+            Some(other) => {
+                return Err(AuthError::invalid(
+                    "token audience is malformed",
+                    format!("aud is {other}"),
+                ));
+            }
+        };
+        if auds.is_empty() {
+            return Err(AuthError::invalid("token has no audience", "aud is empty"));
+        }
+        if !auds.iter().any(|a| self.config.audiences.iter().any(|w| w == a)) {
+            return Err(AuthError::invalid(
+                "token audience not accepted",
+                format!("aud {auds:?}"),
+            ));
+        }
+        Ok(())
+    }
+
     fn identity(&self, c: Claims) -> Result<Identity, AuthError> {
+        self.check_audience(c.aud.as_ref())?;
         let now = unix_seconds(self.clock.now());
         let leeway = self.config.leeway.get().as_secs() as i64;
         let exp = c
@@ -271,10 +318,20 @@ impl JwtAuthenticator {
                 ));
             }
         };
+        check_service_account(&namespace, &name)
+            .map_err(|e| AuthError::invalid("token names an invalid service account", e))?;
         let pod = c.kubernetes.and_then(|k| k.pod).map(|p| PodRef {
             name: p.name,
             uid: p.uid,
         });
+        if let Some(p) = &pod
+            && !is_dns1123_subdomain(&p.name)
+        {
+            return Err(AuthError::invalid(
+                "token names an invalid pod",
+                format!("pod {:?}", p.name.chars().take(80).collect::<String>()),
+            ));
+        }
         Ok(Identity::ServiceAccount {
             cluster: self.config.cluster.clone(),
             namespace,

@@ -1,7 +1,8 @@
 //! Caller authentication for the Istio CA service, in Istio's order:
-//! a client certificate with a SPIFFE ID chaining to our trust bundle; a JWT
-//! verified offline when its issuer is configured; a Kubernetes TokenReview
-//! against the cluster named by the `clusterid` header.
+//! a client certificate chaining to our trust bundle that was issued for
+//! renewal ([`signet_core::renewal`]); a JWT verified offline when its issuer
+//! is configured; a Kubernetes TokenReview against the cluster named by the
+//! `clusterid` header.
 
 pub mod jwt;
 #[cfg(feature = "kube")]
@@ -11,7 +12,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use signet_core::caller::PeerInfo;
-use signet_core::spiffe::{SpiffeId, TrustDomain};
+use signet_core::renewal::{RenewalRefused, renewal_certificate};
+use signet_core::spiffe::TrustDomain;
 
 use crate::identity::Identity;
 use jwt::JwtAuthenticator;
@@ -66,28 +68,31 @@ pub struct Authenticators {
 
 impl Authenticators {
     pub async fn authenticate(&self, creds: &Credentials<'_>) -> Result<Identity, AuthError> {
-        if let (Some(td), Some(peer)) = (&self.mtls, creds.peer) {
-            match &peer.client_principal {
-                Some(Ok(p)) => {
-                    let id = SpiffeId::new(p).map_err(|e| {
-                        AuthError::invalid("client certificate has no SPIFFE ID", e)
-                    })?;
-                    if !id.is_member_of(td) {
-                        return Err(AuthError::invalid(
-                            "client certificate is from another trust domain",
-                            id,
-                        ));
+        if let (Some(td), Some(peer)) = (&self.mtls, creds.peer)
+            && let Some(der) = &peer.client_cert
+        {
+            let cert = renewal_certificate(der).map_err(|e| {
+                let public = match e {
+                    RenewalRefused::NotRenewable => {
+                        "client certificate was not issued for renewal (use a token)"
                     }
-                    return Ok(Identity::Spiffe(id));
-                }
-                Some(Err(e)) => {
-                    return Err(AuthError::invalid(
-                        "client certificate has no usable identity",
-                        e,
-                    ));
-                }
-                None => {}
+                    RenewalRefused::NotWorkload(_) => {
+                        "client certificate is not a workload certificate"
+                    }
+                    _ => "client certificate is not valid",
+                };
+                AuthError::invalid(public, e)
+            })?;
+            if !cert.id.is_member_of(td) {
+                return Err(AuthError::invalid(
+                    "client certificate is from another trust domain",
+                    cert.id,
+                ));
             }
+            return Ok(Identity::Renewal {
+                id: cert.id,
+                lifetime: cert.lifetime,
+            });
         }
         let Some(token) = creds.token else {
             return Err(AuthError::invalid(

@@ -15,6 +15,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use signet_core::Clock;
 use signet_core::crypto::sha256;
+use signet_core::spiffe::{check_service_account, is_dns1123_subdomain};
 
 use super::AuthError;
 use super::jwt::JwtAuthenticator;
@@ -146,12 +147,14 @@ impl TokenReviewer {
                 status.error.unwrap_or_else(|| "not authenticated".into()),
             ));
         }
-        if let Some(auds) = &status.audiences
-            && !auds.iter().any(|a| self.audiences.contains(a))
-        {
+        // An API server that checked the audiences answers with those it
+        // found in the token; none at all means the token is good for the API
+        // server itself, not for us (or the server ignored the audiences).
+        let auds = status.audiences.unwrap_or_default();
+        if !auds.iter().any(|a| self.audiences.contains(a)) {
             return Err(AuthError::invalid(
                 "token has the wrong audience",
-                format!("{auds:?}"),
+                format!("reviewed audiences {auds:?}"),
             ));
         }
         let user = status.user.unwrap_or_default();
@@ -159,6 +162,8 @@ impl TokenReviewer {
         let (namespace, name) = parse_service_account_username(&username).ok_or_else(|| {
             AuthError::invalid("token is not a service account's", username.clone())
         })?;
+        check_service_account(&namespace, &name)
+            .map_err(|e| AuthError::invalid("token names an invalid service account", e))?;
         if !user
             .groups
             .unwrap_or_default()
@@ -172,10 +177,12 @@ impl TokenReviewer {
         }
         let extra = user.extra.unwrap_or_default();
         let first = |k: &str| extra.get(k).and_then(|v| v.first()).cloned();
-        let pod = first("authentication.kubernetes.io/pod-name").map(|name| PodRef {
-            name,
-            uid: first("authentication.kubernetes.io/pod-uid"),
-        });
+        let pod = first("authentication.kubernetes.io/pod-name")
+            .filter(|n| is_dns1123_subdomain(n))
+            .map(|name| PodRef {
+                name,
+                uid: first("authentication.kubernetes.io/pod-uid"),
+            });
         let identity = Identity::ServiceAccount {
             cluster: cluster.to_owned(),
             namespace,

@@ -572,29 +572,131 @@ async fn the_csr_must_carry_exactly_the_callers_identity() {
     );
 }
 
+fn peer_with(cert: &[u8]) -> PeerInfo {
+    PeerInfo {
+        addr: "127.0.0.1:4000".parse().unwrap(),
+        client_cert: Some(Arc::from(cert)),
+    }
+}
+
+/// A self-signed certificate with chosen extensions, standing in for one
+/// another CA issued (the handshake already checked its chain; here only its
+/// contents matter).
+fn foreign_cert(
+    id: &str,
+    ekus: Vec<rcgen::ExtendedKeyUsagePurpose>,
+    marked: bool,
+    extra_dns: bool,
+) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
+    if extra_dns {
+        p.subject_alt_names
+            .push(rcgen::SanType::DnsName("x.example.com".try_into().unwrap()));
+    }
+    p.extended_key_usages = ekus;
+    if marked {
+        p.custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &signet_core::renewal::RENEWAL_OID,
+                b"\x0c\x12signet workload v1".to_vec(),
+            ));
+    }
+    p.self_signed(&key).unwrap().der().to_vec()
+}
+
 #[tokio::test]
-async fn a_workload_renews_with_its_live_certificate() {
+async fn a_workload_renews_with_a_certificate_issued_for_renewal() {
     let s = standard().await;
     let id = sa("default", "demo");
-    let peer = PeerInfo {
-        addr: "127.0.0.1:4000".parse().unwrap(),
-        client_principal: Some(Ok(id.clone())),
-    };
-    let resp =
-        s.ca.create_certificate(request(csr(&id), 0, None, None, None, Some(peer)))
+    // First certificate: with the workload's own token, for one hour.
+    let t = token(&s, "default", "demo");
+    let first =
+        s.ca.create_certificate(request(csr(&id), 3600, Some(&t), None, None, None))
             .await
             .unwrap()
             .into_inner();
-    assert_eq!(leaf_uri(&ztunnel_parse(&resp).0), id);
-    let foreign = PeerInfo {
-        addr: "127.0.0.1:4000".parse().unwrap(),
-        client_principal: Some(Ok("spiffe://evil.org/ns/default/sa/demo".into())),
-    };
-    let err =
-        s.ca.create_certificate(request(csr(&id), 0, None, None, None, Some(foreign)))
+    let first = ztunnel_parse(&first).0;
+    // Renewal by mTLS asks for the whole day: it gets no more than the hour.
+    let resp =
+        s.ca.create_certificate(request(csr(&id), 86_400, None, None, None, Some(peer_with(&first))))
             .await
-            .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+            .unwrap()
+            .into_inner();
+    let renewed = ztunnel_parse(&resp).0;
+    assert_eq!(leaf_uri(&renewed), id);
+    assert!(lifetime(&renewed) <= lifetime(&first), "{:?}", lifetime(&renewed));
+    // The renewal renews in turn, and the chain of renewals never grows.
+    let again =
+        s.ca.create_certificate(request(csr(&id), 86_400, None, None, None, Some(peer_with(&renewed))))
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(lifetime(&ztunnel_parse(&again).0) <= lifetime(&first));
+
+    // What may not renew, each with its reason.
+    let refused = |cert: Vec<u8>| {
+        let ca = &s.ca;
+        let id = id.clone();
+        async move {
+            ca.create_certificate(request(csr(&id), 0, None, None, None, Some(peer_with(&cert))))
+                .await
+                .unwrap_err()
+        }
+    };
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    for (what, cert, want) in [
+        (
+            "not issued for renewal (a REST certificate)",
+            foreign_cert(&id, vec![ServerAuth, ClientAuth], false, false),
+            "not issued for renewal",
+        ),
+        (
+            "a client-profile certificate",
+            foreign_cert(&id, vec![ClientAuth], true, false),
+            "not a workload certificate",
+        ),
+        (
+            "no EKU at all",
+            foreign_cert(&id, vec![], true, false),
+            "not a workload certificate",
+        ),
+        (
+            "a DNS name beside the ID",
+            foreign_cert(&id, vec![ServerAuth, ClientAuth], true, true),
+            "not a workload certificate",
+        ),
+        (
+            "another trust domain",
+            foreign_cert(
+                "spiffe://evil.org/ns/default/sa/demo",
+                vec![ServerAuth, ClientAuth],
+                true,
+                false,
+            ),
+            "another trust domain",
+        ),
+    ] {
+        let err = refused(cert).await;
+        assert_eq!(err.code(), Code::Unauthenticated, "{what}");
+        assert!(err.message().contains(want), "{what}: {}", err.message());
+    }
+    // A marked certificate whose ID breaks the mesh shape is refused by policy.
+    let odd = "spiffe://cluster.local/ns/default/sa/demo/ns/kube-system/sa/admin";
+    let err =
+        s.ca.create_certificate(request(
+            csr(odd),
+            0,
+            None,
+            None,
+            None,
+            Some(peer_with(&foreign_cert(odd, vec![ServerAuth, ClientAuth], true, false))),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
 }
 
 #[tokio::test]

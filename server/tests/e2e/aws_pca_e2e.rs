@@ -78,7 +78,7 @@ frontends:
     authority: mesh
     tls: {{ cert_file: {cert}, key_file: {key} }}
     auth: {{ loopback_unauthenticated: true }}
-    principals: [{{ name: "*", allowed_sans: ["spiffe://cluster.local/*"] }}]
+    principals: [{{ name: "*", allowed_sans: ["spiffe://cluster.local/**"] }}]
 "#,
         arn = pca.arn,
         endpoint = moto.endpoint(),

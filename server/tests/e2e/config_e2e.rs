@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 use signet_core::VerifiedCsr;
-use signet_core::caller::{AuthMethod, Caller};
+use signet_core::caller::Caller;
 use signet_core::issuer::LocalCa;
 use signet_core::key::{KeyAlgorithm, PrivateKey};
 use signet_core::names::{San, SanPattern};
@@ -78,7 +78,7 @@ fn setup(dir: &Path, listen: &str) -> PathBuf {
     .unwrap();
     let policy = AuthorityPolicy::new(td, PolicyConfig::default()).unwrap();
     let grant = Grant {
-        allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/*").unwrap()],
+        allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/**").unwrap()],
         max_ttl: None,
         profiles: vec![Profile::Client],
         allow_wildcards: false,
@@ -87,10 +87,11 @@ fn setup(dir: &Path, listen: &str) -> PathBuf {
         profile: Profile::Client,
         ttl: None,
         ttl_overflow: TtlOverflow::Refuse,
+        renewable: false,
     };
     let d = policy
         .decide(
-            &Caller::new("t", AuthMethod::Internal),
+            &Caller::internal("t"),
             &grant,
             &admin_csr,
             &req,
@@ -149,10 +150,10 @@ frontends:
       tokens_file: {d}/tokens.yaml
       mtls: {{ client_ca_file: {d}/clients-ca.pem }}
     principals:
-      - name: ci
-        allowed_sans: ["spiffe://cluster.local/ns/ci/*"]
+      - name: token:ci
+        allowed_sans: ["spiffe://cluster.local/ns/ci/sa/*"]
         profiles: [workload]
-      - name: "{ADMIN}"
+      - name: "uri:{ADMIN}"
         allowed_sans: ["**.example.com"]
         profiles: [server]
 "#

@@ -48,7 +48,7 @@ frontends:
     auth: {{ loopback_unauthenticated: true }}
     principals:
       - name: "*"
-        allowed_sans: ["spiffe://cluster.local/*"]
+        allowed_sans: ["spiffe://cluster.local/**"]
 "#,
         token_file = token_file.display()
     );

@@ -69,7 +69,7 @@ frontends:
     listen: 127.0.0.1:0
     authority: mesh
     auth: {{ loopback_unauthenticated: true }}
-    principals: [{{ name: "*", allowed_sans: ["spiffe://cluster.local/*"] }}]
+    principals: [{{ name: "*", allowed_sans: ["spiffe://cluster.local/**"] }}]
   kubernetes_csr: {{ authority: mesh, signer_names: [signet.dev/mesh], allowed_requesters: ["{ISTIOD}"] }}
   istio_root_cert: {{ authority: mesh, namespace_selector: "istio-injection=enabled", poll: 1s }}
   istio_cacerts: {{ backend: root, ttl: 720h }}

@@ -115,8 +115,8 @@ fn rest(behaviour: Behaviour, max_concurrent: usize, timeout: Duration) -> (Arc<
             loopback_unauthenticated: true,
         },
         principals: vec![PrincipalConfig {
-            name: "*".into(),
-            allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/*").unwrap()],
+            name: signet_core::caller::PrincipalSelector::Anyone,
+            allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/**").unwrap()],
             max_ttl: None,
             profiles: Profile::ALL.to_vec(),
             allow_wildcards: false,
@@ -160,7 +160,7 @@ async fn call(rest: &Arc<Rest>) -> (u16, Option<String>, Value) {
         .unwrap();
     req.extensions_mut().insert(PeerInfo {
         addr,
-        client_principal: None,
+        client_cert: None,
     });
     let resp = rest.clone().router().oneshot(req).await.unwrap();
     let status = resp.status().as_u16();

@@ -76,7 +76,7 @@ frontends:
     limits: {{ handshake_timeout: 1s, request_timeout: 2s, max_connections: 200 }}
     principals:
       - name: "*"
-        allowed_sans: ["spiffe://cluster.local/*"]
+        allowed_sans: ["spiffe://cluster.local/**"]
 "#,
         data = data.display()
     );

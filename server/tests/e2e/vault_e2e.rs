@@ -45,7 +45,7 @@ frontends:
     auth: {{ loopback_unauthenticated: true }}
     principals:
       - name: "*"
-        allowed_sans: ["spiffe://cluster.local/*"]
+        allowed_sans: ["spiffe://cluster.local/**"]
 "#,
         addr = bao.addr(),
         token_file = token_file.display()

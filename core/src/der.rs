@@ -1,0 +1,174 @@
+//! A strict DER reader for the parts of a request signet reads itself.
+//!
+//! x509-parser is tolerant (it reads BER in places, ignores what follows a
+//! value it understood, takes the first value of a multi-valued attribute).
+//! Tolerance is how two readers come to disagree about one request, so the
+//! CSR is first walked here: every length definite and minimal, only
+//! SEQUENCE and SET constructed among universal types, BOOLEAN `00`/`FF`,
+//! INTEGER minimal, NULL empty, BIT STRING with at most 7 unused bits, OID
+//! sub-identifiers minimal, and nothing after the last element of anything.
+//! Only then does the tolerant parser read it, and both see the same thing.
+
+/// One TLV: its tag byte, its content and whatever follows it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tlv<'a> {
+    pub tag: u8,
+    pub content: &'a [u8],
+}
+
+pub(crate) const SEQUENCE: u8 = 0x30;
+pub(crate) const SET: u8 = 0x31;
+pub(crate) const BOOLEAN: u8 = 0x01;
+pub(crate) const INTEGER: u8 = 0x02;
+pub(crate) const BIT_STRING: u8 = 0x03;
+pub(crate) const OCTET_STRING: u8 = 0x04;
+pub(crate) const NULL: u8 = 0x05;
+pub(crate) const OID: u8 = 0x06;
+
+/// Reads one TLV with a definite, minimal length and a one-byte tag.
+pub(crate) fn tlv(input: &[u8]) -> Result<(Tlv<'_>, &[u8]), &'static str> {
+    let (&tag, rest) = input.split_first().ok_or("truncated")?;
+    if tag & 0x1f == 0x1f {
+        return Err("multi-byte tag");
+    }
+    let (&first, rest) = rest.split_first().ok_or("truncated")?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 {
+            return Err("indefinite length");
+        }
+        if n > 4 || rest.len() < n {
+            return Err("bad length");
+        }
+        if rest[0] == 0 {
+            return Err("non-minimal length");
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        if len < 0x80 {
+            return Err("non-minimal length");
+        }
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return Err("truncated");
+    }
+    Ok((
+        Tlv {
+            tag,
+            content: &rest[..len],
+        },
+        &rest[len..],
+    ))
+}
+
+/// Reads exactly one TLV, with nothing after it.
+pub(crate) fn single(input: &[u8]) -> Result<Tlv<'_>, &'static str> {
+    let (t, rest) = tlv(input)?;
+    if !rest.is_empty() {
+        return Err("trailing data");
+    }
+    Ok(t)
+}
+
+/// The elements of a constructed value's content.
+pub(crate) fn elements(content: &[u8]) -> Result<Vec<Tlv<'_>>, &'static str> {
+    let mut out = Vec::new();
+    let mut rest = content;
+    while !rest.is_empty() {
+        let (t, r) = tlv(rest)?;
+        out.push(t);
+        rest = r;
+    }
+    Ok(out)
+}
+
+/// Checks that `input` is exactly one value in canonical DER, recursively.
+pub(crate) fn check_canonical(input: &[u8]) -> Result<(), &'static str> {
+    check_tlv(single(input)?, 0)
+}
+
+const MAX_DEPTH: usize = 32;
+
+fn check_tlv(t: Tlv<'_>, depth: usize) -> Result<(), &'static str> {
+    if depth > MAX_DEPTH {
+        return Err("nested too deeply");
+    }
+    let constructed = t.tag & 0x20 != 0;
+    let universal = t.tag & 0xc0 == 0;
+    if constructed {
+        if universal && t.tag != SEQUENCE && t.tag != SET {
+            return Err("constructed encoding of a primitive type");
+        }
+        for e in elements(t.content)? {
+            check_tlv(e, depth + 1)?;
+        }
+        return Ok(());
+    }
+    if !universal {
+        return Ok(());
+    }
+    let c = t.content;
+    match t.tag {
+        BOOLEAN if c != [0x00] && c != [0xff] => Err("BOOLEAN not 00 or FF"),
+        INTEGER if c.is_empty() => Err("empty INTEGER"),
+        INTEGER
+            if c.len() > 1
+                && ((c[0] == 0x00 && c[1] & 0x80 == 0) || (c[0] == 0xff && c[1] & 0x80 != 0)) =>
+        {
+            Err("non-minimal INTEGER")
+        }
+        BIT_STRING if c.is_empty() || c[0] > 7 || (c.len() == 1 && c[0] != 0) => {
+            Err("malformed BIT STRING")
+        }
+        NULL if !c.is_empty() => Err("NULL with content"),
+        OID if c.is_empty() || c[c.len() - 1] & 0x80 != 0 => Err("malformed OID"),
+        OID if c
+            .iter()
+            .enumerate()
+            .any(|(i, b)| *b == 0x80 && (i == 0 || c[i - 1] & 0x80 == 0)) =>
+        {
+            Err("non-minimal OID")
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_der() {
+        for good in [
+            &[0x30, 0x00][..],
+            &[0x30, 0x03, 0x02, 0x01, 0x05],
+            &[0x01, 0x01, 0xff],
+            &[0x02, 0x02, 0x00, 0x80],
+            &[0x06, 0x03, 0x55, 0x1d, 0x11],
+            &[0x04, 0x02, 0x30, 0x00],
+        ] {
+            assert!(check_canonical(good).is_ok(), "{good:x?}");
+        }
+        for bad in [
+            &[0x30, 0x80, 0x00, 0x00][..],       // indefinite length
+            &[0x30, 0x81, 0x00],                 // long form for a short length
+            &[0x30, 0x82, 0x00, 0x00],           // leading zero length byte
+            &[0x01, 0x01, 0x01],                 // BOOLEAN 01
+            &[0x02, 0x02, 0x00, 0x05],           // INTEGER with a redundant 00
+            &[0x02, 0x02, 0xff, 0x85],           // INTEGER with a redundant ff
+            &[0x24, 0x04, 0x04, 0x02, 0x30, 0x00], // constructed OCTET STRING
+            &[0x05, 0x01, 0x00],                 // NULL with content
+            &[0x06, 0x02, 0x80, 0x01],           // OID with a leading 80
+            &[0x30, 0x00, 0x00],                 // trailing byte
+            &[0x30, 0x03, 0x02, 0x01],           // truncated
+            &[0x1f, 0x01, 0x00],                 // multi-byte tag
+            &[0x03, 0x01, 0x01],                 // BIT STRING of no bits, 1 unused
+        ] {
+            assert!(check_canonical(bad).is_err(), "{bad:x?} accepted");
+        }
+    }
+}
