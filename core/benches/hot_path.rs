@@ -88,7 +88,10 @@ fn pipeline(c: &mut Criterion) {
     }
 
     let policy = AuthorityPolicy::new(td(), PolicyConfig::default()).expect("policy");
-    let caller = Caller::new(signet_core::Principal::CertificateUri(ID.into()), AuthMethod::ClientCertificate);
+    let caller = Caller::new(
+        signet_core::Principal::CertificateUri(ID.into()),
+        AuthMethod::ClientCertificate,
+    );
     let grant = Grant::exact_identity(SpiffeId::new(ID).expect("id"));
     let request = IssuanceRequest {
         profile: Profile::Workload,

@@ -258,10 +258,21 @@ mod tests {
                 "spiffe://td/x".into()
             )))
         );
-        assert_eq!(p("anonymous"), Ok(PrincipalSelector::Exact(Principal::Anonymous)));
+        assert_eq!(
+            p("anonymous"),
+            Ok(PrincipalSelector::Exact(Principal::Anonymous))
+        );
         assert_eq!(p("*"), Ok(PrincipalSelector::Anyone));
         assert_eq!(p("dns:*"), Ok(PrincipalSelector::AnyCertificateDns));
-        for bad in ["ci", "token:", "uri:", "dns:", "Anonymous", "spiffe://td/x", ""] {
+        for bad in [
+            "ci",
+            "token:",
+            "uri:",
+            "dns:",
+            "Anonymous",
+            "spiffe://td/x",
+            "",
+        ] {
             assert!(p(bad).is_err(), "{bad:?} accepted");
         }
         // The same name under two types is two principals.

@@ -295,7 +295,9 @@ impl VerifiedCsr {
 }
 
 fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    der::tlv(input).ok().map(|(t, rest)| (t.tag, t.content, rest))
+    der::tlv(input)
+        .ok()
+        .map(|(t, rest)| (t.tag, t.content, rest))
 }
 
 /// The signature does not cover the outer wrapper of a CSR, so the parser's
@@ -359,16 +361,22 @@ fn check_request_info(info: &[u8]) -> Result<(), CsrError> {
         return Ok(());
     };
     if attrs.tag != 0xa0 || parts.len() > 4 {
-        return Err(CsrError::Malformed("unexpected fields in the request info".into()));
+        return Err(CsrError::Malformed(
+            "unexpected fields in the request info".into(),
+        ));
     }
     let mut extension_requests = 0;
     for attr in der::elements(attrs.content).map_err(|e| non_der("attributes", e))? {
         let fields = der::elements(attr.content).map_err(|e| non_der("attribute", e))?;
         let [oid, values] = fields.as_slice() else {
-            return Err(CsrError::Malformed("attribute is not (type, values)".into()));
+            return Err(CsrError::Malformed(
+                "attribute is not (type, values)".into(),
+            ));
         };
         if oid.tag != der::OID || values.tag != der::SET {
-            return Err(CsrError::Malformed("attribute is not (type, values)".into()));
+            return Err(CsrError::Malformed(
+                "attribute is not (type, values)".into(),
+            ));
         }
         if oid.content != OID_EXTENSION_REQUEST {
             continue;
@@ -415,7 +423,9 @@ fn check_extensions(extensions: &der::Tlv<'_>) -> Result<(), CsrError> {
             .find(|(o, _)| *o == oid.content)
             .map(|(_, name)| *name);
         if seen.contains(&oid.content) {
-            return Err(CsrError::DuplicateExtension(known.unwrap_or("an extension")));
+            return Err(CsrError::DuplicateExtension(
+                known.unwrap_or("an extension"),
+            ));
         }
         seen.push(oid.content);
         der::check_canonical(value.content).map_err(|e| {
@@ -425,7 +435,9 @@ fn check_extensions(extensions: &der::Tlv<'_>) -> Result<(), CsrError> {
             ))
         })?;
         if critical && known.is_none() {
-            return Err(CsrError::UnsupportedCriticalExtension(oid_string(oid.content)));
+            return Err(CsrError::UnsupportedCriticalExtension(oid_string(
+                oid.content,
+            )));
         }
         if known == Some("subjectAltName") {
             check_general_names(value.content)?;

@@ -154,19 +154,19 @@ mod tests {
             assert!(check_canonical(good).is_ok(), "{good:x?}");
         }
         for bad in [
-            &[0x30, 0x80, 0x00, 0x00][..],       // indefinite length
-            &[0x30, 0x81, 0x00],                 // long form for a short length
-            &[0x30, 0x82, 0x00, 0x00],           // leading zero length byte
-            &[0x01, 0x01, 0x01],                 // BOOLEAN 01
-            &[0x02, 0x02, 0x00, 0x05],           // INTEGER with a redundant 00
-            &[0x02, 0x02, 0xff, 0x85],           // INTEGER with a redundant ff
+            &[0x30, 0x80, 0x00, 0x00][..],         // indefinite length
+            &[0x30, 0x81, 0x00],                   // long form for a short length
+            &[0x30, 0x82, 0x00, 0x00],             // leading zero length byte
+            &[0x01, 0x01, 0x01],                   // BOOLEAN 01
+            &[0x02, 0x02, 0x00, 0x05],             // INTEGER with a redundant 00
+            &[0x02, 0x02, 0xff, 0x85],             // INTEGER with a redundant ff
             &[0x24, 0x04, 0x04, 0x02, 0x30, 0x00], // constructed OCTET STRING
-            &[0x05, 0x01, 0x00],                 // NULL with content
-            &[0x06, 0x02, 0x80, 0x01],           // OID with a leading 80
-            &[0x30, 0x00, 0x00],                 // trailing byte
-            &[0x30, 0x03, 0x02, 0x01],           // truncated
-            &[0x1f, 0x01, 0x00],                 // multi-byte tag
-            &[0x03, 0x01, 0x01],                 // BIT STRING of no bits, 1 unused
+            &[0x05, 0x01, 0x00],                   // NULL with content
+            &[0x06, 0x02, 0x80, 0x01],             // OID with a leading 80
+            &[0x30, 0x00, 0x00],                   // trailing byte
+            &[0x30, 0x03, 0x02, 0x01],             // truncated
+            &[0x1f, 0x01, 0x00],                   // multi-byte tag
+            &[0x03, 0x01, 0x01],                   // BIT STRING of no bits, 1 unused
         ] {
             assert!(check_canonical(bad).is_err(), "{bad:x?} accepted");
         }

@@ -313,7 +313,9 @@ fn parse_spiffe_pattern(pattern: &str) -> Result<SanPattern, NameError> {
         if !fits {
             let hint = match segments.as_slice() {
                 [PathSegment::Exact(n), PathSegment::Exact(ns), ..] if n == "ns" => {
-                    format!("; for every service account of namespace {ns} write spiffe://{td}/ns/{ns}/sa/*")
+                    format!(
+                        "; for every service account of namespace {ns} write spiffe://{td}/ns/{ns}/sa/*"
+                    )
                 }
                 _ => String::new(),
             };
@@ -456,7 +458,9 @@ mod tests {
         let p = pat("spiffe://cluster.local/ns/default/sa/*");
         assert!(p.matches(&uri("spiffe://cluster.local/ns/default/sa/demo")));
         assert!(!p.matches(&uri("spiffe://cluster.local/ns/default/sa")));
-        assert!(!p.matches(&uri("spiffe://cluster.local/ns/default/sa/x/ns/kube-system/sa/a")));
+        assert!(!p.matches(&uri(
+            "spiffe://cluster.local/ns/default/sa/x/ns/kube-system/sa/a"
+        )));
         assert!(!p.matches(&uri("spiffe://cluster.local/ns/defaultx/sa/demo")));
         assert!(!p.matches(&uri("spiffe://other.local/ns/default/sa/demo")));
         assert!(!p.matches(&dns("default")));

@@ -44,9 +44,7 @@ pub enum SpiffeIdError {
     TrailingSlash,
     #[error("SPIFFE ID is longer than {MAX_SPIFFE_ID_LEN} bytes")]
     TooLong,
-    #[error(
-        "a path with an \"ns\" segment must be exactly /ns/<namespace>/sa/<service account>"
-    )]
+    #[error("a path with an \"ns\" segment must be exactly /ns/<namespace>/sa/<service account>")]
     MeshShape,
     #[error("namespace {0:?} is not a valid Kubernetes namespace name (a DNS-1123 label)")]
     Namespace(String),
@@ -375,7 +373,12 @@ mod tests {
 
     #[test]
     fn mesh_shape() {
-        let ok = |s: &str| SpiffeId::new(s).unwrap().mesh_identity().map(|o| o.is_some());
+        let ok = |s: &str| {
+            SpiffeId::new(s)
+                .unwrap()
+                .mesh_identity()
+                .map(|o| o.is_some())
+        };
         assert_eq!(ok("spiffe://td/ns/default/sa/demo"), Ok(true));
         assert_eq!(ok("spiffe://td/ns/a/sa/b.c"), Ok(true));
         assert_eq!(ok("spiffe://td/custom/path"), Ok(false));

@@ -207,10 +207,12 @@ fn records_what_is_asked_without_granting_it() {
         ["DNS:api.example.com", "DNS:*.example.com", "IP:10.1.2.3"]
     );
 
-    // Requested key usages, EKUs and name constraints are parsed past, not kept.
-    let extra = parse("extra-exts").unwrap();
-    assert!(!extra.requests_ca());
-    assert_eq!(extra.requested_sans().len(), 1);
+    // Requested key usages and EKUs are parsed past, not kept; a critical
+    // extension signet does not understand (here nameConstraints) is
+    // refused rather than dropped.
+    let extra = parse("extra-exts").unwrap_err();
+    assert_eq!(extra.reason(), "unsupported_critical_extension");
+    assert!(extra.to_string().contains("2.5.29.30"), "{extra}");
 }
 
 #[test]

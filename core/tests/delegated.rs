@@ -42,8 +42,7 @@ async fn issue(a: &Authority, n: usize) -> Result<IssuedChain, signet_core::Sign
         ttl_overflow: TtlOverflow::Refuse,
         renewable: false,
     };
-    a.issue(&Caller::internal("t"), &grant, &csr, &req)
-        .await
+    a.issue(&Caller::internal("t"), &grant, &csr, &req).await
 }
 
 fn webpki_ok(chain: &IssuedChain, now: SystemTime) {
@@ -194,3 +193,52 @@ async fn leaves_near_the_end_are_clamped_to_the_intermediate() {
     );
     webpki_ok(&chain, clock.now());
 }
+
+#[tokio::test]
+async fn a_csr_with_a_ca_key_is_refused_before_signing() {
+    let now = SystemTime::now();
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(now));
+    let upstream = CaSigner::root(now, 365 * DAY);
+    let d = Delegated::start(
+        "t",
+        upstream.clone(),
+        IntermediateConfig::default(),
+        td(),
+        clock.clone(),
+    );
+    d.ready().await;
+    let policy = AuthorityPolicy::new(td(), PolicyConfig::default()).unwrap();
+    let a = Authority::new("t", d.clone(), policy, clock);
+    let grant = Grant {
+        allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/**").unwrap()],
+        max_ttl: None,
+        profiles: vec![Profile::Workload],
+        allow_wildcards: false,
+    };
+    let req = IssuanceRequest {
+        profile: Profile::Workload,
+        ttl: None,
+        ttl_overflow: TtlOverflow::Refuse,
+        renewable: false,
+    };
+    let id: San = San::Uri(DEMO_ID.parse().unwrap());
+    let intermediate = d.current().unwrap();
+    for (what, key) in [
+        ("the intermediate's key", intermediate.key()),
+        ("the root's key", upstream.ca().key()),
+    ] {
+        let csr =
+            VerifiedCsr::from_der(&key.csr_der(None, std::slice::from_ref(&id)).unwrap()).unwrap();
+        let before = upstream.issued();
+        let err = a
+            .issue(&Caller::internal("t"), &grant, &csr, &req)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), Some("ca_key"), "{what}: {err}");
+        assert_eq!(upstream.issued(), before, "{what}: nothing is signed");
+    }
+    // Any other key is served.
+    issue(&a, 1).await.unwrap();
+}
+
+const DEMO_ID: &str = "spiffe://cluster.local/ns/default/sa/demo";

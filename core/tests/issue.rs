@@ -103,7 +103,10 @@ fn request(profile: Profile, ttl: Option<Duration>) -> IssuanceRequest {
 }
 
 fn caller() -> Caller {
-    Caller::new(signet_core::Principal::Token("tester".into()), AuthMethod::BearerToken)
+    Caller::new(
+        signet_core::Principal::Token("tester".into()),
+        AuthMethod::BearerToken,
+    )
 }
 
 fn webpki_verify(
@@ -322,7 +325,10 @@ fn policy_refusals_are_specific() {
             .is_ok()
     );
 
-    let narrow = grant(&["spiffe://cluster.local/ns/prod/sa/*"], &[Profile::Workload]);
+    let narrow = grant(
+        &["spiffe://cluster.local/ns/prod/sa/*"],
+        &[Profile::Workload],
+    );
     assert!(matches!(
         decide(&narrow, &fixture("ec-p256"), wl),
         PolicyError::SanNotAllowed { .. }
@@ -607,4 +613,135 @@ fn a_ca_prints_without_its_key() {
             );
         }
     }
+}
+
+#[test]
+fn every_issued_spiffe_id_has_the_mesh_shape() {
+    let now = SystemTime::now();
+    let p = policy();
+    // A grant of the whole trust domain: the shape rule still holds.
+    let g = grant(
+        &["spiffe://cluster.local/**", "**.example.com"],
+        &Profile::ALL,
+    );
+    for id in [
+        "spiffe://cluster.local/ns/ci/sa/x/ns/kube-system/sa/admin",
+        "spiffe://cluster.local/x/ns/kube-system/sa/admin",
+        "spiffe://cluster.local/ns/kube-system",
+        "spiffe://cluster.local/ns/a/sa/b/c",
+        "spiffe://cluster.local/NS/a/sa/b",
+        "spiffe://cluster.local/ns/A/sa/b",
+        "spiffe://cluster.local/ns/a_b/sa/b",
+        "spiffe://cluster.local/ns/a/sa/B",
+    ] {
+        for profile in Profile::ALL {
+            let sans: &[&str] = if profile == Profile::Server {
+                &[id, "a.example.com"]
+            } else {
+                &[id]
+            };
+            let r = p.decide(
+                &caller(),
+                &g,
+                &csr(KeyAlgorithm::EcdsaP256, sans),
+                &request(profile, None),
+                now,
+            );
+            assert!(
+                matches!(r, Err(PolicyError::IdentityShape { .. })),
+                "{id} {profile}: {r:?}"
+            );
+        }
+        // CA decisions obey the same rule.
+        let r = p.decide_ca(
+            &caller(),
+            &g,
+            &csr(KeyAlgorithm::EcdsaP256, &[id]),
+            None,
+            now,
+        );
+        assert!(
+            matches!(r, Err(PolicyError::IdentityShape { .. })),
+            "{id} CA: {r:?}"
+        );
+    }
+    // Paths without an `ns` segment are not the mesh's business.
+    p.decide(
+        &caller(),
+        &g,
+        &csr(
+            KeyAlgorithm::EcdsaP256,
+            &["spiffe://cluster.local/batch/job/7"],
+        ),
+        &request(Profile::Workload, None),
+        now,
+    )
+    .unwrap();
+    // `*` covers one segment: a grant for ns/ci/sa/* never reaches deeper.
+    let ci = grant(&["spiffe://cluster.local/ns/ci/sa/*"], &[Profile::Workload]);
+    let deep = csr(
+        KeyAlgorithm::EcdsaP256,
+        &["spiffe://cluster.local/ns/ci/sa/x/y"],
+    );
+    assert!(
+        p.decide(
+            &caller(),
+            &ci,
+            &deep,
+            &request(Profile::Workload, None),
+            now
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn only_policy_marks_a_certificate_renewable() {
+    let now = SystemTime::now();
+    let (_root, inter) = hierarchy(now, KeyAlgorithm::EcdsaP256);
+    let p = policy();
+    let g = grant(
+        &["spiffe://cluster.local/**", "**.example.com"],
+        &Profile::ALL,
+    );
+    let c = csr(KeyAlgorithm::EcdsaP256, &[DEMO]);
+    let renewable = IssuanceRequest {
+        renewable: true,
+        ..request(Profile::Workload, None)
+    };
+    let d = p.decide(&caller(), &g, &c, &renewable, now).unwrap();
+    assert!(d.renewable());
+    let chain = inter.sign(&d, c.public_key()).unwrap();
+    chain.check(&d, &c, now, Duration::ZERO).unwrap();
+    let r = signet_core::renewal::renewal_certificate(chain.leaf()).unwrap();
+    assert_eq!(r.id.as_str(), DEMO);
+    // Asked for another profile, renewability is not granted.
+    let server = csr(KeyAlgorithm::EcdsaP256, &["a.example.com"]);
+    let d2 = p
+        .decide(
+            &caller(),
+            &g,
+            &server,
+            &IssuanceRequest {
+                renewable: true,
+                ..request(Profile::Server, None)
+            },
+            now,
+        )
+        .unwrap();
+    assert!(!d2.renewable());
+    // A certificate not marked cannot renew, and a chain whose marker
+    // disagrees with the decision is refused (a backend copying CSR extensions).
+    let plain = p
+        .decide(&caller(), &g, &c, &request(Profile::Workload, None), now)
+        .unwrap();
+    let unmarked = inter.sign(&plain, c.public_key()).unwrap();
+    assert_eq!(
+        signet_core::renewal::renewal_certificate(unmarked.leaf()),
+        Err(signet_core::renewal::RenewalRefused::NotRenewable)
+    );
+    assert!(matches!(
+        chain.check(&plain, &c, now, Duration::ZERO),
+        Err(ChainError::RenewalMarker(_))
+    ));
 }

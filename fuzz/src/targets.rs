@@ -141,7 +141,10 @@ pub fn csr_policy(data: &[u8]) {
     };
     let f = &*FIXTURE;
     let now = SystemTime::now();
-    let caller = Caller::new(signet_core::Principal::Token("fuzz".into()), AuthMethod::BearerToken);
+    let caller = Caller::new(
+        signet_core::Principal::Token("fuzz".into()),
+        AuthMethod::BearerToken,
+    );
     for (grant, profile) in &f.grants {
         for ttl in [None, Some(Duration::from_secs(600)), Some(400 * DAY)] {
             let request = IssuanceRequest {
@@ -181,7 +184,10 @@ pub fn rest_request(data: &[u8]) {
     match signet::rest::decode_sign_request(data) {
         Ok((csr, request)) => {
             let f = &*FIXTURE;
-            let caller = Caller::new(signet_core::Principal::Token("fuzz".into()), AuthMethod::BearerToken);
+            let caller = Caller::new(
+                signet_core::Principal::Token("fuzz".into()),
+                AuthMethod::BearerToken,
+            );
             for (grant, _) in &f.grants {
                 if let Ok(d) = f
                     .policy

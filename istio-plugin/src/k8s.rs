@@ -127,9 +127,10 @@ impl CsrSigner {
         leader: watch::Receiver<bool>,
     ) -> Self {
         let td = authority.policy().trust_domain().clone();
-        let allowed = config.allowed_sans.clone().unwrap_or_else(|| {
-            vec![SanPattern::whole_trust_domain(&td)]
-        });
+        let allowed = config
+            .allowed_sans
+            .clone()
+            .unwrap_or_else(|| vec![SanPattern::whole_trust_domain(&td)]);
         let grant = Grant {
             allowed_sans: allowed,
             max_ttl: None,

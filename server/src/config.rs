@@ -492,9 +492,11 @@ impl Config {
                     ));
                 }
                 let unusable = match &p.name {
-                    PrincipalSelector::Exact(Principal::Token(_))
-                    | PrincipalSelector::AnyToken => {
-                        rest.auth.tokens_file.is_none().then_some("auth.tokens_file")
+                    PrincipalSelector::Exact(Principal::Token(_)) | PrincipalSelector::AnyToken => {
+                        rest.auth
+                            .tokens_file
+                            .is_none()
+                            .then_some("auth.tokens_file")
                     }
                     PrincipalSelector::Exact(
                         Principal::CertificateUri(_) | Principal::CertificateDns(_),
@@ -503,10 +505,10 @@ impl Config {
                     | PrincipalSelector::AnyCertificateDns => {
                         rest.auth.mtls.is_none().then_some("auth.mtls")
                     }
-                    PrincipalSelector::Exact(Principal::Anonymous) => (!rest
-                        .auth
-                        .loopback_unauthenticated)
-                        .then_some("auth.loopback_unauthenticated"),
+                    PrincipalSelector::Exact(Principal::Anonymous) => {
+                        (!rest.auth.loopback_unauthenticated)
+                            .then_some("auth.loopback_unauthenticated")
+                    }
                     _ => None,
                 };
                 if let Some(needs) = unusable {

@@ -18,7 +18,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
-use signet_core::caller::{AuthMethod, Caller, Principal, PrincipalSelector, certificate_principal};
+use signet_core::caller::{
+    AuthMethod, Caller, Principal, PrincipalSelector, certificate_principal,
+};
 use signet_core::clock::rfc3339;
 use signet_core::crypto::{constant_time_eq, sha256};
 use signet_core::duration::HumanDuration;

@@ -121,9 +121,15 @@ fn hand_csr(attributes: &[Vec<u8>]) -> String {
     );
     let sig = key.sign(&info).expect("sign");
     // ecdsa-with-SHA256
-    let alg = tlv(0x30, &tlv(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]));
+    let alg = tlv(
+        0x30,
+        &tlv(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]),
+    );
     let bits = tlv(0x03, &[&[0u8][..], &sig].concat());
-    der_to_pem("CERTIFICATE REQUEST", &tlv(0x30, &[info, alg, bits].concat()))
+    der_to_pem(
+        "CERTIFICATE REQUEST",
+        &tlv(0x30, &[info, alg, bits].concat()),
+    )
 }
 
 /// DER: tag, definite length, content.
@@ -427,8 +433,10 @@ pub fn csr_corpus() -> Vec<HostileCsr> {
     ));
     // nameConstraints permitting everything under .evil (not critical).
     p.custom_extensions.push(name_constraints(false));
-    p.custom_extensions
-        .push(CustomExtension::from_oid_content(OID_UNKNOWN, tlv(0x04, b"hello")));
+    p.custom_extensions.push(CustomExtension::from_oid_content(
+        OID_UNKNOWN,
+        tlv(0x04, b"hello"),
+    ));
     // signet's own renewal extension: only policy may grant it.
     p.custom_extensions.push(CustomExtension::from_oid_content(
         OID_SIGNET_RENEWAL,
@@ -459,10 +467,16 @@ pub fn csr_corpus() -> Vec<HostileCsr> {
     // Strict DER, inside the extensions as well as around them.
     let san_value = general_names(&[(URI, DEMO.as_bytes())]);
     let mut trailing = san_value.clone();
-    trailing.extend_from_slice(&tlv(0x86, b"spiffe://cluster.local/ns/kube-system/sa/admin"));
+    trailing.extend_from_slice(&tlv(
+        0x86,
+        b"spiffe://cluster.local/ns/kube-system/sa/admin",
+    ));
     for (name, value) in [
         ("san-trailing-names", trailing),
-        ("san-trailing-zero", [san_value.clone(), vec![0x00]].concat()),
+        (
+            "san-trailing-zero",
+            [san_value.clone(), vec![0x00]].concat(),
+        ),
         ("san-long-form-length", long_form(&san_value)),
         ("san-indefinite-length", indefinite(&san_value)),
         (
@@ -509,7 +523,11 @@ pub fn csr_corpus() -> Vec<HostileCsr> {
     add(
         "critical-false-written-out",
         hand_csr(&[ext_request(
-            &[&extension(OID_SAN_DER, Some(false), &general_names(&[(URI, DEMO.as_bytes())]))],
+            &[&extension(
+                OID_SAN_DER,
+                Some(false),
+                &general_names(&[(URI, DEMO.as_bytes())]),
+            )],
             None,
         )]),
         refused(INVALID, "non_canonical_der"),
@@ -532,15 +550,42 @@ pub fn csr_corpus() -> Vec<HostileCsr> {
             "spiffe://cluster.local/x/ns/kube-system/sa/admin",
         ),
         ("shape-no-sa", "spiffe://cluster.local/ns/kube-system"),
-        ("shape-extra-segment", "spiffe://cluster.local/ns/default/sa/demo/x"),
-        ("shape-upper-ns-keyword", "spiffe://cluster.local/NS/kube-system/sa/admin"),
-        ("shape-upper-sa-keyword", "spiffe://cluster.local/ns/kube-system/SA/admin"),
-        ("shape-upper-namespace", "spiffe://cluster.local/ns/Kube-System/sa/admin"),
-        ("shape-dotted-namespace", "spiffe://cluster.local/ns/kube.system/sa/admin"),
-        ("shape-underscore-namespace", "spiffe://cluster.local/ns/kube_system/sa/admin"),
-        ("shape-hyphen-namespace", "spiffe://cluster.local/ns/-kube/sa/admin"),
-        ("shape-upper-account", "spiffe://cluster.local/ns/default/sa/Admin"),
-        ("shape-underscore-account", "spiffe://cluster.local/ns/default/sa/ad_min"),
+        (
+            "shape-extra-segment",
+            "spiffe://cluster.local/ns/default/sa/demo/x",
+        ),
+        (
+            "shape-upper-ns-keyword",
+            "spiffe://cluster.local/NS/kube-system/sa/admin",
+        ),
+        (
+            "shape-upper-sa-keyword",
+            "spiffe://cluster.local/ns/kube-system/SA/admin",
+        ),
+        (
+            "shape-upper-namespace",
+            "spiffe://cluster.local/ns/Kube-System/sa/admin",
+        ),
+        (
+            "shape-dotted-namespace",
+            "spiffe://cluster.local/ns/kube.system/sa/admin",
+        ),
+        (
+            "shape-underscore-namespace",
+            "spiffe://cluster.local/ns/kube_system/sa/admin",
+        ),
+        (
+            "shape-hyphen-namespace",
+            "spiffe://cluster.local/ns/-kube/sa/admin",
+        ),
+        (
+            "shape-upper-account",
+            "spiffe://cluster.local/ns/default/sa/Admin",
+        ),
+        (
+            "shape-underscore-account",
+            "spiffe://cluster.local/ns/default/sa/ad_min",
+        ),
         ("shape-long-namespace", LONG_NAMESPACE_ID),
     ] {
         add(

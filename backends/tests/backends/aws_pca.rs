@@ -144,8 +144,7 @@ async fn issue(
         ttl_overflow: TtlOverflow::Refuse,
         renewable: false,
     };
-    a.issue(&Caller::internal(sa), &grant, &csr, &req)
-        .await
+    a.issue(&Caller::internal(sa), &grant, &csr, &req).await
 }
 
 fn verify(dir: &std::path::Path, chain: &signet_core::IssuedChain) {

@@ -248,13 +248,7 @@ impl SimCertManager {
                 renewable: false,
             };
             policy
-                .decide(
-                    &Caller::internal("cert-manager"),
-                    &grant,
-                    &csr,
-                    &req,
-                    now,
-                )
+                .decide(&Caller::internal("cert-manager"), &grant, &csr, &req, now)
                 .unwrap()
         };
         let chain = if mode == Mode::WrongKey {
@@ -353,8 +347,7 @@ async fn issue(
         ttl_overflow: TtlOverflow::Refuse,
         renewable: false,
     };
-    a.issue(&Caller::internal(sa), &grant, &csr, &req)
-        .await
+    a.issue(&Caller::internal(sa), &grant, &csr, &req).await
 }
 
 async fn requests_left(fake: &KubeFake) -> usize {

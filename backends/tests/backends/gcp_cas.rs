@@ -232,13 +232,7 @@ impl FakeCas {
                 renewable: false,
             };
             let d = policy
-                .decide(
-                    &Caller::internal("cas"),
-                    &grant,
-                    &csr,
-                    &req,
-                    now,
-                )
+                .decide(&Caller::internal("cas"), &grant, &csr, &req, now)
                 .unwrap();
             ca.ca.sign(&d, csr.public_key())
         } else {
@@ -405,13 +399,8 @@ async fn issue_server(a: &Authority, name: &str) -> Result<IssuedChain, signet_c
         ttl_overflow: TtlOverflow::Refuse,
         renewable: false,
     };
-    a.issue(
-        &Caller::internal("t"),
-        &grant,
-        &csr(&[san]),
-        &req,
-    )
-    .await
+    a.issue(&Caller::internal("t"), &grant, &csr(&[san]), &req)
+        .await
 }
 
 fn verify(chain: &IssuedChain, purpose: &str) {
@@ -585,13 +574,7 @@ async fn a_lost_response_is_retried_without_issuing_twice() {
         renewable: false,
     };
     let d = policy
-        .decide(
-            &Caller::internal("t"),
-            &grant,
-            &c,
-            &req,
-            SystemTime::now(),
-        )
+        .decide(&Caller::internal("t"), &grant, &c, &req, SystemTime::now())
         .unwrap()
         .with_request_id("cr-1");
     let first = b.sign(&d, &c).await.unwrap();

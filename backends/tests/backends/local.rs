@@ -87,7 +87,10 @@ async fn issue(a: &Authority, id: &str) -> signet_core::IssuedChain {
         renewable: false,
     };
     a.issue(
-        &Caller::new(signet_core::Principal::Token("t".into()), AuthMethod::BearerToken),
+        &Caller::new(
+            signet_core::Principal::Token("t".into()),
+            AuthMethod::BearerToken,
+        ),
         &grant,
         &csr,
         &req,

@@ -86,13 +86,7 @@ async fn issue(
         ttl_overflow: TtlOverflow::Refuse,
         renewable: false,
     };
-    a.issue(
-        &Caller::internal("test"),
-        &grant,
-        &csr,
-        &req,
-    )
-    .await
+    a.issue(&Caller::internal("test"), &grant, &csr, &req).await
 }
 
 fn workload(n: &str) -> Vec<San> {

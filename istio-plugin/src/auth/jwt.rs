@@ -265,7 +265,10 @@ impl JwtAuthenticator {
         if auds.is_empty() {
             return Err(AuthError::invalid("token has no audience", "aud is empty"));
         }
-        if !auds.iter().any(|a| self.config.audiences.iter().any(|w| w == a)) {
+        if !auds
+            .iter()
+            .any(|a| self.config.audiences.iter().any(|w| w == a))
+        {
             return Err(AuthError::invalid(
                 "token audience not accepted",
                 format!("aud {auds:?}"),

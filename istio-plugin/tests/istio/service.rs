@@ -621,19 +621,37 @@ async fn a_workload_renews_with_a_certificate_issued_for_renewal() {
     let first = ztunnel_parse(&first).0;
     // Renewal by mTLS asks for the whole day: it gets no more than the hour.
     let resp =
-        s.ca.create_certificate(request(csr(&id), 86_400, None, None, None, Some(peer_with(&first))))
-            .await
-            .unwrap()
-            .into_inner();
+        s.ca.create_certificate(request(
+            csr(&id),
+            86_400,
+            None,
+            None,
+            None,
+            Some(peer_with(&first)),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     let renewed = ztunnel_parse(&resp).0;
     assert_eq!(leaf_uri(&renewed), id);
-    assert!(lifetime(&renewed) <= lifetime(&first), "{:?}", lifetime(&renewed));
+    assert!(
+        lifetime(&renewed) <= lifetime(&first),
+        "{:?}",
+        lifetime(&renewed)
+    );
     // The renewal renews in turn, and the chain of renewals never grows.
     let again =
-        s.ca.create_certificate(request(csr(&id), 86_400, None, None, None, Some(peer_with(&renewed))))
-            .await
-            .unwrap()
-            .into_inner();
+        s.ca.create_certificate(request(
+            csr(&id),
+            86_400,
+            None,
+            None,
+            None,
+            Some(peer_with(&renewed)),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(lifetime(&ztunnel_parse(&again).0) <= lifetime(&first));
 
     // What may not renew, each with its reason.
@@ -641,9 +659,16 @@ async fn a_workload_renews_with_a_certificate_issued_for_renewal() {
         let ca = &s.ca;
         let id = id.clone();
         async move {
-            ca.create_certificate(request(csr(&id), 0, None, None, None, Some(peer_with(&cert))))
-                .await
-                .unwrap_err()
+            ca.create_certificate(request(
+                csr(&id),
+                0,
+                None,
+                None,
+                None,
+                Some(peer_with(&cert)),
+            ))
+            .await
+            .unwrap_err()
         }
     };
     use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
@@ -692,7 +717,12 @@ async fn a_workload_renews_with_a_certificate_issued_for_renewal() {
             None,
             None,
             None,
-            Some(peer_with(&foreign_cert(odd, vec![ServerAuth, ClientAuth], true, false))),
+            Some(peer_with(&foreign_cert(
+                odd,
+                vec![ServerAuth, ClientAuth],
+                true,
+                false,
+            ))),
         ))
         .await
         .unwrap_err();

@@ -90,13 +90,7 @@ fn setup(dir: &Path, listen: &str) -> PathBuf {
         renewable: false,
     };
     let d = policy
-        .decide(
-            &Caller::internal("t"),
-            &grant,
-            &admin_csr,
-            &req,
-            now,
-        )
+        .decide(&Caller::internal("t"), &grant, &admin_csr, &req, now)
         .unwrap();
     let admin = clients.sign(&d, admin_csr.public_key()).unwrap();
     std::fs::write(

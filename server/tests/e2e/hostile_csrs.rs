@@ -57,7 +57,14 @@ fn grpc_request(csr: String, token: &str) -> tonic::Request<IstioCertificateRequ
 }
 
 /// OpenSSL's reading of a certificate the corpus's "extras" case got.
-fn check_without_extras(dir: &Path, name: &str, root: &Path, cert: &str, chain: &[&str]) {
+fn check_without_extras(
+    dir: &Path,
+    name: &str,
+    root: &Path,
+    cert: &str,
+    chain: &[&str],
+    renewable: bool,
+) {
     let cert_path = dir.join(format!("{name}.pem"));
     std::fs::write(&cert_path, cert).unwrap();
     let chain_path = dir.join(format!("{name}-chain.pem"));
@@ -78,6 +85,13 @@ fn check_without_extras(dir: &Path, name: &str, root: &Path, cert: &str, chain: 
         assert!(!text.contains(absent), "{name}: {absent} in\n{text}");
     }
     assert!(text.contains("CA:FALSE"), "{name}:\n{text}");
+    // signet's renewal extension comes from policy (gRPC, a workload's own
+    // token), never from the CSR (which asks for it in the extras case).
+    assert_eq!(
+        text.contains("2.25.6379693309150171038"),
+        renewable,
+        "{name}:\n{text}"
+    );
     assert!(text.contains(&format!("URI:{DEMO}")), "{name}:\n{text}");
 }
 
@@ -147,6 +161,7 @@ async fn every_hostile_csr_gets_its_own_refusal_and_nothing_is_signed() {
                     &root,
                     body["certificate"].as_str().unwrap(),
                     &chain,
+                    false,
                 );
                 signed += 1;
             }
@@ -182,6 +197,7 @@ async fn every_hostile_csr_gets_its_own_refusal_and_nothing_is_signed() {
                     &root,
                     &chain[0],
                     &inter,
+                    true,
                 );
                 signed += 1;
             }

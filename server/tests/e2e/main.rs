@@ -20,5 +20,6 @@ mod kubernetes_e2e;
 mod leader;
 mod readme;
 mod rest_limits;
+mod security_e2e;
 mod slow_clients;
 mod vault_e2e;
