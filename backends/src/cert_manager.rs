@@ -493,6 +493,14 @@ impl Signer for CertManagerBackend {
             })
     }
 
+    fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
+        // The roots last read (no network call on the signing path).
+        self.bundle
+            .load()
+            .as_ref()
+            .is_some_and(|b| b.holds_key(spki_der))
+    }
+
     fn describe(&self) -> BackendInfo {
         let bundle = self.bundle.load_full();
         BackendInfo {

@@ -496,6 +496,14 @@ impl Signer for GcpCasBackend {
         self.current_bundle().await
     }
 
+    fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
+        // The roots last read (no network call on the signing path).
+        self.bundle
+            .load()
+            .as_ref()
+            .is_some_and(|b| b.bundle.holds_key(spki_der))
+    }
+
     fn describe(&self) -> BackendInfo {
         let bundle = self.bundle.load_full();
         let ready = match (&bundle, self.last_error.load().as_ref()) {

@@ -116,7 +116,7 @@ impl Authority {
         decision: &IssuanceDecision,
         csr: &VerifiedCsr,
     ) -> Result<IssuedChain, SignError> {
-        self.refuse_ca_key(csr).await?;
+        self.refuse_ca_key(csr)?;
         let chain = self.signer.sign(decision, csr).await?;
         // A chain may show a CA this authority had not seen (a remote
         // backend's intermediate before its first certificate).
@@ -166,22 +166,13 @@ impl Authority {
         self.signer.trust_bundle().await
     }
 
-    /// Refuses a CSR whose key is a CA's: the signer's own, or one seen in
-    /// this authority's chains and trust bundle (learnt on first use).
-    async fn refuse_ca_key(&self, csr: &VerifiedCsr) -> Result<(), SignError> {
-        if self.signer.holds_ca_key(csr.spki_der()) {
-            return Err(CsrError::CaKey.into());
-        }
-        let empty = self
-            .ca_keys
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .digests
-            .is_empty();
-        if empty && let Ok(bundle) = self.signer.trust_bundle().await {
-            self.learn_certs(bundle.roots().iter().cloned());
-        }
-        if self.is_ca_key(csr.spki_der()) {
+    /// Refuses a CSR whose key is a CA's: one the signer knows without a
+    /// network call (its own CA and roots), or one seen in this authority's
+    /// chains. (A remote backend's intermediate is known from its first
+    /// certificate on; before that, the chain check after signing refuses
+    /// such a CSR, and the certificate is audited as not delivered.)
+    fn refuse_ca_key(&self, csr: &VerifiedCsr) -> Result<(), SignError> {
+        if self.signer.holds_ca_key(csr.spki_der()) || self.is_ca_key(csr.spki_der()) {
             return Err(CsrError::CaKey.into());
         }
         Ok(())

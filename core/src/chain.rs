@@ -97,6 +97,8 @@ pub enum ChainError {
 #[derive(Clone, PartialEq, Eq)]
 pub struct TrustBundle {
     roots: Vec<CertificateDer<'static>>,
+    /// SHA-256 of each root's SubjectPublicKeyInfo (see [`TrustBundle::holds_key`]).
+    keys: Vec<[u8; 32]>,
 }
 
 impl fmt::Debug for TrustBundle {
@@ -114,6 +116,7 @@ impl TrustBundle {
             return Err(ChainError::EmptyTrustBundle);
         }
         let mut unique: Vec<CertificateDer<'static>> = Vec::with_capacity(roots.len());
+        let mut keys = Vec::with_capacity(roots.len());
         for (i, der) in roots.into_iter().enumerate() {
             let what = format!("trust bundle root {i}");
             let cert = parse(&der, &what)?;
@@ -121,10 +124,14 @@ impl TrustBundle {
                 return Err(ChainError::NotACa(what));
             }
             if !unique.contains(&der) {
+                keys.push(crypto::sha256(cert.public_key().raw));
                 unique.push(der);
             }
         }
-        Ok(Self { roots: unique })
+        Ok(Self {
+            roots: unique,
+            keys,
+        })
     }
 
     pub fn roots(&self) -> &[CertificateDer<'static>] {
@@ -133,6 +140,12 @@ impl TrustBundle {
 
     pub fn contains(&self, der: &[u8]) -> bool {
         self.roots.iter().any(|r| r.as_ref() == der)
+    }
+
+    /// Whether `spki_der` is the public key of one of the roots.
+    pub fn holds_key(&self, spki_der: &[u8]) -> bool {
+        let digest = crypto::sha256(spki_der);
+        self.keys.contains(&digest)
     }
 
     /// All roots as concatenated PEM.

@@ -60,6 +60,8 @@ pub enum CsrError {
     CaKey,
     #[error("CSR is not canonical DER ({0})")]
     NonCanonicalDer(String),
+    #[error("CSR {0} has bytes after its value")]
+    TrailingInside(String),
     #[error("CSR attribute {0} has more than one value")]
     MultiValuedAttribute(&'static str),
     #[error("CSR requests critical extension {0}, which signet does not understand")]
@@ -83,6 +85,7 @@ impl CsrError {
             CsrError::InvalidName(_) | CsrError::InvalidIp(_) => "invalid_name",
             CsrError::CaKey => "ca_key",
             CsrError::NonCanonicalDer(_) => "non_canonical_der",
+            CsrError::TrailingInside(_) => "trailing_data",
             CsrError::MultiValuedAttribute(_) => "multi_valued_attribute",
             CsrError::UnsupportedCriticalExtension(_) => "unsupported_critical_extension",
         }
@@ -352,8 +355,17 @@ fn oid_string(content: &[u8]) -> String {
 /// extensionRequest with exactly one value, no extension twice, no bytes
 /// after a value (the SAN's GeneralNames included), and no critical
 /// extension signet does not understand.
+/// A strict-DER refusal, named for `what` was being read.
+fn der_refusal(what: &str, e: der::DerError) -> CsrError {
+    match e {
+        der::DerError::NonCanonical(why) => CsrError::NonCanonicalDer(format!("{what}: {why}")),
+        der::DerError::Trailing => CsrError::TrailingInside(what.to_owned()),
+        der::DerError::Malformed(why) => CsrError::Malformed(format!("{what}: {why}")),
+    }
+}
+
 fn check_request_info(info: &[u8]) -> Result<(), CsrError> {
-    let non_der = |what: &str, why: &str| CsrError::NonCanonicalDer(format!("{what}: {why}"));
+    let non_der = der_refusal;
     der::check_canonical(info).map_err(|e| non_der("request info", e))?;
     let info = der::single(info).map_err(|e| non_der("request info", e))?;
     let parts = der::elements(info.content).map_err(|e| non_der("request info", e))?;
@@ -400,7 +412,7 @@ fn check_extensions(extensions: &der::Tlv<'_>) -> Result<(), CsrError> {
         return Err(malformed("extensionRequest"));
     }
     let mut seen: Vec<&[u8]> = Vec::new();
-    for ext in der::elements(extensions.content).map_err(|_| malformed("extensionRequest"))? {
+    for ext in der::elements(extensions.content).map_err(|e| der_refusal("extensionRequest", e))? {
         let fields = der::elements(ext.content).map_err(|_| malformed("extension"))?;
         let (oid, critical, value) = match fields.as_slice() {
             [o, v] => (o, false, v),
@@ -429,10 +441,17 @@ fn check_extensions(extensions: &der::Tlv<'_>) -> Result<(), CsrError> {
         }
         seen.push(oid.content);
         der::check_canonical(value.content).map_err(|e| {
-            CsrError::NonCanonicalDer(format!(
-                "extension {}: {e}",
+            let name = format!(
+                "extension {}",
                 known.map_or_else(|| oid_string(oid.content), str::to_owned)
-            ))
+            );
+            match e {
+                // A value that does not even parse is a malformed extension.
+                der::DerError::Malformed(_) => {
+                    CsrError::MalformedExtension(known.unwrap_or("an extension"))
+                }
+                other => der_refusal(&name, other),
+            }
         })?;
         if critical && known.is_none() {
             return Err(CsrError::UnsupportedCriticalExtension(oid_string(

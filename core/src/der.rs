@@ -9,6 +9,26 @@
 //! sub-identifiers minimal, and nothing after the last element of anything.
 //! Only then does the tolerant parser read it, and both see the same thing.
 
+/// Why a value is not strict DER.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DerError {
+    /// Not a well-formed encoding at all (truncated, unreadable length).
+    Malformed(&'static str),
+    /// Bytes after the value.
+    Trailing,
+    /// Well-formed BER, but not the one DER encoding.
+    NonCanonical(&'static str),
+}
+
+impl std::fmt::Display for DerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DerError::Malformed(w) | DerError::NonCanonical(w) => f.write_str(w),
+            DerError::Trailing => f.write_str("bytes after the value"),
+        }
+    }
+}
+
 /// One TLV: its tag byte, its content and whatever follows it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Tlv<'a> {
@@ -26,35 +46,36 @@ pub(crate) const NULL: u8 = 0x05;
 pub(crate) const OID: u8 = 0x06;
 
 /// Reads one TLV with a definite, minimal length and a one-byte tag.
-pub(crate) fn tlv(input: &[u8]) -> Result<(Tlv<'_>, &[u8]), &'static str> {
-    let (&tag, rest) = input.split_first().ok_or("truncated")?;
+pub(crate) fn tlv(input: &[u8]) -> Result<(Tlv<'_>, &[u8]), DerError> {
+    use DerError::{Malformed, NonCanonical};
+    let (&tag, rest) = input.split_first().ok_or(Malformed("truncated"))?;
     if tag & 0x1f == 0x1f {
-        return Err("multi-byte tag");
+        return Err(Malformed("multi-byte tag"));
     }
-    let (&first, rest) = rest.split_first().ok_or("truncated")?;
+    let (&first, rest) = rest.split_first().ok_or(Malformed("truncated"))?;
     let (len, rest) = if first < 0x80 {
         (first as usize, rest)
     } else {
         let n = (first & 0x7f) as usize;
         if n == 0 {
-            return Err("indefinite length");
+            return Err(NonCanonical("indefinite length"));
         }
         if n > 4 || rest.len() < n {
-            return Err("bad length");
+            return Err(Malformed("bad length"));
         }
         if rest[0] == 0 {
-            return Err("non-minimal length");
+            return Err(NonCanonical("non-minimal length"));
         }
         let len = rest[..n]
             .iter()
             .fold(0usize, |acc, b| (acc << 8) | *b as usize);
         if len < 0x80 {
-            return Err("non-minimal length");
+            return Err(NonCanonical("non-minimal length"));
         }
         (len, &rest[n..])
     };
     if rest.len() < len {
-        return Err("truncated");
+        return Err(Malformed("truncated"));
     }
     Ok((
         Tlv {
@@ -66,16 +87,16 @@ pub(crate) fn tlv(input: &[u8]) -> Result<(Tlv<'_>, &[u8]), &'static str> {
 }
 
 /// Reads exactly one TLV, with nothing after it.
-pub(crate) fn single(input: &[u8]) -> Result<Tlv<'_>, &'static str> {
+pub(crate) fn single(input: &[u8]) -> Result<Tlv<'_>, DerError> {
     let (t, rest) = tlv(input)?;
     if !rest.is_empty() {
-        return Err("trailing data");
+        return Err(DerError::Trailing);
     }
     Ok(t)
 }
 
 /// The elements of a constructed value's content.
-pub(crate) fn elements(content: &[u8]) -> Result<Vec<Tlv<'_>>, &'static str> {
+pub(crate) fn elements(content: &[u8]) -> Result<Vec<Tlv<'_>>, DerError> {
     let mut out = Vec::new();
     let mut rest = content;
     while !rest.is_empty() {
@@ -87,21 +108,22 @@ pub(crate) fn elements(content: &[u8]) -> Result<Vec<Tlv<'_>>, &'static str> {
 }
 
 /// Checks that `input` is exactly one value in canonical DER, recursively.
-pub(crate) fn check_canonical(input: &[u8]) -> Result<(), &'static str> {
+pub(crate) fn check_canonical(input: &[u8]) -> Result<(), DerError> {
     check_tlv(single(input)?, 0)
 }
 
 const MAX_DEPTH: usize = 32;
 
-fn check_tlv(t: Tlv<'_>, depth: usize) -> Result<(), &'static str> {
+fn check_tlv(t: Tlv<'_>, depth: usize) -> Result<(), DerError> {
+    use DerError::NonCanonical;
     if depth > MAX_DEPTH {
-        return Err("nested too deeply");
+        return Err(DerError::Malformed("nested too deeply"));
     }
     let constructed = t.tag & 0x20 != 0;
     let universal = t.tag & 0xc0 == 0;
     if constructed {
         if universal && t.tag != SEQUENCE && t.tag != SET {
-            return Err("constructed encoding of a primitive type");
+            return Err(NonCanonical("constructed encoding of a primitive type"));
         }
         for e in elements(t.content)? {
             check_tlv(e, depth + 1)?;
@@ -113,25 +135,25 @@ fn check_tlv(t: Tlv<'_>, depth: usize) -> Result<(), &'static str> {
     }
     let c = t.content;
     match t.tag {
-        BOOLEAN if c != [0x00] && c != [0xff] => Err("BOOLEAN not 00 or FF"),
-        INTEGER if c.is_empty() => Err("empty INTEGER"),
+        BOOLEAN if c != [0x00] && c != [0xff] => Err(NonCanonical("BOOLEAN not 00 or FF")),
+        INTEGER if c.is_empty() => Err(NonCanonical("empty INTEGER")),
         INTEGER
             if c.len() > 1
                 && ((c[0] == 0x00 && c[1] & 0x80 == 0) || (c[0] == 0xff && c[1] & 0x80 != 0)) =>
         {
-            Err("non-minimal INTEGER")
+            Err(NonCanonical("non-minimal INTEGER"))
         }
         BIT_STRING if c.is_empty() || c[0] > 7 || (c.len() == 1 && c[0] != 0) => {
-            Err("malformed BIT STRING")
+            Err(NonCanonical("malformed BIT STRING"))
         }
-        NULL if !c.is_empty() => Err("NULL with content"),
-        OID if c.is_empty() || c[c.len() - 1] & 0x80 != 0 => Err("malformed OID"),
+        NULL if !c.is_empty() => Err(NonCanonical("NULL with content")),
+        OID if c.is_empty() || c[c.len() - 1] & 0x80 != 0 => Err(NonCanonical("malformed OID")),
         OID if c
             .iter()
             .enumerate()
             .any(|(i, b)| *b == 0x80 && (i == 0 || c[i - 1] & 0x80 == 0)) =>
         {
-            Err("non-minimal OID")
+            Err(NonCanonical("non-minimal OID"))
         }
         _ => Ok(()),
     }

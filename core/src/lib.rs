@@ -24,6 +24,7 @@ pub mod error;
 pub mod fsutil;
 pub mod issuer;
 pub mod key;
+pub mod layout;
 pub mod metrics;
 pub mod names;
 pub mod pem;

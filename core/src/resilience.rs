@@ -160,6 +160,9 @@ impl Signer for Timeout {
     fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
         self.inner.holds_ca_key(spki_der)
     }
+    async fn layout(&self) -> Result<crate::layout::Layout, SignError> {
+        self.inner.layout().await
+    }
 }
 
 // === Retry ===
@@ -222,6 +225,9 @@ impl Signer for Retry {
     }
     fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
         self.inner.holds_ca_key(spki_der)
+    }
+    async fn layout(&self) -> Result<crate::layout::Layout, SignError> {
+        self.inner.layout().await
     }
 }
 
@@ -313,6 +319,9 @@ impl Signer for RateLimit {
     }
     fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
         self.inner.holds_ca_key(spki_der)
+    }
+    async fn layout(&self) -> Result<crate::layout::Layout, SignError> {
+        self.inner.layout().await
     }
 }
 
@@ -421,6 +430,9 @@ impl Signer for CircuitBreaker {
     fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
         self.inner.holds_ca_key(spki_der)
     }
+    async fn layout(&self) -> Result<crate::layout::Layout, SignError> {
+        self.inner.layout().await
+    }
     fn describe(&self) -> BackendInfo {
         let mut info = self.inner.describe();
         if info.ready.is_ok() && self.is_open() {
@@ -476,6 +488,9 @@ impl Signer for ConcurrencyLimit {
     }
     fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
         self.inner.holds_ca_key(spki_der)
+    }
+    async fn layout(&self) -> Result<crate::layout::Layout, SignError> {
+        self.inner.layout().await
     }
 }
 

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use crate::chain::{IssuedChain, TrustBundle};
 use crate::csr::VerifiedCsr;
 use crate::error::SignError;
+use crate::layout::Layout;
 use crate::policy::IssuanceDecision;
 
 /// What a backend can do.
@@ -64,5 +65,11 @@ pub trait Signer: Send + Sync + fmt::Debug {
     fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
         let _ = spki_der;
         false
+    }
+    /// The upstream layout (signing CA, chain, anchors, what the provider
+    /// allows), asking the provider where needed. The default knows only
+    /// the trust bundle.
+    async fn layout(&self) -> Result<Layout, SignError> {
+        Ok(Layout::from_certs(None, &[], &self.trust_bundle().await?))
     }
 }

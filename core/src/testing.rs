@@ -171,6 +171,10 @@ impl Signer for CaSigner {
         Ok(self.ca.trust_bundle().clone())
     }
 
+    fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
+        self.ca.holds_key(spki_der)
+    }
+
     fn describe(&self) -> BackendInfo {
         BackendInfo {
             name: "test-ca".into(),

@@ -82,6 +82,16 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
             },
             Profile::Server,
         ),
+        (
+            // The whole trust domain: the identity shape must still hold.
+            Grant {
+                allowed_sans: vec![pattern("spiffe://cluster.local/**")],
+                max_ttl: None,
+                profiles: Profile::ALL.to_vec(),
+                allow_wildcards: false,
+            },
+            Profile::Workload,
+        ),
     ];
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -151,7 +161,7 @@ pub fn csr_policy(data: &[u8]) {
                 profile: *profile,
                 ttl,
                 ttl_overflow: TtlOverflow::Refuse,
-                renewable: false,
+                renewable: true,
             };
             let Ok(decision) = f.policy.decide(&caller, grant, &csr, &request, now) else {
                 continue;
@@ -165,6 +175,7 @@ pub fn csr_policy(data: &[u8]) {
                 );
                 if let San::Uri(id) = san {
                     assert!(id.is_member_of(f.policy.trust_domain()));
+                    assert!(id.mesh_identity().is_ok(), "{id} breaks the mesh shape");
                 }
             }
             assert!(decision.not_after() <= now + PolicyConfig::default().max_ttl.get());
@@ -287,8 +298,19 @@ pub fn jwt(data: &[u8]) {
         let (ns, sa) = identity
             .namespace_and_account()
             .expect("a service account identity");
-        assert!(!ns.is_empty() && !sa.is_empty());
+        assert!(
+            signet_core::spiffe::check_service_account(&ns, &sa).is_ok(),
+            "accepted invalid names {ns:?}/{sa:?}"
+        );
         assert!(identity.spiffe_id(&td()).is_ok());
+        let claims: serde_json::Value =
+            jsonwebtoken::dangerous::insecure_decode_claims(token).expect("claims");
+        let aud_ok = match &claims["aud"] {
+            serde_json::Value::String(a) => a == "istio-ca",
+            serde_json::Value::Array(list) => list.iter().any(|a| a == "istio-ca"),
+            _ => false,
+        };
+        assert!(aud_ok, "accepted a token without the istio-ca audience");
     }
 }
 

@@ -471,23 +471,33 @@ pub fn csr_corpus() -> Vec<HostileCsr> {
         0x86,
         b"spiffe://cluster.local/ns/kube-system/sa/admin",
     ));
-    for (name, value) in [
-        ("san-trailing-names", trailing),
+    for (name, value, reason) in [
+        ("san-trailing-names", trailing, "trailing_data"),
         (
             "san-trailing-zero",
             [san_value.clone(), vec![0x00]].concat(),
+            "trailing_data",
         ),
-        ("san-long-form-length", long_form(&san_value)),
-        ("san-indefinite-length", indefinite(&san_value)),
+        (
+            "san-long-form-length",
+            long_form(&san_value),
+            "non_canonical_der",
+        ),
+        (
+            "san-indefinite-length",
+            indefinite(&san_value),
+            "non_canonical_der",
+        ),
         (
             "san-constructed-uri",
             tlv(0x30, &tlv(0xa6, &tlv(0x16, DEMO.as_bytes()))),
+            "non_canonical_der",
         ),
     ] {
         let mut p = params(vec![]);
         p.custom_extensions
             .push(CustomExtension::from_oid_content(OID_SAN, value));
-        add(name, make(&p), refused(INVALID, "non_canonical_der"));
+        add(name, make(&p), refused(INVALID, reason));
     }
     // basicConstraints cA as BOOLEAN 01 (BER true, not DER).
     let mut p = params(vec![uri(DEMO)]);

@@ -473,10 +473,15 @@ async fn permanent_failures_are_failed_with_a_failure_time() {
         Some("apps"),
         "strict",
         json!({ "backend": local_backend("test-ca"),
-            "policy": { "allowedSans": ["*.apps.example"], "maxDuration": "720h" } }),
+            "policy": { "allowedSans": ["*.apps.example", "spiffe://cluster.local/**"], "maxDuration": "720h" } }),
     );
     let env = start(fake, c.clone(), Some(fixed(up.clone())));
     wait_issuer(&c, Some("apps"), "strict", "True").await;
+    let nested: San = San::Uri(
+        "spiffe://cluster.local/ns/apps/sa/a/ns/kube-system/sa/admin"
+            .parse()
+            .unwrap(),
+    );
 
     // A forged CSR signature.
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
@@ -509,6 +514,12 @@ async fn permanent_failures_are_failed_with_a_failure_time() {
             csr_pem(&[dns("d.apps.example")]),
             json!({ "duration": "forever" }),
             "spec.duration",
+        ),
+        (
+            "identity-shape",
+            csr_pem(std::slice::from_ref(&nested)),
+            json!({ "usages": ["server auth", "client auth"] }),
+            "not a workload identity",
         ),
     ];
     for (name, csr, extra, _) in &cases {

@@ -242,7 +242,20 @@ async fn the_csr_signer_signs_only_what_it_should() {
     .await
     .unwrap();
     approve(&api, "stranger", "Approved").await;
-    for name in ["foreign", "stranger"] {
+    // An ID Istio would read as namespace kube-system.
+    let nested = vec![San::Uri(
+        "spiffe://cluster.local/ns/default/sa/x/ns/kube-system/sa/admin"
+            .parse()
+            .unwrap(),
+    )];
+    api.create(
+        &PostParams::default(),
+        &k8s_csr("nested", "signet.dev/mesh", ISTIOD, &nested, None),
+    )
+    .await
+    .unwrap();
+    approve(&api, "nested", "Approved").await;
+    for name in ["foreign", "stranger", "nested"] {
         let cond = eventually("Failed condition", async || {
             let s = api.get(name).await.unwrap().status?;
             s.conditions?.into_iter().find(|c| c.type_ == "Failed")

@@ -341,11 +341,9 @@ async fn tokens_client_certificates_and_per_principal_policy() {
 
     let audits = signet.logs_containing("\"target\":\"signet::audit\"", 3);
     assert_eq!(audits.len(), 3, "serving certificate, runner, api");
-    assert!(
-        audits
-            .iter()
-            .any(|l| l.contains("\"principal\":\"ci\"") && l.contains("\"auth\":\"bearer_token\""))
-    );
+    assert!(audits.iter().any(
+        |l| l.contains("\"principal\":\"token:ci\"") && l.contains("\"auth\":\"bearer_token\"")
+    ));
     assert!(
         audits
             .iter()
