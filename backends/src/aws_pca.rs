@@ -12,6 +12,14 @@
 //! trust bundle is the CA's chain from GetCertificateAuthorityCertificate
 //! (its root) plus `supplemental_roots_file`, for root rotation.
 //!
+//! Layouts: a ROOT CA used directly (GetCertificateAuthorityCertificate has
+//! no `CertificateChain`, the CA's own certificate is the anchor), a
+//! SUBORDINATE under another PCA or under an external root; RSA or EC CA
+//! keys (the signing algorithm follows the key). A CA in
+//! `SHORT_LIVED_CERTIFICATE` mode signs for at most seven days and must be
+//! the last CA of its hierarchy: it serves direct mode with `max_ttl` ≤ 7d,
+//! never a delegated authority (refused at start-up, see [`Layout`]).
+//!
 //! Credentials come from the standard AWS chain: environment, shared
 //! profile, web identity (IRSA / EKS Pod Identity), ECS, IMDS.
 
@@ -29,6 +37,7 @@ use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use signet_core::chain::{IssuedChain, TrustBundle, order_path};
 use signet_core::duration::HumanDuration;
+use signet_core::layout::Layout;
 use signet_core::resilience::{RateLimitConfig, ResilienceConfig};
 use signet_core::signer::Capabilities;
 use signet_core::{BackendInfo, IssuanceDecision, SignError, Signer, VerifiedCsr, pem};
@@ -108,9 +117,31 @@ pub enum AwsPcaError {
 #[derive(Debug, Clone)]
 struct Bundle {
     bundle: TrustBundle,
+    /// The CA's certificate and what GetCertificateAuthorityCertificate
+    /// returned above it.
+    ca: CertificateDer<'static>,
+    chain: Vec<CertificateDer<'static>>,
     ca_not_after: Option<SystemTime>,
     read_at: Instant,
 }
+
+/// What DescribeCertificateAuthority says.
+#[derive(Debug, Clone)]
+struct CaInfo {
+    signing_algorithm: SigningAlgorithm,
+    ca_type: String,
+    usage_mode: String,
+    key_algorithm: String,
+}
+
+impl CaInfo {
+    fn short_lived(&self) -> bool {
+        self.usage_mode == "SHORT_LIVED_CERTIFICATE"
+    }
+}
+
+/// The longest validity of a certificate a short-lived-certificate CA signs.
+pub const SHORT_LIVED_MAX: Duration = Duration::from_secs(7 * 86_400);
 
 /// AWS Private CA as a signer.
 pub struct AwsPcaBackend {
@@ -119,6 +150,7 @@ pub struct AwsPcaBackend {
     client: aws_sdk_acmpca::Client,
     supplemental: Vec<CertificateDer<'static>>,
     signing_algorithm: ArcSwapOption<SigningAlgorithm>,
+    ca_info: ArcSwapOption<CaInfo>,
     bundle: ArcSwapOption<Bundle>,
     last_error: ArcSwapOption<String>,
     /// One refresh at a time.
@@ -131,6 +163,15 @@ impl fmt::Debug for AwsPcaBackend {
             .field("name", &self.name)
             .field("ca", &self.config.certificate_authority_arn)
             .finish_non_exhaustive()
+    }
+}
+
+/// Certificates of a field PCA may leave out (a root CA's chain): absent or
+/// blank is none.
+fn optional_certs(field: Option<&str>) -> Result<Vec<CertificateDer<'static>>, String> {
+    match field {
+        Some(text) if !text.trim().is_empty() => certs(text.as_bytes()),
+        _ => Ok(Vec::new()),
     }
 }
 
@@ -281,6 +322,7 @@ impl AwsPcaBackend {
                     .map(|a| Arc::new(SigningAlgorithm::from(a))),
             ),
             config,
+            ca_info: ArcSwapOption::empty(),
             bundle: ArcSwapOption::empty(),
             last_error: ArcSwapOption::empty(),
             refreshing: AsyncMutex::new(()),
@@ -295,6 +337,14 @@ impl AwsPcaBackend {
     async fn signing_algorithm(&self) -> Result<SigningAlgorithm, SignError> {
         if let Some(a) = self.signing_algorithm.load_full() {
             return Ok((*a).clone());
+        }
+        Ok(self.ca_info(false).await?.signing_algorithm.clone())
+    }
+
+    /// DescribeCertificateAuthority, cached (`fresh` re-reads it).
+    async fn ca_info(&self, fresh: bool) -> Result<Arc<CaInfo>, SignError> {
+        if !fresh && let Some(i) = self.ca_info.load_full() {
+            return Ok(i);
         }
         let out = self
             .client
@@ -316,14 +366,45 @@ impl AwsPcaBackend {
                 status.as_str()
             )));
         }
-        let alg = ca
-            .certificate_authority_configuration()
-            .map(|c| c.signing_algorithm().clone())
-            .ok_or_else(|| {
-                SignError::BackendRejected("DescribeCertificateAuthority: no configuration".into())
-            })?;
-        self.signing_algorithm.store(Some(Arc::new(alg.clone())));
-        Ok(alg)
+        let config = ca.certificate_authority_configuration().ok_or_else(|| {
+            SignError::BackendRejected("DescribeCertificateAuthority: no configuration".into())
+        })?;
+        let info = Arc::new(CaInfo {
+            signing_algorithm: config.signing_algorithm().clone(),
+            ca_type: ca.r#type().map_or("unknown", |t| t.as_str()).to_owned(),
+            // AWS's default when unset.
+            usage_mode: ca
+                .usage_mode()
+                .map_or("GENERAL_PURPOSE", |m| m.as_str())
+                .to_owned(),
+            key_algorithm: config.key_algorithm().as_str().to_owned(),
+        });
+        self.ca_info.store(Some(info.clone()));
+        Ok(info)
+    }
+
+    /// The CA's place in its hierarchy and what PCA lets it sign.
+    pub async fn read_layout(&self) -> Result<Layout, SignError> {
+        let info = self.ca_info(true).await?;
+        self.refresh_trust_bundle().await?;
+        let b = self
+            .bundle
+            .load_full()
+            .ok_or_else(|| SignError::NotReady("no CA certificate read".into()))?;
+        let mut layout = Layout::from_certs(Some(&b.ca), &b.chain, &b.bundle)
+            .fact("type", info.ca_type.clone())
+            .fact("usage mode", info.usage_mode.clone())
+            .fact("key algorithm", info.key_algorithm.clone())
+            .fact("signing algorithm", info.signing_algorithm.as_str());
+        if info.short_lived() {
+            layout.issues_ca_certificates = false;
+            layout.max_validity = Some(SHORT_LIVED_MAX);
+            layout = layout.fact(
+                "ca_certificates",
+                "a SHORT_LIVED_CERTIFICATE CA must be the last CA of its hierarchy, so it cannot sign a delegated authority's intermediate",
+            );
+        }
+        Ok(layout)
     }
 
     /// Reads the CA's certificate and chain; the self-signed certificates in
@@ -341,9 +422,9 @@ impl AwsPcaBackend {
             let bad = |e: String| {
                 SignError::BackendRejected(format!("GetCertificateAuthorityCertificate: {e}"))
             };
-            let ca = certs(out.certificate().unwrap_or_default().as_bytes()).map_err(bad)?;
-            let chain =
-                certs(out.certificate_chain().unwrap_or_default().as_bytes()).map_err(bad)?;
+            let ca = optional_certs(out.certificate()).map_err(bad)?;
+            // A ROOT CA has no chain: its own certificate is the anchor.
+            let chain = optional_certs(out.certificate_chain()).map_err(bad)?;
             let ca_cert = ca
                 .first()
                 .cloned()
@@ -359,16 +440,19 @@ impl AwsPcaBackend {
             }
             roots.extend(self.supplemental.iter().cloned());
             let bundle = TrustBundle::new(roots).map_err(SignError::BadChain)?;
-            let ca_not_after = IssuedChain::new(ca_cert, vec![], bundle.clone())
+            let ca_not_after = IssuedChain::new(ca_cert.clone(), vec![], bundle.clone())
                 .ok()
                 .map(|c| c.not_after());
-            Ok::<_, SignError>((bundle, ca_not_after))
+            let above: Vec<_> = ca[1..].iter().chain(chain.iter()).cloned().collect();
+            Ok::<_, SignError>((bundle, ca_cert, above, ca_not_after))
         }
         .await;
         match result {
-            Ok((bundle, ca_not_after)) => {
+            Ok((bundle, ca, chain, ca_not_after)) => {
                 self.bundle.store(Some(Arc::new(Bundle {
                     bundle: bundle.clone(),
+                    ca,
+                    chain,
                     ca_not_after,
                     read_at: Instant::now(),
                 })));
@@ -464,6 +548,14 @@ impl Signer for AwsPcaBackend {
         decision: &IssuanceDecision,
         csr: &VerifiedCsr,
     ) -> Result<IssuedChain, SignError> {
+        if decision.is_ca()
+            && let Some(info) = self.ca_info.load_full()
+            && info.short_lived()
+        {
+            return Err(SignError::BackendRejected(
+                "this AWS Private CA is in SHORT_LIVED_CERTIFICATE mode and cannot sign CA certificates; use mode: direct or a GENERAL_PURPOSE CA".into(),
+            ));
+        }
         let template = if decision.is_ca() {
             self.config
                 .intermediate_template_arn
@@ -516,7 +608,8 @@ impl Signer for AwsPcaBackend {
             ));
         }
         let leaf = leaf.remove(0);
-        let chain = certs(chain.as_bytes()).map_err(|e| bad("CertificateChain", e))?;
+        // A leaf of a root CA may come with the root as its chain, or none.
+        let chain = optional_certs(Some(&chain)).map_err(|e| bad("CertificateChain", e))?;
         let bundle = self.current_bundle().await?;
         let path = order_path(&leaf, chain);
         IssuedChain::new(leaf, path, bundle).map_err(SignError::BadChain)
@@ -532,6 +625,10 @@ impl Signer for AwsPcaBackend {
             .load()
             .as_ref()
             .is_some_and(|b| b.bundle.holds_key(spki_der))
+    }
+
+    async fn layout(&self) -> Result<Layout, SignError> {
+        self.read_layout().await
     }
 
     fn describe(&self) -> BackendInfo {

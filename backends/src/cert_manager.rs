@@ -24,6 +24,7 @@ use rustls_pki_types::CertificateDer;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use signet_core::chain::{IssuedChain, TrustBundle, order_path};
+use signet_core::layout::Layout;
 use signet_core::policy::{ExtKeyUsage, KeyUsage};
 use signet_core::resilience::ResilienceConfig;
 use signet_core::signer::Capabilities;
@@ -203,6 +204,7 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "signet");
 pub struct CertManagerBackend {
     name: String,
     config: CertManagerConfig,
+    client: Client,
     api: Api<CertificateRequest>,
     bundle: ArcSwapOption<TrustBundle>,
 }
@@ -308,10 +310,80 @@ impl CertManagerBackend {
         };
         Ok(Arc::new(Self {
             name: name.to_owned(),
-            api: Api::namespaced(client, &config.namespace),
+            api: Api::namespaced(client.clone(), &config.namespace),
+            client,
             config,
             bundle: ArcSwapOption::new(bundle),
         }))
+    }
+
+    /// What kind of cert-manager issuer `issuer` names. A SelfSigned issuer
+    /// signs every request with the request's own key, so nothing it returns
+    /// chains to a root: no authority can use it. The issuing CA is known
+    /// only once it signs (cert-manager does not say it up front).
+    pub async fn read_layout(&self) -> Result<Layout, SignError> {
+        let r = &self.config.issuer;
+        let bundle = self.bundle.load_full();
+        let mut layout = match bundle.as_deref() {
+            Some(b) => Layout::from_certs(None, &[], b),
+            None => Layout {
+                issuing: None,
+                chain: Vec::new(),
+                anchors: Vec::new(),
+                issues_ca_certificates: true,
+                max_validity: None,
+                anchored_at_root: true,
+                facts: Vec::new(),
+                unusable: None,
+            },
+        }
+        .fact("issuer", format!("{} {}.{}", r.kind, r.name, r.group));
+        if bundle.is_none() {
+            layout = layout.fact(
+                "trust anchors",
+                "what the issuer returns as ca (set roots_file to pin them)",
+            );
+        }
+        if r.group != "cert-manager.io" {
+            return Ok(layout.fact("issuer type", "external issuer"));
+        }
+        let (kind, plural, namespaced) = match r.kind.as_str() {
+            "ClusterIssuer" => ("ClusterIssuer", "clusterissuers", false),
+            _ => ("Issuer", "issuers", true),
+        };
+        let ar = kube::core::ApiResource {
+            group: "cert-manager.io".into(),
+            version: "v1".into(),
+            api_version: "cert-manager.io/v1".into(),
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        let api: Api<kube::core::DynamicObject> = if namespaced {
+            Api::namespaced_with(self.client.clone(), &self.config.namespace, &ar)
+        } else {
+            Api::all_with(self.client.clone(), &ar)
+        };
+        let obj = match api.get_opt(&r.name).await {
+            Ok(Some(o)) => o,
+            Ok(None) => {
+                return Err(SignError::NotReady(format!("{kind} {} not found", r.name)));
+            }
+            // Reading issuers is a convenience (RBAC may not allow it).
+            Err(e) => return Ok(layout.fact("issuer type", format!("unknown ({e})"))),
+        };
+        let spec = obj.data.get("spec").cloned().unwrap_or_default();
+        let ty = ["selfSigned", "ca", "vault", "acme", "venafi"]
+            .into_iter()
+            .find(|k| spec.get(k).is_some())
+            .unwrap_or("other");
+        layout = layout.fact("issuer type", ty);
+        if ty == "selfSigned" {
+            layout.unusable = Some(format!(
+                "cert-manager {kind} {} is a SelfSigned issuer: it signs each request with the request's own key, so no certificate chains to a root. Point issuer at a CA issuer (a SelfSigned issuer can make that CA's root certificate)",
+                r.name
+            ));
+        }
+        Ok(layout)
     }
 
     fn kube_err(e: kube::Error) -> SignError {
@@ -408,16 +480,26 @@ impl CertManagerBackend {
         }
         let leaf = chain.remove(0);
         let ca = certs(&decode("ca", status.ca)?).map_err(|e| bad("ca", e))?;
+        if ca.len() == 1 && ca[0] == leaf {
+            return Err(SignError::BackendRejected(format!(
+                "CertificateRequest {name}: the issuer signed the request with its own key (a SelfSigned issuer?); nothing chains to a root. Point issuer at a CA issuer"
+            )));
+        }
         let bundle = match self.bundle.load_full() {
             Some(b) if self.config.roots_file.is_some() => (*b).clone(),
             _ => {
                 // Without configured roots, trust what cert-manager says the
                 // CA is (or the top of the chain when it says nothing).
-                let anchors = if ca.is_empty() {
+                let anchors: Vec<_> = if ca.is_empty() {
                     chain.last().cloned().into_iter().collect()
                 } else {
                     ca.clone()
                 };
+                if anchors.is_empty() {
+                    return Err(SignError::BackendRejected(format!(
+                        "CertificateRequest {name}: the issuer returned no CA (status.ca is empty) and no chain above the certificate, so its root is unknown: set roots_file to the issuer's root"
+                    )));
+                }
                 let b = TrustBundle::new(anchors).map_err(SignError::BadChain)?;
                 self.bundle.store(Some(Arc::new(b.clone())));
                 b
@@ -480,6 +562,10 @@ impl Signer for CertManagerBackend {
         let outcome = self.wait(&name).await;
         drop(cleanup);
         self.result(&name, outcome?)
+    }
+
+    async fn layout(&self) -> Result<Layout, SignError> {
+        self.read_layout().await
     }
 
     async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {

@@ -246,6 +246,42 @@ impl GcpCasBackend {
         }))
     }
 
+    /// The pool's CAs: with one enabled CA its chain is the layout; with
+    /// several (CAS picks one per request unless `certificate_authority` is
+    /// set), their anchors.
+    pub async fn read_layout(&self) -> Result<signet_core::layout::Layout, SignError> {
+        let bundle = self.refresh_trust_bundle().await?;
+        let out = self
+            .client
+            .fetch_ca_certs()
+            .set_ca_pool(self.config.pool_name())
+            .send()
+            .await
+            .map_err(|e| map_err("FetchCaCerts", e))?;
+        let chains: Vec<Vec<CertificateDer<'static>>> = out
+            .ca_certs
+            .iter()
+            .map(|c| certs(&c.certificates))
+            .collect::<Result<_, _>>()
+            .map_err(|e| SignError::BackendRejected(format!("FetchCaCerts: {e}")))?;
+        let layout = match chains.as_slice() {
+            [one] if !one.is_empty() => {
+                signet_core::layout::Layout::from_certs(Some(&one[0]), &one[1..], &bundle)
+            }
+            _ => signet_core::layout::Layout::from_certs(None, &[], &bundle),
+        };
+        Ok(layout
+            .fact("pool", self.config.pool_name())
+            .fact("enabled CAs in the pool", chains.len().to_string())
+            .fact(
+                "issuing CA",
+                self.config
+                    .certificate_authority
+                    .clone()
+                    .unwrap_or_else(|| "chosen by CAS per request".to_owned()),
+            ))
+    }
+
     /// Re-reads every CA certificate chain of the pool; the self-signed ones
     /// (or each chain's last) are the roots.
     pub async fn refresh_trust_bundle(&self) -> Result<TrustBundle, SignError> {
@@ -494,6 +530,10 @@ impl Signer for GcpCasBackend {
 
     async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {
         self.current_bundle().await
+    }
+
+    async fn layout(&self) -> Result<signet_core::layout::Layout, SignError> {
+        self.read_layout().await
     }
 
     fn holds_ca_key(&self, spki_der: &[u8]) -> bool {

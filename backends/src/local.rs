@@ -298,6 +298,15 @@ impl Signer for LocalBackend {
         self.ca.load().holds_key(spki_der)
     }
 
+    async fn layout(&self) -> Result<signet_core::layout::Layout, SignError> {
+        let ca = self.ca.load();
+        Ok(signet_core::layout::Layout::from_certs(
+            Some(ca.certificate()),
+            ca.chain(),
+            ca.trust_bundle(),
+        ))
+    }
+
     fn describe(&self) -> BackendInfo {
         let ca = self.ca.load();
         let now = self.clock.now();

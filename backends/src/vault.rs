@@ -25,6 +25,7 @@ use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use signet_core::chain::{self, IssuedChain, MAX_NOT_BEFORE_SKEW, TrustBundle};
 use signet_core::duration::HumanDuration;
+use signet_core::layout::Layout;
 use signet_core::names::San;
 use signet_core::pem;
 use signet_core::resilience::ResilienceConfig;
@@ -302,6 +303,21 @@ struct IssuerCert {
     certificate: String,
     #[serde(default)]
     ca_chain: Option<ChainField>,
+}
+
+#[derive(Debug, Default, Endpoint)]
+#[endpoint(path = "{self.mount}/roles/{self.role}", response = "RoleInfo")]
+struct ReadRole {
+    #[endpoint(skip)]
+    mount: String,
+    #[endpoint(skip)]
+    role: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RoleInfo {
+    #[serde(default)]
+    issuer_ref: Option<String>,
 }
 
 #[derive(Debug, Default, Endpoint)]
@@ -745,6 +761,74 @@ impl VaultBackend {
         Ok(bundle)
     }
 
+    /// The issuer that signs (the role's `issuer_ref` for leaves, else the
+    /// configured `issuer` for intermediates, else the mount's default), its
+    /// chain, the anchors, and how many issuers the mount has.
+    pub async fn read_layout(&self) -> Result<Layout, SignError> {
+        let bundle = self.refresh_trust_bundle().await?;
+        let mount = self.config.mount.clone();
+        let role_ref = match &self.config.role {
+            Some(role) => self
+                .call(|c| {
+                    let (mount, role) = (mount.clone(), role.clone());
+                    async move {
+                        vaultrs::api::exec_with_result(c.as_ref(), ReadRole { mount, role }).await
+                    }
+                })
+                .await
+                .ok()
+                .and_then(|r| r.issuer_ref),
+            None => None,
+        };
+        let signing = role_ref
+            .clone()
+            .or_else(|| self.config.issuer.clone())
+            .unwrap_or_else(|| "default".to_owned());
+        let issuers = self
+            .call(|c| {
+                let mount = mount.clone();
+                async move {
+                    vaultrs::api::exec_with_result(c.as_ref(), ListIssuers { mount }).await
+                }
+            })
+            .await
+            .map(|l| l.keys.len())
+            .ok();
+        let issuer = self
+            .call(|c| {
+                let (mount, issuer) = (mount.clone(), signing.clone());
+                async move {
+                    vaultrs::api::exec_with_result(c.as_ref(), ReadIssuer { mount, issuer }).await
+                }
+            })
+            .await
+            .ok();
+        let mut layout = match &issuer {
+            Some(i) => {
+                let mut certs = certs_in([i.certificate.as_str()])?;
+                let above = match &i.ca_chain {
+                    Some(chain) => certs_in(chain.pems())?,
+                    None => Vec::new(),
+                };
+                let own = certs.remove(0);
+                let above: Vec<_> = above.into_iter().filter(|c| *c != own).collect();
+                Layout::from_certs(Some(&own), &above, &bundle)
+            }
+            // Vault before 1.11: no issuers API.
+            None => Layout::from_certs(None, &[], &bundle),
+        };
+        layout = layout
+            .fact("mount", self.config.mount.clone())
+            .fact("signing issuer", signing);
+        if let Some(n) = issuers {
+            layout = layout.fact("issuers in the mount", n.to_string());
+        }
+        if let Some(r) = &self.config.role {
+            layout = layout.fact("role", r.clone());
+        }
+        Ok(layout)
+    }
+
     async fn bundle(&self) -> Result<TrustBundle, SignError> {
         match self.bundle.load_full() {
             Some(b) => Ok((*b).clone()),
@@ -903,6 +987,10 @@ impl Signer for VaultBackend {
 
     async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {
         self.bundle().await
+    }
+
+    async fn layout(&self) -> Result<Layout, SignError> {
+        self.read_layout().await
     }
 
     fn holds_ca_key(&self, spki_der: &[u8]) -> bool {

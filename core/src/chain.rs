@@ -650,9 +650,13 @@ fn verify_path_inner(
         })
         .collect::<Result<Vec<_>, _>>()?;
 
+    // A remote backend's own clock sets both ends: a leaf it signs may end
+    // a moment (up to the skew allowed for it) after its issuer; more is a
+    // chain that would break before the leaf expires.
+    let overhang = skew.as_secs() as i64;
     let outlives = |issuer: &X509Certificate<'_>, what: &str| -> Result<(), ChainError> {
         let na = issuer.validity().not_after.timestamp();
-        if leaf_not_after > na {
+        if leaf_not_after > na + overhang {
             return Err(ChainError::OutlivesIssuer {
                 leaf: rfc3339(from_unix_seconds(leaf_not_after)),
                 issuer: what.to_owned(),

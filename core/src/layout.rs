@@ -105,6 +105,8 @@ pub struct Layout {
     pub anchored_at_root: bool,
     /// Provider facts worth showing (`type: ROOT`, `usage mode: ...`).
     pub facts: Vec<(String, String)>,
+    /// Why no authority can use this upstream at all, and what to change.
+    pub unusable: Option<String>,
 }
 
 impl Layout {
@@ -133,6 +135,7 @@ impl Layout {
             issues_ca_certificates: true,
             max_validity: None,
             facts: Vec::new(),
+            unusable: None,
         }
     }
 
@@ -154,6 +157,9 @@ impl Layout {
     /// intermediate must fit the provider's longest validity. The error
     /// says what to change.
     pub fn check(&self, need: &Needs) -> Result<(), String> {
+        if let Some(why) = &self.unusable {
+            return Err(format!("authority {}: {why}", need.authority));
+        }
         if let Some(ttl) = need.intermediate_ttl
             && !self.issues_ca_certificates
         {
@@ -233,6 +239,9 @@ impl fmt::Display for Layout {
         }
         for (k, v) in &self.facts {
             writeln!(f, "  {k}: {v}")?;
+        }
+        if let Some(why) = &self.unusable {
+            writeln!(f, "  UNUSABLE: {why}")?;
         }
         if let Some(m) = self.max_validity {
             writeln!(f, "  longest validity: {}", HumanDuration::from(m))?;

@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use signet_core::delegated::Delegated;
+use signet_core::layout::{Layout, Needs};
 use signet_core::metrics::{AuthorityCollector, Metrics};
 use signet_core::policy::AuthorityPolicy;
 use signet_core::{Authority, Clock, Signer, SystemClock};
@@ -19,7 +21,7 @@ use crate::rest::Rest;
 use crate::tls::{self, ServingNames};
 
 /// How long start-up waits for a delegated authority's first intermediate.
-const STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const STARTUP_WAIT: Duration = Duration::from_secs(10);
 
 /// A running signet: what `serve` starts.
 #[derive(Debug)]
@@ -50,11 +52,83 @@ pub async fn build_backends(
     Ok(out)
 }
 
+/// What each user of a backend needs of it: the authorities (direct or
+/// delegated) and `istio_cacerts` (which mints intermediates).
+pub fn layout_needs(config: &Config) -> BTreeMap<String, Vec<Needs>> {
+    let mut out: BTreeMap<String, Vec<Needs>> = BTreeMap::new();
+    for (name, a) in &config.authorities {
+        let intermediate_ttl = match a.mode {
+            Mode::Direct => None,
+            Mode::Delegated => Some(a.intermediate.clone().unwrap_or_default().ttl.get()),
+        };
+        out.entry(a.backend.clone()).or_default().push(Needs {
+            authority: name.clone(),
+            intermediate_ttl,
+            max_ttl: a.policy.max_ttl.get(),
+        });
+    }
+    if let Some(c) = &config.frontends.istio_cacerts {
+        out.entry(c.backend.clone()).or_default().push(Needs {
+            authority: "frontends.istio_cacerts".to_owned(),
+            intermediate_ttl: Some(c.ttl.get()),
+            max_ttl: c.ttl.get(),
+        });
+    }
+    out
+}
+
+/// Reads each used backend's layout and checks it against its users. A
+/// layout that cannot serve a user is an error that says what to change; a
+/// backend that cannot be reached is reported in the result (its layout is
+/// checked when `signet check` runs, or by the refusals it then gives).
+pub async fn check_layouts(
+    config: &Config,
+    backends: &BTreeMap<String, Arc<dyn Signer>>,
+) -> anyhow::Result<BTreeMap<String, Result<Layout, String>>> {
+    let mut out = BTreeMap::new();
+    for (backend, needs) in layout_needs(config) {
+        let Some(b) = backends.get(&backend) else {
+            continue;
+        };
+        let layout = match tokio::time::timeout(LAYOUT_WAIT, b.layout()).await {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                out.insert(backend, Err(e.to_string()));
+                continue;
+            }
+            Err(_) => {
+                out.insert(backend, Err(format!("no answer within {LAYOUT_WAIT:?}")));
+                continue;
+            }
+        };
+        for need in &needs {
+            layout
+                .check(need)
+                .map_err(|e| anyhow::anyhow!("backends.{backend}: {e}"))?;
+        }
+        out.insert(backend, Ok(layout));
+    }
+    Ok(out)
+}
+
+/// How long start-up waits for a backend to describe itself.
+const LAYOUT_WAIT: Duration = Duration::from_secs(10);
+
 impl App {
     /// Builds everything and starts listening. Returns once listeners are bound.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let backends = build_backends(&config, &clock).await?;
+        for (backend, layout) in check_layouts(&config, &backends).await? {
+            match layout {
+                Ok(l) => {
+                    tracing::info!(backend = %backend, position = ?l.position(), anchors = l.anchors.len(), "upstream layout")
+                }
+                Err(e) => {
+                    tracing::warn!(backend = %backend, error = %e, "could not read the upstream layout yet; starting without checking it")
+                }
+            }
+        }
         let mut authorities = BTreeMap::new();
         for (name, a) in &config.authorities {
             let upstream = backends[&a.backend].clone();

@@ -258,7 +258,13 @@ async fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {
                 info.kind,
                 bundle.roots().len()
             );
+            match b.layout().await {
+                Ok(layout) => println!("{layout}"),
+                Err(e) => println!("  layout: not read ({e})"),
+            }
         }
+        // Each authority against its backend's layout (an error says what to change).
+        app::check_layouts(&config, &backends).await?;
     }
     println!(
         "{}: ok ({} backend(s), {} authorit{}, front-ends: {})",

@@ -29,6 +29,8 @@ struct Inner {
     upstream: String,
     recorded: Vec<(String, Value)>,
     faults: Vec<Fault>,
+    /// (operation, JSON pointer, value) set in every successful answer.
+    patches: Vec<(String, String, Value)>,
 }
 
 /// A running proxy on 127.0.0.1.
@@ -79,6 +81,15 @@ impl JsonProxy {
         });
     }
 
+    /// Sets `pointer` (e.g. `/CertificateAuthority/UsageMode`) to `value` in
+    /// every successful answer to `operation`: what the emulator does not
+    /// model (moto reports every CA as SHORT_LIVED_CERTIFICATE).
+    pub fn patch(&self, operation: &str, pointer: &str, value: Value) {
+        self.lock()
+            .patches
+            .push((operation.to_owned(), pointer.to_owned(), value));
+    }
+
     /// The JSON bodies sent for `operation`, in order (failed ones included).
     pub fn requests(&self, operation: &str) -> Vec<Value> {
         self.lock()
@@ -103,7 +114,7 @@ async fn handle(
         .map(str::to_owned)
         .unwrap_or_else(|| format!("{method} {}", uri.path()));
     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let (fault, upstream) = {
+    let (fault, upstream, patches) = {
         let mut inner = proxy.lock();
         inner.recorded.push((operation.clone(), json));
         let fault = inner
@@ -114,7 +125,13 @@ async fn handle(
                 f.remaining -= 1;
                 f.clone()
             });
-        (fault, inner.upstream.clone())
+        let patches: Vec<(String, Value)> = inner
+            .patches
+            .iter()
+            .filter(|(op, _, _)| *op == operation)
+            .map(|(_, p, v)| (p.clone(), v.clone()))
+            .collect();
+        (fault, inner.upstream.clone(), patches)
     };
     if let Some(f) = fault {
         return (
@@ -144,7 +161,21 @@ async fn handle(
                     out.insert(name.clone(), value.clone());
                 }
             }
-            let bytes = r.bytes().await.unwrap_or_default();
+            let mut bytes = r.bytes().await.unwrap_or_default();
+            if status.is_success() && !patches.is_empty() {
+                if let Ok(mut json) = serde_json::from_slice::<Value>(&bytes) {
+                    for (pointer, value) in patches {
+                        if let Some(slot) = json.pointer_mut(&pointer) {
+                            *slot = value;
+                        } else if let Some((parent, key)) = pointer.rsplit_once('/')
+                            && let Some(Value::Object(o)) = json.pointer_mut(parent)
+                        {
+                            o.insert(key.to_owned(), value);
+                        }
+                    }
+                    bytes = serde_json::to_vec(&json).unwrap_or_default().into();
+                }
+            }
             (status, out, bytes).into_response()
         }
         Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),

@@ -138,6 +138,129 @@ impl Moto {
         }
     }
 
+    /// A ROOT CA, created, self-signed with PCA's RootCACertificate/V1
+    /// template and activated, as a user would; `key_algorithm` is what
+    /// DescribeCertificateAuthority reports (`RSA_2048`, `EC_prime256v1`;
+    /// moto signs with RSA whatever it says). `dir` receives its PEM.
+    pub fn root_pca(&self, dir: &Path, common_name: &str, key_algorithm: &str) -> Pca {
+        let signing = if key_algorithm.starts_with("EC") {
+            "SHA256WITHECDSA"
+        } else {
+            "SHA256WITHRSA"
+        };
+        let arn = self.create_ca("ROOT", common_name, key_algorithm, signing);
+        let csr = self.call(
+            "GetCertificateAuthorityCsr",
+            json!({ "CertificateAuthorityArn": arn }),
+        );
+        let pem = self.issue(
+            &arn,
+            csr["Csr"].as_str().expect("Csr"),
+            signing,
+            "arn:aws:acm-pca:::template/RootCACertificate/V1",
+        );
+        use base64::Engine as _;
+        self.call(
+            "ImportCertificateAuthorityCertificate",
+            json!({
+                "CertificateAuthorityArn": arn,
+                "Certificate": base64::engine::general_purpose::STANDARD.encode(&pem.0),
+            }),
+        );
+        let ca = dir.join(format!("{}.pem", common_name.replace(' ', "-")));
+        std::fs::write(&ca, &pem.0).expect("write");
+        Pca {
+            arn,
+            root_pem: ca.clone(),
+            ca_pem: ca,
+        }
+    }
+
+    /// A SUBORDINATE CA signed by another PCA (`parent`), activated with the
+    /// parent's certificate as its chain. (AWS would sign it with
+    /// SubordinateCACertificate_PathLen0/V1; moto 5.2.5 gives that template
+    /// no basicConstraints at all, so the parent signs with
+    /// RootCACertificate/V1, which moto turns into CA:TRUE + keyCertSign
+    /// under the parent's name and key: the same shape for signet.)
+    pub fn subordinate_of(&self, parent: &Pca, dir: &Path, common_name: &str) -> Pca {
+        let arn = self.create_ca("SUBORDINATE", common_name, "RSA_2048", "SHA256WITHRSA");
+        let csr = self.call(
+            "GetCertificateAuthorityCsr",
+            json!({ "CertificateAuthorityArn": arn }),
+        );
+        let (cert, _) = self.issue(
+            &parent.arn,
+            csr["Csr"].as_str().expect("Csr"),
+            "SHA256WITHRSA",
+            "arn:aws:acm-pca:::template/RootCACertificate/V1",
+        );
+        let chain = std::fs::read_to_string(&parent.ca_pem).expect("parent PEM");
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        self.call(
+            "ImportCertificateAuthorityCertificate",
+            json!({
+                "CertificateAuthorityArn": arn,
+                "Certificate": b64.encode(&cert),
+                "CertificateChain": b64.encode(&chain),
+            }),
+        );
+        let ca = dir.join(format!("{}.pem", common_name.replace(' ', "-")));
+        std::fs::write(&ca, &cert).expect("write");
+        Pca {
+            arn,
+            root_pem: parent.root_pem.clone(),
+            ca_pem: ca,
+        }
+    }
+
+    fn create_ca(&self, ty: &str, common_name: &str, key: &str, signing: &str) -> String {
+        let created = self.call(
+            "CreateCertificateAuthority",
+            json!({
+                "CertificateAuthorityConfiguration": {
+                    "KeyAlgorithm": key,
+                    "SigningAlgorithm": signing,
+                    "Subject": { "Organization": "signet tests", "CommonName": common_name }
+                },
+                "CertificateAuthorityType": ty
+            }),
+        );
+        created["CertificateAuthorityArn"]
+            .as_str()
+            .expect("ARN")
+            .to_owned()
+    }
+
+    /// IssueCertificate then GetCertificate: (certificate PEM, chain PEM).
+    fn issue(&self, arn: &str, csr_pem: &str, signing: &str, template: &str) -> (String, String) {
+        use base64::Engine as _;
+        let issued = self.call(
+            "IssueCertificate",
+            json!({
+                "CertificateAuthorityArn": arn,
+                "Csr": base64::engine::general_purpose::STANDARD.encode(csr_pem),
+                "SigningAlgorithm": signing,
+                "TemplateArn": template,
+                "Validity": { "Type": "YEARS", "Value": 5 },
+            }),
+        );
+        let got = self.call(
+            "GetCertificate",
+            json!({
+                "CertificateAuthorityArn": arn,
+                "CertificateArn": issued["CertificateArn"].as_str().expect("CertificateArn"),
+            }),
+        );
+        (
+            got["Certificate"].as_str().expect("Certificate").to_owned(),
+            got["CertificateChain"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    }
+
     /// A subordinate CA under an external root, created, signed and
     /// activated through the API. `dir` receives the root and CA PEMs.
     pub fn subordinate_pca(&self, dir: &Path, common_name: &str) -> Pca {

@@ -19,6 +19,7 @@ use signet_core::caller::Caller;
 use signet_core::chain::TrustBundle;
 use signet_core::duration::HumanDuration;
 use signet_core::key::{KeyAlgorithm, PrivateKey};
+use signet_core::layout::{Needs, Position};
 use signet_core::names::San;
 use signet_core::policy::{
     AuthorityPolicy, Grant, IssuanceDecision, IssuanceRequest, PolicyConfig, Profile, TtlOverflow,
@@ -58,6 +59,13 @@ async fn env() -> Env {
     .await
     .unwrap();
     let proxy = JsonProxy::start(&moto.endpoint()).await;
+    // moto reports every CA as SHORT_LIVED_CERTIFICATE (usage modes are not
+    // modelled); say what AWS says of a CA created without one.
+    proxy.patch(
+        "ACMPrivateCA.DescribeCertificateAuthority",
+        "/CertificateAuthority/UsageMode",
+        json!("GENERAL_PURPOSE"),
+    );
     Env {
         _moto: moto,
         proxy,
@@ -156,7 +164,8 @@ fn verify(dir: &std::path::Path, chain: &signet_core::IssuedChain) {
     std::fs::write(&leaf, chain.leaf_pem()).unwrap();
     std::fs::write(&inter, chain.intermediate_pems().concat()).unwrap();
     std::fs::write(&root, chain.trust_bundle().to_pem()).unwrap();
-    openssl::verify(&root, Some(&inter), &leaf, Some("sslclient")).unwrap();
+    let untrusted = (!chain.intermediates().is_empty()).then_some(inter.as_path());
+    openssl::verify(&root, untrusted, &leaf, Some("sslclient")).unwrap();
 }
 
 const ISSUE: &str = "ACMPrivateCA.IssueCertificate";
@@ -406,4 +415,191 @@ async fn static_credentials_from_files_replace_the_default_chain() {
         .wrap(AwsPcaBackend::new("pca", c).await.unwrap());
     let chain = issue(&authority(b), "keyed").await.unwrap();
     verify(env.dir.path(), &chain);
+}
+
+/// A backend for `pca` behind a fresh proxy that reports `usage_mode`.
+async fn layout_env(moto: &Moto, pca: &Pca, usage_mode: &str) -> (JsonProxy, Arc<dyn Signer>) {
+    let proxy = JsonProxy::start(&moto.endpoint()).await;
+    proxy.patch(
+        "ACMPrivateCA.DescribeCertificateAuthority",
+        "/CertificateAuthority/UsageMode",
+        json!(usage_mode),
+    );
+    let mut c = AwsPcaConfig {
+        certificate_authority_arn: pca.arn.clone(),
+        endpoint_url: Some(proxy.url()),
+        ..aws_config_defaults()
+    };
+    c.resilience.circuit_breaker = None;
+    let b = backend(c, vec![]);
+    (proxy, b)
+}
+
+fn aws_config_defaults() -> AwsPcaConfig {
+    AwsPcaConfig {
+        region: REGION.into(),
+        certificate_authority_arn: String::new(),
+        endpoint_url: None,
+        signing_algorithm: None,
+        leaf_template_arn: None,
+        intermediate_template_arn: None,
+        supplemental_roots_file: None,
+        access_key_id_file: None,
+        secret_access_key_file: None,
+        session_token_file: None,
+        trust_bundle_refresh: HumanDuration::from_secs(300),
+        resilience: ResilienceConfig {
+            attempts: 2,
+            backoff: HumanDuration(Duration::from_millis(20)),
+            circuit_breaker: None,
+            ..ResilienceConfig::default()
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_private_ca_layout_reports_itself_and_chains_to_its_root() {
+    let moto = tokio::task::spawn_blocking(Moto::start).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let (moto, root_ec, root_rsa, sub_pca, sub_ext) = tokio::task::spawn_blocking(move || {
+        let root_ec = moto.root_pca(&d, "root ec", "EC_prime256v1");
+        let root_rsa = moto.root_pca(&d, "root rsa", "RSA_2048");
+        let sub_pca = moto.subordinate_of(&root_rsa, &d, "sub of pca");
+        let sub_ext = moto.subordinate_pca(&d, "sub of external");
+        (moto, root_ec, root_rsa, sub_pca, sub_ext)
+    })
+    .await
+    .unwrap();
+    for (what, pca, ty, position, algorithm) in [
+        (
+            "ROOT, EC key",
+            &root_ec,
+            "ROOT",
+            Position::Root,
+            "SHA256WITHECDSA",
+        ),
+        (
+            "ROOT, RSA key",
+            &root_rsa,
+            "ROOT",
+            Position::Root,
+            "SHA256WITHRSA",
+        ),
+        (
+            "SUBORDINATE under a PCA",
+            &sub_pca,
+            "SUBORDINATE",
+            Position::Subordinate,
+            "SHA256WITHRSA",
+        ),
+        (
+            "SUBORDINATE under an external root",
+            &sub_ext,
+            "SUBORDINATE",
+            Position::Subordinate,
+            "SHA256WITHRSA",
+        ),
+    ] {
+        let (proxy, b) = layout_env(&moto, pca, "GENERAL_PURPOSE").await;
+        let layout = b.layout().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(layout.position(), position, "{what}:\n{layout}");
+        assert!(
+            layout.facts.contains(&("type".into(), ty.into())),
+            "{what}:\n{layout}"
+        );
+        assert!(
+            layout.issues_ca_certificates && layout.max_validity.is_none(),
+            "{what}"
+        );
+        assert!(layout.anchored_at_root, "{what}:\n{layout}");
+        assert_eq!(layout.anchors.len(), 1, "{what}");
+        // A direct authority over it issues leaves that chain to that root.
+        let a = authority(b.clone());
+        let chain = issue(&a, "layout")
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        verify(dir.path(), &chain);
+        assert_eq!(
+            chain.trust_bundle().to_pem().trim(),
+            std::fs::read_to_string(&pca.root_pem).unwrap().trim(),
+            "{what}"
+        );
+        assert_eq!(
+            chain.intermediates().len(),
+            usize::from(position == Position::Subordinate),
+            "{what}"
+        );
+        // The CA's own algorithm is what signet asks for.
+        assert_eq!(
+            proxy.requests(ISSUE)[0]["SigningAlgorithm"],
+            algorithm,
+            "{what}"
+        );
+        // Both modes fit a general-purpose CA.
+        for need in [
+            Needs {
+                authority: "direct".into(),
+                intermediate_ttl: None,
+                max_ttl: MOTO_TTL,
+            },
+            Needs {
+                authority: "delegated".into(),
+                intermediate_ttl: Some(30 * DAY),
+                max_ttl: DAY,
+            },
+        ] {
+            layout
+                .check(&need)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+    }
+
+    // A short-lived-certificate CA: direct within seven days only, never delegated.
+    let (_proxy, b) = layout_env(&moto, &root_ec, "SHORT_LIVED_CERTIFICATE").await;
+    let layout = b.layout().await.unwrap();
+    assert!(!layout.issues_ca_certificates);
+    assert_eq!(layout.max_validity, Some(Duration::from_secs(7 * 86_400)));
+    layout
+        .check(&Needs {
+            authority: "direct".into(),
+            intermediate_ttl: None,
+            max_ttl: DAY,
+        })
+        .unwrap();
+    let e = layout
+        .check(&Needs {
+            authority: "mesh".into(),
+            intermediate_ttl: None,
+            max_ttl: 30 * DAY,
+        })
+        .unwrap_err();
+    assert!(e.contains("policy.max_ttl 30d exceeds the 7d"), "{e}");
+    let e = layout
+        .check(&Needs {
+            authority: "mesh".into(),
+            intermediate_ttl: Some(2 * DAY),
+            max_ttl: DAY,
+        })
+        .unwrap_err();
+    assert!(e.contains("mode: direct"), "{e}");
+    // And its backend refuses an intermediate outright, without asking PCA.
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let csr =
+        VerifiedCsr::from_der(&key.csr_der(Some("x"), &[San::Uri(td().id())]).unwrap()).unwrap();
+    let decision = IssuanceDecision::intermediate(
+        "x",
+        &td(),
+        0,
+        SystemTime::now(),
+        DAY,
+        Duration::from_secs(60),
+        "t",
+    );
+    let err = b.sign(&decision, &csr).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BackendRejected, "{err}");
+    assert!(err.to_string().contains("SHORT_LIVED_CERTIFICATE"), "{err}");
+    drop(sub_pca);
+    drop(sub_ext);
+    drop(root_rsa);
 }
