@@ -162,19 +162,20 @@ async fn handle(
                 }
             }
             let mut bytes = r.bytes().await.unwrap_or_default();
-            if status.is_success() && !patches.is_empty() {
-                if let Ok(mut json) = serde_json::from_slice::<Value>(&bytes) {
-                    for (pointer, value) in patches {
-                        if let Some(slot) = json.pointer_mut(&pointer) {
-                            *slot = value;
-                        } else if let Some((parent, key)) = pointer.rsplit_once('/')
-                            && let Some(Value::Object(o)) = json.pointer_mut(parent)
-                        {
-                            o.insert(key.to_owned(), value);
-                        }
+            if status.is_success()
+                && !patches.is_empty()
+                && let Ok(mut json) = serde_json::from_slice::<Value>(&bytes)
+            {
+                for (pointer, value) in patches {
+                    if let Some(slot) = json.pointer_mut(&pointer) {
+                        *slot = value;
+                    } else if let Some((parent, key)) = pointer.rsplit_once('/')
+                        && let Some(Value::Object(o)) = json.pointer_mut(parent)
+                    {
+                        o.insert(key.to_owned(), value);
                     }
-                    bytes = serde_json::to_vec(&json).unwrap_or_default().into();
                 }
+                bytes = serde_json::to_vec(&json).unwrap_or_default().into();
             }
             (status, out, bytes).into_response()
         }
