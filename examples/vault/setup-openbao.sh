@@ -40,6 +40,8 @@ path "pki/root/sign-intermediate" { capabilities = ["create", "update"] }
 path "pki/issuers" { capabilities = ["list"] }
 path "pki/issuer/+/json" { capabilities = ["read"] }
 path "pki/cert/ca_chain" { capabilities = ["read"] }
+# the layout check: which issuer the role signs with
+path "pki/roles/mesh" { capabilities = ["read"] }
 HCL
 
 "$bao" token create -policy=signet -ttl=768h -renewable=true -field=token > "$out/token"

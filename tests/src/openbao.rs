@@ -383,6 +383,7 @@ path "{mount}/root/sign-intermediate" {{ capabilities = ["create", "update"] }}
 path "{mount}/issuers" {{ capabilities = ["list"] }}
 path "{mount}/issuer/+/json" {{ capabilities = ["read"] }}
 path "{mount}/cert/ca_chain" {{ capabilities = ["read"] }}
+path "{mount}/roles/{role}" {{ capabilities = ["read"] }}
 "#
         )
     }

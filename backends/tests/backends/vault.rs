@@ -793,3 +793,159 @@ async fn clock_skew_is_tolerated_within_a_minute_and_named_beyond() {
         }
     }
 }
+
+/// `issue` and OpenSSL's verdict against exactly `root_pem`.
+async fn issue_verifies_to(a: &Authority, root_pem: &str, what: &str) -> IssuedChain {
+    let chain = issue(a, workload("layout"), Profile::Workload)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let (leaf, inter, root) = (
+        dir.path().join("leaf.pem"),
+        dir.path().join("chain.pem"),
+        dir.path().join("root.pem"),
+    );
+    std::fs::write(&leaf, chain.leaf_pem()).unwrap();
+    std::fs::write(&inter, chain.intermediate_pems().concat()).unwrap();
+    std::fs::write(&root, root_pem).unwrap();
+    let untrusted = (!chain.intermediates().is_empty()).then_some(inter.as_path());
+    signet_tests::openssl::verify(&root, untrusted, &leaf, None)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    chain
+}
+
+fn token_backend(
+    bao: &OpenBao,
+    dir: &std::path::Path,
+    mount: &str,
+    role: &str,
+) -> Arc<VaultBackend> {
+    let policy = format!("signet-{mount}-{role}");
+    bao.write_policy(&policy, &OpenBao::signet_policy(mount, role));
+    let token = bao.create_token(&[&policy], "1h", true, None);
+    let mut cfg = config(
+        &bao.addr(),
+        VaultAuth::Token {
+            token_file: Some(write(dir, &format!("{policy}.token"), &token)),
+            token_env: None,
+        },
+    );
+    cfg.mount = mount.into();
+    cfg.role = Some(role.into());
+    VaultBackend::new("v", cfg, Arc::new(SystemClock)).unwrap()
+}
+
+/// An intermediate mount signed by `pki`'s root; `with_root` imports the
+/// root with it (as `set-signed` allows), else the intermediate alone.
+fn intermediate_mount(bao: &OpenBao, mount: &str, with_root: Option<&str>) -> String {
+    bao.enable_pki(mount);
+    let csr = bao.api(
+        "POST",
+        &format!("{mount}/intermediate/generate/internal"),
+        Some(json!({ "common_name": format!("{mount} int"), "key_type": "ec", "key_bits": 256 })),
+    );
+    let signed = bao.api(
+        "POST",
+        "pki/root/sign-intermediate",
+        Some(json!({ "csr": csr["data"]["csr"], "common_name": format!("{mount} int"), "ttl": "8760h", "format": "pem" })),
+    );
+    let int = signed["data"]["certificate"].as_str().unwrap().to_owned();
+    let bundle = match with_root {
+        Some(root) => format!("{}\n{root}", int.trim()),
+        None => int.clone(),
+    };
+    bao.api(
+        "POST",
+        &format!("{mount}/intermediate/set-signed"),
+        Some(json!({ "certificate": bundle })),
+    );
+    bao.create_role(mount, "mesh");
+    int
+}
+
+#[tokio::test]
+async fn every_openbao_layout_reports_itself_and_chains_to_its_root() {
+    use signet_core::layout::Position;
+    let (bao, root_pem) = bao_with_pki();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // 1. A root mount signing directly: no chain, the root is the anchor.
+    let root_backend = token_backend(&bao, d, "pki", "mesh");
+    let layout = root_backend.layout().await.unwrap();
+    assert_eq!(layout.position(), Position::Root, "{layout}");
+    assert!(
+        layout
+            .facts
+            .contains(&("issuers in the mount".into(), "1".into())),
+        "{layout}"
+    );
+    let chain = issue_verifies_to(&authority(root_backend.clone()), &root_pem, "root mount").await;
+    assert!(chain.intermediates().is_empty());
+
+    // 2. An intermediate mount that holds its root: subordinate, anchored at the root.
+    intermediate_mount(&bao, "pki_int", Some(&root_pem));
+    let b = token_backend(&bao, d, "pki_int", "mesh");
+    let layout = b.layout().await.unwrap();
+    assert_eq!(layout.position(), Position::Subordinate, "{layout}");
+    assert!(layout.anchored_at_root, "{layout}");
+    let chain = issue_verifies_to(&authority(b), &root_pem, "intermediate with root").await;
+    assert_eq!(chain.intermediates().len(), 1);
+
+    // 3. An intermediate mount without its root: the layout says so and what to do.
+    intermediate_mount(&bao, "pki_int2", None);
+    let b = token_backend(&bao, d, "pki_int2", "mesh");
+    let layout = b.layout().await.unwrap();
+    assert!(!layout.anchored_at_root, "{layout}");
+    assert!(layout.to_string().contains("roots_file"), "{layout}");
+
+    // 4. A root rotation adds a second issuer to `pki`; a role may pin either.
+    let next = bao.api(
+        "POST",
+        "pki/root/rotate/internal",
+        Some(json!({ "common_name": "OpenBao next root", "issuer_name": "next", "ttl": "87600h", "key_type": "ec", "key_bits": 256 })),
+    );
+    let next_pem = next["data"]["certificate"].as_str().unwrap().to_owned();
+    bao.api(
+        "POST",
+        "pki/roles/mesh-next",
+        Some(json!({
+            "issuer_ref": "next", "key_type": "any", "allow_any_name": true,
+            "allowed_uri_sans": "spiffe://*", "require_cn": false,
+            "use_csr_common_name": false, "use_csr_sans": false,
+            "key_usage": "DigitalSignature", "server_flag": true, "client_flag": true,
+            "max_ttl": "720h",
+        })),
+    );
+    // The old role still signs with the old root; both roots are trusted.
+    let bundle = root_backend.refresh_trust_bundle().await.unwrap();
+    assert_eq!(bundle.roots().len(), 2, "both issuers' roots");
+    let layout = root_backend.layout().await.unwrap();
+    assert!(
+        layout
+            .facts
+            .contains(&("issuers in the mount".into(), "2".into())),
+        "{layout}"
+    );
+    assert_eq!(layout.anchors.len(), 2);
+    let old = issue_verifies_to(&authority(root_backend.clone()), &root_pem, "old issuer").await;
+    assert_eq!(old.trust_bundle().roots().len(), 2);
+    // A role pinned to the new issuer chains to the new root.
+    let next_backend = token_backend(&bao, d, "pki", "mesh-next");
+    let layout = next_backend.layout().await.unwrap();
+    assert!(
+        layout
+            .facts
+            .contains(&("signing issuer".into(), "next".into())),
+        "{layout}"
+    );
+    assert_eq!(layout.position(), Position::Root, "{layout}");
+    issue_verifies_to(&authority(next_backend), &next_pem, "next issuer").await;
+    // Making the new issuer the mount's default moves the old role over.
+    bao.api(
+        "POST",
+        "pki/config/issuers",
+        Some(json!({ "default": "next" })),
+    );
+    issue_verifies_to(&authority(root_backend), &next_pem, "default moved").await;
+}
