@@ -479,7 +479,13 @@ impl CertManagerBackend {
             return Err(bad("certificate", "no certificate".into()));
         }
         let leaf = chain.remove(0);
-        let ca = certs(&decode("ca", status.ca)?).map_err(|e| bad("ca", e))?;
+        // `ca` is optional in cert-manager's API: absent or empty is none.
+        let ca_bytes = decode("ca", status.ca)?;
+        let ca = if ca_bytes.iter().all(u8::is_ascii_whitespace) {
+            Vec::new()
+        } else {
+            certs(&ca_bytes).map_err(|e| bad("ca", e))?
+        };
         if ca.len() == 1 && ca[0] == leaf {
             return Err(SignError::BackendRejected(format!(
                 "CertificateRequest {name}: the issuer signed the request with its own key (a SelfSigned issuer?); nothing chains to a root. Point issuer at a CA issuer"

@@ -57,10 +57,24 @@ enum Mode {
     WrongKey,
 }
 
+/// What an issued answer looks like, by issuer type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// A CA (or Vault) issuer: leaf + issuing CA, `ca` the root.
+    WithRoot,
+    /// `ca` empty, the chain up to the issuing CA in `certificate`.
+    EmptyCaWithChain,
+    /// `ca` empty and the leaf alone.
+    EmptyCaLeafOnly,
+    /// What a SelfSigned issuer gives: a self-signed certificate that is its own `ca`.
+    SelfSigned,
+}
+
 struct SimCertManager {
     root: LocalCa,
     issuing: LocalCa,
     mode: Mutex<Mode>,
+    answer: Mutex<Answer>,
     /// Specs of the requests it signed.
     signed: Mutex<Vec<CertificateRequestSpec>>,
 }
@@ -98,6 +112,7 @@ impl SimCertManager {
             root,
             issuing,
             mode: Mutex::new(Mode::Issue),
+            answer: Mutex::new(Answer::WithRoot),
             signed: Mutex::new(Vec::new()),
         })
     }
@@ -258,8 +273,28 @@ impl SimCertManager {
             self.issuing.sign(&decision, csr.public_key()).unwrap()
         };
         let mut certificate = chain.leaf_pem();
-        certificate.push_str(&self.issuing_pem());
-        (certificate, self.root_pem())
+        match *self.answer.lock().unwrap() {
+            Answer::WithRoot => {
+                certificate.push_str(&self.issuing_pem());
+                (certificate, self.root_pem())
+            }
+            Answer::EmptyCaWithChain => {
+                certificate.push_str(&self.issuing_pem());
+                (certificate, String::new())
+            }
+            Answer::EmptyCaLeafOnly => (certificate, String::new()),
+            Answer::SelfSigned => {
+                let own = LocalCa::self_signed_root(
+                    "self",
+                    PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
+                    now,
+                    DAY,
+                )
+                .unwrap();
+                let pem = pem::encode("CERTIFICATE", own.certificate());
+                (pem.clone(), pem)
+            }
+        }
     }
 }
 
@@ -527,4 +562,114 @@ async fn kept_requests_make_request_ids_idempotent() {
         kept[0]["metadata"]["labels"]["app.kubernetes.io/managed-by"],
         "signet"
     );
+}
+
+/// A minimal cert-manager Issuer CRD for the fake, and an Issuer of `spec`.
+async fn issuer_object(fake: &KubeFake, client: &Client, spec: serde_json::Value) {
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": { "name": "issuers.cert-manager.io" },
+        "spec": {
+            "group": "cert-manager.io",
+            "names": { "kind": "Issuer", "plural": "issuers", "singular": "issuer", "listKind": "IssuerList" },
+            "scope": "Namespaced",
+            "versions": [{ "name": "v1", "served": true, "storage": true,
+                "schema": { "openAPIV3Schema": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } } }]
+        }
+    }))
+    .unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    if crds
+        .get_opt("issuers.cert-manager.io")
+        .await
+        .unwrap()
+        .is_none()
+    {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    fake.apply(json!({
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Issuer",
+        "metadata": { "name": "sim-ca", "namespace": "mesh" },
+        "spec": spec,
+    }));
+}
+
+#[tokio::test]
+async fn every_cert_manager_layout_is_served_or_refused_with_what_to_change() {
+    use signet_core::layout::Needs;
+    let (fake, client, sim) = cluster().await;
+    let direct = Needs {
+        authority: "mesh".into(),
+        intermediate_ttl: None,
+        max_ttl: DAY,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // A CA issuer and a Vault issuer answer with the root as `ca`.
+    for (ty, spec) in [
+        ("ca", json!({ "ca": { "secretName": "mesh-ca" } })),
+        (
+            "vault",
+            json!({ "vault": { "server": "https://vault.example", "path": "pki/sign/mesh" } }),
+        ),
+    ] {
+        issuer_object(&fake, &client, spec).await;
+        let b = backend(&client, false, Duration::from_secs(10));
+        let layout = b.layout().await.unwrap();
+        assert!(
+            layout.facts.contains(&("issuer type".into(), ty.into())),
+            "{layout}"
+        );
+        layout.check(&direct).unwrap();
+        let chain = issue(&authority(b), ty).await.unwrap();
+        openssl_verify(&chain);
+        assert_eq!(chain.trust_bundle().to_pem(), sim.root_pem(), "{ty}");
+    }
+
+    // `ca` empty: the top of the chain is the anchor, unless roots_file says more.
+    *sim.answer.lock().unwrap() = Answer::EmptyCaWithChain;
+    let chain = issue(
+        &authority(backend(&client, false, Duration::from_secs(10))),
+        "noca",
+    )
+    .await
+    .unwrap();
+    assert_eq!(chain.trust_bundle().to_pem(), sim.issuing_pem());
+    let roots = dir.path().join("root.pem");
+    std::fs::write(&roots, sim.root_pem()).unwrap();
+    let mut c = config(false, Duration::from_secs(10));
+    c.roots_file = Some(roots.clone());
+    let pinned: Arc<dyn Signer> =
+        CertManagerBackend::with_client("cm", c.clone(), client.clone()).unwrap();
+    let chain = issue(&authority(pinned), "pinned").await.unwrap();
+    openssl_verify(&chain);
+    assert_eq!(chain.trust_bundle().to_pem(), sim.root_pem());
+
+    // `ca` empty and no chain: the root is unknown; the refusal says to set roots_file.
+    *sim.answer.lock().unwrap() = Answer::EmptyCaLeafOnly;
+    let err = issue(
+        &authority(backend(&client, false, Duration::from_secs(10))),
+        "bare",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BackendRejected, "{err}");
+    assert!(err.to_string().contains("set roots_file"), "{err}");
+    // ... and with the issuing CA as a root it is served.
+    let issuing = dir.path().join("issuing.pem");
+    std::fs::write(&issuing, sim.issuing_pem()).unwrap();
+    c.roots_file = Some(issuing);
+    let pinned: Arc<dyn Signer> = CertManagerBackend::with_client("cm", c, client.clone()).unwrap();
+    issue(&authority(pinned), "bare-pinned").await.unwrap();
+
+    // A SelfSigned issuer: refused at start-up, and its answers refused too.
+    issuer_object(&fake, &client, json!({ "selfSigned": {} })).await;
+    let b = backend(&client, false, Duration::from_secs(10));
+    let layout = b.layout().await.unwrap();
+    let e = layout.check(&direct).unwrap_err();
+    assert!(e.contains("SelfSigned") && e.contains("CA issuer"), "{e}");
+    *sim.answer.lock().unwrap() = Answer::SelfSigned;
+    let err = issue(&authority(b), "selfsigned").await.unwrap_err();
+    assert!(err.to_string().contains("own key"), "{err}");
 }

@@ -423,6 +423,27 @@ fn check(label: &str, values: &Value, r: &Rendered, bin: &Path, tmp: &Path) {
         writes,
         "{label}: leases"
     );
+    // A cert_manager backend may read its issuer (the layout check), by name only.
+    let mut issuers = (false, false);
+    if let Some(backends) = config["backends"].as_object() {
+        for b in backends.values().filter(|b| b["type"] == "cert_manager") {
+            if b["issuer"]["kind"] == "ClusterIssuer" {
+                issuers.0 = true;
+            } else {
+                issuers.1 = true;
+            }
+        }
+    }
+    assert_eq!(
+        has_rule(&cluster, "clusterissuers", "get"),
+        issuers.0,
+        "{label}: clusterissuers"
+    );
+    assert_eq!(
+        has_rule(&namespaced, "issuers", "get"),
+        issuers.1,
+        "{label}: issuers"
+    );
     // Every binding names a role of the release and its service account.
     for b in r
         .of_kind("ClusterRoleBinding")
