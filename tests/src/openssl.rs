@@ -51,7 +51,9 @@ pub fn csr(dir: &Path, name: &str, key: Key, san: Option<&str>, extra: &[&str]) 
     csrfile
 }
 
-/// `openssl verify -CAfile root -untrusted chain cert`, with an optional `-purpose`.
+/// `openssl verify -CAfile root -untrusted chain cert`, with an optional
+/// `-purpose`. A chain file with no certificate (a root CA's leaf has no
+/// intermediate) is left out: OpenSSL refuses an empty `-untrusted` file.
 pub fn verify(
     root: &Path,
     chain: Option<&Path>,
@@ -60,7 +62,9 @@ pub fn verify(
 ) -> Result<(), String> {
     let mut cmd = Command::new("openssl");
     cmd.arg("verify").arg("-CAfile").arg(root);
-    if let Some(chain) = chain {
+    if let Some(chain) = chain
+        && std::fs::read_to_string(chain).is_ok_and(|t| t.contains("-----BEGIN CERTIFICATE-----"))
+    {
         cmd.arg("-untrusted").arg(chain);
     }
     if let Some(p) = purpose {

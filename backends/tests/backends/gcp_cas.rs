@@ -43,6 +43,9 @@ struct FakeCa {
     id: String,
     ca: LocalCa,
     root_pem: String,
+    /// What CAS lists for the CA (pemCaCertificates, and each issued
+    /// certificate's pemCertificateChain): the CA, then its issuers.
+    chain: Vec<String>,
 }
 
 #[derive(Default)]
@@ -69,15 +72,24 @@ struct FakeCas {
     url: String,
 }
 
-fn ca_under_new_root(name: &str) -> FakeCa {
-    let now = SystemTime::now();
-    let root = LocalCa::self_signed_root(
+fn new_root(name: &str) -> LocalCa {
+    LocalCa::self_signed_root(
         &format!("{name} root"),
         PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
-        now,
+        SystemTime::now(),
         3650 * DAY,
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// A subordinate CA of the pool under a root outside it.
+fn ca_under_new_root(name: &str) -> FakeCa {
+    ca_under(&new_root(name), name)
+}
+
+/// A subordinate CA of the pool under `root`.
+fn ca_under(root: &LocalCa, name: &str) -> FakeCa {
+    let now = SystemTime::now();
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let decision = IssuanceDecision::intermediate(
         &format!("{name} issuing CA"),
@@ -97,10 +109,27 @@ fn ca_under_new_root(name: &str) -> FakeCa {
         now,
     )
     .unwrap();
+    let root_pem = pem::encode("CERTIFICATE", root.certificate());
+    FakeCa {
+        id: name.to_owned(),
+        chain: vec![
+            pem::encode("CERTIFICATE", ca.certificate()),
+            root_pem.clone(),
+        ],
+        ca,
+        root_pem,
+    }
+}
+
+/// A root CA in the pool, signing leaves itself.
+fn root_ca(name: &str) -> FakeCa {
+    let ca = new_root(name);
+    let root_pem = pem::encode("CERTIFICATE", ca.certificate());
     FakeCa {
         id: name.to_owned(),
         ca,
-        root_pem: pem::encode("CERTIFICATE", root.certificate()),
+        chain: vec![root_pem.clone()],
+        root_pem,
     }
 }
 
@@ -271,10 +300,7 @@ impl FakeCas {
             ca.ca.sign(&d, &spki)
         };
         let chain = signed.unwrap();
-        let mut pems = vec![
-            pem::encode("CERTIFICATE", ca.ca.certificate()),
-            ca.root_pem.clone(),
-        ];
+        let mut pems = ca.chain.clone();
         if s.quirky_chain {
             pems = vec![pems.concat().replace('\n', "\r\n")];
         }
@@ -321,7 +347,7 @@ async fn handle(
         let ca_certs: Vec<Value> = s
             .cas
             .iter()
-            .map(|c| json!({ "certificates": [pem::encode("CERTIFICATE", c.ca.certificate()), c.root_pem] }))
+            .map(|c| json!({ "certificates": c.chain }))
             .collect();
         return Json(json!({ "caCerts": ca_certs })).into_response();
     }
@@ -621,4 +647,62 @@ fn config_names_are_checked() {
     };
     assert_eq!(c.pool_name(), POOL);
     assert!(c.resilience.rate_limit.is_some(), "a limiter by default");
+}
+
+#[tokio::test]
+async fn every_pool_layout_reports_itself_and_chains_to_its_roots() {
+    use signet_core::layout::Position;
+    // A pool whose CA is a root: leaves need no intermediate.
+    let fake = FakeCas::start().await;
+    fake.lock().cas = vec![root_ca("root-ca")];
+    let b = backend(config(&fake)).await;
+    let layout = b.layout().await.unwrap();
+    assert_eq!(layout.position(), Position::Root, "{layout}");
+    let chain = issue_server(&authority(b), "root.mesh.internal")
+        .await
+        .unwrap();
+    assert!(chain.intermediates().is_empty());
+    verify(&chain, "sslserver");
+
+    // A pool whose CA is subordinate to an external root.
+    let fake = FakeCas::start().await;
+    let b = backend(config(&fake)).await;
+    let layout = b.layout().await.unwrap();
+    assert_eq!(layout.position(), Position::Subordinate, "{layout}");
+    assert!(layout.anchored_at_root, "{layout}");
+    let chain = issue_server(&authority(b), "sub.mesh.internal")
+        .await
+        .unwrap();
+    assert_eq!(chain.intermediates().len(), 1);
+    verify(&chain, "sslserver");
+
+    // Several CAs under two roots (a rotation inside the pool): both roots
+    // are anchors, whichever CA CAS picks verifies.
+    let fake = FakeCas::start().await;
+    let old_root = new_root("old");
+    let new = new_root("new");
+    fake.lock().cas = vec![
+        ca_under(&old_root, "old-a"),
+        ca_under(&old_root, "old-b"),
+        ca_under(&new, "new-a"),
+    ];
+    let b = backend(config(&fake)).await;
+    let layout = b.layout().await.unwrap();
+    assert_eq!(layout.anchors.len(), 2, "{layout}");
+    assert_eq!(layout.position(), Position::Unknown, "CAS picks the CA");
+    assert!(
+        layout
+            .facts
+            .contains(&("enabled CAs in the pool".into(), "3".into())),
+        "{layout}"
+    );
+    for ca in ["old-a", "old-b", "new-a"] {
+        let mut c = config(&fake);
+        c.certificate_authority = Some(ca.into());
+        let chain = issue_server(&authority(backend(c).await), &format!("{ca}.mesh.internal"))
+            .await
+            .unwrap();
+        assert_eq!(chain.trust_bundle().roots().len(), 2, "{ca}");
+        verify(&chain, "sslserver");
+    }
 }
