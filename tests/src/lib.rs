@@ -15,6 +15,7 @@
 //! - [`hostile`]: hostile CSRs and what signet must answer to each.
 //! - [`secrets`]: finds keys and tokens in logs (every launched process is scanned).
 
+pub mod control_plane;
 pub mod helm;
 pub mod hostile;
 pub mod http;

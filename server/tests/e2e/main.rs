@@ -6,6 +6,7 @@
 mod aws_pca_e2e;
 mod config_docs;
 mod config_e2e;
+mod conformance;
 mod dev_e2e;
 mod examples;
 mod faults;

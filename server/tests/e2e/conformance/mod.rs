@@ -1,0 +1,8 @@
+//! The conformance suite: signet against a real kube-apiserver (and, where
+//! noted, real cert-manager and Istio code), built from their Go modules by
+//! `scripts/conformance-build`. Every test prints one line, `proved: ...`,
+//! naming what it showed. `scripts/conformance` runs these alone.
+
+mod replicas;
+mod support;
+mod tokens;

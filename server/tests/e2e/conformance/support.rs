@@ -1,0 +1,223 @@
+//! Shared set-up for the conformance tests: an admin client, namespaces,
+//! service accounts and their tokens, RBAC, and a local CA for signet.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
+use kube::api::{ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+use serde_json::json;
+use signet_core::VerifiedCsr;
+use signet_core::issuer::LocalCa;
+use signet_core::key::{KeyAlgorithm, PrivateKey};
+use signet_core::policy::IssuanceDecision;
+use signet_core::spiffe::TrustDomain;
+use signet_tests::control_plane::ControlPlane;
+
+pub const DAY: Duration = Duration::from_secs(86_400);
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_signet"))
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_from(path: &Path) -> Client {
+    let kc = Kubeconfig::read_from(path).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    Client::try_from(cfg).unwrap()
+}
+
+pub async fn admin(cp: &ControlPlane) -> Client {
+    client_from(&cp.admin_kubeconfig()).await
+}
+
+pub async fn namespace(c: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(c.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    if api.get_opt(name).await.unwrap().is_none() {
+        api.create(&PostParams::default(), &ns).await.unwrap();
+    }
+}
+
+/// Creates a service account (and its namespace); returns its UID.
+pub async fn service_account(c: &Client, ns: &str, name: &str) -> String {
+    namespace(c, ns).await;
+    let api: Api<ServiceAccount> = Api::namespaced(c.clone(), ns);
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        ..ServiceAccount::default()
+    };
+    let sa = match api.get_opt(name).await.unwrap() {
+        Some(s) => s,
+        None => api.create(&PostParams::default(), &sa).await.unwrap(),
+    };
+    sa.metadata.uid.unwrap()
+}
+
+/// A TokenRequest token for `ns/sa` (audiences, lifetime, optionally bound
+/// to a pod `(name, uid)`).
+pub async fn token(
+    c: &Client,
+    ns: &str,
+    sa: &str,
+    audiences: &[&str],
+    pod: Option<(&str, &str)>,
+) -> String {
+    let api: Api<ServiceAccount> = Api::namespaced(c.clone(), ns);
+    let mut spec = json!({ "audiences": audiences, "expirationSeconds": 3600 });
+    if let Some((name, uid)) = pod {
+        spec["boundObjectRef"] =
+            json!({ "apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid });
+    }
+    let req: TokenRequest = serde_json::from_value(json!({ "spec": spec })).unwrap();
+    let out = api
+        .create_token_request(sa, &PostParams::default(), &req)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest {ns}/{sa}: {e}"));
+    out.status.unwrap().token.expect("token")
+}
+
+/// A ClusterRole with `rules`, bound to `ns/sa`.
+pub async fn grant_cluster(c: &Client, name: &str, rules: Vec<PolicyRule>, ns: &str, sa: &str) {
+    let roles: Api<ClusterRole> = Api::all(c.clone());
+    roles
+        .create(
+            &PostParams::default(),
+            &ClusterRole {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    ..ObjectMeta::default()
+                },
+                rules: Some(rules),
+                ..ClusterRole::default()
+            },
+        )
+        .await
+        .unwrap();
+    bind_cluster_role(c, name, name, ns, sa).await;
+}
+
+pub async fn bind_cluster_role(c: &Client, binding: &str, role: &str, ns: &str, sa: &str) {
+    let api: Api<ClusterRoleBinding> = Api::all(c.clone());
+    let b: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": binding },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+        "subjects": [{ "kind": "ServiceAccount", "name": sa, "namespace": ns }]
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &b).await.unwrap();
+}
+
+pub fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    let v = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    PolicyRule {
+        api_groups: Some(v(groups)),
+        resources: Some(v(resources)),
+        verbs: v(verbs),
+        ..PolicyRule::default()
+    }
+}
+
+/// A root and an intermediate for a `local` backend, in `dir`:
+/// (intermediate cert, its key, root); the root's key is `root-key.pem`.
+pub fn local_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let now = SystemTime::now();
+    let td = TrustDomain::new("cluster.local").unwrap();
+    let root = LocalCa::self_signed_root(
+        "conformance root",
+        PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
+        now,
+        365 * DAY,
+    )
+    .unwrap();
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let csr = VerifiedCsr::from_der(&key.csr_der(Some("conformance intermediate"), &[]).unwrap())
+        .unwrap();
+    let d = IssuanceDecision::intermediate(
+        "conformance intermediate",
+        &td,
+        0,
+        now,
+        90 * DAY,
+        Duration::from_secs(60),
+        "test",
+    );
+    let inter = root.sign(&d, csr.public_key()).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("ca-key.pem"),
+        dir.join("root.pem"),
+    );
+    std::fs::write(&paths.0, inter.leaf_pem()).unwrap();
+    std::fs::write(&paths.1, key.to_pem().as_bytes()).unwrap();
+    std::fs::write(&paths.2, root.trust_bundle().to_pem()).unwrap();
+    std::fs::write(dir.join("root-key.pem"), root.key().to_pem().as_bytes()).unwrap();
+    paths
+}
+
+/// Creates every object of a chart rendering (`{template: YAML}`) through the
+/// API server, which validates each against its real schema; with `dry_run`
+/// nothing is stored. Returns the kinds created.
+pub async fn apply_manifests(
+    c: &Client,
+    manifests: &serde_json::Value,
+    namespace: &str,
+    dry_run: bool,
+) -> Vec<String> {
+    use kube::api::{DynamicObject, GroupVersionKind};
+    use kube::discovery::{self, Scope};
+    let mut kinds = Vec::new();
+    for (template, text) in manifests.as_object().expect("manifests") {
+        for doc in text.as_str().unwrap_or_default().split("\n---") {
+            let Ok(v) = serde_yaml_ng::from_str::<serde_json::Value>(doc) else {
+                continue;
+            };
+            if !v.is_object() {
+                continue;
+            }
+            let (Some(api_version), Some(kind)) = (v["apiVersion"].as_str(), v["kind"].as_str())
+            else {
+                continue;
+            };
+            let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+            let gvk = GroupVersionKind::gvk(group, version, kind);
+            let Ok((ar, caps)) = discovery::pinned_kind(c, &gvk).await else {
+                // A kind this cluster does not serve (ServiceMonitor without
+                // the Prometheus operator's CRDs).
+                eprintln!("{template}: {api_version} {kind} not served; skipped");
+                continue;
+            };
+            let api: Api<DynamicObject> = if caps.scope == Scope::Namespaced {
+                let ns = v["metadata"]["namespace"].as_str().unwrap_or(namespace);
+                Api::namespaced_with(c.clone(), ns, &ar)
+            } else {
+                Api::all_with(c.clone(), &ar)
+            };
+            let obj: DynamicObject = serde_json::from_value(v.clone()).unwrap();
+            let pp = PostParams {
+                dry_run,
+                ..PostParams::default()
+            };
+            api.create(&pp, &obj)
+                .await
+                .unwrap_or_else(|e| panic!("{template}: the API server refused {kind}: {e}"));
+            kinds.push(kind.to_owned());
+        }
+    }
+    kinds
+}
