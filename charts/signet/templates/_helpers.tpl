@@ -38,7 +38,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* The port of a listen address such as "0.0.0.0:8443" or "[::]:8443". */}}
 {{- define "signet.port" -}}
-{{- regexFind "[0-9]+$" . -}}
+{{- $p := regexFind "[0-9]+$" . -}}
+{{- if or (not $p) (eq (int $p) 0) -}}
+{{- fail (printf "listen address %q needs a fixed port in a pod: the Service and the probes use it" .) -}}
+{{- end -}}
+{{- $p -}}
 {{- end -}}
 
 {{/* The front-ends that write to the Kubernetes API (and so elect a leader). */}}

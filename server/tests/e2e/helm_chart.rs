@@ -531,6 +531,11 @@ fn the_chart_refuses_bad_values() {
             "secretMounts:\n  - name: ca\n    secretName: ca\n    mountPath: relative\n",
             "mountPath",
         ),
+        (
+            "port-zero.yaml",
+            "config:\n  trust_domain: cluster.local\n  admin: { listen: \"127.0.0.1:0\" }\n",
+            "needs a fixed port",
+        ),
     ];
     let files: Vec<PathBuf> = cases
         .iter()

@@ -29,10 +29,10 @@ use super::support::*;
 const ISTIOD: &str = "system:serviceaccount:istio-system:istiod";
 
 /// The configuration, with files under `pki` (the chart mounts them from a Secret).
-fn config(pki: &str) -> serde_json::Value {
+fn config(pki: &str, admin: &str) -> serde_json::Value {
     serde_yaml_ng::from_str(&format!(
         r#"trust_domain: cluster.local
-admin: {{ listen: "127.0.0.1:0" }}
+admin: {{ listen: "{admin}" }}
 backends:
   int: {{ type: local, cert_file: {pki}/ca.pem, key_file: {pki}/ca-key.pem, chain_file: {pki}/root.pem }}
   root: {{ type: local, cert_file: {pki}/root.pem, key_file: {pki}/root-key.pem }}
@@ -107,14 +107,9 @@ async fn approve(admin: &Client, name: &str) {
         }]}))
         .unwrap(),
     );
-    api.replace_subresource(
-        "approval",
-        name,
-        &PostParams::default(),
-        &csr,
-    )
-    .await
-    .unwrap();
+    api.replace_subresource("approval", name, &PostParams::default(), &csr)
+        .await
+        .unwrap();
 }
 
 async fn certificate(c: &Client, name: &str) -> Option<Vec<u8>> {
@@ -153,7 +148,7 @@ async fn the_chart_rbac_runs_two_replicas_one_writer_with_failover() {
     std::fs::write(
         &values,
         serde_json::to_string(&json!({
-            "config": config("/etc/signet/pki"),
+            "config": config("/etc/signet/pki", "0.0.0.0:9090"),
             "secretMounts": [{ "name": "pki", "secretName": "signet-pki", "mountPath": "/etc/signet/pki" }],
         }))
         .unwrap(),
@@ -171,7 +166,7 @@ async fn the_chart_rbac_runs_two_replicas_one_writer_with_failover() {
     // The replicas run as the chart's ServiceAccount.
     let sa_token = token(&admin, "signet", "signet", &[], None).await;
     let kubeconfig = cp.kubeconfig_with_token("chart-signet", &sa_token);
-    let mut local = config(&d.display().to_string());
+    let mut local = config(&d.display().to_string(), "127.0.0.1:0");
     local["kubernetes"] = json!({ "kubeconfig": kubeconfig });
     let start = |identity: &str| {
         let mut c = local.clone();

@@ -69,6 +69,8 @@ func main() {
 		"--bind-address=127.0.0.1",
 		fmt.Sprintf("--secure-port=%d", port),
 		"--advertise-address=127.0.0.1",
+		// A loopback address cannot be the kubernetes Service's endpoint.
+		"--endpoint-reconciler-type=none",
 		"--tls-cert-file=" + pki.servingCert,
 		"--tls-private-key-file=" + pki.servingKey,
 		"--client-ca-file=" + pki.ca,
@@ -96,8 +98,15 @@ func main() {
 	apiErr := make(chan error, 1)
 	go func() { apiErr <- cmd.Execute() }()
 
-	if err := waitReady(server, pki); err != nil {
-		log.Fatalf("kube-apiserver not ready: %v", err)
+	ready := make(chan error, 1)
+	go func() { ready <- waitReady(server, pki) }()
+	select {
+	case err := <-ready:
+		if err != nil {
+			log.Fatalf("kube-apiserver not ready: %v", err)
+		}
+	case err := <-apiErr:
+		log.Fatalf("kube-apiserver stopped before it was ready: %v", err)
 	}
 	if err := writeKubeconfig(filepath.Join(*dir, "admin.kubeconfig"), server, pki); err != nil {
 		log.Fatal(err)
