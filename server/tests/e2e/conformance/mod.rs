@@ -3,6 +3,8 @@
 //! `scripts/conformance-build`. Every test prints one line, `proved: ...`,
 //! naming what it showed. `scripts/conformance` runs these alone.
 
+mod cert_manager;
+mod charts;
 mod replicas;
 mod support;
 mod tokens;
