@@ -5,6 +5,7 @@
 
 mod cert_manager;
 mod charts;
+mod istiod;
 mod replicas;
 mod support;
 mod tokens;

@@ -221,3 +221,42 @@ pub async fn apply_manifests(
     }
     kinds
 }
+
+/// A program built by scripts/conformance-build, by its environment variable.
+pub fn built(var: &str) -> PathBuf {
+    PathBuf::from(std::env::var_os(var).unwrap_or_else(|| {
+        panic!("{var} is not set: run the suite with scripts/test or scripts/conformance")
+    }))
+}
+
+/// istio-agent's CA client code (tests/conformance/istio/cmd/agentclient)
+/// asking `ca_addr` for a workload certificate; Ok(out dir) or the error it printed.
+pub fn agent_client(
+    ca_addr: &str,
+    root: &Path,
+    token: &str,
+    ns: &str,
+    sa: &str,
+    out: &Path,
+) -> Result<serde_json::Value, String> {
+    let token_file = out.with_extension("token");
+    std::fs::write(&token_file, token).unwrap();
+    let o = std::process::Command::new(built("SIGNET_AGENT_CLIENT"))
+        .args(["--ca-addr", ca_addr, "--root-cert"])
+        .arg(root)
+        .arg("--token-file")
+        .arg(&token_file)
+        .args(["--namespace", ns, "--service-account", sa, "--out"])
+        .arg(out)
+        .output()
+        .unwrap();
+    if o.status.success() {
+        Ok(serde_json::from_slice(&o.stdout).unwrap_or_default())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ))
+    }
+}

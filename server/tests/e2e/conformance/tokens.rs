@@ -245,8 +245,38 @@ frontends:
         .await
         .expect_err("not a node account");
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    // istio-agent's own CA client code, with a real token, accepts what signet answers.
+    let out = d.join("agent");
+    let grpc = signet.grpc_addr.unwrap().to_string();
+    let got = agent_client(&grpc, &root, &good, "default", "demo", &out)
+        .unwrap_or_else(|e| panic!("istio-agent's client refused signet's answer: {e}"));
+    let chain = out.join("cert-chain.pem");
+    openssl::verify(&out.join("root-cert.pem"), Some(&chain), &chain, None).unwrap();
+    assert!(
+        openssl::text(&chain).contains(&format!("URI:{demo}")),
+        "{got}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("root-cert.pem"))
+            .unwrap()
+            .trim(),
+        std::fs::read_to_string(&root).unwrap().trim(),
+        "the agent's root is signet's"
+    );
+    // A token for another audience fails there too.
+    assert!(
+        agent_client(
+            &grpc,
+            &root,
+            &wrong_aud,
+            "default",
+            "demo",
+            &d.join("agent2")
+        )
+        .is_err()
+    );
     drop(signet);
     println!(
-        "proved: real TokenRequest tokens pass the real TokenReview (signet holding only auth-delegator and pod reads); other audiences, the API audience, deleted accounts, expired and garbage tokens are UNAUTHENTICATED; impersonation follows real Pods' spec.nodeName"
+        "proved: istio-agent's CA client code (SecretManagerClient over the citadel client) gets and accepts signet's workload certificate with a real token; real TokenRequest tokens pass the real TokenReview (signet holding only auth-delegator and pod reads); other audiences, the API audience, deleted accounts, expired and garbage tokens are UNAUTHENTICATED; impersonation follows real Pods' spec.nodeName"
     );
 }
