@@ -87,7 +87,7 @@ pub enum ChainError {
     MissingExtKeyUsage(String),
     #[error("the certificate has unsupported subjectAltName entries ({0})")]
     UnsupportedSan(String),
-    #[error("the certificate's renewal extension is not what was decided ({0})")]
+    #[error("the certificate's renewal mark (subject OU) is not what was decided ({0})")]
     RenewalMarker(String),
     #[error("the certificate's public key is a CA's key in its own chain")]
     LeafKeyIsCaKey,
@@ -365,8 +365,8 @@ impl IssuedChain {
                 }
             }
         }
-        // Only policy puts signet's renewal extension in a certificate; a
-        // backend that copies extensions from the CSR must not.
+        // Only policy puts signet's renewal mark in a certificate; a
+        // backend that copies the CSR's subject must not.
         match crate::renewal::is_marked(&leaf) {
             Ok(m) if m == decision.renewable() => {}
             Ok(m) => {

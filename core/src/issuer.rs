@@ -345,7 +345,7 @@ fn certificate_params(
         })
         .collect();
     if decision.renewable() {
-        params.custom_extensions.push(crate::renewal::extension());
+        crate::renewal::mark(&mut params);
     }
     params.use_authority_key_identifier_extension = true;
     Ok(params)

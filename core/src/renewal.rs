@@ -5,14 +5,18 @@
 //! next one by presenting it instead of a token. Only certificates issued for
 //! that purpose qualify: the workload profile (exactly one SPIFFE ID,
 //! serverAuth + clientAuth, not a CA), and carrying signet's renewal
-//! extension, which policy puts only in certificates issued on a workload's
+//! mark, which policy puts only in certificates issued on a workload's
 //! own token (or renewed from one). A certificate from the REST endpoint, a
 //! client or server profile, or any other issuer lacks it and cannot renew,
 //! so no grant outlives the credential it was given to. A renewal is never
 //! longer than the certificate presented.
 //!
-//! The extension is non-critical (verifiers that do not know it ignore it),
-//! and its OID is in the UUID arc `2.25` (X.667), chosen at random for signet.
+//! The mark is an organizational unit in the certificate's subject,
+//! `OU=signet renewable workload`: standard attributes only, so every
+//! verifier parses it (a private extension OID without a registered arc
+//! would need arcs Go's x509 refuses: istio-agent could not read such a
+//! certificate, as the conformance suite showed), and nothing keys identity
+//! on it (Istio and SPIFFE read the URI SAN; Kubernetes reads O, not OU).
 
 use std::time::{Duration, SystemTime};
 
@@ -23,32 +27,29 @@ use x509_parser::prelude::FromDer;
 use crate::clock::from_unix_seconds;
 use crate::spiffe::SpiffeId;
 
-/// OID of signet's renewal extension.
-pub const RENEWAL_OID: [u64; 3] = [2, 25, 6_379_693_309_150_171_038];
-/// Its value: DER UTF8String "signet workload v1".
-const RENEWAL_VALUE: &[u8] = b"\x0c\x12signet workload v1";
+/// The subject organizational unit that marks a certificate renewable.
+pub const RENEWAL_MARKER: &str = "signet renewable workload";
 
-/// The extension, for the certificate encoder.
-pub(crate) fn extension() -> rcgen::CustomExtension {
-    rcgen::CustomExtension::from_oid_content(&RENEWAL_OID, RENEWAL_VALUE.to_vec())
+/// Marks a certificate being built as renewable.
+pub(crate) fn mark(params: &mut rcgen::CertificateParams) {
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationalUnitName, RENEWAL_MARKER);
 }
 
-/// Whether `cert` carries the renewal extension; an extension with signet's
-/// OID but another value or marked critical is an error.
+/// Whether `cert`'s subject carries the mark (exactly once).
 pub(crate) fn is_marked(cert: &X509Certificate<'_>) -> Result<bool, String> {
-    let oid = x509_parser::der_parser::oid::Oid::from(&RENEWAL_OID)
-        .map_err(|_| "renewal OID".to_owned())?;
-    let mut found = false;
-    for ext in cert.extensions() {
-        if ext.oid != oid {
-            continue;
+    let mut found = 0;
+    for ou in cert.subject().iter_organizational_unit() {
+        if ou.as_str().is_ok_and(|v| v == RENEWAL_MARKER) {
+            found += 1;
         }
-        if found || ext.critical || ext.value != RENEWAL_VALUE {
-            return Err("malformed renewal extension".to_owned());
-        }
-        found = true;
     }
-    Ok(found)
+    match found {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err("the renewal mark appears more than once".to_owned()),
+    }
 }
 
 /// Why a presented certificate cannot renew.

@@ -77,6 +77,8 @@ pub struct IstioCa {
     metrics: Metrics,
     in_flight: Arc<Semaphore>,
     timeout: Duration,
+    /// Whether certificates are marked renewable (an in-process signer).
+    marks_renewals: bool,
 }
 
 impl IstioCa {
@@ -88,6 +90,7 @@ impl IstioCa {
         max_concurrent: usize,
         timeout: Duration,
     ) -> Self {
+        let marks_renewals = authority.backend().capabilities.in_process;
         Self {
             authority,
             auth,
@@ -95,6 +98,7 @@ impl IstioCa {
             metrics,
             in_flight: Arc::new(Semaphore::new(max_concurrent)),
             timeout,
+            marks_renewals,
         }
     }
 
@@ -217,8 +221,10 @@ impl IstioCa {
             ttl_overflow: TtlOverflow::Clamp,
             // The workload's own certificate may renew itself; one a node
             // proxy obtained for a pod may not (that would outlast the
-            // pod-on-node check).
-            renewable: !impersonating,
+            // pod-on-node check). Only in-process signers write the mark: a
+            // remote backend in direct mode signs what it signs, and its
+            // workloads renew with tokens.
+            renewable: !impersonating && self.marks_renewals,
         };
         let chain = self
             .authority

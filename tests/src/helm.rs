@@ -96,6 +96,28 @@ impl Rbac {
 /// Renders the chart with `config` as its `config` value (release `signet`
 /// in `namespace`) and returns the rules it grants.
 pub fn rbac_for_config(config: &Value, namespace: &str) -> Rbac {
+    // Tests listen on ephemeral ports; a pod needs fixed ones (the chart
+    // refuses port 0), and RBAC does not depend on them.
+    fn fix_ports(v: &mut Value) {
+        match v {
+            Value::Object(o) => {
+                for (k, x) in o.iter_mut() {
+                    match x {
+                        Value::String(s) if k == "listen" && s.ends_with(":0") => {
+                            s.truncate(s.len() - 1);
+                            s.push_str("18443");
+                        }
+                        _ => fix_ports(x),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(fix_ports),
+            _ => {}
+        }
+    }
+    let mut config = config.clone();
+    fix_ports(&mut config);
+    let config = &config;
     let dir = tempfile::tempdir().expect("tempdir");
     let values = dir.path().join("values.yaml");
     std::fs::write(

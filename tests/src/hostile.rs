@@ -55,9 +55,9 @@ const OID_EKU: &[u64] = &[2, 5, 29, 37];
 const OID_NAME_CONSTRAINTS: &[u64] = &[2, 5, 29, 30];
 /// A private-enterprise OID no one implements.
 pub const OID_UNKNOWN: &[u64] = &[1, 3, 6, 1, 4, 1, 55555, 1, 1];
-/// signet's renewal extension (`signet_core::renewal::RENEWAL_OID`, written
+/// signet's renewal mark (`signet_core::renewal::RENEWAL_MARKER`, written
 /// out here so that the corpus does not use signet's code).
-pub const OID_SIGNET_RENEWAL: &[u64] = &[2, 25, 6_379_693_309_150_171_038];
+pub const SIGNET_RENEWAL_MARK: &str = "signet renewable workload";
 const OID_SAN_DER: &[u8] = &[0x55, 0x1d, 0x11];
 const LONG_NAMESPACE_ID: &str = "spiffe://cluster.local/ns/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/sa/x";
 
@@ -437,11 +437,9 @@ pub fn csr_corpus() -> Vec<HostileCsr> {
         OID_UNKNOWN,
         tlv(0x04, b"hello"),
     ));
-    // signet's own renewal extension: only policy may grant it.
-    p.custom_extensions.push(CustomExtension::from_oid_content(
-        OID_SIGNET_RENEWAL,
-        b"\x0c\x12signet workload v1".to_vec(),
-    ));
+    // signet's own renewal mark: only policy may grant it.
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationalUnitName, SIGNET_RENEWAL_MARK);
     p.distinguished_name
         .push(rcgen::DnType::CommonName, "admin\0.cluster.local");
     add("extras-are-ignored", make(&p), Expect::SignedWithoutExtras);

@@ -598,11 +598,10 @@ fn foreign_cert(
     }
     p.extended_key_usages = ekus;
     if marked {
-        p.custom_extensions
-            .push(rcgen::CustomExtension::from_oid_content(
-                &signet_core::renewal::RENEWAL_OID,
-                b"\x0c\x12signet workload v1".to_vec(),
-            ));
+        p.distinguished_name.push(
+            rcgen::DnType::OrganizationalUnitName,
+            signet_core::renewal::RENEWAL_MARKER,
+        );
     }
     p.self_signed(&key).unwrap().der().to_vec()
 }

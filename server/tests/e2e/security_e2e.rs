@@ -267,7 +267,7 @@ async fn only_certificates_issued_for_renewal_renew_and_never_for_longer() {
             openssl::text(&p)
         };
         assert!(
-            !text.contains("2.25.6379693309150171038"),
+            !text.contains("signet renewable workload"),
             "REST certificates carry no renewal extension:\n{text}"
         );
         rest_certs.push((profile, chain));
@@ -308,7 +308,7 @@ async fn only_certificates_issued_for_renewal_renew_and_never_for_longer() {
     let p = dir.join("grpc-first.pem");
     std::fs::write(&p, &first[0]).unwrap();
     assert!(
-        openssl::text(&p).contains("2.25.6379693309150171038"),
+        openssl::text(&p).contains("signet renewable workload"),
         "gRPC certificates are marked for renewal"
     );
     let first_chain = first[..first.len() - 1].concat();

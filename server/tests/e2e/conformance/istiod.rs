@@ -57,6 +57,16 @@ impl Istiod {
 /// Starts pilot-discovery in `dir` (its relative `./etc/...` paths live
 /// there) as istio-system/istiod, and waits for `/ready`.
 fn start_istiod(cwd: &Path, kubeconfig: &Path, env: &[(&str, &str)], args: &[String]) -> Istiod {
+    // Polling uses a blocking HTTP client: keep it off the async runtime.
+    tokio::task::block_in_place(|| start_istiod_blocking(cwd, kubeconfig, env, args))
+}
+
+fn start_istiod_blocking(
+    cwd: &Path,
+    kubeconfig: &Path,
+    env: &[(&str, &str)],
+    args: &[String],
+) -> Istiod {
     let (grpc, secure, http, monitoring, https) = (
         free_port(),
         free_port(),
