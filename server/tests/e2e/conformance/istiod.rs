@@ -198,8 +198,17 @@ async fn istiod_plug_in_ca_reads_the_cacerts_signet_keeps_and_takes_a_rotation()
     let config = signet_config(
         d,
         &cp.admin_kubeconfig(),
-        "  istio_cacerts: { backend: root, ttl: 720h }\n",
+        "  istio_cacerts: { backend: root, ttl: 720h }\n  istio_root_cert: { authority: mesh, namespace_selector: \"signet-roots=enabled\", poll: 1s }\n",
     );
+    // A namespace both istiod and signet distribute the root to.
+    let shared: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
+        json!({ "metadata": { "name": "shared", "labels": { "signet-roots": "enabled" } } }),
+    )
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+        .create(&kube::api::PostParams::default(), &shared)
+        .await
+        .unwrap();
     let signet = Signet::start(&bin(), &["serve", "--config", config.to_str().unwrap()])
         .expect("signet starts");
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), "istio-system");
@@ -241,6 +250,30 @@ async fn istiod_plug_in_ca_reads_the_cacerts_signet_keeps_and_takes_a_rotation()
         std::fs::read_to_string(&root).unwrap().trim()
     );
 
+    // signet's istio-ca-root-cert is istiod's: the two writers agree on one
+    // object (it stops changing) with the same data.
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "shared");
+    eventually("istio-ca-root-cert in shared", async || {
+        cms.get_opt("istio-ca-root-cert").await.unwrap()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = cms.get("istio-ca-root-cert").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = cms.get("istio-ca-root-cert").await.unwrap();
+    assert_eq!(
+        before.metadata.resource_version, after.metadata.resource_version,
+        "istiod and signet fight over istio-ca-root-cert"
+    );
+    assert_eq!(
+        after.data,
+        Api::<ConfigMap>::namespaced(admin.clone(), "default")
+            .get("istio-ca-root-cert")
+            .await
+            .unwrap()
+            .data
+    );
+
     // Rotation: signet mints a new intermediate (the Secret is gone, so it
     // writes a fresh one), the kubelet updates the files, istiod takes it.
     let old_intermediate = issuer_of(&first_chain);
@@ -270,7 +303,7 @@ async fn istiod_plug_in_ca_reads_the_cacerts_signet_keeps_and_takes_a_rotation()
     drop(istiod);
     drop(signet);
     println!(
-        "proved: istiod (plug-in CA) reads the cacerts signet writes, issues workload certificates to istio-agent's client that chain to signet's root, distributes that root as istio-ca-root-cert, and takes a rotated intermediate while the old one's certificates stay valid"
+        "proved: istiod (plug-in CA) reads the cacerts signet writes, issues workload certificates to istio-agent's client that chain to signet's root, distributes that root as istio-ca-root-cert exactly as signet writes it (no fight between the two writers), and takes a rotated intermediate while the old one's certificates stay valid"
     );
 }
 
