@@ -162,6 +162,9 @@ fn default_handshake_timeout() -> HumanDuration {
 fn default_max_connections() -> usize {
     20_000
 }
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration::from_secs(300)
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,6 +182,10 @@ pub struct IstioLimits {
     pub handshake_timeout: HumanDuration,
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: HumanDuration,
+    /// A connection with no request in flight for this long is closed
+    /// (agents reconnect for their next renewal).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
 }
 
 impl Default for IstioLimits {
@@ -190,6 +197,7 @@ impl Default for IstioLimits {
             max_connections: default_max_connections(),
             handshake_timeout: default_handshake_timeout(),
             shutdown_grace: default_shutdown_grace(),
+            idle_timeout: default_idle_timeout(),
         }
     }
 }

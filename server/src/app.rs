@@ -209,6 +209,7 @@ impl App {
                 handshake_timeout: rc.limits.handshake_timeout.get(),
                 max_connections: rc.limits.max_connections,
                 shutdown_grace: rc.limits.shutdown_grace.get(),
+                idle_timeout: rc.limits.idle_timeout.get(),
             };
             let (addr, task) = bind_and_serve(
                 rc.listen,
@@ -231,6 +232,7 @@ impl App {
                 handshake_timeout: ic.limits.handshake_timeout.get(),
                 max_connections: ic.limits.max_connections,
                 shutdown_grace: ic.limits.shutdown_grace.get(),
+                idle_timeout: ic.limits.idle_timeout.get(),
             };
             let (addr, task) = bind_and_serve(
                 ic.listen,

@@ -241,6 +241,9 @@ fn default_handshake_timeout() -> HumanDuration {
 fn default_shutdown_grace() -> HumanDuration {
     HumanDuration::from_secs(25)
 }
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration::from_secs(300)
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -263,6 +266,9 @@ pub struct RestLimits {
     /// Time in-flight requests get to finish after SIGTERM.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: HumanDuration,
+    /// A connection with no request in flight for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
 }
 
 impl Default for RestLimits {
@@ -274,6 +280,7 @@ impl Default for RestLimits {
             max_connections: default_max_connections(),
             handshake_timeout: default_handshake_timeout(),
             shutdown_grace: default_shutdown_grace(),
+            idle_timeout: default_idle_timeout(),
         }
     }
 }

@@ -2,10 +2,14 @@
 //!
 //! Each connection gets a handshake deadline, its peer information (address
 //! and, when a client certificate was verified, its principal) attached to
-//! every request, and HTTP/1.1 or HTTP/2 by ALPN. Shutdown stops accepting,
-//! lets in-flight requests finish within a grace period, then closes.
+//! every request, and HTTP/1.1 or HTTP/2 by ALPN. A connection with no
+//! request in flight for `idle_timeout` is closed gracefully (HTTP/2 has no
+//! idle timeout of its own: its keep-alive pings would hold it open for
+//! ever). Shutdown stops accepting, lets in-flight requests finish within a
+//! grace period, then closes.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -25,6 +29,54 @@ pub struct ListenerLimits {
     pub handshake_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+#[derive(Debug)]
+struct Activity {
+    base: tokio::time::Instant,
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            base: tokio::time::Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    fn enter(self: &Arc<Self>) -> ActivityGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        ActivityGuard(self.clone())
+    }
+
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.last_ms.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+struct ActivityGuard(Arc<Activity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.0.last_ms.store(self.0.now_ms(), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Serves `router` over TLS on `listener` until `shutdown` turns true.
@@ -36,7 +88,6 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -76,8 +127,9 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let router = router.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let mut stop = shutdown.clone();
         let handshake_timeout = limits.handshake_timeout;
+        let idle_timeout = limits.idle_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
@@ -98,20 +150,56 @@ pub async fn serve(
                 .and_then(|c| c.first())
                 .map(|c| Arc::<[u8]>::from(c.as_ref()));
             let peer = PeerInfo { addr, client_cert };
+            let activity = Arc::new(Activity::new());
+            let seen = activity.clone();
             let svc = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(peer.clone());
-                router.clone().oneshot(req.map(axum::body::Body::new))
+                let guard = seen.enter();
+                let call = router.clone().oneshot(req.map(axum::body::Body::new));
+                async move {
+                    let r = call.await;
+                    drop(guard);
+                    r
+                }
             });
             let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc));
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc))
+                .into_owned();
+            tokio::pin!(conn);
+            let mut tick =
+                tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(100)));
+            let mut closing = *stop.borrow();
+            if closing {
+                conn.as_mut().graceful_shutdown();
+            }
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = stop.changed(), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ = tick.tick(), if !closing => {
+                        if activity.idle_for() >= idle_timeout {
+                            tracing::debug!(peer = %addr, "closing idle connection");
+                            closing = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
             }
         });
     }
     drop(listener);
     tracing::info!(addr = ?local, grace = ?limits.shutdown_grace, "listener closed; draining connections");
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+    // Every connection holds a permit until it has ended.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(limits.shutdown_grace, permits.acquire_many(all))
         .await
         .is_err()
     {

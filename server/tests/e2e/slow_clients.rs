@@ -285,3 +285,95 @@ async fn oversized_grpc_messages_are_refused_and_the_channel_lives_on() {
         .expect("signed");
     assert!(resp.get_ref().cert_chain.len() >= 2);
 }
+
+/// An HTTP/2 connection (hyper's client) over TLS to `addr`, its requests
+/// sender and the connection's own task.
+async fn h2_connection(
+    addr: std::net::SocketAddr,
+    root: &Path,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&std::fs::read(root).unwrap()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    (
+        send,
+        tokio::spawn(async move {
+            let _ = conn.await;
+        }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_busy_ones_are_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    drop(Signet::dev(&bin(), &data).unwrap());
+    let cfg = std::fs::read_to_string(config(tmp.path(), &data))
+        .unwrap()
+        .replace(
+            "max_connections: 200 }",
+            "max_connections: 200, idle_timeout: 1s }",
+        );
+    let path = tmp.path().join("idle.yaml");
+    std::fs::write(&path, cfg).unwrap();
+    let signet = Signet::start(&bin(), &["serve", "--config", path.to_str().unwrap()]).unwrap();
+    let root = data.join("root.pem");
+    let healthz = || {
+        http::Request::get(format!("https://localhost/healthz"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    // A busy connection (a request every 300 ms) stays open past the timeout.
+    let (mut busy, busy_task) = h2_connection(signet.rest_addr.unwrap(), &root).await;
+    let (mut idle, idle_task) = h2_connection(signet.rest_addr.unwrap(), &root).await;
+    assert!(
+        idle.send_request(healthz())
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        busy.ready().await.expect("the busy connection stays open");
+        assert!(
+            busy.send_request(healthz())
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(!busy_task.is_finished(), "a busy connection was closed");
+    // The idle one was closed by the server (GOAWAY), about a second after its request.
+    tokio::time::timeout(Duration::from_secs(3), idle_task)
+        .await
+        .expect("the idle HTTP/2 connection is closed")
+        .unwrap();
+    assert!(idle.ready().await.is_err());
+    println!("proved: an HTTP/2 connection idle for idle_timeout is closed; one in use is not");
+}
