@@ -58,6 +58,7 @@ pub async fn build(
         (Some(imp), Some(c)) => Some(Impersonation::new(imp, Box::new(KubePods::new(c)))),
         _ => None,
     };
+    let authority_for_health = authority.clone();
     let ca = IstioCa::new(
         authority,
         auth,
@@ -66,12 +67,35 @@ pub async fn build(
         ic.limits.max_concurrent_requests,
         ic.limits.request_timeout.get(),
     );
+    // grpc.health.v1 for gRPC probes: SERVING while the authority can sign.
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let watched = Arc::downgrade(&authority_for_health);
+    tokio::spawn(async move {
+        use tonic_health::ServingStatus;
+        loop {
+            let Some(a) = watched.upgrade() else { return };
+            let status = if a.backend().ready.is_ok() {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            drop(a);
+            for service in ["", ISTIO_SERVICE] {
+                reporter.set_service_status(service, status).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+    });
     let router = tonic::service::Routes::new(ca.into_service(ic.limits.max_message_bytes))
+        .add_service(health)
         .prepare()
         .into_axum_router()
         .layer(axum::middleware::from_fn(malformed_is_invalid_argument));
     Ok((router, tls_config))
 }
+
+/// The service name health checks may ask about.
+const ISTIO_SERVICE: &str = "istio.v1.auth.IstioCertificateService";
 
 /// tonic answers INTERNAL when it cannot decode a request; that is the
 /// caller's fault, so it becomes INVALID_ARGUMENT (signet's own faults, from

@@ -169,3 +169,38 @@ async fn an_independent_client_gets_a_chain_to_the_dev_root() {
     )
     .unwrap();
 }
+
+#[tokio::test]
+async fn the_grpc_health_service_reports_serving() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let signet = Signet::dev(&bin(), &data).expect("signet starts");
+    let mut health = HealthClient::new(channel(&signet, &data.join("root.pem"), None).await);
+    for service in ["", "istio.v1.auth.IstioCertificateService"] {
+        let mut status = ServingStatus::Unknown as i32;
+        for _ in 0..50 {
+            status = health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            if status == ServingStatus::Serving as i32 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let err = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
