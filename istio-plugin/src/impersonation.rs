@@ -102,17 +102,52 @@ impl Impersonation {
     }
 }
 
-/// Pod lookups through the clusters' API servers.
+/// How long a positive pod look-up is reused: a node proxy renews a burst of
+/// identities at once (a node restart), and each would otherwise cost the API
+/// server a GET and a LIST. Negative answers are never cached (a new pod must
+/// be served at once); a pod that left is still believed for at most this.
+#[cfg(feature = "kube")]
+const POD_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(15);
+#[cfg(feature = "kube")]
+const POD_CACHE_MAX: usize = 10_000;
+
+/// Positive answers, by key, until an instant.
+#[cfg(feature = "kube")]
+#[derive(Debug, Default)]
+struct PodCache {
+    nodes: std::collections::HashMap<(String, String, String), (String, tokio::time::Instant)>,
+    present: std::collections::HashMap<(String, String, String, String), tokio::time::Instant>,
+}
+
+/// Pod lookups through the clusters' API servers, positive answers cached
+/// for [`POD_CACHE_TTL`].
 #[cfg(feature = "kube")]
 #[derive(Debug)]
 pub struct KubePods {
     clusters: crate::auth::token_review::Clusters,
+    cache: std::sync::Mutex<PodCache>,
 }
 
 #[cfg(feature = "kube")]
 impl KubePods {
     pub fn new(clusters: crate::auth::token_review::Clusters) -> Self {
-        Self { clusters }
+        Self {
+            clusters,
+            cache: std::sync::Mutex::new(PodCache::default()),
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, PodCache> {
+        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if c.nodes.len() + c.present.len() > POD_CACHE_MAX {
+            let now = tokio::time::Instant::now();
+            c.nodes.retain(|_, (_, until)| *until > now);
+            c.present.retain(|_, until| *until > now);
+            if c.nodes.len() + c.present.len() > POD_CACHE_MAX {
+                *c = PodCache::default();
+            }
+        }
+        c
     }
 
     fn api(
@@ -137,12 +172,25 @@ impl PodDirectory for KubePods {
         namespace: &str,
         pod: &str,
     ) -> Result<Option<String>, String> {
+        let key = (cluster.to_owned(), namespace.to_owned(), pod.to_owned());
+        let now = tokio::time::Instant::now();
+        if let Some((node, until)) = self.cache().nodes.get(&key)
+            && *until > now
+        {
+            return Ok(Some(node.clone()));
+        }
         let p = self
             .api(cluster, namespace)?
             .get_opt(pod)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(p.and_then(|p| p.spec).and_then(|s| s.node_name))
+        let node = p.and_then(|p| p.spec).and_then(|s| s.node_name);
+        if let Some(n) = &node {
+            self.cache()
+                .nodes
+                .insert(key, (n.clone(), now + POD_CACHE_TTL));
+        }
+        Ok(node)
     }
 
     async fn account_on_node(
@@ -152,19 +200,33 @@ impl PodDirectory for KubePods {
         service_account: &str,
         node: &str,
     ) -> Result<bool, String> {
+        let key = (
+            cluster.to_owned(),
+            namespace.to_owned(),
+            service_account.to_owned(),
+            node.to_owned(),
+        );
+        let now = tokio::time::Instant::now();
+        if self.cache().present.get(&key).is_some_and(|u| *u > now) {
+            return Ok(true);
+        }
         let lp = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
         let pods = self
             .api(cluster, namespace)?
             .list(&lp)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(pods.items.iter().any(|p| {
+        let present = pods.items.iter().any(|p| {
             let spec = p.spec.as_ref();
             spec.and_then(|s| s.node_name.as_deref()) == Some(node)
                 && spec
                     .and_then(|s| s.service_account_name.as_deref())
                     .unwrap_or("default")
                     == service_account
-        }))
+        });
+        if present {
+            self.cache().present.insert(key, now + POD_CACHE_TTL);
+        }
+        Ok(present)
     }
 }
