@@ -144,6 +144,7 @@ pub struct IssuerController {
     started: Mutex<HashSet<String>>,
     /// uid → transient failures so far (for backoff).
     failures: Mutex<HashMap<String, u32>>,
+    metrics: signet_core::metrics::Metrics,
 }
 
 impl std::fmt::Debug for IssuerController {
@@ -213,7 +214,15 @@ impl IssuerController {
             signed: Mutex::new(HashMap::new()),
             started: Mutex::new(HashSet::new()),
             failures: Mutex::new(HashMap::new()),
+            metrics: signet_core::metrics::Metrics::default(),
         }
+    }
+
+    /// Records signing outcomes in `metrics` (front-end `cert_manager`, the
+    /// issuer as authority), like every other front-end.
+    pub fn with_metrics(mut self, metrics: signet_core::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Builds backends with `factory` instead of [`signet_backends::build`].
@@ -622,7 +631,17 @@ impl IssuerController {
         };
         lock(&self.started).insert(uid.clone());
 
-        match self.sign(&cr, &issuer, &request_id).await {
+        let started = tokio::time::Instant::now();
+        let result = self.sign(&cr, &issuer, &request_id).await;
+        self.metrics.observe(
+            "cert_manager",
+            &key.to_string(),
+            result
+                .as_ref()
+                .map_or_else(|e| e.kind().code(), |_| "issued"),
+            started.elapsed(),
+        );
+        match result {
             Ok(s) => {
                 lock(&self.signed).insert(uid.clone(), s.clone());
                 self.write_issued(&cr, &uid, s).await

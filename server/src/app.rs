@@ -262,6 +262,7 @@ impl App {
                     &authorities,
                     &backends,
                     clock.clone(),
+                    &metrics,
                     &mut writers,
                 )
                 .await?,

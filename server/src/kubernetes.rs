@@ -38,6 +38,7 @@ pub async fn start(
     authorities: &BTreeMap<String, Arc<Authority>>,
     backends: &BTreeMap<String, Arc<dyn Signer>>,
     clock: Arc<dyn Clock>,
+    metrics: &signet_core::metrics::Metrics,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<Elector> {
     let client = client(&config.kubernetes).await?;
@@ -91,13 +92,16 @@ pub async fn start(
         tracing::info!(secret = %c.secret, names = ?c.dns_names(), "istiod serving certificate keeper started");
     }
     if let Some(c) = &f.cert_manager {
-        let controller = Arc::new(signet_cert_manager::IssuerController::new(
-            client.clone(),
-            c.clone(),
-            config.trust_domain.clone(),
-            clock.clone(),
-            elector.subscribe(),
-        ));
+        let controller = Arc::new(
+            signet_cert_manager::IssuerController::new(
+                client.clone(),
+                c.clone(),
+                config.trust_domain.clone(),
+                clock.clone(),
+                elector.subscribe(),
+            )
+            .with_metrics(metrics.clone()),
+        );
         tasks.push(tokio::spawn(controller.run()));
         tracing::info!(cluster_resource_namespace = %c.cluster_resource_namespace, "cert-manager issuer controller started");
     }

@@ -254,6 +254,22 @@ async fn signet_issuer_signs_approved_certificate_requests_on_a_real_api_server(
             "{name} was signed"
         );
     }
+    // The issuer's outcomes are metrics like every front-end's.
+    let metrics = reqwest::get(format!("http://{}/metrics", signet.admin_addr.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("signet_requests_total{")
+                && l.contains("frontend=\"cert_manager\"")
+                && l.contains("outcome=\"issued\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
     assert!(
         !signet.logs().iter().any(|l| l.contains("forbidden")),
         "the chart's RBAC refused something: {:#?}",
@@ -261,6 +277,6 @@ async fn signet_issuer_signs_approved_certificate_requests_on_a_real_api_server(
     );
     drop(signet);
     println!(
-        "proved: cert-manager's CRDs (v1.21.1) and signet's are accepted by kube-apiserver v1.37.2; under the chart's RBAC signet signs an Approved CertificateRequest (Ready/Issued, certificate and ca set, verified by openssl), leaves Denied and unapproved ones unsigned"
+        "proved: cert-manager's CRDs (v1.21.1) and signet's are accepted by kube-apiserver v1.37.2; under the chart's RBAC signet signs an Approved CertificateRequest (Ready/Issued, certificate and ca set, verified by openssl), leaves Denied and unapproved ones unsigned, and counts it in signet_requests_total for front-end cert_manager"
     );
 }
