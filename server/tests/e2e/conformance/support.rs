@@ -20,8 +20,12 @@ use signet_tests::control_plane::ControlPlane;
 
 pub const DAY: Duration = Duration::from_secs(86_400);
 
+/// The signet binary under test: `SIGNET_BIN` (scripts/conformance and
+/// scripts/test set it to the release build), else this build's.
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_signet"))
+    std::env::var_os("SIGNET_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_signet")))
 }
 
 /// A client from a kubeconfig file.
