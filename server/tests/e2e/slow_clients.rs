@@ -342,7 +342,7 @@ async fn idle_http2_connections_are_closed_busy_ones_are_not() {
     let signet = Signet::start(&bin(), &["serve", "--config", path.to_str().unwrap()]).unwrap();
     let root = data.join("root.pem");
     let healthz = || {
-        http::Request::get(format!("https://localhost/healthz"))
+        http::Request::get("https://localhost/healthz")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .unwrap()
     };
