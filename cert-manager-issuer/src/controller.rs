@@ -145,6 +145,8 @@ pub struct IssuerController {
     /// uid → transient failures so far (for backoff).
     failures: Mutex<HashMap<String, u32>>,
     metrics: signet_core::metrics::Metrics,
+    /// Requests this process finished (see [`signet_core::once`]).
+    finished: signet_core::once::Finished,
 }
 
 impl std::fmt::Debug for IssuerController {
@@ -215,6 +217,7 @@ impl IssuerController {
             started: Mutex::new(HashSet::new()),
             failures: Mutex::new(HashMap::new()),
             metrics: signet_core::metrics::Metrics::default(),
+            finished: signet_core::once::Finished::default(),
         }
     }
 
@@ -582,6 +585,10 @@ impl IssuerController {
             name: r.name.clone(),
         };
         let uid = cr.uid().unwrap_or_default();
+        // Finished by this process already: this copy is from a lagging cache.
+        if self.finished.contains(&uid) {
+            return Ok(Action::await_change());
+        }
         // A certificate already signed by this process: only write it.
         let signed = lock(&self.signed).get(&uid).cloned();
         if let Some(s) = signed {
@@ -744,6 +751,7 @@ impl IssuerController {
             true
         })
         .await?;
+        self.finished.insert(uid);
         self.forget(uid);
         tracing::info!(request = %cr.name_any(), namespace = %cr.namespace().unwrap_or_default(), "CertificateRequest issued");
         Ok(Action::await_change())

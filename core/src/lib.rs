@@ -27,6 +27,7 @@ pub mod key;
 pub mod layout;
 pub mod metrics;
 pub mod names;
+pub mod once;
 pub mod pem;
 pub mod policy;
 pub mod renewal;

@@ -107,6 +107,8 @@ pub struct CsrSigner {
     /// Certificates signed but not yet written (uid → PEM), so a retried
     /// write never signs again.
     pending: Mutex<HashMap<String, String>>,
+    /// CSRs this process wrote a certificate into (see [`signet_core::once`]).
+    finished: signet_core::once::Finished,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +146,7 @@ impl CsrSigner {
             grant,
             leader,
             pending: Mutex::new(HashMap::new()),
+            finished: signet_core::once::Finished::default(),
         }
     }
 
@@ -193,6 +196,10 @@ impl CsrSigner {
         }
         let name = csr.name_any();
         let uid = csr.uid().unwrap_or_default();
+        // Written by this process already: this copy is from a lagging cache.
+        if self.finished.contains(&uid) {
+            return Ok(Action::await_change());
+        }
         let cached = self
             .pending
             .lock()
@@ -281,6 +288,7 @@ impl CsrSigner {
             .await
         {
             Ok(_) => {
+                self.finished.insert(uid);
                 self.pending
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

@@ -254,6 +254,17 @@ async fn signet_issuer_signs_approved_certificate_requests_on_a_real_api_server(
             "{name} was signed"
         );
     }
+    let issued: Vec<String> = signet
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("\"message\":\"certificate issued\""))
+        .collect();
+    assert_eq!(
+        issued.len(),
+        1,
+        "signed once: {issued:#?}\n{:#?}",
+        signet.logs()
+    );
     // The issuer's outcomes are metrics like every front-end's.
     let metrics = reqwest::get(format!("http://{}/metrics", signet.admin_addr.unwrap()))
         .await

@@ -63,6 +63,17 @@ async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     }
 }
 
+/// Audit lines of leaves issued for the demo workload.
+fn demo_leaves(s: &Signet) -> usize {
+    s.logs()
+        .iter()
+        .filter(|l| {
+            l.contains("\"message\":\"certificate issued\"")
+                && l.contains("spiffe://cluster.local/ns/default/sa/demo")
+        })
+        .count()
+}
+
 async fn holder(c: &Client) -> Option<String> {
     Api::<Lease>::namespaced(c.clone(), "signet")
         .get_opt("signet-leader")
@@ -260,6 +271,8 @@ async fn the_chart_rbac_runs_two_replicas_one_writer_with_failover() {
         );
     }
 
+    let audit_a = demo_leaves(&a);
+    assert_eq!(audit_a, 1, "the first CSR was signed once: {:#?}", a.logs());
     // The leader is killed (no Lease release): the other takes over when it expires.
     drop(a);
     eventually("replica-b leads", async || {
@@ -280,6 +293,10 @@ async fn the_chart_rbac_runs_two_replicas_one_writer_with_failover() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(signed_by(&b), 1, "the new leader signed the new CSR only");
+    // And each CSR was signed exactly once: one audit line per CSR leaf (the
+    // watch cache lags the signer's own write; a stale copy must not be
+    // signed again).
+    assert_eq!(demo_leaves(&b), 1, "{:#?}", b.logs());
     assert_eq!(
         Api::<CertificateSigningRequest>::all(admin.clone())
             .get("first")
