@@ -5,6 +5,7 @@
 //! - [`process`]: runs the real `signet` binary on ephemeral ports and
 //!   stops it when dropped.
 //! - [`http`]: an HTTPS client that trusts only a given root.
+//! - [`cluster`]: one test body against the fake or a real kube-apiserver.
 //! - [`kube_fake`]: a fake Kubernetes API server for the real `kube` client.
 //! - [`openbao`]: a real OpenBao server (dev or persistent) with PKI helpers.
 //! - [`moto`]: moto's server mode as AWS Private CA, with a PCA under an
@@ -15,6 +16,7 @@
 //! - [`hostile`]: hostile CSRs and what signet must answer to each.
 //! - [`secrets`]: finds keys and tokens in logs (every launched process is scanned).
 
+pub mod cluster;
 pub mod control_plane;
 pub mod helm;
 pub mod hostile;

@@ -1,4 +1,7 @@
-//! The Kubernetes writers against the API fake, through the real kube client.
+//! The Kubernetes writers through the real kube client: every test body
+//! that needs nothing only the fake can do runs twice, on the API fake
+//! (`k8s::fake::…`) and on a real kube-apiserver (`k8s::conformance::…`);
+//! conflict storms and dropped watches are the fake's alone.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -9,7 +12,7 @@ use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
-use serde_json::json;
+use serde_json::{Value, json};
 use signet_core::chain::{IssuedChain, TrustBundle};
 use signet_core::clock::{Clock, ManualClock};
 use signet_core::duration::HumanDuration;
@@ -23,6 +26,7 @@ use signet_istio::cacerts::{Cacerts, CacertsConfig, Layout, validate};
 use signet_istio::k8s::{
     CacertsKeeper, CsrSigner, CsrSignerConfig, RootDistributionConfig, RootDistributor,
 };
+use signet_tests::cluster::Cluster;
 use signet_tests::kube_fake::KubeFake;
 use tokio::sync::watch;
 
@@ -120,10 +124,38 @@ fn csr_config(include_root: bool) -> CsrSignerConfig {
     }
 }
 
-#[tokio::test]
-async fn the_csr_signer_signs_only_what_it_should() {
-    let fake = KubeFake::start().await;
-    let c = client(&fake).await;
+/// Files a CSR as its `spec.username` (the real server records the
+/// impersonated author; the fake takes the field).
+async fn file(cluster: &Cluster, csr: &CertificateSigningRequest) {
+    let user = csr.spec.username.as_deref().expect("username");
+    let api: Api<CertificateSigningRequest> = Api::all(cluster.client_as(user).await);
+    api.create(&PostParams::default(), csr)
+        .await
+        .unwrap_or_else(|e| panic!("create CSR: {e}"));
+}
+
+mod fake {
+    signet_tests::cluster_tests!(fake:
+        the_csr_signer_signs_only_what_it_should,
+        followers_do_not_write_and_a_new_leader_catches_up,
+        cacerts_are_created_rotated_and_never_broken,
+        the_tls_layout_works_too,
+        root_configmaps_follow_namespaces_and_bundle_changes,
+    );
+}
+
+mod conformance {
+    signet_tests::cluster_tests!(real:
+        the_csr_signer_signs_only_what_it_should,
+        followers_do_not_write_and_a_new_leader_catches_up,
+        cacerts_are_created_rotated_and_never_broken,
+        the_tls_layout_works_too,
+        root_configmaps_follow_namespaces_and_bundle_changes,
+    );
+}
+
+async fn the_csr_signer_signs_only_what_it_should(cluster: Cluster) {
+    let c = cluster.client().await;
     let up = CaSigner::root(SystemTime::now(), 365 * DAY);
     let (tx, leader) = watch::channel(true);
     let signer = Arc::new(CsrSigner::new(
@@ -136,18 +168,13 @@ async fn the_csr_signer_signs_only_what_it_should() {
     let api: Api<CertificateSigningRequest> = Api::all(c);
 
     // Approved, for our signer, from istiod: signed, with expirationSeconds honoured.
-    api.create(
-        &PostParams::default(),
-        &k8s_csr(
+    file(&cluster, &k8s_csr(
             "good",
             "signet.dev/mesh",
             ISTIOD,
             &workload("demo"),
             Some(3600),
-        ),
-    )
-    .await
-    .unwrap();
+        )).await;
     approve(&api, "good", "Approved").await;
     let cert = eventually("certificate", async || {
         api.get("good")
@@ -168,47 +195,32 @@ async fn the_csr_signer_signs_only_what_it_should() {
     signet_core::chain::verify_path(&certs[0], &[], &bundle, SystemTime::now()).unwrap();
 
     // Denied, another signer, not approved, already signed: untouched.
-    api.create(
-        &PostParams::default(),
-        &k8s_csr("denied", "signet.dev/mesh", ISTIOD, &workload("a"), None),
-    )
-    .await
-    .unwrap();
+    file(&cluster, &k8s_csr("denied", "signet.dev/mesh", ISTIOD, &workload("a"), None)).await;
     approve(&api, "denied", "Denied").await;
-    api.create(
-        &PostParams::default(),
-        &k8s_csr(
+    file(&cluster, &k8s_csr(
             "other",
             "kubernetes.io/kube-apiserver-client",
             ISTIOD,
             &workload("b"),
             None,
-        ),
-    )
-    .await
-    .unwrap();
+        )).await;
     approve(&api, "other", "Approved").await;
-    api.create(
-        &PostParams::default(),
-        &k8s_csr("pending", "signet.dev/mesh", ISTIOD, &workload("c"), None),
-    )
-    .await
-    .unwrap();
-    api.create(
-        &PostParams::default(),
-        &k8s_csr("presigned", "signet.dev/mesh", ISTIOD, &workload("d"), None),
-    )
-    .await
-    .unwrap();
+    file(&cluster, &k8s_csr("pending", "signet.dev/mesh", ISTIOD, &workload("c"), None)).await;
+    file(&cluster, &k8s_csr("presigned", "signet.dev/mesh", ISTIOD, &workload("d"), None)).await;
     // Someone else signs "presigned" while this replica is not the leader;
     // as leader it would (rightly) sign it between the approval and the
     // other signer's write.
     tx.send(false).unwrap();
     approve(&api, "presigned", "Approved").await;
+    let presigned = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(up.ca().trust_bundle().to_pem())
+    };
     api.patch_status(
         "presigned",
         &PatchParams::default(),
-        &Patch::Merge(json!({ "status": { "certificate": "c29tZXRoaW5n" } })),
+        // The real server takes only PEM certificates here.
+        &Patch::Merge(json!({ "status": { "certificate": presigned } })),
     )
     .await
     .unwrap();
@@ -222,25 +234,15 @@ async fn the_csr_signer_signs_only_what_it_should() {
 
     // Policy failures: another trust domain, and a requester not allowed.
     let foreign = vec![San::Uri("spiffe://evil.org/ns/x/sa/y".parse().unwrap())];
-    api.create(
-        &PostParams::default(),
-        &k8s_csr("foreign", "signet.dev/mesh", ISTIOD, &foreign, None),
-    )
-    .await
-    .unwrap();
+    file(&cluster, &k8s_csr("foreign", "signet.dev/mesh", ISTIOD, &foreign, None)).await;
     approve(&api, "foreign", "Approved").await;
-    api.create(
-        &PostParams::default(),
-        &k8s_csr(
+    file(&cluster, &k8s_csr(
             "stranger",
             "signet.dev/mesh",
             "system:serviceaccount:default:app",
             &workload("e"),
             None,
-        ),
-    )
-    .await
-    .unwrap();
+        )).await;
     approve(&api, "stranger", "Approved").await;
     // An ID Istio would read as namespace kube-system.
     let nested = vec![San::Uri(
@@ -248,12 +250,7 @@ async fn the_csr_signer_signs_only_what_it_should() {
             .parse()
             .unwrap(),
     )];
-    api.create(
-        &PostParams::default(),
-        &k8s_csr("nested", "signet.dev/mesh", ISTIOD, &nested, None),
-    )
-    .await
-    .unwrap();
+    file(&cluster, &k8s_csr("nested", "signet.dev/mesh", ISTIOD, &nested, None)).await;
     approve(&api, "nested", "Approved").await;
     for name in ["foreign", "stranger", "nested"] {
         let cond = eventually("Failed condition", async || {
@@ -437,10 +434,8 @@ async fn a_conflict_storm_and_dropped_watches_lose_nothing_and_sign_once() {
     assert_eq!(up.calls(), 45, "each CSR signed exactly once");
 }
 
-#[tokio::test]
-async fn followers_do_not_write_and_a_new_leader_catches_up() {
-    let fake = KubeFake::start().await;
-    let c = client(&fake).await;
+async fn followers_do_not_write_and_a_new_leader_catches_up(cluster: Cluster) {
+    let c = cluster.client().await;
     let up = CaSigner::root(SystemTime::now(), 365 * DAY);
     let (tx, leader) = watch::channel(false);
     let signer = Arc::new(CsrSigner::new(
@@ -451,12 +446,7 @@ async fn followers_do_not_write_and_a_new_leader_catches_up() {
     ));
     tokio::spawn(signer.run());
     let api: Api<CertificateSigningRequest> = Api::all(c);
-    api.create(
-        &PostParams::default(),
-        &k8s_csr("r", "signet.dev/mesh", ISTIOD, &workload("demo"), None),
-    )
-    .await
-    .unwrap();
+    file(&cluster, &k8s_csr("r", "signet.dev/mesh", ISTIOD, &workload("demo"), None)).await;
     approve(&api, "r", "Approved").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
@@ -531,10 +521,11 @@ fn cacerts_config(layout: Layout) -> CacertsConfig {
     }
 }
 
-fn secret_files(fake: &KubeFake) -> signet_istio::cacerts::Files {
+async fn secret_files(cluster: &Cluster) -> signet_istio::cacerts::Files {
     use base64::Engine as _;
-    let s = fake
+    let s = cluster
         .get("v1", "secrets", "istio-system", "cacerts")
+        .await
         .expect("cacerts secret");
     s["data"]
         .as_object()
@@ -551,11 +542,18 @@ fn secret_files(fake: &KubeFake) -> signet_istio::cacerts::Files {
         .collect()
 }
 
-#[tokio::test]
-async fn cacerts_are_created_rotated_and_never_broken() {
-    let fake = KubeFake::start().await;
-    fake.add_namespace("istio-system", json!({}));
-    let c = client(&fake).await;
+/// The cacerts Secret's resourceVersion: unchanged means not written.
+async fn cacerts_version(cluster: &Cluster) -> Value {
+    cluster
+        .get("v1", "secrets", "istio-system", "cacerts")
+        .await
+        .expect("cacerts secret")["metadata"]["resourceVersion"]
+        .clone()
+}
+
+async fn cacerts_are_created_rotated_and_never_broken(cluster: Cluster) {
+    cluster.add_namespace("istio-system", json!({})).await;
+    let c = cluster.client().await;
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
     let old_root = CaSigner::root(clock.now(), 60 * DAY);
     let backend = Arc::new(Switchable {
@@ -575,7 +573,7 @@ async fn cacerts_are_created_rotated_and_never_broken() {
     );
 
     assert!(keeper.reconcile_once().await.unwrap(), "created");
-    let first = secret_files(&fake);
+    let first = secret_files(&cluster).await;
     assert_eq!(
         first.keys().collect::<Vec<_>>(),
         [
@@ -595,21 +593,21 @@ async fn cacerts_are_created_rotated_and_never_broken() {
     // Within renew_before of expiry: a new intermediate.
     clock.advance(21 * DAY);
     assert!(keeper.reconcile_once().await.unwrap(), "rotated");
-    let second = secret_files(&fake);
+    let second = secret_files(&cluster).await;
     assert_ne!(first["ca-cert.pem"], second["ca-cert.pem"]);
     validate(&second, Layout::Istio, clock.now()).unwrap();
 
     // A backend that returns something unusable: nothing is written.
     backend.lie.store(true, std::sync::atomic::Ordering::SeqCst);
     clock.advance(21 * DAY);
-    let writes = fake.writes();
+    let version = cacerts_version(&cluster).await;
     assert!(keeper.reconcile_once().await.is_err());
     assert_eq!(
-        fake.writes(),
-        writes,
+        cacerts_version(&cluster).await,
+        version,
         "an invalid intermediate is never written"
     );
-    assert_eq!(secret_files(&fake), second);
+    assert_eq!(secret_files(&cluster).await, second);
     backend
         .lie
         .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -619,14 +617,14 @@ async fn cacerts_are_created_rotated_and_never_broken() {
     let new_root = CaSigner::root(clock.now(), 365 * DAY);
     backend.current.store(new_root.clone());
     assert!(keeper.reconcile_once().await.unwrap());
-    let third = secret_files(&fake);
+    let third = secret_files(&cluster).await;
     let roots = pem::certificates(&third["root-cert.pem"]).unwrap();
     assert_eq!(roots.len(), 2, "old and new roots");
     validate(&third, Layout::Istio, clock.now()).unwrap();
     // After the old root has expired, the next intermediate carries only the new one.
     clock.advance(20 * DAY);
     assert!(keeper.reconcile_once().await.unwrap());
-    let fourth = secret_files(&fake);
+    let fourth = secret_files(&cluster).await;
     assert_eq!(
         pem::certificates(&fourth["root-cert.pem"]).unwrap().len(),
         1
@@ -634,14 +632,31 @@ async fn cacerts_are_created_rotated_and_never_broken() {
     let v = validate(&fourth, Layout::Istio, clock.now()).unwrap();
     assert_eq!(v.roots[0], new_root.ca().trust_bundle().roots()[0]);
 
-    // Conflicts: reported, then resolved by re-reading; followers never write.
+    // Conflicts (only the fake makes them on demand): reported, then
+    // resolved by re-reading.
+    if let Some(fake) = cluster.as_fake() {
+        clock.advance(25 * DAY);
+        fake.inject_conflicts(1);
+        assert!(keeper.reconcile_once().await.is_err());
+        assert!(keeper.reconcile_once().await.unwrap());
+    }
+    // Someone else rewrites the Secret: the keeper reads what is there and
+    // keeps a valid set.
+    let mut tampered = cluster
+        .get("v1", "secrets", "istio-system", "cacerts")
+        .await
+        .unwrap();
+    tampered["metadata"]["annotations"] = json!({ "example.com/touched": "yes" });
+    cluster.apply(tampered).await;
     clock.advance(25 * DAY);
-    fake.inject_conflicts(1);
-    assert!(keeper.reconcile_once().await.is_err());
     assert!(keeper.reconcile_once().await.unwrap());
+    validate(&secret_files(&cluster).await, Layout::Istio, clock.now()).unwrap();
+    // Followers never write.
+    let version = cacerts_version(&cluster).await;
     tx.send(false).unwrap();
     clock.advance(25 * DAY);
     assert!(!keeper.reconcile_once().await.unwrap());
+    assert_eq!(cacerts_version(&cluster).await, version, "a follower wrote");
 }
 
 /// Twenty rotations, each through a burst of conflicting writes: after
@@ -649,9 +664,10 @@ async fn cacerts_are_created_rotated_and_never_broken() {
 /// validates. Nothing in between is ever stored.
 #[tokio::test]
 async fn a_conflict_storm_through_rotations_never_stores_a_broken_cacerts() {
-    let fake = KubeFake::start().await;
+    let cluster = Cluster::fake().await;
+    let fake = cluster.as_fake().unwrap();
     fake.add_namespace("istio-system", json!({}));
-    let c = client(&fake).await;
+    let c = cluster.client().await;
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
     let root = CaSigner::root(clock.now(), 3650 * DAY);
     let (_tx, leader) = watch::channel(true);
@@ -661,7 +677,7 @@ async fn a_conflict_storm_through_rotations_never_stores_a_broken_cacerts() {
         leader,
     );
     keeper.reconcile_once().await.unwrap();
-    let mut last = secret_files(&fake);
+    let mut last = secret_files(&cluster).await;
     let (mut rotations, mut refused) = (0, 0);
     for round in 0..20u32 {
         clock.advance(21 * DAY);
@@ -669,7 +685,7 @@ async fn a_conflict_storm_through_rotations_never_stores_a_broken_cacerts() {
         let mut done = false;
         for _ in 0..5 {
             let result = keeper.reconcile_once().await;
-            let stored = secret_files(&fake);
+            let stored = secret_files(&cluster).await;
             if stored != last {
                 validate(&stored, Layout::Istio, clock.now())
                     .unwrap_or_else(|e| panic!("round {round}: a broken cacerts was stored: {e}"));
@@ -694,10 +710,9 @@ async fn a_conflict_storm_through_rotations_never_stores_a_broken_cacerts() {
     );
 }
 
-#[tokio::test]
-async fn the_tls_layout_works_too() {
-    let fake = KubeFake::start().await;
-    let c = client(&fake).await;
+async fn the_tls_layout_works_too(cluster: Cluster) {
+    cluster.add_namespace("istio-system", json!({})).await;
+    let c = cluster.client().await;
     let up = CaSigner::root(SystemTime::now(), 365 * DAY);
     let (_tx, leader) = watch::channel(true);
     let keeper = CacertsKeeper::new(
@@ -706,7 +721,7 @@ async fn the_tls_layout_works_too() {
         leader,
     );
     keeper.reconcile_once().await.unwrap();
-    let files = secret_files(&fake);
+    let files = secret_files(&cluster).await;
     assert_eq!(
         files.keys().collect::<Vec<_>>(),
         ["ca.crt", "tls.crt", "tls.key"]
@@ -714,12 +729,12 @@ async fn the_tls_layout_works_too() {
     validate(&files, Layout::Tls, SystemTime::now()).unwrap();
 }
 
-#[tokio::test]
-async fn root_configmaps_follow_namespaces_and_bundle_changes() {
-    let fake = KubeFake::start().await;
-    fake.add_namespace("default", json!({ "istio-injection": "enabled" }));
-    fake.add_namespace("kube-system", json!({}));
-    let c = client(&fake).await;
+async fn root_configmaps_follow_namespaces_and_bundle_changes(cluster: Cluster) {
+    cluster
+        .add_namespace("default", json!({ "istio-injection": "enabled" }))
+        .await;
+    cluster.add_namespace("kube-system", json!({})).await;
+    let c = cluster.client().await;
     let first = CaSigner::root(SystemTime::now(), 365 * DAY);
     let backend = Arc::new(Switchable {
         current: ArcSwap::new(first.clone()),
@@ -739,27 +754,32 @@ async fn root_configmaps_follow_namespaces_and_bundle_changes() {
         leader,
     ));
     tokio::spawn(dist.run());
-    let root_of = |ns: &str| {
-        fake.get("v1", "configmaps", ns, "istio-ca-root-cert")
+    let root_of = async |ns: &str| {
+        cluster
+            .get("v1", "configmaps", ns, "istio-ca-root-cert")
+            .await
             .map(|cm| cm["data"]["root-cert.pem"].as_str().unwrap().to_owned())
     };
-    let pem1 = eventually("configmap in default", async || root_of("default")).await;
+    let pem1 = eventually("configmap in default", async || root_of("default").await).await;
     assert_eq!(pem1, first.ca().trust_bundle().to_pem());
-    let cm = fake
+    let cm = cluster
         .get("v1", "configmaps", "default", "istio-ca-root-cert")
+        .await
         .unwrap();
     assert_eq!(cm["metadata"]["labels"]["istio.io/config"], "true");
     // A new selected namespace gets one; unselected ones never do.
-    fake.add_namespace("shop", json!({ "istio-injection": "enabled" }));
-    eventually("configmap in a new namespace", async || root_of("shop")).await;
-    assert!(root_of("kube-system").is_none());
+    cluster
+        .add_namespace("shop", json!({ "istio-injection": "enabled" }))
+        .await;
+    eventually("configmap in a new namespace", async || root_of("shop").await).await;
+    assert!(root_of("kube-system").await.is_none());
     // The bundle changes: every ConfigMap follows.
     let second = CaSigner::root(SystemTime::now(), 365 * DAY);
     backend.current.store(second.clone());
     let want = second.ca().trust_bundle().to_pem();
     for ns in ["default", "shop"] {
         eventually("updated configmap", async || {
-            root_of(ns).filter(|p| *p == want)
+            root_of(ns).await.filter(|p| *p == want)
         })
         .await;
     }
