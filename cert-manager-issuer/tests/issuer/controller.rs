@@ -1,13 +1,16 @@
-//! The cert-manager issuer against the Kubernetes API fake, through the real
-//! kube client, with CertificateRequests shaped like cert-manager's v1 API.
+//! The cert-manager issuer through the real kube client, with
+//! CertificateRequests shaped like cert-manager's v1 API. Every test body
+//! that needs nothing only the fake can do runs twice: on the API fake
+//! (`controller::fake::…`, cert-manager's CRD as signet models it) and on a
+//! real kube-apiserver with cert-manager's own CRDs from its Go module
+//! (`controller::conformance::…`). Conflict storms and dropped watches are
+//! the fake's alone.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, CustomResourceExt as _, ResourceExt as _};
 use serde_json::{Value, json};
 use signet_backends::cert_manager::CertificateRequest;
@@ -21,7 +24,7 @@ use signet_core::names::San;
 use signet_core::spiffe::TrustDomain;
 use signet_core::testing::{CaSigner, Fault};
 use signet_core::{Signer, SystemClock, pem};
-use signet_tests::kube_fake::KubeFake;
+use signet_tests::cluster::Cluster;
 use signet_tests::openssl;
 use tokio::sync::watch;
 
@@ -29,7 +32,7 @@ const DAY: Duration = Duration::from_secs(86_400);
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 struct Env {
-    fake: KubeFake,
+    cluster: Arc<Cluster>,
     _leader: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -40,35 +43,83 @@ impl Drop for Env {
     }
 }
 
-async fn client(fake: &KubeFake) -> Client {
-    let dir = tempfile::tempdir().unwrap();
-    let kc = Kubeconfig::read_from(fake.kubeconfig(dir.path(), "t")).unwrap();
-    Client::try_from(
-        kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .unwrap(),
-    )
-    .unwrap()
+mod fake {
+    signet_tests::cluster_tests!(fake:
+        a_namespaced_issuer_with_a_local_ca_from_secrets_issues_what_openssl_verifies,
+        denied_requests_are_marked_and_never_signed,
+        transient_failures_stay_pending_then_succeed,
+        permanent_failures_are_failed_with_a_failure_time,
+        ca_requests_need_allow_ca_and_get_path_length_zero,
+        a_restart_mid_flight_does_not_sign_twice,
+        cluster_and_namespaced_issuers_read_secrets_from_their_own_namespaces,
+        issuer_readiness_follows_its_secrets,
+        followers_do_not_write_and_the_leader_catches_up,
+        the_issuer_rate_limit_delays_but_does_not_fail,
+        patching_a_finished_request_changes_nothing,
+        a_delegated_issuer_signs_with_its_own_intermediate_and_stops_when_deleted,
+    );
 }
 
-/// A fake API server with the CRDs and namespaces `apps` and `signet`.
-async fn cluster() -> (KubeFake, Client) {
-    let fake = KubeFake::start().await;
-    let c = client(&fake).await;
-    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
-    for crd in [
-        SignetIssuer::crd(),
-        SignetClusterIssuer::crd(),
-        CertificateRequest::crd(),
-    ] {
-        crds.create(&PostParams::default(), &crd).await.unwrap();
+mod conformance {
+    signet_tests::cluster_tests!(real:
+        a_namespaced_issuer_with_a_local_ca_from_secrets_issues_what_openssl_verifies,
+        denied_requests_are_marked_and_never_signed,
+        transient_failures_stay_pending_then_succeed,
+        permanent_failures_are_failed_with_a_failure_time,
+        ca_requests_need_allow_ca_and_get_path_length_zero,
+        a_restart_mid_flight_does_not_sign_twice,
+        cluster_and_namespaced_issuers_read_secrets_from_their_own_namespaces,
+        issuer_readiness_follows_its_secrets,
+        followers_do_not_write_and_the_leader_catches_up,
+        the_issuer_rate_limit_delays_but_does_not_fail,
+        patching_a_finished_request_changes_nothing,
+        a_delegated_issuer_signs_with_its_own_intermediate_and_stops_when_deleted,
+    );
+}
+
+/// cert-manager's own CRDs, from the Go module scripts/conformance-build
+/// fetched (`SIGNET_CERT_MANAGER_CRDS`).
+fn cert_manager_crds() -> Vec<Value> {
+    let dir = std::env::var_os("SIGNET_CERT_MANAGER_CRDS").expect(
+        "SIGNET_CERT_MANAGER_CRDS is not set: run the suite with scripts/test or scripts/conformance",
+    );
+    let mut crds = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for doc in text.split("\n---") {
+                if let Ok(v) = serde_yaml_ng::from_str::<Value>(doc)
+                    && v["kind"] == "CustomResourceDefinition"
+                {
+                    crds.push(v);
+                }
+            }
+        }
     }
-    fake.add_namespace("apps", json!({}));
-    fake.add_namespace("signet", json!({}));
+    assert!(!crds.is_empty(), "no CRDs in SIGNET_CERT_MANAGER_CRDS");
+    crds
+}
+
+/// The CRDs (cert-manager's own on a real server, signet's model of its
+/// CertificateRequest on the fake) and namespaces `apps` and `signet`.
+async fn setup(cluster: Cluster) -> (Arc<Cluster>, Client) {
+    let c = cluster.client().await;
+    let mut crds = vec![
+        serde_json::to_value(SignetIssuer::crd()).unwrap(),
+        serde_json::to_value(SignetClusterIssuer::crd()).unwrap(),
+    ];
+    match cluster.as_fake() {
+        Some(_) => crds.push(serde_json::to_value(CertificateRequest::crd()).unwrap()),
+        None => crds.extend(cert_manager_crds()),
+    }
+    cluster.install_crds(&crds).await;
+    cluster.add_namespace("apps", json!({})).await;
+    cluster.add_namespace("signet", json!({})).await;
     let ca = root("unused by injected backends");
-    ca_secret(&fake, "apps", "test-ca", &ca);
-    ca_secret(&fake, "signet", "test-ca", &ca);
-    (fake, c)
+    ca_secret(&cluster, "apps", "test-ca", &ca).await;
+    ca_secret(&cluster, "signet", "test-ca", &ca).await;
+    (Arc::new(cluster), c)
 }
 
 fn config() -> ControllerConfig {
@@ -79,7 +130,7 @@ fn config() -> ControllerConfig {
 }
 
 /// Starts the controller; `factory` replaces backend construction.
-fn start(fake: KubeFake, c: Client, factory: Option<BackendFactory>) -> Env {
+fn start(cluster: Arc<Cluster>, c: Client, factory: Option<BackendFactory>) -> Env {
     let (tx, leader) = watch::channel(true);
     let mut ctl = IssuerController::new(
         c.clone(),
@@ -93,7 +144,7 @@ fn start(fake: KubeFake, c: Client, factory: Option<BackendFactory>) -> Env {
     }
     let task = tokio::spawn(Arc::new(ctl).run());
     Env {
-        fake,
+        cluster,
         _leader: tx,
         task,
     }
@@ -107,14 +158,16 @@ fn fixed(signer: Arc<CaSigner>) -> BackendFactory {
     })
 }
 
-fn ca_secret(fake: &KubeFake, ns: &str, name: &str, ca: &LocalCa) {
+async fn ca_secret(cluster: &Cluster, ns: &str, name: &str, ca: &LocalCa) {
     let cert = pem::encode("CERTIFICATE", ca.certificate());
     let key = ca.key().to_pem();
-    fake.apply(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": { "name": name, "namespace": ns },
-        "data": { "tls.crt": B64.encode(cert), "tls.key": B64.encode(key.as_bytes()) }
-    }));
+    cluster
+        .apply(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": name, "namespace": ns },
+            "data": { "tls.crt": B64.encode(cert), "tls.key": B64.encode(key.as_bytes()) }
+        }))
+        .await;
 }
 
 fn root(name: &str) -> LocalCa {
@@ -133,12 +186,14 @@ fn local_backend(secret: &str) -> Value {
         "key_secret": { "name": secret, "key": "tls.key" } })
 }
 
-fn issuer(fake: &KubeFake, ns: Option<&str>, name: &str, spec: Value) {
+async fn issuer(cluster: &Cluster, ns: Option<&str>, name: &str, spec: Value) {
     let (kind, meta) = match ns {
         Some(ns) => ("SignetIssuer", json!({ "name": name, "namespace": ns })),
         None => ("SignetClusterIssuer", json!({ "name": name })),
     };
-    fake.apply(json!({ "apiVersion": "signet.dev/v1alpha1", "kind": kind, "metadata": meta, "spec": spec }));
+    cluster
+        .apply(json!({ "apiVersion": "signet.dev/v1alpha1", "kind": kind, "metadata": meta, "spec": spec }))
+        .await;
 }
 
 fn csr_pem(sans: &[San]) -> String {
@@ -289,14 +344,15 @@ async fn wait_issuer(
 
 /// A namespaced issuer `name` in "apps" on a local CA, served by a
 /// controller whose backend is `up`, once the issuer is ready.
-async fn running_issuer(fake: &KubeFake, c: &Client, name: &str, up: &Arc<CaSigner>) -> Env {
+async fn running_issuer(cluster: &Arc<Cluster>, c: &Client, name: &str, up: &Arc<CaSigner>) -> Env {
     issuer(
-        fake,
+        cluster,
         Some("apps"),
         name,
         json!({ "backend": local_backend("test-ca") }),
-    );
-    let env = start(fake.clone(), c.clone(), Some(fixed(up.clone())));
+    )
+    .await;
+    let env = start(cluster.clone(), c.clone(), Some(fixed(up.clone())));
     wait_issuer(c, Some("apps"), name, "True").await;
     env
 }
@@ -315,18 +371,20 @@ fn files(
     (c, a)
 }
 
-#[tokio::test]
-async fn a_namespaced_issuer_with_a_local_ca_from_secrets_issues_what_openssl_verifies() {
-    let (fake, c) = cluster().await;
+async fn a_namespaced_issuer_with_a_local_ca_from_secrets_issues_what_openssl_verifies(
+    cluster: Cluster,
+) {
+    let (cluster, c) = setup(cluster).await;
     let ca = root("apps root");
-    ca_secret(&fake, "apps", "apps-ca", &ca);
+    ca_secret(&cluster, "apps", "apps-ca", &ca).await;
     issuer(
-        &fake,
+        &cluster,
         Some("apps"),
         "local",
         json!({ "backend": local_backend("apps-ca") }),
-    );
-    let env = start(fake, c.clone(), None);
+    )
+    .await;
+    let env = start(cluster.clone(), c.clone(), None);
     let (_, reason, message) = wait_issuer(&c, Some("apps"), "local", "True").await;
     assert_eq!(reason, "Checked", "{message}");
 
@@ -363,17 +421,17 @@ async fn a_namespaced_issuer_with_a_local_ca_from_secrets_issues_what_openssl_ve
     drop(env);
 }
 
-#[tokio::test]
-async fn denied_requests_are_marked_and_never_signed() {
-    let (fake, c) = cluster().await;
+async fn denied_requests_are_marked_and_never_signed(cluster: Cluster) {
+    let (cluster, c) = setup(cluster).await;
     let up = CaSigner::root(SystemTime::now(), 365 * DAY);
     issuer(
-        &fake,
+        &cluster,
         Some("apps"),
         "test",
         json!({ "backend": local_backend("test-ca") }),
-    );
-    let env = start(fake, c.clone(), Some(fixed(up.clone())));
+    )
+    .await;
+    let env = start(cluster.clone(), c.clone(), Some(fixed(up.clone())));
     wait_issuer(&c, Some("apps"), "test", "True").await;
     create(
         &c,
@@ -414,17 +472,17 @@ async fn denied_requests_are_marked_and_never_signed() {
     drop(env);
 }
 
-#[tokio::test]
-async fn transient_failures_stay_pending_then_succeed() {
-    let (fake, c) = cluster().await;
+async fn transient_failures_stay_pending_then_succeed(cluster: Cluster) {
+    let (cluster, c) = setup(cluster).await;
     let up = CaSigner::root(SystemTime::now(), 365 * DAY);
     issuer(
-        &fake,
+        &cluster,
         Some("apps"),
         "test",
         json!({ "backend": local_backend("test-ca") }),
-    );
-    let env = start(fake, c.clone(), Some(fixed(up.clone())));
+    )
+    .await;
+    let env = start(cluster.clone(), c.clone(), Some(fixed(up.clone())));
     wait_issuer(&c, Some("apps"), "test", "True").await;
     up.set_fault(Fault::Unavailable, u32::MAX);
     create(
@@ -464,18 +522,18 @@ async fn transient_failures_stay_pending_then_succeed() {
     drop(env);
 }
 
-#[tokio::test]
-async fn permanent_failures_are_failed_with_a_failure_time() {
-    let (fake, c) = cluster().await;
+async fn permanent_failures_are_failed_with_a_failure_time(cluster: Cluster) {
+    let (cluster, c) = setup(cluster).await;
     let up = CaSigner::root(SystemTime::now(), 365 * DAY);
     issuer(
-        &fake,
+        &cluster,
         Some("apps"),
         "strict",
         json!({ "backend": local_backend("test-ca"),
             "policy": { "allowedSans": ["*.apps.example", "spiffe://cluster.local/**"], "maxDuration": "720h" } }),
-    );
-    let env = start(fake, c.clone(), Some(fixed(up.clone())));
+    )
+    .await;
+    let env = start(cluster.clone(), c.clone(), Some(fixed(up.clone())));
     wait_issuer(&c, Some("apps"), "strict", "True").await;
     let nested: San = San::Uri(
         "spiffe://cluster.local/ns/apps/sa/a/ns/kube-system/sa/admin"
@@ -563,17 +621,17 @@ async fn permanent_failures_are_failed_with_a_failure_time() {
     drop(env);
 }
 
-#[tokio::test]
-async fn ca_requests_need_allow_ca_and_get_path_length_zero() {
-    let (fake, c) = cluster().await;
+async fn ca_requests_need_allow_ca_and_get_path_length_zero(cluster: Cluster) {
+    let (cluster, c) = setup(cluster).await;
     let up = CaSigner::root(SystemTime::now(), 365 * DAY);
     issuer(
-        &fake,
+        &cluster,
         None,
         "cas",
         json!({ "backend": local_backend("test-ca"), "policy": { "allowCa": true } }),
-    );
-    let env = start(fake, c.clone(), Some(fixed(up.clone())));
+    )
+    .await;
+    let env = start(cluster.clone(), c.clone(), Some(fixed(up.clone())));
     wait_issuer(&c, None, "cas", "True").await;
     let dir = tempfile::tempdir().unwrap();
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
@@ -596,12 +654,11 @@ async fn ca_requests_need_allow_ca_and_get_path_length_zero() {
     drop(env);
 }
 
-#[tokio::test]
-async fn a_restart_mid_flight_does_not_sign_twice() {
+async fn a_restart_mid_flight_does_not_sign_twice(cluster: Cluster) {
     // Idempotent backend: the new process resumes with the same request ID.
-    let (fake, c) = cluster().await;
+    let (cluster, c) = setup(cluster).await;
     let up = CaSigner::root(SystemTime::now(), 365 * DAY);
-    let env = running_issuer(&fake, &c, "test", &up).await;
+    let env = running_issuer(&cluster, &c, "test", &up).await;
     up.set_fault(Fault::Slow(Duration::from_secs(30)), u32::MAX);
     create(
         &c,
@@ -626,22 +683,22 @@ async fn a_restart_mid_flight_does_not_sign_twice() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(env); // signet dies mid-flight
     up.set_fault(Fault::None, 0);
-    let env = start(fake, c.clone(), Some(fixed(up.clone())));
+    let env = start(cluster.clone(), c.clone(), Some(fixed(up.clone())));
     let cr = wait_reason(&c, "mid", "Issued").await;
     assert!(cr.status.unwrap().certificate.is_some());
     assert_eq!(up.issued(), 1);
     drop(env);
 
     // A backend without idempotency (Vault): the request is failed with the
-    // reason instead of risking a second certificate.
-    let (fake, c) = cluster().await;
+    // reason instead of risking a second certificate. (Same cluster, a new
+    // request: the finished one above is left alone.)
     let up = CaSigner::forgetful_root(SystemTime::now(), 365 * DAY);
-    let env = running_issuer(&fake, &c, "vaultish", &up).await;
+    let env = running_issuer(&cluster, &c, "vaultish", &up).await;
     up.set_fault(Fault::Slow(Duration::from_secs(30)), u32::MAX);
     create(
         &c,
         request(
-            "mid",
+            "mid-again",
             "vaultish",
             "SignetIssuer",
             &csr_pem(&[dns("m.example")]),
@@ -649,9 +706,9 @@ async fn a_restart_mid_flight_does_not_sign_twice() {
         ),
     )
     .await;
-    decide(&c, "mid", "Approved").await;
+    decide(&c, "mid-again", "Approved").await;
     eventually("the request ID recorded", async || {
-        get(&c, "mid")
+        get(&c, "mid-again")
             .await
             .annotations()
             .get(REQUEST_ID_ANNOTATION)
@@ -662,8 +719,8 @@ async fn a_restart_mid_flight_does_not_sign_twice() {
     drop(env);
     up.set_fault(Fault::None, 0);
     let calls = up.calls();
-    let env = start(fake, c.clone(), Some(fixed(up.clone())));
-    let cr = wait_reason(&c, "mid", "Failed").await;
+    let env = start(cluster.clone(), c.clone(), Some(fixed(up.clone())));
+    let cr = wait_reason(&c, "mid-again", "Failed").await;
     let msg = cr.condition("Ready").unwrap().message.clone().unwrap();
     assert!(msg.contains("will not sign it again"), "{msg}");
     assert_eq!(up.issued(), 0);
@@ -674,9 +731,9 @@ async fn a_restart_mid_flight_does_not_sign_twice() {
 
 #[tokio::test]
 async fn a_failed_status_write_is_retried_without_signing_again() {
-    let (fake, c) = cluster().await;
+    let (cluster, c) = setup(Cluster::fake().await).await;
     let up = CaSigner::forgetful_root(SystemTime::now(), 365 * DAY);
-    let env = running_issuer(&fake, &c, "test", &up).await;
+    let env = running_issuer(&cluster, &c, "test", &up).await;
     up.set_fault(Fault::Slow(Duration::from_secs(1)), u32::MAX);
     create(
         &c,
@@ -700,7 +757,7 @@ async fn a_failed_status_write_is_retried_without_signing_again() {
     .await;
     // While the backend signs, arrange for the status writes to conflict.
     up.set_fault(Fault::None, 0);
-    env.fake.inject_conflicts(2);
+    env.cluster.as_fake().unwrap().inject_conflicts(2);
     let cr = wait_reason(&c, "conflicted", "Issued").await;
     assert!(cr.status.unwrap().certificate.is_some());
     assert_eq!(up.issued(), 1);
@@ -711,16 +768,16 @@ async fn a_failed_status_write_is_retried_without_signing_again() {
 /// arriving: every CertificateRequest is issued, each signed exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_watches_and_a_conflict_storm_issue_everything_once() {
-    let (fake, c) = cluster().await;
+    let (cluster, c) = setup(Cluster::fake().await).await;
     let up = CaSigner::forgetful_root(SystemTime::now(), 365 * DAY);
-    let env = running_issuer(&fake, &c, "test", &up).await;
+    let env = running_issuer(&cluster, &c, "test", &up).await;
     let api: Api<CertificateRequest> = Api::namespaced(c.clone(), "apps");
     for n in 0..30 {
         if n % 5 == 0 {
-            env.fake.drop_watches();
+            env.cluster.as_fake().unwrap().drop_watches();
         }
         if n == 10 {
-            env.fake.inject_conflicts(60);
+            env.cluster.as_fake().unwrap().inject_conflicts(60);
         }
         let name = format!("storm-{n}");
         let cr: CertificateRequest = serde_json::from_value(request(
@@ -737,7 +794,7 @@ async fn dropped_watches_and_a_conflict_storm_issue_everything_once() {
         }
         decide(&c, &name, "Approved").await;
     }
-    env.fake.drop_watches();
+    env.cluster.as_fake().unwrap().drop_watches();
     for n in 0..30 {
         let cr = wait_reason(&c, &format!("storm-{n}"), "Issued").await;
         assert!(cr.status.unwrap().certificate.is_some());
@@ -747,42 +804,45 @@ async fn dropped_watches_and_a_conflict_storm_issue_everything_once() {
     drop(env);
 }
 
-#[tokio::test]
-async fn cluster_and_namespaced_issuers_read_secrets_from_their_own_namespaces() {
-    let (fake, c) = cluster().await;
+async fn cluster_and_namespaced_issuers_read_secrets_from_their_own_namespaces(cluster: Cluster) {
+    let (cluster, c) = setup(cluster).await;
     let cluster_ca = root("cluster root");
     let apps_ca = root("apps root");
     // The cluster issuer's Secret lives in the cluster resource namespace;
     // a same-named Secret in the request's namespace must not be used.
-    ca_secret(&fake, "signet", "ca", &cluster_ca);
-    ca_secret(&fake, "apps", "ca", &apps_ca);
+    ca_secret(&cluster, "signet", "ca", &cluster_ca).await;
+    ca_secret(&cluster, "apps", "ca", &apps_ca).await;
     // A namespaced issuer cannot reach a Secret in another namespace.
-    ca_secret(&fake, "signet", "only-in-signet", &cluster_ca);
+    ca_secret(&cluster, "signet", "only-in-signet", &cluster_ca).await;
     issuer(
-        &fake,
+        &cluster,
         None,
         "org",
         json!({ "backend": local_backend("ca") }),
-    );
+    )
+    .await;
     issuer(
-        &fake,
+        &cluster,
         Some("apps"),
         "team",
         json!({ "backend": local_backend("ca") }),
-    );
+    )
+    .await;
     issuer(
-        &fake,
+        &cluster,
         Some("apps"),
         "reach",
         json!({ "backend": local_backend("only-in-signet") }),
-    );
+    )
+    .await;
     issuer(
-        &fake,
+        &cluster,
         Some("apps"),
         "files",
         json!({ "backend": { "type": "local", "cert_file": "/etc/signet/ca.pem", "key_file": "/etc/signet/ca.key" } }),
-    );
-    let env = start(fake, c.clone(), None);
+    )
+    .await;
+    let env = start(cluster.clone(), c.clone(), None);
     wait_issuer(&c, None, "org", "True").await;
     wait_issuer(&c, Some("apps"), "team", "True").await;
     let (_, reason, message) = wait_issuer(&c, Some("apps"), "reach", "False").await;
@@ -840,22 +900,22 @@ async fn cluster_and_namespaced_issuers_read_secrets_from_their_own_namespaces()
     drop(env);
 }
 
-#[tokio::test]
-async fn issuer_readiness_follows_its_secrets() {
-    let (fake, c) = cluster().await;
+async fn issuer_readiness_follows_its_secrets(cluster: Cluster) {
+    let (cluster, c) = setup(cluster).await;
     issuer(
-        &fake,
+        &cluster,
         Some("apps"),
         "later",
         json!({ "backend": local_backend("late-ca") }),
-    );
-    let env = start(fake, c.clone(), None);
+    )
+    .await;
+    let env = start(cluster.clone(), c.clone(), None);
     let (_, reason, message) = wait_issuer(&c, Some("apps"), "later", "False").await;
     assert_eq!(reason, "NotReady");
     assert!(message.contains("late-ca not found"), "{message}");
     // The Secret appears: the issuer becomes Ready at its next check.
     let first = root("first");
-    ca_secret(&env.fake, "apps", "late-ca", &first);
+    ca_secret(&env.cluster, "apps", "late-ca", &first).await;
     wait_issuer(&c, Some("apps"), "later", "True").await;
     create(
         &c,
@@ -877,7 +937,7 @@ async fn issuer_readiness_follows_its_secrets() {
     );
     // The Secret is rotated: the issuer is rebuilt from it.
     let second = root("second");
-    ca_secret(&env.fake, "apps", "late-ca", &second);
+    ca_secret(&env.cluster, "apps", "late-ca", &second).await;
     let expected = pem::encode("CERTIFICATE", second.certificate());
     eventually("requests signed by the rotated CA", async || {
         let name = format!("r{}", rand_suffix());
@@ -921,16 +981,16 @@ fn rand_suffix() -> u32 {
     u32::from_le_bytes(b) % 1_000_000
 }
 
-#[tokio::test]
-async fn followers_do_not_write_and_the_leader_catches_up() {
-    let (fake, c) = cluster().await;
+async fn followers_do_not_write_and_the_leader_catches_up(cluster: Cluster) {
+    let (cluster, c) = setup(cluster).await;
     let up = CaSigner::root(SystemTime::now(), 365 * DAY);
     issuer(
-        &fake,
+        &cluster,
         Some("apps"),
         "test",
         json!({ "backend": local_backend("test-ca") }),
-    );
+    )
+    .await;
     let (tx, leader) = watch::channel(false);
     let ctl = IssuerController::new(
         c.clone(),
@@ -963,17 +1023,17 @@ async fn followers_do_not_write_and_the_leader_catches_up() {
     task.abort();
 }
 
-#[tokio::test]
-async fn the_issuer_rate_limit_delays_but_does_not_fail() {
-    let (fake, c) = cluster().await;
+async fn the_issuer_rate_limit_delays_but_does_not_fail(cluster: Cluster) {
+    let (cluster, c) = setup(cluster).await;
     let up = CaSigner::root(SystemTime::now(), 365 * DAY);
     issuer(
-        &fake,
+        &cluster,
         Some("apps"),
         "slow",
         json!({ "backend": local_backend("test-ca"), "policy": { "rateLimit": 2.0 } }),
-    );
-    let env = start(fake, c.clone(), Some(fixed(up.clone())));
+    )
+    .await;
+    let env = start(cluster.clone(), c.clone(), Some(fixed(up.clone())));
     wait_issuer(&c, Some("apps"), "slow", "True").await;
     let names: Vec<String> = (0..12).map(|i| format!("burst-{i}")).collect();
     for n in &names {
@@ -1003,17 +1063,17 @@ async fn the_issuer_rate_limit_delays_but_does_not_fail() {
     drop(env);
 }
 
-#[tokio::test]
-async fn patching_a_finished_request_changes_nothing() {
-    let (fake, c) = cluster().await;
+async fn patching_a_finished_request_changes_nothing(cluster: Cluster) {
+    let (cluster, c) = setup(cluster).await;
     let up = CaSigner::root(SystemTime::now(), 365 * DAY);
     issuer(
-        &fake,
+        &cluster,
         Some("apps"),
         "test",
         json!({ "backend": local_backend("test-ca") }),
-    );
-    let env = start(fake, c.clone(), Some(fixed(up.clone())));
+    )
+    .await;
+    let env = start(cluster.clone(), c.clone(), Some(fixed(up.clone())));
     wait_issuer(&c, Some("apps"), "test", "True").await;
     create(
         &c,
@@ -1046,18 +1106,20 @@ async fn patching_a_finished_request_changes_nothing() {
     drop(env);
 }
 
-#[tokio::test]
-async fn a_delegated_issuer_signs_with_its_own_intermediate_and_stops_when_deleted() {
-    let (fake, c) = cluster().await;
+async fn a_delegated_issuer_signs_with_its_own_intermediate_and_stops_when_deleted(
+    cluster: Cluster,
+) {
+    let (cluster, c) = setup(cluster).await;
     let up = CaSigner::root(SystemTime::now(), 365 * DAY);
     issuer(
-        &fake,
+        &cluster,
         Some("apps"),
         "deleg",
         json!({ "backend": local_backend("test-ca"), "mode": "delegated",
             "intermediate": { "ttl": "48h", "commonName": "apps intermediate" } }),
-    );
-    let env = start(fake, c.clone(), Some(fixed(up.clone())));
+    )
+    .await;
+    let env = start(cluster.clone(), c.clone(), Some(fixed(up.clone())));
     let (_, _, message) = wait_issuer(&c, Some("apps"), "deleg", "True").await;
     assert!(message.contains("intermediate until"), "{message}");
     for i in 0..3 {

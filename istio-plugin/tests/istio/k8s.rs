@@ -168,13 +168,17 @@ async fn the_csr_signer_signs_only_what_it_should(cluster: Cluster) {
     let api: Api<CertificateSigningRequest> = Api::all(c);
 
     // Approved, for our signer, from istiod: signed, with expirationSeconds honoured.
-    file(&cluster, &k8s_csr(
+    file(
+        &cluster,
+        &k8s_csr(
             "good",
             "signet.dev/mesh",
             ISTIOD,
             &workload("demo"),
             Some(3600),
-        )).await;
+        ),
+    )
+    .await;
     approve(&api, "good", "Approved").await;
     let cert = eventually("certificate", async || {
         api.get("good")
@@ -195,18 +199,34 @@ async fn the_csr_signer_signs_only_what_it_should(cluster: Cluster) {
     signet_core::chain::verify_path(&certs[0], &[], &bundle, SystemTime::now()).unwrap();
 
     // Denied, another signer, not approved, already signed: untouched.
-    file(&cluster, &k8s_csr("denied", "signet.dev/mesh", ISTIOD, &workload("a"), None)).await;
+    file(
+        &cluster,
+        &k8s_csr("denied", "signet.dev/mesh", ISTIOD, &workload("a"), None),
+    )
+    .await;
     approve(&api, "denied", "Denied").await;
-    file(&cluster, &k8s_csr(
+    file(
+        &cluster,
+        &k8s_csr(
             "other",
             "kubernetes.io/kube-apiserver-client",
             ISTIOD,
             &workload("b"),
             None,
-        )).await;
+        ),
+    )
+    .await;
     approve(&api, "other", "Approved").await;
-    file(&cluster, &k8s_csr("pending", "signet.dev/mesh", ISTIOD, &workload("c"), None)).await;
-    file(&cluster, &k8s_csr("presigned", "signet.dev/mesh", ISTIOD, &workload("d"), None)).await;
+    file(
+        &cluster,
+        &k8s_csr("pending", "signet.dev/mesh", ISTIOD, &workload("c"), None),
+    )
+    .await;
+    file(
+        &cluster,
+        &k8s_csr("presigned", "signet.dev/mesh", ISTIOD, &workload("d"), None),
+    )
+    .await;
     // Someone else signs "presigned" while this replica is not the leader;
     // as leader it would (rightly) sign it between the approval and the
     // other signer's write.
@@ -234,15 +254,23 @@ async fn the_csr_signer_signs_only_what_it_should(cluster: Cluster) {
 
     // Policy failures: another trust domain, and a requester not allowed.
     let foreign = vec![San::Uri("spiffe://evil.org/ns/x/sa/y".parse().unwrap())];
-    file(&cluster, &k8s_csr("foreign", "signet.dev/mesh", ISTIOD, &foreign, None)).await;
+    file(
+        &cluster,
+        &k8s_csr("foreign", "signet.dev/mesh", ISTIOD, &foreign, None),
+    )
+    .await;
     approve(&api, "foreign", "Approved").await;
-    file(&cluster, &k8s_csr(
+    file(
+        &cluster,
+        &k8s_csr(
             "stranger",
             "signet.dev/mesh",
             "system:serviceaccount:default:app",
             &workload("e"),
             None,
-        )).await;
+        ),
+    )
+    .await;
     approve(&api, "stranger", "Approved").await;
     // An ID Istio would read as namespace kube-system.
     let nested = vec![San::Uri(
@@ -250,7 +278,11 @@ async fn the_csr_signer_signs_only_what_it_should(cluster: Cluster) {
             .parse()
             .unwrap(),
     )];
-    file(&cluster, &k8s_csr("nested", "signet.dev/mesh", ISTIOD, &nested, None)).await;
+    file(
+        &cluster,
+        &k8s_csr("nested", "signet.dev/mesh", ISTIOD, &nested, None),
+    )
+    .await;
     approve(&api, "nested", "Approved").await;
     for name in ["foreign", "stranger", "nested"] {
         let cond = eventually("Failed condition", async || {
@@ -446,7 +478,11 @@ async fn followers_do_not_write_and_a_new_leader_catches_up(cluster: Cluster) {
     ));
     tokio::spawn(signer.run());
     let api: Api<CertificateSigningRequest> = Api::all(c);
-    file(&cluster, &k8s_csr("r", "signet.dev/mesh", ISTIOD, &workload("demo"), None)).await;
+    file(
+        &cluster,
+        &k8s_csr("r", "signet.dev/mesh", ISTIOD, &workload("demo"), None),
+    )
+    .await;
     approve(&api, "r", "Approved").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
@@ -771,7 +807,10 @@ async fn root_configmaps_follow_namespaces_and_bundle_changes(cluster: Cluster) 
     cluster
         .add_namespace("shop", json!({ "istio-injection": "enabled" }))
         .await;
-    eventually("configmap in a new namespace", async || root_of("shop").await).await;
+    eventually("configmap in a new namespace", async || {
+        root_of("shop").await
+    })
+    .await;
     assert!(root_of("kube-system").await.is_none());
     // The bundle changes: every ConfigMap follows.
     let second = CaSigner::root(SystemTime::now(), 365 * DAY);
