@@ -1,24 +1,22 @@
-//! Leader election against the Kubernetes API fake: one leader at a time,
-//! prompt hand-over on release, take-over after a crash.
+//! Leader election: one leader at a time, prompt hand-over on release,
+//! take-over after a crash; on the API fake and on a real kube-apiserver's
+//! Lease API.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kube::Client;
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde_json::json;
 use signet::leader::{Elector, LeaderConfig};
 use signet_core::SystemClock;
 use signet_core::duration::HumanDuration;
-use signet_tests::kube_fake::KubeFake;
+use signet_tests::cluster::Cluster;
 
-async fn client(fake: &KubeFake, dir: &std::path::Path) -> Client {
-    let kc = Kubeconfig::read_from(fake.kubeconfig(dir, "t")).unwrap();
-    Client::try_from(
-        kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .unwrap(),
-    )
-    .unwrap()
+mod fake {
+    signet_tests::cluster_tests!(fake: one_leader_hand_over_and_take_over);
+}
+
+mod conformance {
+    signet_tests::cluster_tests!(real: one_leader_hand_over_and_take_over);
 }
 
 fn config(identity: &str) -> LeaderConfig {
@@ -45,11 +43,9 @@ async fn wait_for(
     start.elapsed()
 }
 
-#[tokio::test]
-async fn one_leader_hand_over_and_take_over() {
-    let fake = KubeFake::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let c = client(&fake, dir.path()).await;
+async fn one_leader_hand_over_and_take_over(cluster: Cluster) {
+    cluster.add_namespace("signet", json!({})).await;
+    let c = cluster.client().await;
     let a = Elector::start(c.clone(), config("a"), Arc::new(SystemClock));
     let a_rx = a.subscribe();
     wait_for(&a_rx, true, Duration::from_secs(5)).await;
@@ -69,13 +65,14 @@ async fn one_leader_hand_over_and_take_over() {
         took < Duration::from_millis(1500),
         "hand-over took {took:?}"
     );
-    let lease = fake
+    let lease = cluster
         .get(
             "coordination.k8s.io/v1",
             "leases",
             "signet",
             "signet-leader",
         )
+        .await
         .unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "b");
     assert!(lease["spec"]["leaseTransitions"].as_i64().unwrap() >= 1);
@@ -92,13 +89,15 @@ async fn one_leader_hand_over_and_take_over() {
         "took over only after the lease ran out ({took:?})"
     );
     assert_eq!(
-        fake.get(
-            "coordination.k8s.io/v1",
-            "leases",
-            "signet",
-            "signet-leader"
-        )
-        .unwrap()["spec"]["holderIdentity"],
+        cluster
+            .get(
+                "coordination.k8s.io/v1",
+                "leases",
+                "signet",
+                "signet-leader"
+            )
+            .await
+            .unwrap()["spec"]["holderIdentity"],
         "c"
     );
     let _ = b_rx;

@@ -280,3 +280,130 @@ frontends:
         "proved: istio-agent's CA client code (SecretManagerClient over the citadel client) gets and accepts signet's workload certificate with a real token; real TokenRequest tokens pass the real TokenReview (signet holding only auth-delegator and pod reads); other audiences, the API audience, deleted accounts, expired and garbage tokens are UNAUTHENTICATED; impersonation follows real Pods' spec.nodeName"
     );
 }
+
+/// signet's identity on `cp`: a service account allowed TokenReview (and
+/// nothing else); returns a kubeconfig with its token.
+async fn reviewer_kubeconfig(cp: &ControlPlane, name: &str) -> std::path::PathBuf {
+    let c = admin(cp).await;
+    service_account(&c, "signet", "signet").await;
+    bind_cluster_role(
+        &c,
+        "signet-auth-delegator",
+        "system:auth-delegator",
+        "signet",
+        "signet",
+    )
+    .await;
+    let own = token(&c, "signet", "signet", &[], None).await;
+    cp.kubeconfig_with_token(name, &own)
+}
+
+/// TokenReviews the API server has answered, from its own metrics.
+async fn token_reviews(c: &Client) -> u64 {
+    let text = c
+        .request_text(http::Request::get("/metrics").body(Vec::new()).unwrap())
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{") && l.contains("resource=\"tokenreviews\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn with_cluster(
+    mut r: tonic::Request<IstioCertificateRequest>,
+    cluster: &str,
+) -> tonic::Request<IstioCertificateRequest> {
+    r.metadata_mut()
+        .insert("clusterid", cluster.parse().unwrap());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_reviews_go_to_the_cluster_the_request_names_and_are_cached() {
+    let (primary, remote) = (ControlPlane::start(), ControlPlane::start());
+    let (pc, rc) = (admin(&primary).await, admin(&remote).await);
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (cert, key, root) = local_ca(d);
+    let config = format!(
+        r#"trust_domain: cluster.local
+backends:
+  ca: {{ type: local, cert_file: {cert}, key_file: {key}, chain_file: {root} }}
+authorities:
+  mesh: {{ backend: ca }}
+frontends:
+  istio:
+    listen: 127.0.0.1:0
+    authority: mesh
+    auth:
+      token_review:
+        cache_ttl: 5m
+        clusters:
+          Kubernetes: {{ kubeconfig: {primary} }}
+          east: {{ kubeconfig: {remote} }}
+"#,
+        cert = cert.display(),
+        key = key.display(),
+        root = root.display(),
+        primary = reviewer_kubeconfig(&primary, "primary").await.display(),
+        remote = reviewer_kubeconfig(&remote, "remote").await.display(),
+    );
+    std::fs::write(d.join("signet.yaml"), config).unwrap();
+    let signet = Signet::start(
+        &bin(),
+        &["serve", "--config", d.join("signet.yaml").to_str().unwrap()],
+    )
+    .expect("signet starts");
+    let mut istio = IstioCertificateServiceClient::new(channel(&signet, &root).await);
+    let demo = "spiffe://cluster.local/ns/default/sa/demo";
+    service_account(&pc, "default", "demo").await;
+    service_account(&rc, "default", "demo").await;
+    let home = token(&pc, "default", "demo", &["istio-ca"], None).await;
+    let east = token(&rc, "default", "demo", &["istio-ca"], None).await;
+
+    // Each token is reviewed by the cluster the request names (no header:
+    // the primary, `Kubernetes`), and only by that one.
+    let before = (token_reviews(&pc).await, token_reviews(&rc).await);
+    for _ in 0..3 {
+        istio
+            .create_certificate(request(&csr(d, "home", demo), &home, None))
+            .await
+            .expect("the primary's token, no cluster named");
+        istio
+            .create_certificate(with_cluster(
+                request(&csr(d, "east", demo), &east, None),
+                "east",
+            ))
+            .await
+            .expect("the remote's token, named");
+    }
+    let after = (token_reviews(&pc).await, token_reviews(&rc).await);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1, 1),
+        "one review per token on its own cluster: positive reviews are cached"
+    );
+    for (what, t, cluster) in [
+        ("the remote's token sent to the primary", &east, None),
+        (
+            "the primary's token sent to the remote",
+            &home,
+            Some("east"),
+        ),
+        ("a cluster signet does not know", &home, Some("west")),
+    ] {
+        let mut r = request(&csr(d, "x", demo), t, None);
+        if let Some(c) = cluster {
+            r = with_cluster(r, c);
+        }
+        let err = istio.create_certificate(r).await.expect_err(what);
+        assert_eq!(err.code(), Code::Unauthenticated, "{what}: {err:?}");
+    }
+    drop(signet);
+    println!(
+        "proved: with two real clusters, a token is reviewed by the cluster its request names in ClusterID (the primary when none), another cluster's token or an unknown cluster is UNAUTHENTICATED, and a positive review is cached (one TokenReview per token, counted by kube-apiserver's own metrics)"
+    );
+}
