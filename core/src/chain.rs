@@ -264,6 +264,15 @@ impl IssuedChain {
     pub fn not_after(&self) -> SystemTime {
         self.not_after
     }
+    /// When a CA certificate an upstream has just answered can be installed
+    /// and checked: `now`, or its NotBefore when that is later. Upstreams
+    /// that do not back-date (cert-manager's CA issuer) set NotBefore to the
+    /// moment they signed, after a request that began at `now`;
+    /// [`check`](Self::check) has already refused a NotBefore more than
+    /// [`MAX_NOT_BEFORE_SKEW`] in our future.
+    pub fn installable_at(&self, now: SystemTime) -> SystemTime {
+        now.max(self.not_before)
+    }
     pub fn leaf_pem(&self) -> String {
         pem::encode_certificate(&self.leaf)
     }

@@ -171,7 +171,7 @@ impl Delegated {
             key,
             chain.intermediates().to_vec(),
             Some(chain.trust_bundle().roots().to_vec()),
-            now,
+            chain.installable_at(self.clock.now()),
         )
         .map_err(|e| SignError::Internal(format!("installing the intermediate: {e}")))?;
         let ca = Arc::new(ca);

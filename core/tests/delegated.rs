@@ -104,6 +104,71 @@ async fn fifty_leaves_cost_one_upstream_certificate() {
     assert!(authority.backend().ready.is_ok());
 }
 
+/// An upstream that takes a few seconds and does not back-date: the
+/// intermediate's NotBefore is when it signed, after the request began
+/// (cert-manager's CA issuer on a real API server, found by the
+/// conformance suite).
+#[derive(Debug)]
+struct SlowNoBackdate {
+    root: Arc<CaSigner>,
+    clock: Arc<ManualClock>,
+}
+
+#[async_trait::async_trait]
+impl signet_core::Signer for SlowNoBackdate {
+    async fn sign(
+        &self,
+        d: &signet_core::policy::IssuanceDecision,
+        csr: &VerifiedCsr,
+    ) -> Result<IssuedChain, signet_core::SignError> {
+        self.clock.advance(Duration::from_secs(3));
+        let now = self.clock.now();
+        let at_sign_time = signet_core::policy::IssuanceDecision::intermediate(
+            "signet mesh intermediate",
+            &td(),
+            0,
+            now,
+            d.not_after().duration_since(now).unwrap(),
+            Duration::ZERO,
+            "t",
+        );
+        self.root.ca().sign(&at_sign_time, csr.public_key())
+    }
+    async fn trust_bundle(&self) -> Result<signet_core::TrustBundle, signet_core::SignError> {
+        self.root.trust_bundle().await
+    }
+    fn describe(&self) -> signet_core::BackendInfo {
+        self.root.describe()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_intermediate_valid_from_after_the_request_began_is_installed() {
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let up = Arc::new(SlowNoBackdate {
+        root: CaSigner::root(clock.now(), 365 * DAY),
+        clock: clock.clone(),
+    });
+    let cfg = IntermediateConfig {
+        ttl: HumanDuration(30 * DAY),
+        key: KeyAlgorithm::EcdsaP256,
+        renew_at: 2.0 / 3.0,
+        common_name: None,
+    };
+    let delegated = Delegated::start("mesh", up, cfg, td(), clock.clone());
+    tokio::time::timeout(Duration::from_secs(1), delegated.ready())
+        .await
+        .expect("installed at the first answer, not after a retry");
+    let authority = Authority::new(
+        "mesh",
+        delegated,
+        AuthorityPolicy::new(td(), PolicyConfig::default()).unwrap(),
+        clock.clone(),
+    );
+    let chain = issue(&authority, 0).await.unwrap();
+    webpki_ok(&chain, clock.now());
+}
+
 #[tokio::test(start_paused = true)]
 async fn not_ready_until_an_intermediate_is_held_then_recovers() {
     let clock = Arc::new(ManualClock::new(SystemTime::now()));

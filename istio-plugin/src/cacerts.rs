@@ -236,7 +236,12 @@ impl Cacerts {
             [chain.intermediates(), chain.trust_bundle().roots()].concat(),
         );
         let files = layout(self.config.layout, chain.leaf(), &path, &roots, &key);
-        let v = validate(&files, self.config.layout, now).map_err(|e| {
+        let v = validate(
+            &files,
+            self.config.layout,
+            chain.installable_at(self.clock.now()),
+        )
+        .map_err(|e| {
             SignError::BadChain(signet_core::chain::ChainError::Parse {
                 what: "cacerts".into(),
                 detail: e,

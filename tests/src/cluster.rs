@@ -219,6 +219,30 @@ impl Cluster {
     }
 }
 
+/// cert-manager's own CRDs, from the Go module scripts/conformance-build
+/// fetched (`SIGNET_CERT_MANAGER_CRDS`, its `deploy/crds`).
+pub fn cert_manager_crds() -> Vec<Value> {
+    let dir = std::env::var_os("SIGNET_CERT_MANAGER_CRDS").expect(
+        "SIGNET_CERT_MANAGER_CRDS is not set: run the suite with scripts/test or scripts/conformance",
+    );
+    let mut crds = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("SIGNET_CERT_MANAGER_CRDS") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).expect("CRD file");
+            for doc in text.split("\n---") {
+                if let Ok(v) = serde_yaml_ng::from_str::<Value>(doc)
+                    && v["kind"] == "CustomResourceDefinition"
+                {
+                    crds.push(v);
+                }
+            }
+        }
+    }
+    assert!(!crds.is_empty(), "no CRDs in SIGNET_CERT_MANAGER_CRDS");
+    crds
+}
+
 /// The dynamic API for `object`'s kind (found by discovery) and its name.
 async fn dynamic_for(c: &Client, object: &Value) -> (Api<DynamicObject>, String) {
     let api_version = object["apiVersion"].as_str().expect("apiVersion");

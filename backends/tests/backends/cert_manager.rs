@@ -1,8 +1,11 @@
-//! The `cert_manager` backend against the Kubernetes API fake, with a small
-//! simulated cert-manager controller that approves and signs
-//! CertificateRequests the way cert-manager's CA issuer does (leaf plus
-//! intermediates in `status.certificate`, the root in `status.ca`, no
-//! pathLenConstraint on CA certificates).
+//! The `cert_manager` backend with a small simulated cert-manager controller
+//! that approves and signs CertificateRequests the way cert-manager's CA
+//! issuer does (leaf plus intermediates in `status.certificate`, the root in
+//! `status.ca`, no pathLenConstraint on CA certificates). cert-manager's own
+//! controller cannot be built here (docs/conformance.md says why), so the
+//! simulation stands in for it; the API server under both is the fake
+//! (`cert_manager::fake::…`) and a real kube-apiserver with cert-manager's
+//! own CRDs (`cert_manager::conformance::…`).
 #![cfg(feature = "cert_manager")]
 
 use std::sync::{Arc, Mutex};
@@ -10,9 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use futures::StreamExt as _;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::PostParams;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Api, Client, CustomResourceExt as _, ResourceExt as _};
 use serde_json::json;
@@ -33,7 +34,7 @@ use signet_core::policy::{
 use signet_core::resilience::ResilienceConfig;
 use signet_core::spiffe::TrustDomain;
 use signet_core::{Authority, ErrorKind, Signer, SystemClock, VerifiedCsr, pem};
-use signet_tests::kube_fake::KubeFake;
+use signet_tests::cluster::Cluster;
 use signet_tests::openssl;
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -141,68 +142,106 @@ impl SimCertManager {
             let Ok(watcher::Event::Apply(cr) | watcher::Event::InitApply(cr)) = ev else {
                 continue;
             };
-            if cr.spec.issuer_ref.name != "sim-ca"
-                || cr.spec.issuer_ref.group.as_deref() != Some("cert-manager.io")
-                || cr.condition("Ready").is_some()
-            {
-                continue;
-            }
-            let mode = *self.mode.lock().unwrap();
             let api: Api<CertificateRequest> =
                 Api::namespaced(client.clone(), &cr.namespace().unwrap());
-            let mut updated = cr.clone();
-            let status = updated.status.get_or_insert_with(Default::default);
-            let conds = status.conditions.get_or_insert_with(Vec::new);
-            let cond = |t: &str, s: &str, r: &str, m: &str| RequestCondition {
-                type_: t.into(),
-                status: s.into(),
-                reason: Some(r.into()),
-                message: Some(m.into()),
-                last_transition_time: Some(now_rfc3339()),
-            };
-            match mode {
-                Mode::Ignore => continue,
-                Mode::Deny => {
-                    conds.push(cond(
-                        "Denied",
-                        "True",
-                        "policy.cert-manager.io",
-                        "not on the list",
-                    ));
-                    conds.push(cond(
-                        "Ready",
-                        "False",
-                        "Denied",
-                        "The CertificateRequest was denied by an approval controller",
-                    ));
-                    status.failure_time = Some(now_rfc3339());
-                }
-                Mode::Issue | Mode::WrongKey if !cr.is_true("Approved") => {
-                    conds.push(cond(
-                        "Approved",
-                        "True",
-                        "cert-manager.io",
-                        "Certificate request has been approved by cert-manager.io",
-                    ));
-                }
-                Mode::Issue | Mode::WrongKey => {
-                    let (certificate, ca) = self.sign(&cr.spec, mode);
-                    status.certificate = Some(B64.encode(certificate));
-                    status.ca = Some(B64.encode(ca));
-                    conds.push(cond(
-                        "Ready",
-                        "True",
-                        "Issued",
-                        "Certificate fetched from issuer successfully",
-                    ));
-                    self.signed.lock().unwrap().push(cr.spec.clone());
+            // Like a controller's requeue: a refused write re-reads the
+            // request and handles the newer version (no event is relied on).
+            let mut cr = cr;
+            for _ in 0..10 {
+                match self.answer_once(&api, &cr).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        if !matches!(&e, kube::Error::Api(s) if s.code == 409) {
+                            eprintln!("sim cert-manager: status write refused: {e}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        match api.get_opt(&cr.name_any()).await {
+                            Ok(Some(fresh)) => cr = fresh,
+                            _ => break,
+                        }
+                    }
                 }
             }
-            // Conflicts just mean a newer version is coming.
-            let _ = api
-                .replace_status(&cr.name_any(), &PostParams::default(), &updated)
-                .await;
         }
+    }
+
+    /// Takes one step on `cr` (approve, then answer), as cert-manager's
+    /// approver and issuer controllers do.
+    async fn answer_once(
+        &self,
+        api: &Api<CertificateRequest>,
+        cr: &CertificateRequest,
+    ) -> Result<(), kube::Error> {
+        if cr.spec.issuer_ref.name != "sim-ca"
+            || cr.spec.issuer_ref.group.as_deref() != Some("cert-manager.io")
+            || cr.condition("Ready").is_some()
+        {
+            return Ok(());
+        }
+        let mode = *self.mode.lock().unwrap();
+        let mut updated = cr.clone();
+        let status = updated.status.get_or_insert_with(Default::default);
+        let conds = status.conditions.get_or_insert_with(Vec::new);
+        let cond = |t: &str, s: &str, r: &str, m: &str| RequestCondition {
+            type_: t.into(),
+            status: s.into(),
+            reason: Some(r.into()),
+            message: Some(m.into()),
+            last_transition_time: Some(now_rfc3339()),
+        };
+        match mode {
+            Mode::Ignore => return Ok(()),
+            Mode::Deny => {
+                conds.push(cond(
+                    "Denied",
+                    "True",
+                    "policy.cert-manager.io",
+                    "not on the list",
+                ));
+                conds.push(cond(
+                    "Ready",
+                    "False",
+                    "Denied",
+                    "The CertificateRequest was denied by an approval controller",
+                ));
+                status.failure_time = Some(now_rfc3339());
+            }
+            Mode::Issue | Mode::WrongKey if !cr.is_true("Approved") => {
+                conds.push(cond(
+                    "Approved",
+                    "True",
+                    "cert-manager.io",
+                    "Certificate request has been approved by cert-manager.io",
+                ));
+            }
+            Mode::Issue | Mode::WrongKey => {
+                let (certificate, ca) = self.sign(&cr.spec, mode);
+                status.certificate = Some(B64.encode(certificate));
+                // cert-manager omits an empty `ca` (a real API server
+                // refuses "" as `format: byte`).
+                status.ca = (!ca.is_empty()).then(|| B64.encode(ca));
+                conds.push(cond(
+                    "Ready",
+                    "True",
+                    "Issued",
+                    "Certificate fetched from issuer successfully",
+                ));
+            }
+        }
+        // Counted as signed before the write (a watcher may see the answer
+        // before this call returns), and uncounted if the write is refused:
+        // only certificates that reached the API count.
+        let issued = updated.is_true("Ready");
+        if issued {
+            self.signed.lock().unwrap().push(cr.spec.clone());
+        }
+        let result = api
+            .replace_status(&cr.name_any(), &PostParams::default(), &updated)
+            .await;
+        if result.is_err() && issued {
+            self.signed.lock().unwrap().pop();
+        }
+        result.map(|_| ())
     }
 
     /// Signs like cert-manager's CA issuer: names from the CSR, duration and
@@ -300,24 +339,54 @@ impl SimCertManager {
 
 // === set-up ===
 
-async fn cluster() -> (KubeFake, Client, Arc<SimCertManager>) {
-    let fake = KubeFake::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let kc = Kubeconfig::read_from(fake.kubeconfig(dir.path(), "t")).unwrap();
-    let client = Client::try_from(
-        kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    Api::<CustomResourceDefinition>::all(client.clone())
-        .create(&PostParams::default(), &CertificateRequest::crd())
-        .await
-        .unwrap();
-    fake.add_namespace("mesh", json!({}));
+mod fake {
+    signet_tests::cluster_tests!(fake:
+        leaves_through_cert_manager_carry_its_chain_and_requests_are_cleaned_up,
+        a_delegated_intermediate_from_cert_manager_signs_leaves,
+        denied_unanswered_and_wrong_answers_are_errors_and_leave_nothing_behind,
+        kept_requests_make_request_ids_idempotent,
+        every_cert_manager_layout_is_served_or_refused_with_what_to_change,
+    );
+}
+
+mod conformance {
+    signet_tests::cluster_tests!(real:
+        leaves_through_cert_manager_carry_its_chain_and_requests_are_cleaned_up,
+        a_delegated_intermediate_from_cert_manager_signs_leaves,
+        denied_unanswered_and_wrong_answers_are_errors_and_leave_nothing_behind,
+        kept_requests_make_request_ids_idempotent,
+        every_cert_manager_layout_is_served_or_refused_with_what_to_change,
+    );
+}
+
+/// cert-manager's CRDs (its own on a real server; on the fake signet's
+/// model of CertificateRequest and a schemaless Issuer), namespace `mesh`,
+/// and the simulated controller running.
+async fn setup(cluster: Cluster) -> (Cluster, Client, Arc<SimCertManager>) {
+    let client = cluster.client().await;
+    let crds = match cluster.as_fake() {
+        Some(_) => vec![
+            serde_json::to_value(CertificateRequest::crd()).unwrap(),
+            json!({
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": { "name": "issuers.cert-manager.io" },
+                "spec": {
+                    "group": "cert-manager.io",
+                    "names": { "kind": "Issuer", "plural": "issuers", "singular": "issuer", "listKind": "IssuerList" },
+                    "scope": "Namespaced",
+                    "versions": [{ "name": "v1", "served": true, "storage": true,
+                        "schema": { "openAPIV3Schema": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } } }]
+                }
+            }),
+        ],
+        None => signet_tests::cluster::cert_manager_crds(),
+    };
+    cluster.install_crds(&crds).await;
+    cluster.add_namespace("mesh", json!({})).await;
     let sim = SimCertManager::new();
     tokio::spawn(sim.clone().run(client.clone()));
-    (fake, client, sim)
+    (cluster, client, sim)
 }
 
 fn config(keep: bool, timeout: Duration) -> CertManagerConfig {
@@ -385,18 +454,22 @@ async fn issue(
     a.issue(&Caller::internal(sa), &grant, &csr, &req).await
 }
 
-async fn requests_left(fake: &KubeFake) -> usize {
+async fn requests_left(cluster: &Cluster) -> usize {
     // Deletion runs in the background right after the answer.
     for _ in 0..100 {
-        if fake
+        if cluster
             .list("cert-manager.io/v1", "certificaterequests")
+            .await
             .is_empty()
         {
             return 0;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    fake.list("cert-manager.io/v1", "certificaterequests").len()
+    cluster
+        .list("cert-manager.io/v1", "certificaterequests")
+        .await
+        .len()
 }
 
 /// openssl verify of a chain: leaf, untrusted intermediates, trusted roots.
@@ -435,9 +508,8 @@ fn the_config_entry_parses_with_defaults() {
     assert!(e.contains("unknown field `poll`"), "{e}");
 }
 
-#[tokio::test]
-async fn leaves_through_cert_manager_carry_its_chain_and_requests_are_cleaned_up() {
-    let (fake, client, sim) = cluster().await;
+async fn leaves_through_cert_manager_carry_its_chain_and_requests_are_cleaned_up(cluster: Cluster) {
+    let (cluster, client, sim) = setup(cluster).await;
     let a = authority(backend(&client, false, Duration::from_secs(10)));
     let chain = issue(&a, "web").await.unwrap();
     openssl_verify(&chain);
@@ -458,14 +530,13 @@ async fn leaves_through_cert_manager_carry_its_chain_and_requests_are_cleaned_up
         usages.contains(&"server auth".to_owned()) && usages.contains(&"client auth".to_owned()),
         "{usages:?}"
     );
-    assert_eq!(requests_left(&fake).await, 0);
+    assert_eq!(requests_left(&cluster).await, 0);
     // The trust bundle is known once cert-manager has answered.
     assert_eq!(a.trust_bundle().await.unwrap().to_pem(), sim.root_pem());
 }
 
-#[tokio::test]
-async fn a_delegated_intermediate_from_cert_manager_signs_leaves() {
-    let (fake, client, sim) = cluster().await;
+async fn a_delegated_intermediate_from_cert_manager_signs_leaves(cluster: Cluster) {
+    let (cluster, client, sim) = setup(cluster).await;
     let upstream = backend(&client, false, Duration::from_secs(10));
     let d = Delegated::start(
         "mesh",
@@ -490,37 +561,37 @@ async fn a_delegated_intermediate_from_cert_manager_signs_leaves() {
     assert_eq!(chain.intermediate_pems().len(), 2);
     openssl_verify(&chain);
     assert_eq!(sim.signed().len(), 1, "leaves are signed in process");
-    assert_eq!(requests_left(&fake).await, 0);
+    assert_eq!(requests_left(&cluster).await, 0);
 }
 
-#[tokio::test]
-async fn denied_unanswered_and_wrong_answers_are_errors_and_leave_nothing_behind() {
-    let (fake, client, sim) = cluster().await;
-    let a = authority(backend(&client, false, Duration::from_secs(2)));
+async fn denied_unanswered_and_wrong_answers_are_errors_and_leave_nothing_behind(cluster: Cluster) {
+    let (cluster, client, sim) = setup(cluster).await;
+    // A real API server takes up to 2 s to store the first request after
+    // its CRD and namespace were created: the timeout leaves room for that.
+    let a = authority(backend(&client, false, Duration::from_secs(4)));
 
     sim.set_mode(Mode::Deny);
     let e = issue(&a, "denied").await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::BackendRejected, "{e}");
     assert!(e.to_string().contains("not on the list"), "{e}");
-    assert_eq!(requests_left(&fake).await, 0);
+    assert_eq!(requests_left(&cluster).await, 0);
 
     sim.set_mode(Mode::Ignore);
     let started = std::time::Instant::now();
     let e = issue(&a, "ignored").await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::BackendUnavailable, "{e}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(7));
     // The abandoned request is deleted so it cannot be issued later.
-    assert_eq!(requests_left(&fake).await, 0);
+    assert_eq!(requests_left(&cluster).await, 0);
 
     sim.set_mode(Mode::WrongKey);
     let e = issue(&a, "wrong").await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::BadChain, "{e}");
-    assert_eq!(requests_left(&fake).await, 0);
+    assert_eq!(requests_left(&cluster).await, 0);
 }
 
-#[tokio::test]
-async fn kept_requests_make_request_ids_idempotent() {
-    let (fake, client, sim) = cluster().await;
+async fn kept_requests_make_request_ids_idempotent(cluster: Cluster) {
+    let (cluster, client, sim) = setup(cluster).await;
     let b = CertManagerBackend::with_client("cm", config(true, Duration::from_secs(10)), client)
         .unwrap();
     assert_eq!(
@@ -546,11 +617,20 @@ async fn kept_requests_make_request_ids_idempotent() {
         )
         .unwrap()
         .with_request_id("request-1");
-    let first = b.sign(&decision, &csr).await.unwrap();
-    let second = b.sign(&decision, &csr).await.unwrap();
+    // Unwrapped (no resilience timeout): bound it here, for a clear failure.
+    let sign = async || {
+        tokio::time::timeout(Duration::from_secs(30), b.sign(&decision, &csr))
+            .await
+            .expect("answered within 30 s")
+            .unwrap()
+    };
+    let first = sign().await;
+    let second = sign().await;
     assert_eq!(first.leaf(), second.leaf());
     assert_eq!(sim.signed().len(), 1);
-    let kept = fake.list("cert-manager.io/v1", "certificaterequests");
+    let kept = cluster
+        .list("cert-manager.io/v1", "certificaterequests")
+        .await;
     assert_eq!(kept.len(), 1);
     assert!(
         kept[0]["metadata"]["name"]
@@ -564,42 +644,21 @@ async fn kept_requests_make_request_ids_idempotent() {
     );
 }
 
-/// A minimal cert-manager Issuer CRD for the fake, and an Issuer of `spec`.
-async fn issuer_object(fake: &KubeFake, client: &Client, spec: serde_json::Value) {
-    let crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": { "name": "issuers.cert-manager.io" },
-        "spec": {
-            "group": "cert-manager.io",
-            "names": { "kind": "Issuer", "plural": "issuers", "singular": "issuer", "listKind": "IssuerList" },
-            "scope": "Namespaced",
-            "versions": [{ "name": "v1", "served": true, "storage": true,
-                "schema": { "openAPIV3Schema": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } } }]
-        }
-    }))
-    .unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    if crds
-        .get_opt("issuers.cert-manager.io")
-        .await
-        .unwrap()
-        .is_none()
-    {
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-    }
-    fake.apply(json!({
-        "apiVersion": "cert-manager.io/v1",
-        "kind": "Issuer",
-        "metadata": { "name": "sim-ca", "namespace": "mesh" },
-        "spec": spec,
-    }));
+/// The Issuer `sim-ca` with `spec`.
+async fn issuer_object(cluster: &Cluster, spec: serde_json::Value) {
+    cluster
+        .apply(json!({
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "Issuer",
+            "metadata": { "name": "sim-ca", "namespace": "mesh" },
+            "spec": spec,
+        }))
+        .await;
 }
 
-#[tokio::test]
-async fn every_cert_manager_layout_is_served_or_refused_with_what_to_change() {
+async fn every_cert_manager_layout_is_served_or_refused_with_what_to_change(cluster: Cluster) {
     use signet_core::layout::Needs;
-    let (fake, client, sim) = cluster().await;
+    let (cluster, client, sim) = setup(cluster).await;
     let direct = Needs {
         authority: "mesh".into(),
         intermediate_ttl: None,
@@ -611,10 +670,11 @@ async fn every_cert_manager_layout_is_served_or_refused_with_what_to_change() {
         ("ca", json!({ "ca": { "secretName": "mesh-ca" } })),
         (
             "vault",
-            json!({ "vault": { "server": "https://vault.example", "path": "pki/sign/mesh" } }),
+            json!({ "vault": { "server": "https://vault.example", "path": "pki/sign/mesh",
+                "auth": { "tokenSecretRef": { "name": "vault-token", "key": "token" } } } }),
         ),
     ] {
-        issuer_object(&fake, &client, spec).await;
+        issuer_object(&cluster, spec).await;
         let b = backend(&client, false, Duration::from_secs(10));
         let layout = b.layout().await.unwrap();
         assert!(
@@ -664,7 +724,7 @@ async fn every_cert_manager_layout_is_served_or_refused_with_what_to_change() {
     issue(&authority(pinned), "bare-pinned").await.unwrap();
 
     // A SelfSigned issuer: refused at start-up, and its answers refused too.
-    issuer_object(&fake, &client, json!({ "selfSigned": {} })).await;
+    issuer_object(&cluster, json!({ "selfSigned": {} })).await;
     let b = backend(&client, false, Duration::from_secs(10));
     let layout = b.layout().await.unwrap();
     let e = layout.check(&direct).unwrap_err();

@@ -77,30 +77,6 @@ mod conformance {
     );
 }
 
-/// cert-manager's own CRDs, from the Go module scripts/conformance-build
-/// fetched (`SIGNET_CERT_MANAGER_CRDS`).
-fn cert_manager_crds() -> Vec<Value> {
-    let dir = std::env::var_os("SIGNET_CERT_MANAGER_CRDS").expect(
-        "SIGNET_CERT_MANAGER_CRDS is not set: run the suite with scripts/test or scripts/conformance",
-    );
-    let mut crds = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            let text = std::fs::read_to_string(&path).unwrap();
-            for doc in text.split("\n---") {
-                if let Ok(v) = serde_yaml_ng::from_str::<Value>(doc)
-                    && v["kind"] == "CustomResourceDefinition"
-                {
-                    crds.push(v);
-                }
-            }
-        }
-    }
-    assert!(!crds.is_empty(), "no CRDs in SIGNET_CERT_MANAGER_CRDS");
-    crds
-}
-
 /// The CRDs (cert-manager's own on a real server, signet's model of its
 /// CertificateRequest on the fake) and namespaces `apps` and `signet`.
 async fn setup(cluster: Cluster) -> (Arc<Cluster>, Client) {
@@ -111,7 +87,7 @@ async fn setup(cluster: Cluster) -> (Arc<Cluster>, Client) {
     ];
     match cluster.as_fake() {
         Some(_) => crds.push(serde_json::to_value(CertificateRequest::crd()).unwrap()),
-        None => crds.extend(cert_manager_crds()),
+        None => crds.extend(signet_tests::cluster::cert_manager_crds()),
     }
     cluster.install_crds(&crds).await;
     cluster.add_namespace("apps", json!({})).await;
