@@ -175,23 +175,7 @@ impl CsrSigner {
         &self,
         csr: Arc<CertificateSigningRequest>,
     ) -> Result<Action, ReconcileError> {
-        if !self.config.signer_names.contains(&csr.spec.signer_name) {
-            return Ok(Action::await_change());
-        }
-        let status = csr.status.clone().unwrap_or_default();
-        if status.certificate.as_ref().is_some_and(|c| !c.0.is_empty()) {
-            return Ok(Action::await_change());
-        }
-        let conditions = status.conditions.clone().unwrap_or_default();
-        let has = |t: &str| {
-            conditions
-                .iter()
-                .any(|c| c.type_ == t && c.status == "True")
-        };
-        if has("Denied") || has("Failed") || !has("Approved") {
-            return Ok(Action::await_change());
-        }
-        if !*self.leader.borrow() {
+        if !self.wants_signing(&csr) || !*self.leader.borrow() {
             return Ok(Action::await_change());
         }
         let name = csr.name_any();
@@ -206,21 +190,54 @@ impl CsrSigner {
             .unwrap_or_else(|e| e.into_inner())
             .get(&uid)
             .cloned();
-        let pem = match cached {
-            Some(p) => p,
-            None => match self.sign(&csr).await {
-                Ok(p) => {
-                    self.pending
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(uid.clone(), p.clone());
-                    p
+        let (csr, pem) = match cached {
+            Some(p) => (csr, p),
+            None => {
+                // The watch cache may lag behind a write by another signer
+                // (or by an earlier leader): read the CSR itself before
+                // signing, so a stale copy never costs a signature.
+                let fresh = match self.csr_api().get_opt(&name).await {
+                    Ok(Some(fresh)) => fresh,
+                    Ok(None) => return Ok(Action::await_change()),
+                    Err(e) => return Err(ReconcileError::Kube(kube_err(e))),
+                };
+                if fresh.uid().as_deref() != Some(uid.as_str()) || !self.wants_signing(&fresh) {
+                    return Ok(Action::await_change());
                 }
-                Err(e) if e.kind().is_retryable() => return Err(ReconcileError::Sign(e)),
-                Err(e) => return self.fail(&csr, &e).await,
-            },
+                let fresh = Arc::new(fresh);
+                match self.sign(&fresh).await {
+                    Ok(p) => {
+                        self.pending
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(uid.clone(), p.clone());
+                        (fresh, p)
+                    }
+                    Err(e) if e.kind().is_retryable() => return Err(ReconcileError::Sign(e)),
+                    Err(e) => return self.fail(&fresh, &e).await,
+                }
+            }
         };
         self.write_certificate(&csr, &name, &uid, pem).await
+    }
+
+    /// For one of our signer names, approved, not denied or failed, and
+    /// without a certificate.
+    fn wants_signing(&self, csr: &CertificateSigningRequest) -> bool {
+        if !self.config.signer_names.contains(&csr.spec.signer_name) {
+            return false;
+        }
+        let status = csr.status.clone().unwrap_or_default();
+        if status.certificate.as_ref().is_some_and(|c| !c.0.is_empty()) {
+            return false;
+        }
+        let conditions = status.conditions.unwrap_or_default();
+        let has = |t: &str| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == t && c.status == "True")
+        };
+        has("Approved") && !has("Denied") && !has("Failed")
     }
 
     async fn sign(&self, csr: &CertificateSigningRequest) -> Result<String, SignError> {

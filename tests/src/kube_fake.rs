@@ -9,7 +9,8 @@
 //! patches (apply conflicts on fields owned by another manager unless forced),
 //! `/status` and CSR `/approval` subresources, deletion with finalizers,
 //! label and field selectors, CRDs registering their resources, and
-//! TokenReview. Faults can be injected (conflict storms, dropped watches).
+//! TokenReview. Faults can be injected (conflict storms, dropped watches,
+//! watches that lag behind reads).
 //! `tests/KUBE_FAKE.md` lists what it does not model.
 
 #![allow(clippy::result_large_err)] // handlers answer errors as ready responses
@@ -82,6 +83,9 @@ struct Faults {
     conflicts: u32,
     /// Bumped to end every open watch.
     watch_generation: u64,
+    /// While set, events wait here instead of reaching open watches (a
+    /// lagging watch cache); reads and lists stay current.
+    held: Option<Vec<Event>>,
 }
 
 #[derive(Debug)]
@@ -369,6 +373,21 @@ impl KubeFake {
         self.lock().faults.conflicts = n;
     }
 
+    /// Holds back watch events from open watches until
+    /// [`release_watches`](Self::release_watches): controllers' caches lag
+    /// behind what a GET returns, as a real API server's watch cache can.
+    pub fn hold_watches(&self) {
+        self.lock().faults.held.get_or_insert_with(Vec::new);
+    }
+
+    /// Delivers the events held since [`hold_watches`](Self::hold_watches).
+    pub fn release_watches(&self) {
+        let held = self.lock().faults.held.take().unwrap_or_default();
+        for ev in held {
+            let _ = self.events.send(ev);
+        }
+    }
+
     /// Ends every open watch (clients must re-watch or re-list).
     pub fn drop_watches(&self) {
         self.lock().faults.watch_generation += 1;
@@ -538,7 +557,12 @@ impl Store {
         while self.history.len() > HISTORY {
             self.history.pop_front();
         }
-        let _ = tx.send(ev);
+        match &mut self.faults.held {
+            Some(held) => held.push(ev),
+            None => {
+                let _ = tx.send(ev);
+            }
+        }
     }
 
     fn conflict_injected(&mut self) -> bool {

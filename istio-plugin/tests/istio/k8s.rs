@@ -379,6 +379,55 @@ async fn conflicts_are_retried_without_signing_twice() {
     );
 }
 
+/// A replica that becomes leader while its watch cache still shows a CSR
+/// that another signer has just signed reads the CSR before signing, and
+/// leaves it alone: a stale cache never costs the upstream a signature.
+/// (Found on the real API server, where the cache lag is not on demand.)
+#[tokio::test]
+async fn a_new_leader_with_a_stale_cache_does_not_sign_what_is_signed() {
+    let fake = KubeFake::start().await;
+    let c = client(&fake).await;
+    let up = CaSigner::root(SystemTime::now(), 365 * DAY);
+    let (tx, leader) = watch::channel(false);
+    let api: Api<CertificateSigningRequest> = Api::all(c.clone());
+    api.create(
+        &PostParams::default(),
+        &k8s_csr("r", "signet.dev/mesh", ISTIOD, &workload("demo"), None),
+    )
+    .await
+    .unwrap();
+    approve(&api, "r", "Approved").await;
+    let signer = Arc::new(CsrSigner::new(
+        c,
+        csr_config(false),
+        authority(up.clone(), Arc::new(SystemClock)),
+        leader,
+    ));
+    tokio::spawn(signer.run());
+    tokio::time::sleep(Duration::from_millis(300)).await; // the follower has its cache
+
+    fake.hold_watches();
+    let other = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(up.ca().trust_bundle().to_pem())
+    };
+    api.patch_status(
+        "r",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": { "certificate": other } })),
+    )
+    .await
+    .unwrap();
+    let rv = api.get("r").await.unwrap().metadata.resource_version;
+    tx.send(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fake.release_watches();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert_eq!(up.calls(), 0, "nothing signed");
+    assert_eq!(api.get("r").await.unwrap().metadata.resource_version, rv);
+}
+
 /// A conflict storm (every write refused a hundred times over) and watches
 /// dropped again and again while CSRs keep arriving: each CSR is signed
 /// exactly once, none is lost, and the signer needs no restart.
