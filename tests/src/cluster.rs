@@ -82,12 +82,18 @@ impl Cluster {
         Client::try_from(cfg).expect("client")
     }
 
+    /// A kubeconfig with every right, for a program the test starts (the
+    /// fake's is written into `dir`; the real server's is its own).
+    pub fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        match self {
+            Self::Fake(f) => f.kubeconfig(dir, "admin"),
+            Self::Real(cp) => cp.admin_kubeconfig(),
+        }
+    }
+
     async fn config(&self) -> kube::Config {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = match self {
-            Self::Fake(f) => f.kubeconfig(dir.path(), "admin"),
-            Self::Real(cp) => cp.admin_kubeconfig(),
-        };
+        let path = self.kubeconfig(dir.path());
         let kc = Kubeconfig::read_from(path).expect("kubeconfig");
         kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
             .await

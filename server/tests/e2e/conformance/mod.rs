@@ -7,5 +7,5 @@ mod cert_manager;
 mod charts;
 mod istiod;
 mod replicas;
-mod support;
+pub(crate) mod support;
 mod tokens;
