@@ -26,7 +26,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
@@ -122,7 +122,7 @@ struct Bundle {
     ca: CertificateDer<'static>,
     chain: Vec<CertificateDer<'static>>,
     ca_not_after: Option<SystemTime>,
-    read_at: Instant,
+    read_at: tokio::time::Instant,
 }
 
 /// What DescribeCertificateAuthority says.
@@ -454,7 +454,7 @@ impl AwsPcaBackend {
                     ca,
                     chain,
                     ca_not_after,
-                    read_at: Instant::now(),
+                    read_at: signet_core::clock::monotonic(),
                 })));
                 self.last_error.store(None);
                 Ok(bundle)
@@ -470,7 +470,7 @@ impl AwsPcaBackend {
     /// cached one if PCA cannot be reached).
     async fn current_bundle(&self) -> Result<TrustBundle, SignError> {
         if let Some(b) = self.bundle.load_full()
-            && b.read_at.elapsed() < self.config.trust_bundle_refresh.get()
+            && signet_core::clock::elapsed(b.read_at) < self.config.trust_bundle_refresh.get()
         {
             return Ok(b.bundle.clone());
         }

@@ -28,7 +28,7 @@ use signet_core::layout::Layout;
 use signet_core::policy::{ExtKeyUsage, KeyUsage};
 use signet_core::resilience::ResilienceConfig;
 use signet_core::signer::Capabilities;
-use signet_core::{BackendInfo, IssuanceDecision, SignError, Signer, VerifiedCsr, pem};
+use signet_core::{BackendInfo, Clock, IssuanceDecision, SignError, Signer, VerifiedCsr, pem};
 
 // === cert-manager's CertificateRequest (the parts signet reads and writes) ===
 
@@ -138,11 +138,9 @@ pub fn usages(decision: &IssuanceDecision) -> Vec<String> {
     out
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` now.
-pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+/// `YYYY-MM-DDTHH:MM:SSZ` now, as cert-manager writes condition times.
+pub fn now_rfc3339(clock: &dyn Clock) -> String {
+    signet_core::clock::rfc3339(clock.now())
 }
 
 // === the backend ===
@@ -207,6 +205,7 @@ pub struct CertManagerBackend {
     client: Client,
     api: Api<CertificateRequest>,
     bundle: ArcSwapOption<TrustBundle>,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for CertManagerBackend {
@@ -271,7 +270,11 @@ fn finished(cr: &CertificateRequest) -> bool {
 }
 
 impl CertManagerBackend {
-    pub async fn new(name: &str, config: CertManagerConfig) -> Result<Arc<Self>, CertManagerError> {
+    pub async fn new(
+        name: &str,
+        config: CertManagerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, CertManagerError> {
         let cfg = match &config.kubeconfig {
             Some(path) => {
                 let kc = Kubeconfig::read_from(path)
@@ -285,7 +288,7 @@ impl CertManagerBackend {
             }
         };
         let client = Client::try_from(cfg).map_err(|e| CertManagerError::Client(e.to_string()))?;
-        Self::with_client(name, config, client)
+        Self::with_client(name, config, client, clock)
     }
 
     /// With a client built elsewhere (tests, or a process that already has one).
@@ -293,6 +296,7 @@ impl CertManagerBackend {
         name: &str,
         config: CertManagerConfig,
         client: Client,
+        clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, CertManagerError> {
         let bundle = match &config.roots_file {
             Some(path) => {
@@ -314,6 +318,7 @@ impl CertManagerBackend {
             client,
             config,
             bundle: ArcSwapOption::new(bundle),
+            clock,
         }))
     }
 
@@ -527,7 +532,7 @@ impl Signer for CertManagerBackend {
         // what remains until the decided NotAfter.
         let ttl = decision
             .not_after()
-            .duration_since(std::time::SystemTime::now())
+            .duration_since(self.clock.now())
             .unwrap_or_default()
             .as_secs()
             .max(1);

@@ -21,7 +21,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
@@ -39,7 +39,7 @@ use signet_core::names::San;
 use signet_core::policy::{ExtKeyUsage, KeyUsage as Ku};
 use signet_core::resilience::{RateLimitConfig, ResilienceConfig};
 use signet_core::signer::Capabilities;
-use signet_core::{BackendInfo, IssuanceDecision, SignError, Signer, VerifiedCsr, pem};
+use signet_core::{BackendInfo, Clock, IssuanceDecision, SignError, Signer, VerifiedCsr, pem};
 use tokio::sync::Mutex as AsyncMutex;
 
 fn default_refresh() -> HumanDuration {
@@ -134,7 +134,7 @@ pub enum GcpCasError {
 #[derive(Debug, Clone)]
 struct Bundle {
     bundle: TrustBundle,
-    read_at: Instant,
+    read_at: tokio::time::Instant,
 }
 
 /// Google CAS as a signer.
@@ -145,6 +145,7 @@ pub struct GcpCasBackend {
     bundle: ArcSwapOption<Bundle>,
     last_error: ArcSwapOption<String>,
     refreshing: AsyncMutex<()>,
+    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for GcpCasBackend {
@@ -199,7 +200,11 @@ fn map_err(what: &str, e: google_cloud_gax::error::Error) -> SignError {
 impl GcpCasBackend {
     /// Builds the client with the service-account key of `credentials_file`,
     /// else Application Default Credentials.
-    pub async fn new(name: &str, config: GcpCasConfig) -> Result<Arc<Self>, GcpCasError> {
+    pub async fn new(
+        name: &str,
+        config: GcpCasConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, GcpCasError> {
         config.validate()?;
         let credentials = match &config.credentials_file {
             Some(path) => {
@@ -215,7 +220,7 @@ impl GcpCasBackend {
             None => google_cloud_auth::credentials::Builder::default().build(),
         }
         .map_err(|e| GcpCasError::Credentials(e.to_string()))?;
-        Self::with_credentials(name, config, credentials).await
+        Self::with_credentials(name, config, credentials, clock).await
     }
 
     /// With credentials built elsewhere (tests use anonymous ones).
@@ -223,6 +228,7 @@ impl GcpCasBackend {
         name: &str,
         config: GcpCasConfig,
         credentials: google_cloud_auth::credentials::Credentials,
+        clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, GcpCasError> {
         config.validate()?;
         let mut builder = CertificateAuthorityService::builder()
@@ -243,6 +249,7 @@ impl GcpCasBackend {
             bundle: ArcSwapOption::empty(),
             last_error: ArcSwapOption::empty(),
             refreshing: AsyncMutex::new(()),
+            clock,
         }))
     }
 
@@ -322,7 +329,7 @@ impl GcpCasBackend {
             Ok(bundle) => {
                 self.bundle.store(Some(Arc::new(Bundle {
                     bundle: bundle.clone(),
-                    read_at: Instant::now(),
+                    read_at: signet_core::clock::monotonic(),
                 })));
                 self.last_error.store(None);
                 Ok(bundle)
@@ -336,7 +343,7 @@ impl GcpCasBackend {
 
     async fn current_bundle(&self) -> Result<TrustBundle, SignError> {
         if let Some(b) = self.bundle.load_full()
-            && b.read_at.elapsed() < self.config.trust_bundle_refresh.get()
+            && signet_core::clock::elapsed(b.read_at) < self.config.trust_bundle_refresh.get()
         {
             return Ok(b.bundle.clone());
         }
@@ -407,7 +414,7 @@ impl GcpCasBackend {
         // CAS starts certificates now: ask for what remains to NotAfter.
         let remaining = decision
             .not_after()
-            .duration_since(SystemTime::now())
+            .duration_since(self.clock.now())
             .unwrap_or_default()
             .max(Duration::from_secs(1));
         let lifetime = google_cloud_wkt::Duration::try_from(remaining)

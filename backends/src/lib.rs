@@ -121,7 +121,7 @@ pub async fn build(
         }
         #[cfg(feature = "cert_manager")]
         BackendConfig::CertManager(c) => {
-            let backend = cert_manager::CertManagerBackend::new(name, (**c).clone()).await?;
+            let backend = cert_manager::CertManagerBackend::new(name, (**c).clone(), clock).await?;
             Ok(c.resilience.wrap(backend))
         }
         #[cfg(feature = "aws_pca")]
@@ -131,7 +131,7 @@ pub async fn build(
         }
         #[cfg(feature = "gcp_cas")]
         BackendConfig::GcpCas(c) => {
-            let backend = gcp_cas::GcpCasBackend::new(name, (**c).clone()).await?;
+            let backend = gcp_cas::GcpCasBackend::new(name, (**c).clone(), clock).await?;
             Ok(c.resilience.wrap(backend))
         }
     }

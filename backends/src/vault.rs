@@ -356,7 +356,13 @@ impl Lease {
 
     /// When to act: renew (or log in again) at two thirds of the lease.
     fn due(&self) -> Option<SystemTime> {
-        self.ttl.map(|t| self.obtained + t * 2 / 3)
+        self.ttl.map(|t| {
+            signet_core::clock::renew_time(
+                self.obtained,
+                self.obtained + t,
+                signet_core::clock::RENEW_AT,
+            )
+        })
     }
 
     fn expired(&self, now: SystemTime) -> bool {
@@ -399,7 +405,7 @@ fn read(path: &PathBuf) -> Result<Zeroizing<String>, VaultError> {
 
 /// Maps a Vault client error to the pipeline's vocabulary: unreachable,
 /// sealed, overloaded or throttling is retryable; a refusal is not.
-fn map_err(e: ClientError) -> SignError {
+fn sign_error(e: ClientError) -> SignError {
     use rustify::errors::ClientError as Rest;
     let by_code = |code: u16, detail: String| match code {
         429 => SignError::RateLimited { retry_after: None },
@@ -566,7 +572,7 @@ impl VaultBackend {
                 let client = self.client_with_token(token.trim())?;
                 let info = vaultrs::token::lookup_self(&client)
                     .await
-                    .map_err(map_err)?;
+                    .map_err(sign_error)?;
                 let lease = Lease {
                     obtained: now,
                     ttl: (info.ttl > 0).then(|| Duration::from_secs(info.ttl)),
@@ -584,7 +590,7 @@ impl VaultBackend {
                 let anon = self.client_with_token("")?;
                 let info = vaultrs::auth::approle::login(&anon, mount, role_id, secret.trim())
                     .await
-                    .map_err(map_err)?;
+                    .map_err(sign_error)?;
                 (
                     self.client_with_token(&info.client_token)?,
                     Lease::from_auth(&info, now),
@@ -599,7 +605,7 @@ impl VaultBackend {
                 let anon = self.client_with_token("")?;
                 let info = vaultrs::auth::kubernetes::login(&anon, mount, role, jwt.trim())
                     .await
-                    .map_err(map_err)?;
+                    .map_err(sign_error)?;
                 (
                     self.client_with_token(&info.client_token)?,
                     Lease::from_auth(&info, now),
@@ -642,9 +648,9 @@ impl VaultBackend {
             Err(e) if is_forbidden(&e) => {
                 tracing::info!(backend = %self.name, "vault answered 403; logging in again");
                 let client = self.login(Some(&client)).await?;
-                op(client).await.map_err(map_err)
+                op(client).await.map_err(sign_error)
             }
-            other => other.map_err(map_err),
+            other => other.map_err(sign_error),
         }
     }
 
@@ -678,7 +684,7 @@ impl VaultBackend {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(backend = %self.name, error = %map_err(e), "renewing the vault token failed; logging in again")
+                    tracing::warn!(backend = %self.name, error = %sign_error(e), "renewing the vault token failed; logging in again")
                 }
             }
         }
@@ -841,21 +847,21 @@ impl VaultBackend {
         let weak: Weak<Self> = Arc::downgrade(this);
         let refresh = this.config.trust_bundle_refresh.get();
         tokio::spawn(async move {
-            let mut next_refresh = tokio::time::Instant::now();
+            let mut next_refresh = signet_core::clock::monotonic();
             loop {
                 let Some(this) = weak.upgrade() else { return };
-                if tokio::time::Instant::now() >= next_refresh {
+                if signet_core::clock::monotonic() >= next_refresh {
                     match this.refresh_trust_bundle().await {
                         Ok(b) => {
                             this.last_error.store(Arc::new(None));
                             tracing::debug!(backend = %this.name, roots = b.roots().len(), "vault trust bundle refreshed");
-                            next_refresh = tokio::time::Instant::now() + refresh;
+                            next_refresh = signet_core::clock::monotonic() + refresh;
                         }
                         Err(e) => {
                             tracing::warn!(backend = %this.name, error = %e, "refreshing the trust bundle from vault failed");
                             this.last_error.store(Arc::new(Some(e.to_string())));
-                            next_refresh =
-                                tokio::time::Instant::now() + Duration::from_secs(5).min(refresh);
+                            next_refresh = signet_core::clock::monotonic()
+                                + Duration::from_secs(5).min(refresh);
                         }
                     }
                 }
@@ -868,7 +874,7 @@ impl VaultBackend {
                     .and_then(|due| due.duration_since(this.clock.now()).ok());
                 drop(this);
                 let until_refresh =
-                    next_refresh.saturating_duration_since(tokio::time::Instant::now());
+                    next_refresh.saturating_duration_since(signet_core::clock::monotonic());
                 let wait = token_due
                     .map_or(until_refresh, |t| t.min(until_refresh))
                     .max(Duration::from_millis(200));

@@ -10,6 +10,10 @@
 //!   aws-lc-rs (signet's provider) and ring.
 //! - `startup`: time from spawning a command to its `/readyz` answering 200.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests and benchmarks run real servers and processes on real time"
+)]
 mod ceiling;
 mod client;
 mod load;

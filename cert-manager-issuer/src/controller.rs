@@ -31,6 +31,7 @@ use serde::Deserialize;
 use signet_backends::BackendConfig;
 use signet_backends::cert_manager::{CertificateRequest, RequestCondition};
 use signet_core::duration::HumanDuration;
+use signet_core::envelope::{Envelope, Handled};
 use signet_core::error::ErrorKind;
 use signet_core::resilience::backoff;
 use signet_core::spiffe::TrustDomain;
@@ -93,10 +94,6 @@ fn kube_err(e: kube::Error) -> ReconcileError {
         kube::Error::Api(s) => ReconcileError::Kube(format!("{} ({})", s.message, s.code)),
         other => ReconcileError::Kube(other.to_string()),
     }
-}
-
-fn now_rfc3339() -> String {
-    signet_backends::cert_manager::now_rfc3339()
 }
 
 /// A certificate signed and not yet written.
@@ -165,12 +162,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Returns whether anything changed.
 fn set_condition(
     conditions: &mut Vec<RequestCondition>,
+    now: &str,
     type_: &str,
     status: &str,
     reason: &str,
     message: &str,
 ) -> bool {
-    let now = now_rfc3339();
+    let now = now.to_owned();
     match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(c) => {
             let changed = c.status != status
@@ -198,6 +196,11 @@ fn set_condition(
 }
 
 impl IssuerController {
+    /// Now, as cert-manager writes condition times.
+    fn now_rfc3339(&self) -> String {
+        signet_core::clock::rfc3339(self.clock.now())
+    }
+
     pub fn new(
         client: Client,
         config: ControllerConfig,
@@ -331,7 +334,7 @@ impl IssuerController {
         }
         let key = obj.key();
         let generation = obj.meta().generation;
-        let (status, reason, message) = match self.issuer_for(&key, obj.as_ref(), true).await {
+        let (status, reason, message) = match self.built_issuer(&key, obj.as_ref(), true).await {
             Ok(issuer) => match issuer.health().await {
                 Ok(summary) => ("True", "Checked", format!("backend healthy: {summary}")),
                 Err(e) => ("False", "NotReady", e),
@@ -341,7 +344,7 @@ impl IssuerController {
         };
         let current = obj.status().cloned().unwrap_or_default();
         let mut conditions = current.conditions.clone();
-        let now = now_rfc3339();
+        let now = self.now_rfc3339();
         let changed = match conditions.iter_mut().find(|c| c.type_ == "Ready") {
             Some(c) => {
                 let changed = c.status != status
@@ -388,7 +391,7 @@ impl IssuerController {
 
     /// The running issuer for `obj`, built (or rebuilt) when its generation
     /// changed — or, with `check_secrets`, when a Secret it read changed.
-    async fn issuer_for<K: IssuerObject>(
+    async fn built_issuer<K: IssuerObject>(
         &self,
         key: &IssuerKey,
         obj: &K,
@@ -470,13 +473,13 @@ impl IssuerController {
     }
 
     /// The issuer a request names, read fresh from the API.
-    async fn issuer_of(&self, key: &IssuerKey) -> Result<Arc<Issuer>, String> {
+    async fn issuer_named(&self, key: &IssuerKey) -> Result<Arc<Issuer>, String> {
         let found = match key.kind {
             IssuerKind::Issuer => {
                 let api: Api<SignetIssuer> =
                     Api::namespaced(self.client.clone(), key.namespace.as_deref().unwrap_or(""));
                 match api.get_opt(&key.name).await {
-                    Ok(Some(o)) => Some(self.issuer_for(key, &o, false).await),
+                    Ok(Some(o)) => Some(self.built_issuer(key, &o, false).await),
                     Ok(None) => None,
                     Err(e) => return Err(format!("reading {key}: {e}")),
                 }
@@ -484,7 +487,7 @@ impl IssuerController {
             IssuerKind::ClusterIssuer => {
                 let api: Api<SignetClusterIssuer> = Api::all(self.client.clone());
                 match api.get_opt(&key.name).await {
-                    Ok(Some(o)) => Some(self.issuer_for(key, &o, false).await),
+                    Ok(Some(o)) => Some(self.built_issuer(key, &o, false).await),
                     Ok(None) => None,
                     Err(e) => return Err(format!("reading {key}: {e}")),
                 }
@@ -526,64 +529,15 @@ impl IssuerController {
         &self,
         cr: Arc<CertificateRequest>,
     ) -> Result<Action, ReconcileError> {
-        let r = &cr.spec.issuer_ref;
-        if r.group.as_deref() != Some(GROUP) {
-            return Ok(Action::await_change());
-        }
-        let Some(kind) = IssuerKind::from_ref(r.kind.as_deref()) else {
+        let Some(key) = open_request_for_us(&cr) else {
             return Ok(Action::await_change());
         };
-        // Finished requests are never touched again.
-        let ready = cr.condition("Ready");
-        if ready.is_some_and(|c| {
-            c.status == "True" || matches!(c.reason.as_deref(), Some("Failed" | "Denied"))
-        }) || cr.status.as_ref().is_some_and(|s| s.certificate.is_some())
-        {
-            return Ok(Action::await_change());
-        }
         if !self.is_leader() {
             return Ok(Action::await_change());
         }
-        if cr.is_true("Denied") {
-            let why = cr
-                .condition("Denied")
-                .and_then(|c| c.message.clone())
-                .unwrap_or_default();
-            self.write(&cr, |st, conds| {
-                st.failure_time = Some(now_rfc3339());
-                set_condition(
-                    conds,
-                    "Ready",
-                    "False",
-                    "Denied",
-                    &format!("The CertificateRequest was denied by an approval controller: {why}"),
-                );
-                true
-            })
-            .await?;
-            return Ok(Action::await_change());
+        if let Some(action) = self.answer_unapproved(&cr).await? {
+            return Ok(action);
         }
-        if !cr.is_true("Approved") {
-            self.write(&cr, |_, conds| {
-                set_condition(
-                    conds,
-                    "Ready",
-                    "False",
-                    "Pending",
-                    "Waiting for the request to be approved",
-                )
-            })
-            .await?;
-            return Ok(Action::await_change());
-        }
-        let key = IssuerKey {
-            kind,
-            namespace: match kind {
-                IssuerKind::Issuer => cr.namespace(),
-                IssuerKind::ClusterIssuer => None,
-            },
-            name: r.name.clone(),
-        };
         let uid = cr.uid().unwrap_or_default();
         // Finished by this process already: this copy is from a lagging cache.
         if self.finished.contains(&uid) {
@@ -594,66 +548,35 @@ impl IssuerController {
         if let Some(s) = signed {
             return self.write_issued(&cr, &uid, s).await;
         }
-        let issuer = match self.issuer_of(&key).await {
+        let issuer = match self.issuer_named(&key).await {
             Ok(i) => i,
             Err(why) => return self.pending(&cr, &why, Duration::from_secs(10)).await,
         };
-
-        // Record that signing starts (or find that it had started).
-        let request_id = cr.annotations().get(REQUEST_ID_ANNOTATION).cloned();
-        let started_here = lock(&self.started).contains(&uid);
-        let age = cr
-            .annotations()
-            .get(STARTED_ANNOTATION)
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            .and_then(|t| {
-                SystemTime::from(jiff::Timestamp::now())
-                    .duration_since(SystemTime::from(t))
-                    .ok()
-            })
-            .unwrap_or(Duration::MAX);
-        let (cr, request_id) = match request_id {
-            None => {
-                let mut updated = (*cr).clone();
-                let annotations = updated.annotations_mut();
-                annotations.insert(REQUEST_ID_ANNOTATION.to_owned(), uid.clone());
-                annotations.insert(STARTED_ANNOTATION.to_owned(), now_rfc3339());
-                let written = self
-                    .api(&cr)
-                    .replace(&cr.name_any(), &PostParams::default(), &updated)
-                    .await
-                    .map_err(kube_err)?;
-                (Arc::new(written), uid.clone())
-            }
-            Some(id) if started_here || issuer.resumable(age) => (cr, id),
-            Some(id) => {
-                let e = SignError::BackendRejected(format!(
-                    "signing of this request (ID {id}) started in an earlier signet process that did not finish; \
-                     {} cannot tell now whether it issued a certificate, so signet will not sign it again. \
-                     Delete this CertificateRequest (or renew the Certificate) to get a new one",
-                    issuer.key
-                ));
-                return self.fail(&cr, &uid, &e).await;
-            }
+        let (cr, request_id) = match self.mark_started(cr, &issuer, &uid).await? {
+            Ok(started) => started,
+            Err(action) => return Ok(action),
         };
-        lock(&self.started).insert(uid.clone());
 
-        let started = tokio::time::Instant::now();
-        let result = self.sign(&cr, &issuer, &request_id).await;
-        self.metrics.observe(
+        let envelope = Envelope::new(
             "cert_manager",
-            &key.to_string(),
-            result
-                .as_ref()
-                .map_or_else(|e| e.kind().code(), |_| "issued"),
-            started.elapsed(),
+            key.to_string(),
+            None,
+            CONTROLLER_DEADLINE,
+            self.metrics.clone(),
         );
+        let requester = cr.spec.username.clone().unwrap_or_else(|| "-".into());
+        let request = format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any());
+        let result = envelope
+            .serve(&request, async {
+                Handled::by(requester, self.sign(&cr, &issuer, &request_id).await)
+            })
+            .await;
         match result {
             Ok(s) => {
                 lock(&self.signed).insert(uid.clone(), s.clone());
                 self.write_issued(&cr, &uid, s).await
             }
-            Err(e) if retryable(&e) => {
+            Err(e) if e.kind().may_succeed_later() => {
                 let n = {
                     let mut f = lock(&self.failures);
                     let n = f.entry(uid.clone()).or_insert(0);
@@ -667,6 +590,98 @@ impl IssuerController {
             }
             Err(e) => self.fail(&cr, &uid, &e).await,
         }
+    }
+
+    /// Denied requests are marked failed, unapproved ones pending; `None`
+    /// for an approved request.
+    async fn answer_unapproved(
+        &self,
+        cr: &CertificateRequest,
+    ) -> Result<Option<Action>, ReconcileError> {
+        if cr.is_true("Denied") {
+            let why = cr
+                .condition("Denied")
+                .and_then(|c| c.message.clone())
+                .unwrap_or_default();
+            let now = self.now_rfc3339();
+            self.write(cr, |st, conds| {
+                st.failure_time = Some(now.clone());
+                set_condition(
+                    conds,
+                    &now,
+                    "Ready",
+                    "False",
+                    "Denied",
+                    &format!("The CertificateRequest was denied by an approval controller: {why}"),
+                );
+                true
+            })
+            .await?;
+            return Ok(Some(Action::await_change()));
+        }
+        if !cr.is_true("Approved") {
+            let now = self.now_rfc3339();
+            self.write(cr, |_, conds| {
+                set_condition(
+                    conds,
+                    &now,
+                    "Ready",
+                    "False",
+                    "Pending",
+                    "Waiting for the request to be approved",
+                )
+            })
+            .await?;
+            return Ok(Some(Action::await_change()));
+        }
+        Ok(None)
+    }
+
+    /// Records on the request that signing starts (its request ID and
+    /// when), or finds that it had started: in this process, or in an
+    /// earlier one whose upstream answers a repeated request ID with the
+    /// same certificate. Otherwise the request fails (`Err` is the action
+    /// taken): signet cannot tell whether it was issued.
+    async fn mark_started(
+        &self,
+        cr: Arc<CertificateRequest>,
+        issuer: &Issuer,
+        uid: &str,
+    ) -> Result<Result<(Arc<CertificateRequest>, String), Action>, ReconcileError> {
+        let request_id = cr.annotations().get(REQUEST_ID_ANNOTATION).cloned();
+        let started_here = lock(&self.started).contains(uid);
+        let age = cr
+            .annotations()
+            .get(STARTED_ANNOTATION)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .and_then(|t| self.clock.now().duration_since(SystemTime::from(t)).ok())
+            .unwrap_or(Duration::MAX);
+        let started = match request_id {
+            None => {
+                let mut updated = (*cr).clone();
+                let annotations = updated.annotations_mut();
+                annotations.insert(REQUEST_ID_ANNOTATION.to_owned(), uid.to_owned());
+                annotations.insert(STARTED_ANNOTATION.to_owned(), self.now_rfc3339());
+                let written = self
+                    .api(&cr)
+                    .replace(&cr.name_any(), &PostParams::default(), &updated)
+                    .await
+                    .map_err(kube_err)?;
+                (Arc::new(written), uid.to_owned())
+            }
+            Some(id) if started_here || issuer.resumable(age) => (cr, id),
+            Some(id) => {
+                let e = SignError::BackendRejected(format!(
+                    "signing of this request (ID {id}) started in an earlier signet process that did not finish; \
+                     {} cannot tell now whether it issued a certificate, so signet will not sign it again. \
+                     Delete this CertificateRequest (or renew the Certificate) to get a new one",
+                    issuer.key
+                ));
+                return self.fail(&cr, uid, &e).await.map(Err);
+            }
+        };
+        lock(&self.started).insert(uid.to_owned());
+        Ok(Ok(started))
     }
 
     async fn sign(
@@ -689,12 +704,7 @@ impl IssuerController {
             usages: &usages,
             username: cr.spec.username.as_deref(),
         };
-        let (caller, decision) = issuer.decide(&csr, params, issuer.now())?;
-        let decision = decision.with_request_id(request_id);
-        let chain = issuer
-            .authority()
-            .sign_decided(&caller, &decision, &csr)
-            .await?;
+        let chain = issuer.issue(&csr, params, request_id).await?;
         let mut certificate = chain.leaf_pem();
         certificate.extend(chain.intermediate_pems());
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
@@ -738,11 +748,13 @@ impl IssuerController {
         uid: &str,
         s: Signed,
     ) -> Result<Action, ReconcileError> {
+        let now = self.now_rfc3339();
         self.write(cr, |st, conds| {
             st.certificate = Some(s.certificate);
             st.ca = Some(s.ca);
             set_condition(
                 conds,
+                &now,
                 "Ready",
                 "True",
                 "Issued",
@@ -763,8 +775,9 @@ impl IssuerController {
         message: &str,
         retry_in: Duration,
     ) -> Result<Action, ReconcileError> {
+        let now = self.now_rfc3339();
         self.write(cr, |_, conds| {
-            set_condition(conds, "Ready", "False", "Pending", message)
+            set_condition(conds, &now, "Ready", "False", "Pending", message)
         })
         .await?;
         Ok(Action::requeue(retry_in))
@@ -778,12 +791,20 @@ impl IssuerController {
     ) -> Result<Action, ReconcileError> {
         let invalid = matches!(e.kind(), ErrorKind::InvalidCsr | ErrorKind::InvalidRequest);
         let message = format!("{e}");
+        let now = self.now_rfc3339();
         self.write(cr, |st, conds| {
-            st.failure_time = Some(now_rfc3339());
+            st.failure_time = Some(now.clone());
             if invalid {
-                set_condition(conds, "InvalidRequest", "True", e.kind().code(), &message);
+                set_condition(
+                    conds,
+                    &now,
+                    "InvalidRequest",
+                    "True",
+                    e.kind().code(),
+                    &message,
+                );
             }
-            set_condition(conds, "Ready", "False", "Failed", &message);
+            set_condition(conds, &now, "Ready", "False", "Failed", &message);
             true
         })
         .await?;
@@ -800,8 +821,33 @@ impl IssuerController {
 }
 
 /// Errors worth retrying: the backend or signet, not the request.
-fn retryable(e: &SignError) -> bool {
-    e.kind().is_retryable() || matches!(e.kind(), ErrorKind::BadChain | ErrorKind::Internal)
+/// The longest the controller waits for one signing before counting it a
+/// `timeout` and trying again later with backoff.
+const CONTROLLER_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The issuer a request names, if it is one of ours and not finished
+/// (finished requests are never touched again).
+fn open_request_for_us(cr: &CertificateRequest) -> Option<IssuerKey> {
+    let r = &cr.spec.issuer_ref;
+    if r.group.as_deref() != Some(GROUP) {
+        return None;
+    }
+    let kind = IssuerKind::from_ref(r.kind.as_deref())?;
+    let ready = cr.condition("Ready");
+    let finished = ready.is_some_and(|c| {
+        c.status == "True" || matches!(c.reason.as_deref(), Some("Failed" | "Denied"))
+    }) || cr.status.as_ref().is_some_and(|s| s.certificate.is_some());
+    if finished {
+        return None;
+    }
+    Some(IssuerKey {
+        kind,
+        namespace: match kind {
+            IssuerKind::Issuer => cr.namespace(),
+            IssuerKind::ClusterIssuer => None,
+        },
+        name: r.name.clone(),
+    })
 }
 
 /// What the issuer controller needs of SignetIssuer and SignetClusterIssuer.

@@ -5,18 +5,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr as _;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use signet_core::caller::{AuthMethod, Caller, Principal};
 use signet_core::delegated::{Delegated, IntermediateConfig};
 use signet_core::duration::HumanDuration;
-use signet_core::names::{San, SanPattern};
+use signet_core::names::SanPattern;
 use signet_core::policy::{
-    AuthorityPolicy, Grant, IssuanceRequest, PolicyConfig, PolicyError, Profile, TtlOverflow,
+    AuthorityPolicy, CaRequest, Grant, IssuanceRequest, PolicyConfig, PolicyError, Profile,
+    TtlOverflow,
 };
 use signet_core::resilience::RateLimit;
 use signet_core::spiffe::TrustDomain;
-use signet_core::{Authority, Clock, IssuanceDecision, SignError, Signer, VerifiedCsr};
+use signet_core::{Authority, Clock, IssuedChain, SignError, Signer, VerifiedCsr};
 
 use crate::crd::{IssuerSpec, Mode};
 
@@ -206,7 +207,6 @@ pub struct Issuer {
     authority: Arc<Authority>,
     upstream: Arc<dyn Signer>,
     delegated: Option<Arc<Delegated>>,
-    clock: Arc<dyn Clock>,
     /// Holds the Secret values its backend reads; gone with the issuer.
     _secrets: Option<crate::resolve::SecretFiles>,
 }
@@ -288,7 +288,6 @@ impl Issuer {
             authority,
             upstream,
             delegated,
-            clock,
             _secrets: secrets,
         })
     }
@@ -334,14 +333,15 @@ impl Issuer {
         Ok(summary)
     }
 
-    /// Decides what to sign for a request, or why not (policy errors are
-    /// permanent).
-    pub fn decide(
+    /// Issues what a request asks for, as this issuer's policy decides, or
+    /// says why not (policy errors are permanent). `request_id` makes the
+    /// upstream answer at most once per request.
+    pub async fn issue(
         &self,
         csr: &VerifiedCsr,
         params: RequestParams<'_>,
-        now: SystemTime,
-    ) -> Result<(Caller, IssuanceDecision), SignError> {
+        request_id: &str,
+    ) -> Result<IssuedChain, SignError> {
         if params.is_ca && !self.rules.allow_ca {
             return Err(PolicyError::CaRequested.into());
         }
@@ -377,37 +377,32 @@ impl Issuer {
                 cluster: "local".into(),
             },
         );
-        let policy = self.authority.policy();
+        let grant = &self.rules.grant;
         if params.is_ca || usages.contains(&Usage::CertSign) {
             if !self.rules.allow_ca {
                 return Err(PolicyError::CaRequested.into());
             }
-            let decision = policy.decide_ca(&caller, &self.rules.grant, csr, ttl, now)?;
-            return Ok((caller, decision));
+            let request = CaRequest {
+                ttl,
+                request_id: Some(request_id.to_owned()),
+            };
+            return self.authority.issue_ca(&caller, grant, csr, &request).await;
         }
-        let server = usages.contains(&Usage::ServerAuth);
-        let client = usages.contains(&Usage::ClientAuth);
-        let only_spiffe =
-            csr.requested_sans().len() == 1 && matches!(csr.requested_sans()[0], San::Uri(_));
-        let profile = match (server, client) {
-            (true, true) if only_spiffe => Profile::Workload,
-            (true, true) => Profile::Mtls,
-            (false, true) => Profile::Client,
-            // cert-manager's default extended usage is server auth.
-            _ => Profile::Server,
-        };
+        let profile = Profile::infer(
+            csr.requested_sans(),
+            Some((
+                usages.contains(&Usage::ServerAuth),
+                usages.contains(&Usage::ClientAuth),
+            )),
+        );
         let request = IssuanceRequest {
             profile,
             ttl,
             ttl_overflow: TtlOverflow::Clamp,
             renewable: false,
+            request_id: Some(request_id.to_owned()),
         };
-        let decision = policy.decide(&caller, &self.rules.grant, csr, &request, now)?;
-        Ok((caller, decision))
-    }
-
-    pub fn now(&self) -> SystemTime {
-        self.clock.now()
+        self.authority.issue(&caller, grant, csr, &request).await
     }
 }
 

@@ -8,6 +8,10 @@
 //! - `check/chain`: `IssuedChain::check` (path verification + leaf-matches-decision);
 //! - `ceiling/*`: bare aws-lc-rs ECDSA P-256 sign and verify, the floor under all of it.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests and benchmarks run real servers and processes on real time"
+)]
 use std::hint::black_box;
 use std::time::{Duration, SystemTime};
 
@@ -20,7 +24,7 @@ use signet_core::issuer::LocalCa;
 use signet_core::key::{KeyAlgorithm, PrivateKey};
 use signet_core::names::San;
 use signet_core::policy::{
-    AuthorityPolicy, Grant, IssuanceDecision, IssuanceRequest, PolicyConfig, Profile, TtlOverflow,
+    AuthorityPolicy, Grant, IssuanceRequest, PolicyConfig, Profile, TtlOverflow,
 };
 use signet_core::spiffe::{SpiffeId, TrustDomain};
 
@@ -40,18 +44,19 @@ fn intermediate(alg: KeyAlgorithm, now: SystemTime) -> LocalCa {
         3650 * DAY,
     )
     .expect("root");
-    let key = PrivateKey::generate(alg).expect("key");
-    let csr = VerifiedCsr::from_der(&key.csr_der(Some("bench intermediate"), &[]).expect("csr"))
-        .expect("csr");
-    let decision = IssuanceDecision::intermediate(
-        "bench intermediate",
-        &td(),
-        0,
-        now,
-        365 * DAY,
-        DAY,
-        "bench",
-    );
+    let signet_core::mint::IntermediateRequest { key, csr, decision } =
+        signet_core::mint::IntermediateRequest::new(
+            &signet_core::mint::IntermediateSpec {
+                common_name: "bench intermediate",
+                trust_domain: &td(),
+                key: alg,
+                ttl: 365 * DAY,
+                requested_by: "bench",
+            },
+            now,
+            true,
+        )
+        .expect("intermediate request");
     let chain = root.sign(&decision, csr.public_key()).expect("sign");
     LocalCa::new(
         chain.leaf().clone(),
@@ -98,6 +103,7 @@ fn pipeline(c: &mut Criterion) {
         ttl: None,
         ttl_overflow: TtlOverflow::Clamp,
         renewable: false,
+        request_id: None,
     };
     let csr = VerifiedCsr::from_pem(csr_pem(KeyAlgorithm::EcdsaP256).as_bytes()).expect("csr");
     c.bench_function("policy/decide", |b| {

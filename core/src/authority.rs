@@ -13,7 +13,7 @@ use crate::clock::{Clock, rfc3339};
 use crate::crypto::sha256;
 use crate::csr::{CsrError, VerifiedCsr};
 use crate::error::SignError;
-use crate::policy::{AuthorityPolicy, Grant, IssuanceDecision, IssuanceRequest};
+use crate::policy::{AuthorityPolicy, CaRequest, Grant, IssuanceDecision, IssuanceRequest};
 use crate::signer::{BackendInfo, Signer};
 
 /// A backend plus a policy, addressed by front-ends by name.
@@ -100,17 +100,18 @@ impl Authority {
         caller: &Caller,
         grant: &Grant,
         csr: &VerifiedCsr,
-        ttl: Option<Duration>,
+        request: &CaRequest,
     ) -> Result<IssuedChain, SignError> {
         let decision = self
             .policy
-            .decide_ca(caller, grant, csr, ttl, self.clock.now())?;
+            .decide_ca(caller, grant, csr, request, self.clock.now())?;
         self.sign_decided(caller, &decision, csr).await
     }
 
-    /// Signs a decision policy made (see [`AuthorityPolicy::decide`] and
-    /// [`AuthorityPolicy::decide_ca`]).
-    pub async fn sign_decided(
+    /// Signs a decision policy made ([`AuthorityPolicy::decide`],
+    /// [`AuthorityPolicy::decide_ca`]); private, so that nothing else
+    /// decides what this authority signs.
+    async fn sign_decided(
         &self,
         caller: &Caller,
         decision: &IssuanceDecision,

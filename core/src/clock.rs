@@ -1,8 +1,15 @@
-//! Injectable wall-clock time.
+//! Injectable time: the only module that reads a clock.
 //!
-//! Certificate validity is wall-clock time, so everything that stamps or checks
-//! a `NotBefore`/`NotAfter` asks a [`Clock`] instead of calling
-//! `SystemTime::now()` directly; tests pin or move the clock.
+//! - **Wall-clock time** (certificate validity, condition timestamps, lease
+//!   times) comes from a [`Clock`] handed in by whoever builds the
+//!   component; tests pin or move it ([`ManualClock`]).
+//! - **Monotonic time** (timeouts, cache ages, rate limits, latency) comes
+//!   from [`monotonic`] and [`elapsed`], which follow tokio's clock, so tests
+//!   pause and advance it (`#[tokio::test(start_paused = true)]`).
+//!
+//! clippy's `disallowed-methods` (see `clippy.toml`) refuses
+//! `SystemTime::now`, `Instant::now`, `Instant::elapsed`, `jiff::Timestamp::now`
+//! and the like everywhere else in the product's code.
 
 use std::fmt;
 use std::sync::Mutex;
@@ -18,9 +25,21 @@ pub trait Clock: Send + Sync + fmt::Debug {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    #[allow(clippy::disallowed_methods, reason = "the one wall-clock read")]
     fn now(&self) -> SystemTime {
         SystemTime::now()
     }
+}
+
+/// Now, on the monotonic clock (tokio's, so paused time applies in tests).
+#[allow(clippy::disallowed_methods, reason = "the one monotonic-clock read")]
+pub fn monotonic() -> tokio::time::Instant {
+    tokio::time::Instant::now()
+}
+
+/// Time passed since `start` (a [`monotonic`] reading), zero if none.
+pub fn elapsed(start: tokio::time::Instant) -> Duration {
+    monotonic().saturating_duration_since(start)
 }
 
 /// A clock that only moves when told to; for tests.
@@ -75,4 +94,16 @@ pub fn rfc3339(t: SystemTime) -> String {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     odt.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| unix_seconds(t).to_string())
+}
+
+/// The fraction of a certificate's (or lease's) life after which signet
+/// renews it unless configured otherwise: two thirds, as Istio, SPIRE and
+/// cert-manager do.
+pub const RENEW_AT: f64 = 2.0 / 3.0;
+
+/// When something valid from `not_before` to `not_after` is due for
+/// renewal: `fraction` of the way through its life.
+pub fn renew_time(not_before: SystemTime, not_after: SystemTime, fraction: f64) -> SystemTime {
+    let life = not_after.duration_since(not_before).unwrap_or_default();
+    not_before + life.mul_f64(fraction.clamp(0.0, 1.0))
 }

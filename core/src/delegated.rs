@@ -17,14 +17,14 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::chain::{BACKEND_CLOCK_TOLERANCE, IssuedChain, TrustBundle};
+use crate::chain::{IssuedChain, TrustBundle};
 use crate::clock::{Clock, rfc3339};
 use crate::csr::VerifiedCsr;
 use crate::duration::HumanDuration;
 use crate::error::SignError;
 use crate::issuer::LocalCa;
-use crate::key::{KeyAlgorithm, PrivateKey};
-use crate::names::San;
+use crate::key::KeyAlgorithm;
+use crate::mint::{IntermediateSpec, Minted, mint_intermediate};
 use crate::policy::IssuanceDecision;
 use crate::resilience::backoff;
 use crate::signer::{BackendInfo, Capabilities, Signer};
@@ -34,7 +34,7 @@ fn default_ttl() -> HumanDuration {
     HumanDuration::from_secs(30 * 86_400)
 }
 fn default_renew_at() -> f64 {
-    2.0 / 3.0
+    crate::clock::RENEW_AT
 }
 
 /// `authorities.<name>.intermediate`.
@@ -135,37 +135,24 @@ impl Delegated {
 
     /// Asks the upstream for a new intermediate and installs it.
     pub async fn renew(&self) -> Result<Arc<LocalCa>, SignError> {
-        let key = PrivateKey::generate(self.config.key)
-            .map_err(|e| SignError::Internal(e.to_string()))?;
         let cn = self
             .config
             .common_name
             .clone()
             .unwrap_or_else(|| format!("signet {} intermediate", self.name));
-        let csr_der = key
-            .csr_der(Some(&cn), &[San::Uri(self.trust_domain.id())])
-            .map_err(|e| SignError::Internal(e.to_string()))?;
-        let csr = VerifiedCsr::from_der(&csr_der)?;
-        let now = self.clock.now();
-        let decision = IssuanceDecision::intermediate(
-            &cn,
-            &self.trust_domain,
-            0,
-            now,
-            self.config.ttl.get(),
-            Duration::from_secs(60),
-            &format!("signet:delegated:{}", self.name),
-        );
-        let decision = if self.upstream.describe().capabilities.constrains_path_len {
-            decision
-        } else {
-            // signet never signs CA certificates with the intermediate, so
-            // the constraint guards only against misuse of a stolen key.
-            tracing::warn!(authority = %self.name, "the upstream cannot set pathLenConstraint; the intermediate will carry none");
-            decision.without_path_len()
+        let requested_by = format!("signet:delegated:{}", self.name);
+        let spec = IntermediateSpec {
+            common_name: &cn,
+            trust_domain: &self.trust_domain,
+            key: self.config.key,
+            ttl: self.config.ttl.get(),
+            requested_by: &requested_by,
         };
-        let chain = self.upstream.sign(&decision, &csr).await?;
-        chain.check(&decision, &csr, now, BACKEND_CLOCK_TOLERANCE)?;
+        let Minted {
+            key,
+            chain,
+            decision,
+        } = mint_intermediate(self.upstream.as_ref(), &spec, self.clock.now()).await?;
         let ca = LocalCa::new(
             chain.leaf().clone(),
             key,
@@ -193,11 +180,7 @@ impl Delegated {
 
     /// When the intermediate `ca` should be replaced.
     fn renew_time(&self, ca: &LocalCa) -> SystemTime {
-        let life = ca
-            .not_after()
-            .duration_since(ca.not_before())
-            .unwrap_or_default();
-        ca.not_before() + life.mul_f64(self.config.renew_at)
+        crate::clock::renew_time(ca.not_before(), ca.not_after(), self.config.renew_at)
     }
 }
 

@@ -97,6 +97,17 @@ impl ErrorKind {
                 | ErrorKind::NotReady
         )
     }
+
+    /// Whether the same request may succeed later without the caller
+    /// changing it: the [retryable](Self::is_retryable) kinds, and faults on
+    /// signet's or the upstream's side that an operator can fix (a chain
+    /// that does not check out, an internal error). A controller that owns
+    /// a request (the Kubernetes CSR signer, the cert-manager issuer) keeps
+    /// retrying these with backoff; anything else is the request's fault and
+    /// final.
+    pub fn may_succeed_later(self) -> bool {
+        self.is_retryable() || matches!(self, ErrorKind::BadChain | ErrorKind::Internal)
+    }
 }
 
 impl SignError {

@@ -197,6 +197,15 @@ pub enum SanPattern {
 }
 
 impl SanPattern {
+    /// The pattern that matches exactly `san`.
+    pub fn exactly(san: &San) -> Self {
+        match san {
+            San::Dns(d) => SanPattern::Dns(d.as_str().split('.').map(str::to_owned).collect()),
+            San::Ip(ip) => SanPattern::Ip((*ip).into()),
+            San::Uri(id) => SanPattern::SpiffeExact(id.clone()),
+        }
+    }
+
     /// Every SPIFFE ID of a trust domain but its own ID (`spiffe://td/**`).
     pub fn whole_trust_domain(trust_domain: &crate::spiffe::TrustDomain) -> Self {
         SanPattern::Spiffe {

@@ -25,7 +25,7 @@ pub struct Finished {
 impl Finished {
     /// Records that `uid` is finished (its result is written).
     pub fn insert(&self, uid: &str) {
-        let now = tokio::time::Instant::now();
+        let now = crate::clock::monotonic();
         let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
         done.retain(|_, at| now.duration_since(*at) < FINISHED_MEMORY);
         done.insert(uid.to_owned(), now);
@@ -34,7 +34,7 @@ impl Finished {
     /// Whether `uid` was finished here recently (a copy without the result
     /// is then stale).
     pub fn contains(&self, uid: &str) -> bool {
-        let now = tokio::time::Instant::now();
+        let now = crate::clock::monotonic();
         self.done
             .lock()
             .unwrap_or_else(|e| e.into_inner())

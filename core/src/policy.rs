@@ -42,6 +42,24 @@ impl Profile {
         Profile::Mtls,
     ];
 
+    /// The profile a request that names none means (a Kubernetes CSR, a
+    /// cert-manager CertificateRequest), from its names and, where the
+    /// request states them, the extended usages it asks for (`Some((server
+    /// auth, client auth))`). A lone SPIFFE ID is a workload unless the
+    /// usages say otherwise; without usages anything else is a server.
+    pub fn infer(sans: &[San], usages: Option<(bool, bool)>) -> Profile {
+        let workload = matches!(sans, [San::Uri(_)]);
+        match usages {
+            None if workload => Profile::Workload,
+            None => Profile::Server,
+            Some((true, true)) if workload => Profile::Workload,
+            Some((true, true)) => Profile::Mtls,
+            Some((false, true)) => Profile::Client,
+            // cert-manager's default extended usage is server auth.
+            Some(_) => Profile::Server,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Profile::Workload => "workload",
@@ -252,7 +270,7 @@ pub enum TtlOverflow {
 }
 
 /// What the front-end asks on the caller's behalf.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuanceRequest {
     pub profile: Profile,
     pub ttl: Option<Duration>,
@@ -261,6 +279,18 @@ pub struct IssuanceRequest {
     /// front-end ([`crate::renewal`]): asked only where the caller proved a
     /// workload's own identity; granted for the workload profile only.
     pub renewable: bool,
+    /// A key under which the backend must answer at most once (see
+    /// [`IssuanceDecision::request_id`]); `None` when the caller has none.
+    pub request_id: Option<String>,
+}
+
+/// What a caller allowed CA requests asks for (cert-manager `isCA`); see
+/// [`AuthorityPolicy::decide_ca`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaRequest {
+    pub ttl: Option<Duration>,
+    /// As [`IssuanceRequest::request_id`].
+    pub request_id: Option<String>,
 }
 
 /// CA-ness of a decision.
@@ -282,7 +312,7 @@ pub struct IssuanceDecision {
     ca: Option<CaConstraints>,
     renewable: bool,
     requested_by: String,
-    request_id: Option<String>,
+    pub(crate) request_id: Option<String>,
 }
 
 impl IssuanceDecision {
@@ -293,15 +323,10 @@ impl IssuanceDecision {
         self.request_id.as_deref()
     }
 
-    pub fn with_request_id(mut self, id: impl Into<String>) -> Self {
-        self.request_id = Some(id.into());
-        self
-    }
-
     /// A CA certificate with the given subject CN and names (for issuers
     /// whose policy allows CA requests, e.g. cert-manager `isCA`); see
     /// [`AuthorityPolicy::decide_ca`].
-    pub fn ca_certificate(
+    pub(crate) fn new_ca_certificate(
         common_name: &str,
         sans: Vec<San>,
         path_len: Option<u8>,
@@ -376,7 +401,7 @@ impl IssuanceDecision {
     /// An intermediate CA: CA:TRUE with the given path length, keyCertSign and
     /// cRLSign, the trust domain's SPIFFE ID as its URI SAN (as SPIRE and
     /// Istio expect of a mesh CA).
-    pub fn intermediate(
+    pub(crate) fn new_intermediate(
         common_name: &str,
         trust_domain: &TrustDomain,
         path_len: u8,
@@ -506,7 +531,7 @@ impl AuthorityPolicy {
             ca: None,
             renewable: request.renewable && profile == Profile::Workload,
             requested_by: caller.principal().to_string(),
-            request_id: None,
+            request_id: request.request_id.clone(),
         })
     }
 
@@ -519,7 +544,7 @@ impl AuthorityPolicy {
         caller: &Caller,
         grant: &Grant,
         csr: &VerifiedCsr,
-        ttl: Option<Duration>,
+        ca: &CaRequest,
         now: SystemTime,
     ) -> Result<IssuanceDecision, PolicyError> {
         if let Some(name) = csr.unsupported_names().first() {
@@ -531,12 +556,13 @@ impl AuthorityPolicy {
         self.check_sans(caller, grant, csr.requested_sans())?;
         let request = IssuanceRequest {
             profile: Profile::Mtls,
-            ttl,
+            ttl: ca.ttl,
             ttl_overflow: TtlOverflow::Clamp,
             renewable: false,
+            request_id: None,
         };
         let ttl = self.ttl(grant, &request)?;
-        Ok(IssuanceDecision::ca_certificate(
+        let mut decision = IssuanceDecision::new_ca_certificate(
             csr.common_name().unwrap_or("signet issued CA"),
             csr.requested_sans().to_vec(),
             Some(0),
@@ -544,7 +570,9 @@ impl AuthorityPolicy {
             ttl,
             self.config.backdate.get(),
             &caller.principal().to_string(),
-        ))
+        );
+        decision.request_id = ca.request_id.clone();
+        Ok(decision)
     }
 
     /// Every name must be in the trust domain (SPIFFE IDs), of the mesh

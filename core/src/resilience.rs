@@ -260,7 +260,7 @@ impl RateLimit {
             max_wait,
             bucket: Mutex::new(Bucket {
                 tokens: burst,
-                last: Instant::now(),
+                last: crate::clock::monotonic(),
             }),
         }
     }
@@ -268,7 +268,7 @@ impl RateLimit {
     /// Takes a token now, or says how long until one is free (reserving it).
     fn reserve(&self) -> Duration {
         let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
+        let now = crate::clock::monotonic();
         let refill = now.duration_since(b.last).as_secs_f64() * self.rate;
         b.tokens = (b.tokens + refill).min(self.burst);
         b.last = now;
@@ -363,13 +363,13 @@ impl CircuitBreaker {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match *s {
             BreakerState::Closed { .. } => Ok(()),
-            BreakerState::Open { until } if Instant::now() >= until => {
+            BreakerState::Open { until } if crate::clock::monotonic() >= until => {
                 *s = BreakerState::HalfOpen;
                 Ok(())
             }
             BreakerState::Open { until } => Err(SignError::BackendUnavailable(format!(
                 "circuit open after repeated failures; next attempt in {}",
-                HumanDuration(until.saturating_duration_since(Instant::now()))
+                HumanDuration(until.saturating_duration_since(crate::clock::monotonic()))
             ))),
             BreakerState::HalfOpen => Err(SignError::BackendUnavailable(
                 "circuit half-open; waiting for a probe".into(),
@@ -388,7 +388,7 @@ impl CircuitBreaker {
                 }
             }
             (_, true) => BreakerState::Open {
-                until: Instant::now() + self.open_for,
+                until: crate::clock::monotonic() + self.open_for,
             },
         };
         if matches!(next, BreakerState::Open { .. }) && !matches!(*s, BreakerState::Open { .. }) {

@@ -191,3 +191,57 @@ impl Signer for CaSigner {
         }
     }
 }
+
+/// Decisions made by hand, for tests of backends and chains. Production code
+/// gets every decision from policy ([`crate::policy::AuthorityPolicy`]) or
+/// [`crate::mint`]; these exist only with the `testing` feature.
+impl IssuanceDecision {
+    /// See [`crate::mint`] for what an intermediate is.
+    pub fn intermediate(
+        common_name: &str,
+        trust_domain: &crate::spiffe::TrustDomain,
+        path_len: u8,
+        now: SystemTime,
+        ttl: Duration,
+        backdate: Duration,
+        requested_by: &str,
+    ) -> Self {
+        Self::new_intermediate(
+            common_name,
+            trust_domain,
+            path_len,
+            now,
+            ttl,
+            backdate,
+            requested_by,
+        )
+    }
+
+    /// A CA certificate with these names (what policy decides for
+    /// cert-manager's `isCA`).
+    pub fn ca_certificate(
+        common_name: &str,
+        sans: Vec<crate::names::San>,
+        path_len: Option<u8>,
+        now: SystemTime,
+        ttl: Duration,
+        backdate: Duration,
+        requested_by: &str,
+    ) -> Self {
+        Self::new_ca_certificate(
+            common_name,
+            sans,
+            path_len,
+            now,
+            ttl,
+            backdate,
+            requested_by,
+        )
+    }
+
+    /// The same decision under an idempotency key.
+    pub fn with_request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into());
+        self
+    }
+}

@@ -1,5 +1,9 @@
 //! Every CSR rejection the issue names, against fixtures made by OpenSSL.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests and benchmarks run real servers and processes on real time"
+)]
 use signet_core::crypto::{KeyError, KeyKind, SignatureError};
 use signet_core::csr::{CsrError, VerifiedCsr};
 use signet_core::names::San;

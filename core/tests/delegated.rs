@@ -1,6 +1,10 @@
 //! Delegated authorities: one intermediate from upstream, leaves signed
 //! locally, rotation, outages.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests and benchmarks run real servers and processes on real time"
+)]
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -41,6 +45,7 @@ async fn issue(a: &Authority, n: usize) -> Result<IssuedChain, signet_core::Sign
         ttl: None,
         ttl_overflow: TtlOverflow::Refuse,
         renewable: false,
+        request_id: None,
     };
     a.issue(&Caller::internal("t"), &grant, &csr, &req).await
 }
@@ -285,6 +290,7 @@ async fn a_csr_with_a_ca_key_is_refused_before_signing() {
         ttl: None,
         ttl_overflow: TtlOverflow::Refuse,
         renewable: false,
+        request_id: None,
     };
     let id: San = San::Uri(DEMO_ID.parse().unwrap());
     let intermediate = d.current().unwrap();

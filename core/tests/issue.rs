@@ -1,5 +1,9 @@
 //! Policy decisions, local signing and chain checks, cross-checked by webpki.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests and benchmarks run real servers and processes on real time"
+)]
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -99,6 +103,7 @@ fn request(profile: Profile, ttl: Option<Duration>) -> IssuanceRequest {
         ttl,
         ttl_overflow: TtlOverflow::Refuse,
         renewable: false,
+        request_id: None,
     }
 }
 
@@ -275,8 +280,8 @@ fn policy_refusals_are_specific() {
         &["spiffe://cluster.local/**", "**.example.com"],
         &Profile::ALL,
     );
-    let decide = |g: &Grant, c: &VerifiedCsr, r: IssuanceRequest| {
-        policy().decide(&caller(), g, c, &r, now).unwrap_err()
+    let decide = |g: &Grant, c: &VerifiedCsr, r: &IssuanceRequest| {
+        policy().decide(&caller(), g, c, r, now).unwrap_err()
     };
     let wl = request(Profile::Workload, None);
 
@@ -291,28 +296,28 @@ fn policy_refusals_are_specific() {
         .unwrap()
     };
     assert_eq!(
-        decide(&wide, &fixture("ca-request"), wl),
+        decide(&wide, &fixture("ca-request"), &wl),
         PolicyError::CaRequested
     );
     assert!(matches!(
-        decide(&wide, &fixture("email-san"), wl),
+        decide(&wide, &fixture("email-san"), &wl),
         PolicyError::UnsupportedName { kind: "email", .. }
     ));
     assert!(matches!(
-        decide(&wide, &fixture("wrong-td"), wl),
+        decide(&wide, &fixture("wrong-td"), &wl),
         PolicyError::WrongTrustDomain { .. }
     ));
     assert!(matches!(
-        decide(&wide, &fixture("two-ids"), wl),
+        decide(&wide, &fixture("two-ids"), &wl),
         PolicyError::ProfileMismatch { .. }
     ));
     assert!(matches!(
-        decide(&wide, &fixture("no-sans"), wl),
+        decide(&wide, &fixture("no-sans"), &wl),
         PolicyError::ProfileMismatch { .. }
     ));
     let server = request(Profile::Server, None);
     assert_eq!(
-        decide(&wide, &fixture("server-names"), server),
+        decide(&wide, &fixture("server-names"), &server),
         PolicyError::WildcardNotAllowed("*.example.com".into())
     );
     let mut wild = wide.clone();
@@ -330,27 +335,27 @@ fn policy_refusals_are_specific() {
         &[Profile::Workload],
     );
     assert!(matches!(
-        decide(&narrow, &fixture("ec-p256"), wl),
+        decide(&narrow, &fixture("ec-p256"), &wl),
         PolicyError::SanNotAllowed { .. }
     ));
     assert!(matches!(
-        decide(&narrow, &fixture("ec-p256"), server),
+        decide(&narrow, &fixture("ec-p256"), &server),
         PolicyError::ProfileNotAllowed { .. }
     ));
     assert!(matches!(
-        decide(&wide, &fixture("ec-p256"), server),
+        decide(&wide, &fixture("ec-p256"), &server),
         PolicyError::ProfileMismatch { .. }
     ));
 
     let demo = fixture("ec-p256");
     let long = request(Profile::Workload, Some(400 * DAY));
     assert!(matches!(
-        decide(&wide, &demo, long),
+        decide(&wide, &demo, &long),
         PolicyError::TtlTooLong { .. }
     ));
     let short = request(Profile::Workload, Some(Duration::from_secs(5)));
     assert!(matches!(
-        decide(&wide, &demo, short),
+        decide(&wide, &demo, &short),
         PolicyError::TtlTooShort { .. }
     ));
     let clamped = IssuanceRequest {
@@ -368,7 +373,7 @@ fn policy_refusals_are_specific() {
         decide(
             &capped,
             &demo,
-            request(Profile::Workload, Some(7200 * Duration::from_secs(1)))
+            &request(Profile::Workload, Some(7200 * Duration::from_secs(1)))
         ),
         PolicyError::TtlTooLong { .. }
     ));
@@ -657,7 +662,7 @@ fn every_issued_spiffe_id_has_the_mesh_shape() {
             &caller(),
             &g,
             &csr(KeyAlgorithm::EcdsaP256, &[id]),
-            None,
+            &signet_core::policy::CaRequest::default(),
             now,
         );
         assert!(

@@ -1,5 +1,9 @@
 //! The resilience decorators, with paused time.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests and benchmarks run real servers and processes on real time"
+)]
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -47,6 +51,7 @@ fn request() -> (IssuanceDecision, VerifiedCsr) {
         ttl: None,
         ttl_overflow: TtlOverflow::Refuse,
         renewable: false,
+        request_id: None,
     };
     let d = policy
         .decide(

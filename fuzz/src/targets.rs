@@ -162,6 +162,7 @@ pub fn csr_policy(data: &[u8]) {
                 ttl,
                 ttl_overflow: TtlOverflow::Refuse,
                 renewable: true,
+                request_id: None,
             };
             let Ok(decision) = f.policy.decide(&caller, grant, &csr, &request, now) else {
                 continue;

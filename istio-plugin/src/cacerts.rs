@@ -21,10 +21,9 @@ use signet_core::chain::{TrustBundle, order_path, validity};
 use signet_core::duration::HumanDuration;
 use signet_core::issuer::LocalCa;
 use signet_core::key::{KeyAlgorithm, PrivateKey};
-use signet_core::names::San;
-use signet_core::policy::IssuanceDecision;
+use signet_core::mint::{IntermediateSpec, Minted, mint_intermediate};
 use signet_core::spiffe::TrustDomain;
-use signet_core::{Clock, SignError, Signer, VerifiedCsr, pem};
+use signet_core::{Clock, SignError, Signer, pem};
 
 fn default_namespace() -> String {
     "istio-system".to_owned()
@@ -205,31 +204,15 @@ impl Cacerts {
         previous_roots: &[CertificateDer<'static>],
     ) -> Result<Files, SignError> {
         let now = self.clock.now();
-        let key = PrivateKey::generate(self.config.key)
-            .map_err(|e| SignError::Internal(e.to_string()))?;
-        let csr = VerifiedCsr::from_der(
-            &key.csr_der(
-                Some(&self.config.common_name),
-                &[San::Uri(self.trust_domain.id())],
-            )
-            .map_err(|e| SignError::Internal(e.to_string()))?,
-        )?;
-        let decision = IssuanceDecision::intermediate(
-            &self.config.common_name,
-            &self.trust_domain,
-            0,
-            now,
-            self.config.ttl.get(),
-            Duration::from_secs(60),
-            "signet:istio-cacerts",
-        );
-        let chain = self.backend.sign(&decision, &csr).await?;
-        chain.check(
-            &decision,
-            &csr,
-            now,
-            signet_core::chain::BACKEND_CLOCK_TOLERANCE,
-        )?;
+        let spec = IntermediateSpec {
+            common_name: &self.config.common_name,
+            trust_domain: &self.trust_domain,
+            key: self.config.key,
+            ttl: self.config.ttl.get(),
+            requested_by: "signet:istio-cacerts",
+        };
+        let Minted { key, chain, .. } =
+            mint_intermediate(self.backend.as_ref(), &spec, now).await?;
         let roots = self.root_set(chain.trust_bundle(), previous_roots, now);
         let path = order_path(
             chain.leaf(),

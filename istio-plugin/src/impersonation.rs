@@ -140,7 +140,7 @@ impl KubePods {
     fn cache(&self) -> std::sync::MutexGuard<'_, PodCache> {
         let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if c.nodes.len() + c.present.len() > POD_CACHE_MAX {
-            let now = tokio::time::Instant::now();
+            let now = signet_core::clock::monotonic();
             c.nodes.retain(|_, (_, until)| *until > now);
             c.present.retain(|_, until| *until > now);
             if c.nodes.len() + c.present.len() > POD_CACHE_MAX {
@@ -173,7 +173,7 @@ impl PodDirectory for KubePods {
         pod: &str,
     ) -> Result<Option<String>, String> {
         let key = (cluster.to_owned(), namespace.to_owned(), pod.to_owned());
-        let now = tokio::time::Instant::now();
+        let now = signet_core::clock::monotonic();
         if let Some((node, until)) = self.cache().nodes.get(&key)
             && *until > now
         {
@@ -206,7 +206,7 @@ impl PodDirectory for KubePods {
             service_account.to_owned(),
             node.to_owned(),
         );
-        let now = tokio::time::Instant::now();
+        let now = signet_core::clock::monotonic();
         if self.cache().present.get(&key).is_some_and(|u| *u > now) {
             return Ok(true);
         }

@@ -25,7 +25,9 @@ use kube::{Api, Client, ResourceExt as _};
 use serde::Deserialize;
 use signet_core::caller::{AuthMethod, Caller, Principal};
 use signet_core::duration::HumanDuration;
+use signet_core::envelope::{Envelope, Handled};
 use signet_core::error::ErrorKind;
+use signet_core::metrics::Metrics;
 use signet_core::names::SanPattern;
 use signet_core::policy::{Grant, IssuanceRequest, Profile, TtlOverflow};
 use signet_core::{Authority, SignError, VerifiedCsr};
@@ -46,29 +48,10 @@ fn is_conflict(e: &kube::Error) -> bool {
 
 /// A stream that yields each time `leader` turns true (to re-examine
 /// everything the previous leader may have left undone).
-fn on_leadership(mut leader: watch::Receiver<bool>) -> impl futures::Stream<Item = ()> + Send {
-    async_stream_from(move |tx: tokio::sync::mpsc::Sender<()>| async move {
-        loop {
-            if *leader.borrow_and_update() && tx.send(()).await.is_err() {
-                return;
-            }
-            if leader.changed().await.is_err() {
-                return;
-            }
-        }
-    })
-}
-
-/// A stream fed by a task (keeps us off extra stream-macro crates).
-fn async_stream_from<F, Fut, T>(f: F) -> impl futures::Stream<Item = T> + Send
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-    T: Send + 'static,
-{
-    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(f(tx));
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+fn on_leadership(leader: watch::Receiver<bool>) -> impl futures::Stream<Item = ()> + Send {
+    tokio_stream::wrappers::WatchStream::new(leader)
+        .filter(|l| std::future::ready(*l))
+        .map(|_| ())
 }
 
 // === CSR signer ===
@@ -109,7 +92,12 @@ pub struct CsrSigner {
     pending: Mutex<HashMap<String, String>>,
     /// CSRs this process wrote a certificate into (see [`signet_core::once`]).
     finished: signet_core::once::Finished,
+    envelope: Envelope,
 }
+
+/// The longest a controller waits for one signing before counting it a
+/// `timeout` and trying again later.
+pub const CONTROLLER_DEADLINE: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -129,6 +117,7 @@ impl CsrSigner {
         leader: watch::Receiver<bool>,
     ) -> Self {
         let td = authority.policy().trust_domain().clone();
+        let authority_name = authority.name().to_owned();
         let allowed = config
             .allowed_sans
             .clone()
@@ -147,7 +136,26 @@ impl CsrSigner {
             leader,
             pending: Mutex::new(HashMap::new()),
             finished: signet_core::once::Finished::default(),
+            envelope: Envelope::new(
+                "kubernetes_csr",
+                authority_name,
+                None,
+                CONTROLLER_DEADLINE,
+                Metrics::default(),
+            ),
         }
+    }
+
+    /// Records request metrics (`frontend="kubernetes_csr"`) in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.envelope = Envelope::new(
+            "kubernetes_csr",
+            self.authority.name(),
+            None,
+            CONTROLLER_DEADLINE,
+            metrics,
+        );
+        self
     }
 
     /// Watches CSRs and reconciles them until the stream ends.
@@ -205,7 +213,14 @@ impl CsrSigner {
                     return Ok(Action::await_change());
                 }
                 let fresh = Arc::new(fresh);
-                match self.sign(&fresh).await {
+                let requester = fresh.spec.username.clone().unwrap_or_default();
+                let signed = self
+                    .envelope
+                    .serve(&name, async {
+                        Handled::by(requester, self.sign(&fresh).await)
+                    })
+                    .await;
+                match signed {
                     Ok(p) => {
                         self.pending
                             .lock()
@@ -213,7 +228,9 @@ impl CsrSigner {
                             .insert(uid.clone(), p.clone());
                         (fresh, p)
                     }
-                    Err(e) if e.kind().is_retryable() => return Err(ReconcileError::Sign(e)),
+                    Err(e) if e.kind().may_succeed_later() => {
+                        return Err(ReconcileError::Sign(e));
+                    }
                     Err(e) => return self.fail(&fresh, &e).await,
                 }
             }
@@ -248,15 +265,7 @@ impl CsrSigner {
             ));
         }
         let verified = VerifiedCsr::from_pem(&csr.spec.request.0)?;
-        let profile = if verified
-            .requested_sans()
-            .iter()
-            .all(|s| matches!(s, signet_core::names::San::Uri(_)))
-        {
-            Profile::Workload
-        } else {
-            Profile::Server
-        };
+        let profile = Profile::infer(verified.requested_sans(), None);
         let request = IssuanceRequest {
             profile,
             ttl: csr
@@ -265,6 +274,7 @@ impl CsrSigner {
                 .map(|s| Duration::from_secs(s.max(0) as u64)),
             ttl_overflow: TtlOverflow::Clamp,
             renewable: false,
+            request_id: None,
         };
         let caller = Caller::new(
             Principal::Kubernetes(requester),
@@ -343,8 +353,14 @@ impl CsrSigner {
                 status: "True".into(),
                 reason: Some(reason.into()),
                 message: Some(e.to_string()),
-                last_update_time: Some(Time(jiff::Timestamp::now())),
-                last_transition_time: Some(Time(jiff::Timestamp::now())),
+                last_update_time: Some(Time(
+                    jiff::Timestamp::try_from(self.authority.clock().now())
+                        .unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+                )),
+                last_transition_time: Some(Time(
+                    jiff::Timestamp::try_from(self.authority.clock().now())
+                        .unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+                )),
             });
         match self
             .csr_api()
@@ -604,14 +620,14 @@ impl RootDistributor {
         let wc = watcher::Config::default().labels(&self.config.namespace_selector);
         let this = self.clone();
         let bundle_changes =
-            async_stream_from(move |tx: tokio::sync::mpsc::Sender<()>| async move {
-                let mut last: Option<String> = None;
+            futures::stream::unfold((this, None::<String>), |(this, mut last)| async move {
                 loop {
                     if let Ok(b) = this.authority.trust_bundle().await.map(|b| b.to_pem()) {
-                        if last.as_ref().is_some_and(|l| *l != b) && tx.send(()).await.is_err() {
-                            return;
-                        }
+                        let changed = last.as_ref().is_some_and(|l| *l != b);
                         last = Some(b);
+                        if changed {
+                            return Some(((), (this, last)));
+                        }
                     }
                     tokio::time::sleep(this.config.poll.get()).await;
                 }
@@ -739,8 +755,8 @@ impl IstiodTlsKeeper {
         };
         match signet_core::chain::validity(&leaf) {
             Ok((nb, na)) => {
-                let life = na.duration_since(nb).unwrap_or_default();
-                self.authority.clock().now() >= nb + life * 2 / 3
+                self.authority.clock().now()
+                    >= signet_core::clock::renew_time(nb, na, signet_core::clock::RENEW_AT)
             }
             Err(_) => true,
         }
@@ -756,8 +772,6 @@ impl IstiodTlsKeeper {
         if current.as_ref().is_some_and(|s| !self.due(s)) {
             return Ok(false);
         }
-        let key = signet_core::key::PrivateKey::generate(signet_core::key::KeyAlgorithm::EcdsaP256)
-            .map_err(|e| e.to_string())?;
         let names: Vec<signet_core::names::San> = self
             .config
             .dns_names()
@@ -765,30 +779,10 @@ impl IstiodTlsKeeper {
             .map(|n| signet_core::names::DnsName::new(n).map(signet_core::names::San::Dns))
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?;
-        let csr = VerifiedCsr::from_der(&key.csr_der(None, &names).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-        let grant = Grant {
-            allowed_sans: self
-                .config
-                .dns_names()
-                .iter()
-                .map(|n| SanPattern::Dns(n.split('.').map(str::to_owned).collect()))
-                .collect(),
-            max_ttl: None,
-            profiles: vec![Profile::Server],
-            allow_wildcards: false,
-        };
-        let request = IssuanceRequest {
-            profile: Profile::Server,
-            ttl: Some(self.authority.policy().config().max_ttl.get()),
-            ttl_overflow: TtlOverflow::Clamp,
-            renewable: false,
-        };
-        let chain = self
-            .authority
-            .issue(&Caller::internal("istiod-tls"), &grant, &csr, &request)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (key, chain) =
+            signet_core::mint::issue_own_server_cert(&self.authority, "istiod-tls", &names)
+                .await
+                .map_err(|e| e.to_string())?;
         if !*self.leader.borrow() {
             return Ok(false);
         }

@@ -7,15 +7,15 @@
 //! codes in [`to_status`], and only there.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use signet_core::caller::{AuthMethod, Caller, PeerInfo, Principal};
+use signet_core::envelope::{Envelope, Handled};
 use signet_core::error::{ErrorKind, SignError};
 use signet_core::metrics::Metrics;
 use signet_core::policy::{Grant, IssuanceRequest, PolicyError, Profile, TtlOverflow};
 use signet_core::spiffe::SpiffeId;
 use signet_core::{Authority, VerifiedCsr};
-use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{AuthError, Authenticators, Credentials};
@@ -74,9 +74,7 @@ pub struct IstioCa {
     authority: Arc<Authority>,
     auth: Authenticators,
     impersonation: Option<Impersonation>,
-    metrics: Metrics,
-    in_flight: Arc<Semaphore>,
-    timeout: Duration,
+    envelope: Envelope,
     /// Whether certificates are marked renewable (an in-process signer).
     marks_renewals: bool,
 }
@@ -91,13 +89,18 @@ impl IstioCa {
         timeout: Duration,
     ) -> Self {
         let marks_renewals = authority.backend().capabilities.in_process;
+        let envelope = Envelope::new(
+            FRONTEND,
+            authority.name(),
+            Some(max_concurrent),
+            timeout,
+            metrics,
+        );
         Self {
             authority,
             auth,
             impersonation,
-            metrics,
-            in_flight: Arc::new(Semaphore::new(max_concurrent)),
-            timeout,
+            envelope,
             marks_renewals,
         }
     }
@@ -115,7 +118,7 @@ impl IstioCa {
         token: Option<&str>,
         cluster_id: &str,
         req: IstioCertificateRequest,
-    ) -> (Option<String>, Result<IstioCertificateResponse, SignError>) {
+    ) -> Handled<IstioCertificateResponse> {
         let creds = Credentials {
             peer,
             token,
@@ -125,12 +128,13 @@ impl IstioCa {
             Ok(i) => i,
             Err(AuthError::Invalid { public, detail }) => {
                 tracing::info!(peer = ?peer.map(|p| p.addr), cluster = cluster_id, %detail, "authentication failed");
-                return (None, Err(SignError::Unauthenticated(public.to_owned())));
+                return Handled::anonymous(Err(SignError::Unauthenticated(public.to_owned())));
             }
-            Err(AuthError::Unavailable(d)) => return (None, Err(SignError::BackendUnavailable(d))),
+            Err(AuthError::Unavailable(d)) => {
+                return Handled::anonymous(Err(SignError::BackendUnavailable(d)));
+            }
         };
-        let principal = identity.to_string();
-        (Some(principal), self.issue(&identity, req).await)
+        Handled::by(identity.to_string(), self.issue(&identity, req).await)
     }
 
     async fn issue(
@@ -225,6 +229,7 @@ impl IstioCa {
             // remote backend in direct mode signs what it signs, and its
             // workloads renew with tokens.
             renewable: !impersonating && self.marks_renewals,
+            request_id: None,
         };
         let chain = self
             .authority
@@ -269,58 +274,29 @@ impl IstioCertificateService for IstioCa {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let started = Instant::now();
         if let Some(r) = request.extensions().get::<Reached>() {
             r.0.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let peer = request.extensions().get::<PeerInfo>().cloned();
-        let result = match self.in_flight.clone().try_acquire_owned() {
-            Err(_) => (None, Err(SignError::Overloaded)),
-            Ok(_permit) => {
-                let token = bearer(&request);
-                let cluster = request
-                    .metadata()
-                    .get("clusterid")
-                    .and_then(|v| v.to_str().ok())
-                    .filter(|v| !v.is_empty())
-                    .unwrap_or(DEFAULT_CLUSTER_ID)
-                    .to_owned();
-                let msg = request.into_inner();
-                match tokio::time::timeout(
-                    self.timeout,
-                    self.handle(peer.as_ref(), token.as_deref(), &cluster, msg),
-                )
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) => (None, Err(SignError::Timeout)),
-                }
-            }
-        };
-        let (principal, outcome) = result;
-        let label = match &outcome {
-            Ok(_) => "issued",
-            Err(e) => e.kind().code(),
-        };
-        self.metrics
-            .observe(FRONTEND, self.authority.name(), label, started.elapsed());
-        match outcome {
-            Ok(r) => Ok(Response::new(r)),
-            Err(e) => {
-                let principal = principal.as_deref().unwrap_or("-");
-                match e.kind() {
-                    ErrorKind::Internal
-                    | ErrorKind::BadChain
-                    | ErrorKind::BackendRejected
-                    | ErrorKind::BackendUnavailable => {
-                        tracing::error!(peer = ?peer.map(|p| p.addr), principal, code = e.kind().code(), error = %e, "signing failed")
-                    }
-                    _ => {
-                        tracing::info!(peer = ?peer.map(|p| p.addr), principal, code = e.kind().code(), reason = e.reason().unwrap_or("-"), error = %e, "request refused")
-                    }
-                }
-                Err(to_status(&e))
-            }
-        }
+        let peer_name = peer
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |p| p.addr.to_string());
+        let token = bearer(&request);
+        let cluster = request
+            .metadata()
+            .get("clusterid")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .unwrap_or(DEFAULT_CLUSTER_ID)
+            .to_owned();
+        let msg = request.into_inner();
+        self.envelope
+            .serve(
+                &peer_name,
+                self.handle(peer.as_ref(), token.as_deref(), &cluster, msg),
+            )
+            .await
+            .map(Response::new)
+            .map_err(|e| to_status(&e))
     }
 }

@@ -15,7 +15,7 @@ use signet_core::{Authority, Clock, Signer, SystemClock};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, RestConfig};
 use crate::listener::{self, ListenerLimits};
 use crate::rest::Rest;
 use crate::tls::{self, ServingNames};
@@ -129,35 +129,7 @@ impl App {
                 }
             }
         }
-        let mut authorities = BTreeMap::new();
-        for (name, a) in &config.authorities {
-            let upstream = backends[&a.backend].clone();
-            let signer: Arc<dyn Signer> = match a.mode {
-                Mode::Direct => upstream,
-                Mode::Delegated => {
-                    let d = Delegated::start(
-                        name,
-                        upstream,
-                        a.intermediate.clone().unwrap_or_default(),
-                        config.trust_domain.clone(),
-                        clock.clone(),
-                    );
-                    // Give the first intermediate a moment so that front-ends
-                    // start with real certificates; if the upstream is down,
-                    // start anyway and report not ready.
-                    if tokio::time::timeout(STARTUP_WAIT, d.ready()).await.is_err() {
-                        tracing::warn!(authority = %name, "no intermediate yet; starting not ready");
-                    }
-                    d
-                }
-            };
-            let policy = AuthorityPolicy::new(config.trust_domain.clone(), a.policy.clone())
-                .map_err(|e| anyhow::anyhow!("authorities.{name}.policy: {e}"))?;
-            authorities.insert(
-                name.clone(),
-                Arc::new(Authority::new(name.clone(), signer, policy, clock.clone())),
-            );
-        }
+        let authorities = build_authorities(&config, &backends, &clock).await?;
 
         let mut registry = Registry::with_prefix("signet");
         let metrics = Metrics::register(&mut registry);
@@ -171,55 +143,7 @@ impl App {
         let mut rest_addr = None;
         if let Some(rc) = &config.frontends.rest {
             let authority = authorities[&rc.authority].clone();
-            let serving = match &rc.tls {
-                Some(files) => tls::from_files(files.cert_file.clone(), files.key_file.clone())?,
-                None => {
-                    let names = ServingNames::for_listener(rc.listen.ip(), &rc.server_names)?;
-                    tls::issued_by_authority(authority.clone(), names, "rest-serving").await?
-                }
-            };
-            let client_verifier = match &rc.auth.mtls {
-                Some(m) => {
-                    let pem = std::fs::read(&m.client_ca_file)
-                        .with_context(|| m.client_ca_file.display().to_string())?;
-                    let roots: Vec<_> = signet_core::pem::certificates(&pem)
-                        .with_context(|| m.client_ca_file.display().to_string())?
-                        .into_iter()
-                        .map(rustls_pki_types::CertificateDer::from)
-                        .collect();
-                    anyhow::ensure!(
-                        !roots.is_empty(),
-                        "{}: no certificates",
-                        m.client_ca_file.display()
-                    );
-                    Some(tls::static_client_verifier(roots)?)
-                }
-                None => None,
-            };
-            let tls_config =
-                tls::server_config(serving.clone(), client_verifier, &[b"h2", b"http/1.1"])?;
-            let rest = Arc::new(Rest::from_config(
-                rc,
-                authority,
-                metrics.clone(),
-                registry.clone(),
-                Some(serving),
-            )?);
-            let limits = ListenerLimits {
-                handshake_timeout: rc.limits.handshake_timeout.get(),
-                max_connections: rc.limits.max_connections,
-                shutdown_grace: rc.limits.shutdown_grace.get(),
-                idle_timeout: rc.limits.idle_timeout.get(),
-            };
-            let (addr, task) = bind_and_serve(
-                rc.listen,
-                tls_config,
-                rest.router(),
-                limits,
-                &shutdown_rx,
-                "REST signing endpoint",
-            )
-            .await?;
+            let (addr, task) = start_rest(rc, authority, &metrics, &registry, &shutdown_rx).await?;
             rest_addr = Some(addr);
             tasks.push(task);
         }
@@ -228,17 +152,11 @@ impl App {
             let authority = authorities[&ic.authority].clone();
             let (router, tls_config) =
                 crate::istio::build(ic, authority, metrics.clone(), clock.clone()).await?;
-            let limits = ListenerLimits {
-                handshake_timeout: ic.limits.handshake_timeout.get(),
-                max_connections: ic.limits.max_connections,
-                shutdown_grace: ic.limits.shutdown_grace.get(),
-                idle_timeout: ic.limits.idle_timeout.get(),
-            };
             let (addr, task) = bind_and_serve(
                 ic.listen,
                 tls_config,
                 router,
-                limits,
+                ListenerLimits::from(&ic.limits),
                 &shutdown_rx,
                 "Istio CA gRPC service",
             )
@@ -297,6 +215,98 @@ impl App {
             let _ = t.await;
         }
     }
+}
+
+/// Each configured authority over its backend (delegated ones holding their
+/// first intermediate, or started not ready after [`STARTUP_WAIT`]).
+async fn build_authorities(
+    config: &Config,
+    backends: &BTreeMap<String, Arc<dyn Signer>>,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<BTreeMap<String, Arc<Authority>>> {
+    let mut authorities = BTreeMap::new();
+    for (name, a) in &config.authorities {
+        let upstream = backends[&a.backend].clone();
+        let signer: Arc<dyn Signer> = match a.mode {
+            Mode::Direct => upstream,
+            Mode::Delegated => {
+                let d = Delegated::start(
+                    name,
+                    upstream,
+                    a.intermediate.clone().unwrap_or_default(),
+                    config.trust_domain.clone(),
+                    clock.clone(),
+                );
+                // Give the first intermediate a moment so that front-ends
+                // start with real certificates; if the upstream is down,
+                // start anyway and report not ready.
+                if tokio::time::timeout(STARTUP_WAIT, d.ready()).await.is_err() {
+                    tracing::warn!(authority = %name, "no intermediate yet; starting not ready");
+                }
+                d
+            }
+        };
+        let policy = AuthorityPolicy::new(config.trust_domain.clone(), a.policy.clone())
+            .map_err(|e| anyhow::anyhow!("authorities.{name}.policy: {e}"))?;
+        authorities.insert(
+            name.clone(),
+            Arc::new(Authority::new(name.clone(), signer, policy, clock.clone())),
+        );
+    }
+    Ok(authorities)
+}
+
+/// The REST signing endpoint: its serving certificate (files, or issued by
+/// its authority), client verification, and the listener.
+async fn start_rest(
+    rc: &RestConfig,
+    authority: Arc<Authority>,
+    metrics: &Metrics,
+    registry: &Arc<Registry>,
+    shutdown_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let serving = match &rc.tls {
+        Some(files) => tls::from_files(files.cert_file.clone(), files.key_file.clone())?,
+        None => {
+            let names = ServingNames::for_listener(rc.listen.ip(), &rc.server_names)?;
+            tls::issued_by_authority(authority.clone(), names, "rest-serving").await?
+        }
+    };
+    let client_verifier = match &rc.auth.mtls {
+        Some(m) => {
+            let pem = std::fs::read(&m.client_ca_file)
+                .with_context(|| m.client_ca_file.display().to_string())?;
+            let roots: Vec<_> = signet_core::pem::certificates(&pem)
+                .with_context(|| m.client_ca_file.display().to_string())?
+                .into_iter()
+                .map(rustls_pki_types::CertificateDer::from)
+                .collect();
+            anyhow::ensure!(
+                !roots.is_empty(),
+                "{}: no certificates",
+                m.client_ca_file.display()
+            );
+            Some(tls::static_client_verifier(roots)?)
+        }
+        None => None,
+    };
+    let tls_config = tls::server_config(serving.clone(), client_verifier, &[b"h2", b"http/1.1"])?;
+    let rest = Arc::new(Rest::from_config(
+        rc,
+        authority,
+        metrics.clone(),
+        registry.clone(),
+        Some(serving),
+    )?);
+    bind_and_serve(
+        rc.listen,
+        tls_config,
+        rest.router(),
+        ListenerLimits::from(&rc.limits),
+        shutdown_rx,
+        "REST signing endpoint",
+    )
+    .await
 }
 
 /// Binds `addr` and serves `router` over TLS until shutdown.

@@ -179,7 +179,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let termination = app::Termination::install()?;
             let config = if dev {
-                let pki = dev::ensure_pki(&data_dir, std::time::SystemTime::now())?;
+                let pki = dev::ensure_pki(
+                    &data_dir,
+                    signet_core::Clock::now(&signet_core::SystemClock),
+                )?;
                 tracing::warn!(
                     root = %pki.root.display(),
                     "DEVELOPMENT MODE: signing with a self-signed development root, unauthenticated, on loopback only. \
@@ -229,7 +232,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 data_dir.display()
             );
             let token = issuer
-                .mint(&ns, &sa, ttl.get(), std::time::SystemTime::now())
+                .mint(
+                    &ns,
+                    &sa,
+                    ttl.get(),
+                    signet_core::Clock::now(&signet_core::SystemClock),
+                )
                 .map_err(|e| anyhow::anyhow!(e))?;
             println!("{token}");
             Ok(())

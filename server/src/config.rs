@@ -331,38 +331,43 @@ impl Config {
 
     /// Checks cross-references and safety rules.
     pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
-        let invalid = |key: String, message: String| ConfigError::Invalid {
-            file: file.to_owned(),
-            key,
-            message,
-        };
+        let at = At { file };
+        self.validate_authorities(at)?;
+        self.validate_kubernetes(at)?;
+        if let Some(istio) = &self.frontends.istio {
+            self.authority_ref(at, "frontends.istio.authority", &istio.authority)?;
+            istio.validate().map_err(|(k, m)| at.invalid(k, m))?;
+            dns_names(
+                at,
+                "frontends.istio.server_names",
+                istio.server_names().iter(),
+            )?;
+        }
+        if let Some(rest) = &self.frontends.rest {
+            self.validate_rest(at, rest)?;
+        }
+        Ok(())
+    }
+
+    fn validate_authorities(&self, at: At<'_>) -> Result<(), ConfigError> {
         for (name, a) in &self.authorities {
-            if !self.backends.contains_key(&a.backend) {
-                return Err(invalid(
-                    format!("authorities.{name}.backend"),
-                    format!(
-                        "no backend named {:?} (known: {})",
-                        a.backend,
-                        names(self.backends.keys())
-                    ),
-                ));
-            }
+            self.backend_ref(at, &format!("authorities.{name}.backend"), &a.backend)?;
             a.policy
                 .validate()
-                .map_err(|m| invalid(format!("authorities.{name}.policy"), m))?;
+                .map_err(|m| at.invalid(format!("authorities.{name}.policy"), m))?;
             match (a.mode, &a.intermediate) {
                 (Mode::Direct, Some(_)) => {
-                    return Err(invalid(
+                    return Err(at.invalid(
                         format!("authorities.{name}.intermediate"),
-                        "only used with mode: delegated".into(),
+                        "only used with mode: delegated",
                     ));
                 }
                 (Mode::Delegated, i) => {
                     let i = i.clone().unwrap_or_default();
                     i.validate()
-                        .map_err(|m| invalid(format!("authorities.{name}.intermediate"), m))?;
+                        .map_err(|m| at.invalid(format!("authorities.{name}.intermediate"), m))?;
                     if a.policy.max_ttl > i.ttl {
-                        return Err(invalid(
+                        return Err(at.invalid(
                             format!("authorities.{name}.policy.max_ttl"),
                             format!(
                                 "{} exceeds the intermediate's ttl {}",
@@ -374,190 +379,198 @@ impl Config {
                 (Mode::Direct, None) => {}
             }
         }
-        let authority_ref = |key: &str, name: &str| -> Result<(), ConfigError> {
-            if self.authorities.contains_key(name) {
-                Ok(())
-            } else {
-                Err(invalid(
-                    key.into(),
-                    format!(
-                        "no authority named {name:?} (known: {})",
-                        names(self.authorities.keys())
-                    ),
-                ))
-            }
-        };
-        if let Some(k) = &self.frontends.kubernetes_csr {
-            authority_ref("frontends.kubernetes_csr.authority", &k.authority)?;
+        Ok(())
+    }
+
+    /// The front-ends that write to Kubernetes, and leader election.
+    fn validate_kubernetes(&self, at: At<'_>) -> Result<(), ConfigError> {
+        let f = &self.frontends;
+        if let Some(k) = &f.kubernetes_csr {
+            self.authority_ref(at, "frontends.kubernetes_csr.authority", &k.authority)?;
             if k.signer_names.is_empty() || k.allowed_requesters.is_empty() {
-                return Err(invalid(
-                    "frontends.kubernetes_csr".into(),
-                    "signer_names and allowed_requesters must not be empty".into(),
+                return Err(at.invalid(
+                    "frontends.kubernetes_csr",
+                    "signer_names and allowed_requesters must not be empty",
                 ));
             }
         }
-        if let Some(r) = &self.frontends.istio_root_cert {
-            authority_ref("frontends.istio_root_cert.authority", &r.authority)?;
+        if let Some(r) = &f.istio_root_cert {
+            self.authority_ref(at, "frontends.istio_root_cert.authority", &r.authority)?;
         }
-        if let Some(t) = &self.frontends.istiod_tls {
-            authority_ref("frontends.istiod_tls.authority", &t.authority)?;
+        if let Some(t) = &f.istiod_tls {
+            self.authority_ref(at, "frontends.istiod_tls.authority", &t.authority)?;
             for n in t.dns_names() {
                 signet_core::names::DnsName::new(&n)
-                    .map_err(|e| invalid("frontends.istiod_tls.revisions".into(), e.to_string()))?;
+                    .map_err(|e| at.invalid("frontends.istiod_tls.revisions", e.to_string()))?;
             }
         }
-        if let Some(c) = &self.frontends.istio_cacerts {
-            if !self.backends.contains_key(&c.backend) {
-                return Err(invalid(
-                    "frontends.istio_cacerts.backend".into(),
-                    format!(
-                        "no backend named {:?} (known: {})",
-                        c.backend,
-                        names(self.backends.keys())
-                    ),
-                ));
-            }
+        if let Some(c) = &f.istio_cacerts {
+            self.backend_ref(at, "frontends.istio_cacerts.backend", &c.backend)?;
             c.validate()
-                .map_err(|m| invalid("frontends.istio_cacerts".into(), m))?;
+                .map_err(|m| at.invalid("frontends.istio_cacerts", m))?;
         }
-        if self.frontends.writes_to_kubernetes() {
+        if f.writes_to_kubernetes() {
             self.leader_election
                 .validate()
-                .map_err(|m| invalid("leader_election".into(), m))?;
-        }
-        if let Some(istio) = &self.frontends.istio {
-            if !self.authorities.contains_key(&istio.authority) {
-                return Err(invalid(
-                    "frontends.istio.authority".into(),
-                    format!(
-                        "no authority named {:?} (known: {})",
-                        istio.authority,
-                        names(self.authorities.keys())
-                    ),
-                ));
-            }
-            istio.validate().map_err(|(k, m)| invalid(k, m))?;
-            for (i, n) in istio.server_names().iter().enumerate() {
-                signet_core::names::DnsName::new(n).map_err(|e| {
-                    invalid(format!("frontends.istio.server_names[{i}]"), e.to_string())
-                })?;
-            }
-        }
-        if let Some(rest) = &self.frontends.rest {
-            let key = |k: &str| format!("frontends.rest.{k}");
-            let Some(authority) = self.authorities.get(&rest.authority) else {
-                return Err(invalid(
-                    key("authority"),
-                    format!(
-                        "no authority named {:?} (known: {})",
-                        rest.authority,
-                        names(self.authorities.keys())
-                    ),
-                ));
-            };
-            let auth = &rest.auth;
-            if auth.loopback_unauthenticated && !rest.listen.ip().is_loopback() {
-                return Err(invalid(
-                    key("auth.loopback_unauthenticated"),
-                    format!(
-                        "only allowed when listen is a loopback address, not {}",
-                        rest.listen
-                    ),
-                ));
-            }
-            if auth.mtls.is_none() && auth.tokens_file.is_none() && !auth.loopback_unauthenticated {
-                return Err(invalid(
-                    key("auth"),
-                    "no way to authenticate: set mtls, tokens_file or loopback_unauthenticated"
-                        .into(),
-                ));
-            }
-            if rest.tls.is_none()
-                && rest.listen.ip().is_unspecified()
-                && rest.server_names.is_empty()
-            {
-                return Err(invalid(
-                    key("server_names"),
-                    format!(
-                        "listening on {} needs at least one server name for the serving certificate",
-                        rest.listen
-                    ),
-                ));
-            }
-            for (i, n) in rest.server_names.iter().enumerate() {
-                signet_core::names::DnsName::new(n).map_err(|e| {
-                    invalid(format!("frontends.rest.server_names[{i}]"), e.to_string())
-                })?;
-            }
-            let mut seen = BTreeSet::new();
-            for (i, p) in rest.principals.iter().enumerate() {
-                let k = |f: &str| format!("frontends.rest.principals[{i}].{f}");
-                if !seen.insert(p.name.clone()) {
-                    return Err(invalid(
-                        k("name"),
-                        format!("principal \"{}\" is listed twice", p.name),
-                    ));
-                }
-                let unusable = match &p.name {
-                    PrincipalSelector::Exact(Principal::Token(_)) | PrincipalSelector::AnyToken => {
-                        rest.auth
-                            .tokens_file
-                            .is_none()
-                            .then_some("auth.tokens_file")
-                    }
-                    PrincipalSelector::Exact(
-                        Principal::CertificateUri(_) | Principal::CertificateDns(_),
-                    )
-                    | PrincipalSelector::AnyCertificateUri
-                    | PrincipalSelector::AnyCertificateDns => {
-                        rest.auth.mtls.is_none().then_some("auth.mtls")
-                    }
-                    PrincipalSelector::Exact(Principal::Anonymous) => {
-                        (!rest.auth.loopback_unauthenticated)
-                            .then_some("auth.loopback_unauthenticated")
-                    }
-                    _ => None,
-                };
-                if let Some(needs) = unusable {
-                    return Err(invalid(
-                        k("name"),
-                        format!(
-                            "principal \"{}\" can never authenticate: {needs} is not configured",
-                            p.name
-                        ),
-                    ));
-                }
-                if p.profiles.is_empty() {
-                    return Err(invalid(
-                        k("profiles"),
-                        "at least one profile is required".into(),
-                    ));
-                }
-                if let Some(max) = p.max_ttl
-                    && max < authority.policy.min_ttl
-                {
-                    return Err(invalid(
-                        k("max_ttl"),
-                        format!(
-                            "{max} is below the authority's min_ttl {}",
-                            authority.policy.min_ttl
-                        ),
-                    ));
-                }
-            }
-            let limits = &rest.limits;
-            if limits.max_body_bytes < 1024 || limits.max_body_bytes > 16 * 1024 * 1024 {
-                return Err(invalid(
-                    key("limits.max_body_bytes"),
-                    "must be between 1024 and 16777216".into(),
-                ));
-            }
-            if limits.max_concurrent_requests == 0 || limits.max_connections == 0 {
-                return Err(invalid(key("limits"), "limits must be positive".into()));
-            }
+                .map_err(|m| at.invalid("leader_election", m))?;
         }
         Ok(())
     }
+
+    fn validate_rest(&self, at: At<'_>, rest: &RestConfig) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("frontends.rest.{k}");
+        self.authority_ref(at, &key("authority"), &rest.authority)?;
+        let auth = &rest.auth;
+        if auth.loopback_unauthenticated && !rest.listen.ip().is_loopback() {
+            return Err(at.invalid(
+                key("auth.loopback_unauthenticated"),
+                format!(
+                    "only allowed when listen is a loopback address, not {}",
+                    rest.listen
+                ),
+            ));
+        }
+        if auth.mtls.is_none() && auth.tokens_file.is_none() && !auth.loopback_unauthenticated {
+            return Err(at.invalid(
+                key("auth"),
+                "no way to authenticate: set mtls, tokens_file or loopback_unauthenticated",
+            ));
+        }
+        if rest.tls.is_none() && rest.listen.ip().is_unspecified() && rest.server_names.is_empty() {
+            return Err(at.invalid(
+                key("server_names"),
+                format!(
+                    "listening on {} needs at least one server name for the serving certificate",
+                    rest.listen
+                ),
+            ));
+        }
+        dns_names(at, "frontends.rest.server_names", rest.server_names.iter())?;
+        let min_ttl = self.authorities[&rest.authority].policy.min_ttl;
+        let mut seen = BTreeSet::new();
+        for (i, p) in rest.principals.iter().enumerate() {
+            if !seen.insert(p.name.clone()) {
+                return Err(at.invalid(
+                    format!("frontends.rest.principals[{i}].name"),
+                    format!("principal \"{}\" is listed twice", p.name),
+                ));
+            }
+            validate_principal(at, rest, i, p, min_ttl)?;
+        }
+        let limits = &rest.limits;
+        if limits.max_body_bytes < 1024 || limits.max_body_bytes > 16 * 1024 * 1024 {
+            return Err(at.invalid(
+                key("limits.max_body_bytes"),
+                "must be between 1024 and 16777216",
+            ));
+        }
+        if limits.max_concurrent_requests == 0 || limits.max_connections == 0 {
+            return Err(at.invalid(key("limits"), "limits must be positive"));
+        }
+        Ok(())
+    }
+
+    fn authority_ref(&self, at: At<'_>, key: &str, name: &str) -> Result<(), ConfigError> {
+        if self.authorities.contains_key(name) {
+            return Ok(());
+        }
+        Err(at.invalid(
+            key,
+            format!(
+                "no authority named {name:?} (known: {})",
+                names(self.authorities.keys())
+            ),
+        ))
+    }
+
+    fn backend_ref(&self, at: At<'_>, key: &str, name: &str) -> Result<(), ConfigError> {
+        if self.backends.contains_key(name) {
+            return Ok(());
+        }
+        Err(at.invalid(
+            key,
+            format!(
+                "no backend named {name:?} (known: {})",
+                names(self.backends.keys())
+            ),
+        ))
+    }
+}
+
+/// Where a validation error is reported: the file, then the key.
+#[derive(Debug, Clone, Copy)]
+struct At<'a> {
+    file: &'a str,
+}
+
+impl At<'_> {
+    fn invalid(self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Each of a list of DNS names is valid (`key[i]` names the bad one).
+fn dns_names<'n>(
+    at: At<'_>,
+    key: &str,
+    list: impl Iterator<Item = &'n String>,
+) -> Result<(), ConfigError> {
+    for (i, n) in list.enumerate() {
+        signet_core::names::DnsName::new(n)
+            .map_err(|e| at.invalid(format!("{key}[{i}]"), e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// A REST principal can authenticate with the configured auth, has a
+/// profile, and a max_ttl the authority can honour.
+fn validate_principal(
+    at: At<'_>,
+    rest: &RestConfig,
+    i: usize,
+    p: &PrincipalConfig,
+    min_ttl: HumanDuration,
+) -> Result<(), ConfigError> {
+    let k = |f: &str| format!("frontends.rest.principals[{i}].{f}");
+    let unusable = match &p.name {
+        PrincipalSelector::Exact(Principal::Token(_)) | PrincipalSelector::AnyToken => rest
+            .auth
+            .tokens_file
+            .is_none()
+            .then_some("auth.tokens_file"),
+        PrincipalSelector::Exact(Principal::CertificateUri(_) | Principal::CertificateDns(_))
+        | PrincipalSelector::AnyCertificateUri
+        | PrincipalSelector::AnyCertificateDns => rest.auth.mtls.is_none().then_some("auth.mtls"),
+        PrincipalSelector::Exact(Principal::Anonymous) => {
+            (!rest.auth.loopback_unauthenticated).then_some("auth.loopback_unauthenticated")
+        }
+        _ => None,
+    };
+    if let Some(needs) = unusable {
+        return Err(at.invalid(
+            k("name"),
+            format!(
+                "principal \"{}\" can never authenticate: {needs} is not configured",
+                p.name
+            ),
+        ));
+    }
+    if p.profiles.is_empty() {
+        return Err(at.invalid(k("profiles"), "at least one profile is required"));
+    }
+    if let Some(max) = p.max_ttl
+        && max < min_ttl
+    {
+        return Err(at.invalid(
+            k("max_ttl"),
+            format!("{max} is below the authority's min_ttl {min_ttl}"),
+        ));
+    }
+    Ok(())
 }
 
 fn names<'a>(keys: impl Iterator<Item = &'a String>) -> String {

@@ -12,15 +12,15 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use signet_backends::BackendConfig;
 use signet_backends::local::LocalConfig;
-use signet_core::VerifiedCsr;
 use signet_core::caller::{Principal, PrincipalSelector};
 use signet_core::clock::rfc3339;
 use signet_core::duration::HumanDuration;
 use signet_core::issuer::LocalCa;
 use signet_core::key::{KeyAlgorithm, PrivateKey};
+use signet_core::mint::{IntermediateRequest, IntermediateSpec};
 use signet_core::names::SanPattern;
 use signet_core::pem;
-use signet_core::policy::{IssuanceDecision, PolicyConfig, Profile};
+use signet_core::policy::{PolicyConfig, Profile};
 use signet_core::spiffe::TrustDomain;
 
 use crate::config::{
@@ -120,18 +120,15 @@ pub fn ensure_pki(dir: &Path, now: SystemTime) -> anyhow::Result<DevPki> {
             }
         };
     if !usable {
-        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256)?;
-        let cn = "signet development intermediate (not for production)";
-        let csr = VerifiedCsr::from_der(&key.csr_der(Some(cn), &[])?)?;
-        let decision = IssuanceDecision::intermediate(
-            cn,
-            &td,
-            0,
-            now,
-            INTERMEDIATE_TTL,
-            Duration::from_secs(60),
-            "signet:dev",
-        );
+        let spec = IntermediateSpec {
+            common_name: "signet development intermediate (not for production)",
+            trust_domain: &td,
+            key: KeyAlgorithm::EcdsaP256,
+            ttl: INTERMEDIATE_TTL,
+            requested_by: "signet:dev",
+        };
+        let IntermediateRequest { key, csr, decision } =
+            IntermediateRequest::new(&spec, now, true)?;
         let chain = root.sign(&decision, csr.public_key())?;
         chain.check(&decision, &csr, now, Duration::ZERO)?;
         write_file(&pki.intermediate_key, key.to_pem().as_bytes(), 0o600)?;

@@ -50,12 +50,15 @@ pub async fn start(
     tracing::info!(identity = elector.identity(), lease = %config.leader_election.lease_name, "campaigning for leadership of the Kubernetes writers");
     let f = &config.frontends;
     if let Some(c) = &f.kubernetes_csr {
-        let signer = Arc::new(CsrSigner::new(
-            client.clone(),
-            c.clone(),
-            authorities[&c.authority].clone(),
-            elector.subscribe(),
-        ));
+        let signer = Arc::new(
+            CsrSigner::new(
+                client.clone(),
+                c.clone(),
+                authorities[&c.authority].clone(),
+                elector.subscribe(),
+            )
+            .with_metrics(metrics.clone()),
+        );
         tasks.push(tokio::spawn(signer.run()));
         tracing::info!(signers = ?c.signer_names, "Kubernetes CSR signer started");
     }

@@ -199,10 +199,12 @@ async fn try_acquire_or_renew(
     let record = (holder.clone(), spec.renew_time.clone());
     if observed.record.as_ref() != Some(&record) {
         observed.record = Some(record);
-        observed.at = Some(tokio::time::Instant::now());
+        observed.at = Some(signet_core::clock::monotonic());
     }
     let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64);
-    let expired = observed.at.is_none_or(|at| at.elapsed() > duration);
+    let expired = observed
+        .at
+        .is_none_or(|at| signet_core::clock::elapsed(at) > duration);
     let ours = holder.as_deref() == Some(identity);
     if !ours && holder.is_some() && !expired {
         return Outcome::Following;
@@ -264,14 +266,17 @@ async fn campaign(
             try_acquire_or_renew(&api, &config, &identity, clock.now(), &mut observed).await;
         let now_leading = match outcome {
             Outcome::Leading => {
-                last_renewal = Some(tokio::time::Instant::now());
+                last_renewal = Some(signet_core::clock::monotonic());
                 true
             }
             Outcome::Following => false,
             Outcome::Error(e) => {
                 tracing::warn!(lease = %config.lease_name, error = %e, "lease check failed");
                 // Keep leading only while within the renew deadline.
-                leading && last_renewal.is_some_and(|t| t.elapsed() < config.renew_deadline.get())
+                leading
+                    && last_renewal.is_some_and(|t| {
+                        signet_core::clock::elapsed(t) < config.renew_deadline.get()
+                    })
             }
         };
         if now_leading != leading {

@@ -33,6 +33,28 @@ pub struct ListenerLimits {
     pub idle_timeout: Duration,
 }
 
+impl From<&crate::config::RestLimits> for ListenerLimits {
+    fn from(l: &crate::config::RestLimits) -> Self {
+        Self {
+            handshake_timeout: l.handshake_timeout.get(),
+            max_connections: l.max_connections,
+            shutdown_grace: l.shutdown_grace.get(),
+            idle_timeout: l.idle_timeout.get(),
+        }
+    }
+}
+
+impl From<&signet_istio::config::IstioLimits> for ListenerLimits {
+    fn from(l: &signet_istio::config::IstioLimits) -> Self {
+        Self {
+            handshake_timeout: l.handshake_timeout.get(),
+            max_connections: l.max_connections,
+            shutdown_grace: l.shutdown_grace.get(),
+            idle_timeout: l.idle_timeout.get(),
+        }
+    }
+}
+
 /// Requests in flight on one connection, and when the last one ended.
 #[derive(Debug)]
 struct Activity {
@@ -44,14 +66,14 @@ struct Activity {
 impl Activity {
     fn new() -> Self {
         Self {
-            base: tokio::time::Instant::now(),
+            base: signet_core::clock::monotonic(),
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
         }
     }
 
     fn now_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64
+        signet_core::clock::elapsed(self.base).as_millis() as u64
     }
 
     fn enter(self: &Arc<Self>) -> ActivityGuard {

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, State};
@@ -24,6 +24,7 @@ use signet_core::caller::{
 use signet_core::clock::rfc3339;
 use signet_core::crypto::{constant_time_eq, sha256};
 use signet_core::duration::HumanDuration;
+use signet_core::envelope::{Envelope, Handled};
 use signet_core::error::{ErrorKind, SignError};
 use signet_core::metrics::Metrics;
 use signet_core::policy::{Grant, IssuanceRequest, PolicyError, Profile, TtlOverflow};
@@ -274,12 +275,11 @@ pub struct Rest {
     pub authority: Arc<Authority>,
     pub auth: RestAuth,
     pub grants: Grants,
-    pub metrics: Metrics,
+    pub envelope: Envelope,
     pub registry: Arc<Registry>,
     pub serving: Option<Arc<SwappableCert>>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
-    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Rest {
@@ -295,18 +295,22 @@ impl Rest {
             config.auth.mtls.is_some(),
             config.auth.loopback_unauthenticated,
         )?;
+        let envelope = Envelope::new(
+            FRONTEND,
+            authority.name(),
+            Some(config.limits.max_concurrent_requests),
+            config.limits.request_timeout.get(),
+            metrics,
+        );
         Ok(Self {
             authority,
             auth,
             grants: Grants::new(&config.principals),
-            metrics,
+            envelope,
             registry,
             serving,
             max_body_bytes: config.limits.max_body_bytes,
             request_timeout: config.limits.request_timeout.get(),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(
-                config.limits.max_concurrent_requests,
-            )),
         })
     }
 
@@ -351,68 +355,23 @@ async fn sign(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let started = Instant::now();
-    // Shed rather than queue: a full server answers at once.
-    let Ok(_permit) = rest.in_flight.clone().try_acquire_owned() else {
-        return finish(&rest, started, None, &peer, Err(SignError::Overloaded));
-    };
-    let outcome = match tokio::time::timeout(
-        rest.request_timeout,
-        sign_inner(&rest, &peer, &headers, body),
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => (None, Err(SignError::Timeout)),
-    };
-    finish(&rest, started, outcome.0.as_ref(), &peer, outcome.1)
-}
-
-fn finish(
-    rest: &Rest,
-    started: Instant,
-    caller: Option<&Caller>,
-    peer: &PeerInfo,
-    result: Result<SignResponse, SignError>,
-) -> Response {
-    let outcome = match &result {
-        Ok(_) => "issued",
-        Err(e) => e.kind().code(),
-    };
-    rest.metrics
-        .observe(FRONTEND, rest.authority.name(), outcome, started.elapsed());
+    // Shed rather than queue: a full server answers at once (the envelope).
+    let result = rest
+        .envelope
+        .serve(&peer.addr.to_string(), async {
+            match rest.auth.authenticate(&headers, &peer) {
+                Ok(caller) => Handled::by(
+                    caller.principal().to_string(),
+                    sign_for(&rest, &caller, &headers, body).await,
+                ),
+                Err(e) => Handled::anonymous(Err(e)),
+            }
+        })
+        .await;
     match result {
         Ok(body) => (StatusCode::OK, Json(body)).into_response(),
-        Err(e) => {
-            let principal = caller.map_or_else(|| "-".to_owned(), |c| c.principal().to_string());
-            match e.kind() {
-                ErrorKind::Internal
-                | ErrorKind::BadChain
-                | ErrorKind::BackendRejected
-                | ErrorKind::BackendUnavailable => {
-                    tracing::error!(peer = %peer.addr, principal, code = e.kind().code(), error = %e, "signing failed")
-                }
-                _ => {
-                    tracing::info!(peer = %peer.addr, principal, code = e.kind().code(), reason = e.reason().unwrap_or("-"), error = %e, "request refused")
-                }
-            }
-            ApiError(e).into_response()
-        }
+        Err(e) => ApiError(e).into_response(),
     }
-}
-
-async fn sign_inner(
-    rest: &Rest,
-    peer: &PeerInfo,
-    headers: &HeaderMap,
-    body: Body,
-) -> (Option<Caller>, Result<SignResponse, SignError>) {
-    let caller = match rest.auth.authenticate(headers, peer) {
-        Ok(c) => c,
-        Err(e) => return (None, Err(e)),
-    };
-    let result = sign_for(rest, &caller, headers, body).await;
-    (Some(caller), result)
 }
 
 async fn sign_for(
@@ -519,6 +478,7 @@ pub fn decode_sign_request(body: &[u8]) -> Result<(VerifiedCsr, IssuanceRequest)
             ttl,
             ttl_overflow: TtlOverflow::Refuse,
             renewable: false,
+            request_id: None,
         },
     ))
 }

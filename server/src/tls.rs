@@ -18,13 +18,11 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use signet_core::caller::Caller;
 use signet_core::clock::rfc3339;
 use signet_core::key::{KeyAlgorithm, PrivateKey};
-use signet_core::names::{DnsName, San, SanPattern};
+use signet_core::names::{DnsName, San};
 use signet_core::pem;
-use signet_core::policy::{Grant, IssuanceRequest, Profile, TtlOverflow};
-use signet_core::{Authority, IssuedChain, VerifiedCsr};
+use signet_core::{Authority, IssuedChain};
 
 /// The crypto provider used by every TLS endpoint and client in signet.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -137,31 +135,8 @@ async fn issue_serving(
     names: &ServingNames,
     purpose: &str,
 ) -> anyhow::Result<(CertifiedKey, IssuedChain)> {
-    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256)?;
-    let sans = names.sans();
-    let csr = VerifiedCsr::from_der(&key.csr_der(None, &sans)?)?;
-    let grant = Grant {
-        allowed_sans: sans
-            .iter()
-            .map(|s| match s {
-                San::Dns(d) => SanPattern::Dns(d.as_str().split('.').map(str::to_owned).collect()),
-                San::Ip(ip) => SanPattern::Ip((*ip).into()),
-                San::Uri(id) => SanPattern::SpiffeExact(id.clone()),
-            })
-            .collect(),
-        max_ttl: None,
-        profiles: vec![Profile::Server],
-        allow_wildcards: false,
-    };
-    let request = IssuanceRequest {
-        profile: Profile::Server,
-        ttl: Some(authority.policy().config().max_ttl.get()),
-        ttl_overflow: TtlOverflow::Clamp,
-        renewable: false,
-    };
-    let chain = authority
-        .issue(&Caller::internal(purpose), &grant, &csr, &request)
-        .await?;
+    let (key, chain) =
+        signet_core::mint::issue_own_server_cert(authority, purpose, &names.sans()).await?;
     let mut certs = vec![chain.leaf().clone()];
     certs.extend(chain.intermediates().iter().cloned());
     let ck = certified_key(certs, &key.to_pkcs8_der())?;
@@ -226,10 +201,10 @@ async fn renew_loop(
     mut not_before: SystemTime,
     mut not_after: SystemTime,
 ) {
-    let mut backoff = Duration::from_secs(1);
+    let mut failures = 0;
     loop {
-        let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-        let renew_at = not_before + lifetime * 2 / 3;
+        let renew_at =
+            signet_core::clock::renew_time(not_before, not_after, signet_core::clock::RENEW_AT);
         let wait = renew_at
             .duration_since(authority.clock().now())
             .unwrap_or_default();
@@ -242,14 +217,19 @@ async fn renew_loop(
                     tracing::info!(purpose, not_after = %rfc3339(chain.not_after()), "serving certificate renewed");
                     not_before = chain.not_before();
                     not_after = chain.not_after();
-                    backoff = Duration::from_secs(1);
+                    failures = 0;
                     break;
                 }
                 Err(e) => {
-                    tracing::error!(purpose, error = %e, retry_in = ?backoff, expires = %rfc3339(not_after), "renewing the serving certificate failed; still serving the current one");
+                    let retry_in = signet_core::resilience::backoff(
+                        Duration::from_secs(1),
+                        Duration::from_secs(300),
+                        failures,
+                    );
+                    failures += 1;
+                    tracing::error!(purpose, error = %e, ?retry_in, expires = %rfc3339(not_after), "renewing the serving certificate failed; still serving the current one");
                     drop(cert);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(300));
+                    tokio::time::sleep(retry_in).await;
                 }
             }
         }
@@ -484,7 +464,7 @@ mod tests {
         async fn sign(
             &self,
             d: &IssuanceDecision,
-            csr: &VerifiedCsr,
+            csr: &signet_core::VerifiedCsr,
         ) -> Result<IssuedChain, SignError> {
             self.0.sign(d, csr.public_key())
         }
@@ -510,7 +490,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_serving_certificate_is_renewed_at_two_thirds_of_its_life() {
-        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let clock = Arc::new(ManualClock::new(signet_core::SystemClock.now()));
         let root = LocalCa::self_signed_root(
             "root",
             PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),

@@ -16,6 +16,10 @@
 //! - [`hostile`]: hostile CSRs and what signet must answer to each.
 //! - [`secrets`]: finds keys and tokens in logs (every launched process is scanned).
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests and benchmarks run real servers and processes on real time"
+)]
 pub mod cluster;
 pub mod control_plane;
 pub mod helm;

@@ -1,6 +1,10 @@
 //! The Kubernetes API fake, exercised through the real `kube` client and
 //! kube-runtime's watcher: the semantics controllers rely on.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests and benchmarks run real servers and processes on real time"
+)]
 use std::time::Duration;
 
 use futures::StreamExt as _;

@@ -151,6 +151,7 @@ async fn issue(
         ttl: None,
         ttl_overflow: TtlOverflow::Refuse,
         renewable: false,
+        request_id: None,
     };
     a.issue(&Caller::internal(sa), &grant, &csr, &req).await
 }
@@ -377,6 +378,7 @@ fn request_ids_make_tokens_stable_across_restarts() {
         ttl: None,
         ttl_overflow: TtlOverflow::Clamp,
         renewable: false,
+        request_id: None,
     };
     let caller = Caller::internal("a");
     let now = SystemTime::now();

@@ -187,7 +187,7 @@ impl SimCertManager {
             status: s.into(),
             reason: Some(r.into()),
             message: Some(m.into()),
-            last_transition_time: Some(now_rfc3339()),
+            last_transition_time: Some(now_rfc3339(&SystemClock)),
         };
         match mode {
             Mode::Ignore => return Ok(()),
@@ -204,7 +204,7 @@ impl SimCertManager {
                     "Denied",
                     "The CertificateRequest was denied by an approval controller",
                 ));
-                status.failure_time = Some(now_rfc3339());
+                status.failure_time = Some(now_rfc3339(&SystemClock));
             }
             Mode::Issue | Mode::WrongKey if !cr.is_true("Approved") => {
                 conds.push(cond(
@@ -300,6 +300,7 @@ impl SimCertManager {
                 ttl: Some(Duration::from_secs(secs)),
                 ttl_overflow: TtlOverflow::Clamp,
                 renewable: false,
+                request_id: None,
             };
             policy
                 .decide(&Caller::internal("cert-manager"), &grant, &csr, &req, now)
@@ -410,7 +411,8 @@ fn config(keep: bool, timeout: Duration) -> CertManagerConfig {
 
 fn backend(client: &Client, keep: bool, timeout: Duration) -> Arc<dyn Signer> {
     let c = config(keep, timeout);
-    let b = CertManagerBackend::with_client("cm", c.clone(), client.clone()).unwrap();
+    let b = CertManagerBackend::with_client("cm", c.clone(), client.clone(), Arc::new(SystemClock))
+        .unwrap();
     c.resilience.wrap(b)
 }
 
@@ -450,6 +452,7 @@ async fn issue(
         ttl: Some(Duration::from_secs(3600)),
         ttl_overflow: TtlOverflow::Refuse,
         renewable: false,
+        request_id: None,
     };
     a.issue(&Caller::internal(sa), &grant, &csr, &req).await
 }
@@ -592,8 +595,13 @@ async fn denied_unanswered_and_wrong_answers_are_errors_and_leave_nothing_behind
 
 async fn kept_requests_make_request_ids_idempotent(cluster: Cluster) {
     let (cluster, client, sim) = setup(cluster).await;
-    let b = CertManagerBackend::with_client("cm", config(true, Duration::from_secs(10)), client)
-        .unwrap();
+    let b = CertManagerBackend::with_client(
+        "cm",
+        config(true, Duration::from_secs(10)),
+        client,
+        Arc::new(SystemClock),
+    )
+    .unwrap();
     assert_eq!(
         b.describe().capabilities.idempotent_for,
         Some(Duration::MAX)
@@ -606,6 +614,7 @@ async fn kept_requests_make_request_ids_idempotent(cluster: Cluster) {
         ttl: None,
         ttl_overflow: TtlOverflow::Clamp,
         renewable: false,
+        request_id: None,
     };
     let decision = policy
         .decide(
@@ -701,7 +710,8 @@ async fn every_cert_manager_layout_is_served_or_refused_with_what_to_change(clus
     let mut c = config(false, Duration::from_secs(10));
     c.roots_file = Some(roots.clone());
     let pinned: Arc<dyn Signer> =
-        CertManagerBackend::with_client("cm", c.clone(), client.clone()).unwrap();
+        CertManagerBackend::with_client("cm", c.clone(), client.clone(), Arc::new(SystemClock))
+            .unwrap();
     let chain = issue(&authority(pinned), "pinned").await.unwrap();
     openssl_verify(&chain);
     assert_eq!(chain.trust_bundle().to_pem(), sim.root_pem());
@@ -720,7 +730,8 @@ async fn every_cert_manager_layout_is_served_or_refused_with_what_to_change(clus
     let issuing = dir.path().join("issuing.pem");
     std::fs::write(&issuing, sim.issuing_pem()).unwrap();
     c.roots_file = Some(issuing);
-    let pinned: Arc<dyn Signer> = CertManagerBackend::with_client("cm", c, client.clone()).unwrap();
+    let pinned: Arc<dyn Signer> =
+        CertManagerBackend::with_client("cm", c, client.clone(), Arc::new(SystemClock)).unwrap();
     issue(&authority(pinned), "bare-pinned").await.unwrap();
 
     // A SelfSigned issuer: refused at start-up, and its answers refused too.

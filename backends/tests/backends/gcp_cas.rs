@@ -259,6 +259,7 @@ impl FakeCas {
                 ttl: Some(lifetime),
                 ttl_overflow: TtlOverflow::Clamp,
                 renewable: false,
+                request_id: None,
             };
             let d = policy
                 .decide(&Caller::internal("cas"), &grant, &csr, &req, now)
@@ -387,7 +388,7 @@ async fn backend(config: GcpCasConfig) -> Arc<dyn Signer> {
     let credentials = google_cloud_auth::credentials::anonymous::Builder::new().build();
     let r = config.resilience.clone();
     r.wrap(
-        GcpCasBackend::with_credentials("cas", config, credentials)
+        GcpCasBackend::with_credentials("cas", config, credentials, Arc::new(SystemClock))
             .await
             .unwrap(),
     )
@@ -424,6 +425,7 @@ async fn issue_server(a: &Authority, name: &str) -> Result<IssuedChain, signet_c
         ttl: Some(Duration::from_secs(3600)),
         ttl_overflow: TtlOverflow::Refuse,
         renewable: false,
+        request_id: None,
     };
     a.issue(&Caller::internal("t"), &grant, &csr(&[san]), &req)
         .await
@@ -598,6 +600,7 @@ async fn a_lost_response_is_retried_without_issuing_twice() {
         ttl: None,
         ttl_overflow: TtlOverflow::Clamp,
         renewable: false,
+        request_id: None,
     };
     let d = policy
         .decide(&Caller::internal("t"), &grant, &c, &req, SystemTime::now())

@@ -85,6 +85,7 @@ async fn issue(a: &Authority, id: &str) -> signet_core::IssuedChain {
         ttl: None,
         ttl_overflow: TtlOverflow::Refuse,
         renewable: false,
+        request_id: None,
     };
     a.issue(
         &Caller::new(

@@ -85,6 +85,7 @@ async fn issue(
         ttl: Some(Duration::from_secs(3600)),
         ttl_overflow: TtlOverflow::Refuse,
         renewable: false,
+        request_id: None,
     };
     a.issue(&Caller::internal("test"), &grant, &csr, &req).await
 }
@@ -493,6 +494,7 @@ mod fake {
             ttl: Some(Duration::from_secs(3600)),
             ttl_overflow: TtlOverflow::Clamp,
             renewable: false,
+            request_id: None,
         };
         let d = policy
             .decide(

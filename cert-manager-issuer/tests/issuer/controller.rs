@@ -227,7 +227,7 @@ async fn try_decide(c: &Client, name: &str, type_: &str) -> bool {
             status: "True".into(),
             reason: Some("cert-manager.io".into()),
             message: Some(format!("{type_} by the test")),
-            last_transition_time: Some(signet_backends::cert_manager::now_rfc3339()),
+            last_transition_time: Some(signet_backends::cert_manager::now_rfc3339(&SystemClock)),
         },
     );
     match api.replace_status(name, &PostParams::default(), &cr).await {

@@ -143,7 +143,7 @@ impl JwtAuthenticator {
     }
 
     async fn refresh(&self) -> Result<(), String> {
-        *self.last_fetch.lock().await = Some(tokio::time::Instant::now());
+        *self.last_fetch.lock().await = Some(signet_core::clock::monotonic());
         let bytes = match (&self.config.jwks_file, &self.config.jwks_url) {
             (Some(f), _) => tokio::fs::read(f).await.map_err(|e| e.to_string())?,
             (None, Some(u)) => {
@@ -171,7 +171,7 @@ impl JwtAuthenticator {
             .last_fetch
             .lock()
             .await
-            .is_none_or(|t| t.elapsed() >= REFETCH_MIN_INTERVAL);
+            .is_none_or(|t| signet_core::clock::elapsed(t) >= REFETCH_MIN_INTERVAL);
         due && self.refresh().await.is_ok()
     }
 

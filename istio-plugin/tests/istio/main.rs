@@ -3,6 +3,10 @@
 //! fresh CI build small and fast. nextest still runs each test in its own
 //! process.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests and benchmarks run real servers and processes on real time"
+)]
 mod jwks_url;
 mod k8s;
 mod service;

@@ -88,6 +88,7 @@ fn setup(dir: &Path, listen: &str) -> PathBuf {
         ttl: None,
         ttl_overflow: TtlOverflow::Refuse,
         renewable: false,
+        request_id: None,
     };
     let d = policy
         .decide(&Caller::internal("t"), &grant, &admin_csr, &req, now)

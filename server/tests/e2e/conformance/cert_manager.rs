@@ -92,7 +92,7 @@ async fn decide(c: &Client, name: &str, type_: &str) {
                 status: "True".into(),
                 reason: Some("cert-manager.io".into()),
                 message: Some(format!("{type_} as cert-manager's approver writes it")),
-                last_transition_time: Some(now_rfc3339()),
+                last_transition_time: Some(now_rfc3339(&signet_core::SystemClock)),
             });
         match api.replace_status(name, &PostParams::default(), &cr).await {
             Ok(_) => return,
