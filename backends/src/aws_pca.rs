@@ -38,10 +38,10 @@ use serde::Deserialize;
 use signet_core::chain::{IssuedChain, TrustBundle, order_path};
 use signet_core::duration::HumanDuration;
 use signet_core::layout::Layout;
+use signet_core::refresh::Refreshed;
 use signet_core::resilience::{RateLimitConfig, ResilienceConfig};
 use signet_core::signer::Capabilities;
 use signet_core::{BackendInfo, IssuanceDecision, SignError, Signer, VerifiedCsr, pem};
-use tokio::sync::Mutex as AsyncMutex;
 
 /// PCA's template for end-entity certificates.
 pub const END_ENTITY_TEMPLATE: &str = "arn:aws:acm-pca:::template/EndEntityCertificate/V1";
@@ -122,7 +122,6 @@ struct Bundle {
     ca: CertificateDer<'static>,
     chain: Vec<CertificateDer<'static>>,
     ca_not_after: Option<SystemTime>,
-    read_at: tokio::time::Instant,
 }
 
 /// What DescribeCertificateAuthority says.
@@ -151,10 +150,7 @@ pub struct AwsPcaBackend {
     supplemental: Vec<CertificateDer<'static>>,
     signing_algorithm: ArcSwapOption<SigningAlgorithm>,
     ca_info: ArcSwapOption<CaInfo>,
-    bundle: ArcSwapOption<Bundle>,
-    last_error: ArcSwapOption<String>,
-    /// One refresh at a time.
-    refreshing: AsyncMutex<()>,
+    bundle: Refreshed<Bundle>,
 }
 
 impl fmt::Debug for AwsPcaBackend {
@@ -323,9 +319,7 @@ impl AwsPcaBackend {
             ),
             config,
             ca_info: ArcSwapOption::empty(),
-            bundle: ArcSwapOption::empty(),
-            last_error: ArcSwapOption::empty(),
-            refreshing: AsyncMutex::new(()),
+            bundle: Refreshed::default(),
         })
     }
 
@@ -386,11 +380,7 @@ impl AwsPcaBackend {
     /// The CA's place in its hierarchy and what PCA lets it sign.
     pub async fn read_layout(&self) -> Result<Layout, SignError> {
         let info = self.ca_info(true).await?;
-        self.refresh_trust_bundle().await?;
-        let b = self
-            .bundle
-            .load_full()
-            .ok_or_else(|| SignError::NotReady("no CA certificate read".into()))?;
+        let b = self.bundle.refresh(self.read_bundle()).await?;
         let mut layout = Layout::from_certs(Some(&b.ca), &b.chain, &b.bundle)
             .fact("type", info.ca_type.clone())
             .fact("usage mode", info.usage_mode.clone())
@@ -410,80 +400,61 @@ impl AwsPcaBackend {
     /// Reads the CA's certificate and chain; the self-signed certificates in
     /// it (or the top of the chain) and the supplemental roots are trusted.
     pub async fn refresh_trust_bundle(&self) -> Result<TrustBundle, SignError> {
-        let _one = self.refreshing.lock().await;
-        let result = async {
-            let out = self
-                .client
-                .get_certificate_authority_certificate()
-                .certificate_authority_arn(self.arn())
-                .send()
-                .await
-                .map_err(|e| map_err("GetCertificateAuthorityCertificate", e))?;
-            let bad = |e: String| {
-                SignError::BackendRejected(format!("GetCertificateAuthorityCertificate: {e}"))
-            };
-            let ca = optional_certs(out.certificate()).map_err(bad)?;
-            // A ROOT CA has no chain: its own certificate is the anchor.
-            let chain = optional_certs(out.certificate_chain()).map_err(bad)?;
-            let ca_cert = ca
-                .first()
-                .cloned()
-                .ok_or_else(|| bad("no CA certificate (is the CA installed?)".into()))?;
-            let all: Vec<_> = ca.iter().chain(chain.iter()).cloned().collect();
-            let mut roots: Vec<_> = all
-                .iter()
-                .filter(|c| signet_core::chain::is_self_signed(c))
-                .cloned()
-                .collect();
-            if roots.is_empty() {
-                roots.extend(all.last().cloned());
-            }
-            roots.extend(self.supplemental.iter().cloned());
-            let bundle = TrustBundle::new(roots).map_err(SignError::BadChain)?;
-            let ca_not_after = IssuedChain::new(ca_cert.clone(), vec![], bundle.clone())
-                .ok()
-                .map(|c| c.not_after());
-            let above: Vec<_> = ca[1..].iter().chain(chain.iter()).cloned().collect();
-            Ok::<_, SignError>((bundle, ca_cert, above, ca_not_after))
+        let b = self.bundle.refresh(self.read_bundle()).await?;
+        Ok(b.bundle.clone())
+    }
+
+    async fn read_bundle(&self) -> Result<Bundle, SignError> {
+        let out = self
+            .client
+            .get_certificate_authority_certificate()
+            .certificate_authority_arn(self.arn())
+            .send()
+            .await
+            .map_err(|e| map_err("GetCertificateAuthorityCertificate", e))?;
+        let bad = |e: String| {
+            SignError::BackendRejected(format!("GetCertificateAuthorityCertificate: {e}"))
+        };
+        let ca = optional_certs(out.certificate()).map_err(bad)?;
+        // A ROOT CA has no chain: its own certificate is the anchor.
+        let chain = optional_certs(out.certificate_chain()).map_err(bad)?;
+        let ca_cert = ca
+            .first()
+            .cloned()
+            .ok_or_else(|| bad("no CA certificate (is the CA installed?)".into()))?;
+        let all: Vec<_> = ca.iter().chain(chain.iter()).cloned().collect();
+        let mut roots: Vec<_> = all
+            .iter()
+            .filter(|c| signet_core::chain::is_self_signed(c))
+            .cloned()
+            .collect();
+        if roots.is_empty() {
+            roots.extend(all.last().cloned());
         }
-        .await;
-        match result {
-            Ok((bundle, ca, chain, ca_not_after)) => {
-                self.bundle.store(Some(Arc::new(Bundle {
-                    bundle: bundle.clone(),
-                    ca,
-                    chain,
-                    ca_not_after,
-                    read_at: signet_core::clock::monotonic(),
-                })));
-                self.last_error.store(None);
-                Ok(bundle)
-            }
-            Err(e) => {
-                self.last_error.store(Some(Arc::new(e.to_string())));
-                Err(e)
-            }
-        }
+        roots.extend(self.supplemental.iter().cloned());
+        let bundle = TrustBundle::new(roots).map_err(SignError::BadChain)?;
+        let ca_not_after = IssuedChain::new(ca_cert.clone(), vec![], bundle.clone())
+            .ok()
+            .map(|c| c.not_after());
+        let above: Vec<_> = ca[1..].iter().chain(chain.iter()).cloned().collect();
+        Ok(Bundle {
+            bundle,
+            ca: ca_cert,
+            chain: above,
+            ca_not_after,
+        })
     }
 
     /// The cached bundle while fresh; else re-read (falling back to the
     /// cached one if PCA cannot be reached).
     async fn current_bundle(&self) -> Result<TrustBundle, SignError> {
-        if let Some(b) = self.bundle.load_full()
-            && signet_core::clock::elapsed(b.read_at) < self.config.trust_bundle_refresh.get()
-        {
-            return Ok(b.bundle.clone());
-        }
-        match self.refresh_trust_bundle().await {
-            Ok(b) => Ok(b),
-            Err(e) => match self.bundle.load_full() {
-                Some(b) if e.kind().is_retryable() => {
-                    tracing::warn!(backend = %self.name, error = %e, "AWS PCA trust bundle refresh failed; using the previous one");
-                    Ok(b.bundle.clone())
-                }
-                _ => Err(e),
-            },
-        }
+        let what = format!("AWS PCA {} trust bundle", self.name);
+        let max_age = self.config.trust_bundle_refresh.get();
+        let b = self
+            .bundle
+            .get(max_age, &what, || self.read_bundle())
+            .await?;
+        Ok(b.bundle.clone())
     }
 
     /// The token that makes IssueCertificate idempotent for this request:
@@ -622,8 +593,7 @@ impl Signer for AwsPcaBackend {
     fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
         // The roots last read (no network call on the signing path).
         self.bundle
-            .load()
-            .as_ref()
+            .latest()
             .is_some_and(|b| b.bundle.holds_key(spki_der))
     }
 
@@ -632,8 +602,8 @@ impl Signer for AwsPcaBackend {
     }
 
     fn describe(&self) -> BackendInfo {
-        let bundle = self.bundle.load_full();
-        let ready = match (&bundle, self.last_error.load().as_ref()) {
+        let bundle = self.bundle.latest();
+        let ready = match (&bundle, self.bundle.last_error()) {
             (Some(_), _) => Ok(()),
             (None, Some(e)) => Err(format!("AWS PCA: {e}")),
             (None, None) => Err("CA certificate not read from AWS PCA yet".to_owned()),

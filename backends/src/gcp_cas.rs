@@ -23,7 +23,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_security_privateca_v1::client::CertificateAuthorityService;
@@ -37,10 +36,10 @@ use signet_core::chain::{IssuedChain, TrustBundle, order_path};
 use signet_core::duration::HumanDuration;
 use signet_core::names::San;
 use signet_core::policy::{ExtKeyUsage, KeyUsage as Ku};
+use signet_core::refresh::Refreshed;
 use signet_core::resilience::{RateLimitConfig, ResilienceConfig};
 use signet_core::signer::Capabilities;
 use signet_core::{BackendInfo, Clock, IssuanceDecision, SignError, Signer, VerifiedCsr, pem};
-use tokio::sync::Mutex as AsyncMutex;
 
 fn default_refresh() -> HumanDuration {
     HumanDuration::from_secs(300)
@@ -131,20 +130,12 @@ pub enum GcpCasError {
     Client(String),
 }
 
-#[derive(Debug, Clone)]
-struct Bundle {
-    bundle: TrustBundle,
-    read_at: tokio::time::Instant,
-}
-
 /// Google CAS as a signer.
 pub struct GcpCasBackend {
     name: String,
     config: GcpCasConfig,
     client: CertificateAuthorityService,
-    bundle: ArcSwapOption<Bundle>,
-    last_error: ArcSwapOption<String>,
-    refreshing: AsyncMutex<()>,
+    bundle: Refreshed<TrustBundle>,
     clock: Arc<dyn Clock>,
 }
 
@@ -246,9 +237,7 @@ impl GcpCasBackend {
             name: name.to_owned(),
             config,
             client,
-            bundle: ArcSwapOption::empty(),
-            last_error: ArcSwapOption::empty(),
-            refreshing: AsyncMutex::new(()),
+            bundle: Refreshed::default(),
             clock,
         }))
     }
@@ -292,71 +281,52 @@ impl GcpCasBackend {
     /// Re-reads every CA certificate chain of the pool; the self-signed ones
     /// (or each chain's last) are the roots.
     pub async fn refresh_trust_bundle(&self) -> Result<TrustBundle, SignError> {
-        let _one = self.refreshing.lock().await;
-        let result = async {
-            let out = self
-                .client
-                .fetch_ca_certs()
-                .set_ca_pool(self.config.pool_name())
-                .send()
-                .await
-                .map_err(|e| map_err("FetchCaCerts", e))?;
-            let mut roots = Vec::new();
-            for chain in &out.ca_certs {
-                let certs = certs(&chain.certificates)
-                    .map_err(|e| SignError::BackendRejected(format!("FetchCaCerts: {e}")))?;
-                let selfsigned: Vec<_> = certs
-                    .iter()
-                    .filter(|c| signet_core::chain::is_self_signed(c))
-                    .cloned()
-                    .collect();
-                if selfsigned.is_empty() {
-                    roots.extend(certs.last().cloned());
-                } else {
-                    roots.extend(selfsigned);
-                }
-            }
-            if roots.is_empty() {
-                return Err(SignError::NotReady(format!(
-                    "CA pool {} has no enabled CA",
-                    self.config.pool_name()
-                )));
-            }
-            TrustBundle::new(roots).map_err(SignError::BadChain)
-        }
-        .await;
-        match result {
-            Ok(bundle) => {
-                self.bundle.store(Some(Arc::new(Bundle {
-                    bundle: bundle.clone(),
-                    read_at: signet_core::clock::monotonic(),
-                })));
-                self.last_error.store(None);
-                Ok(bundle)
-            }
-            Err(e) => {
-                self.last_error.store(Some(Arc::new(e.to_string())));
-                Err(e)
-            }
-        }
+        let b = self.bundle.refresh(self.read_bundle()).await?;
+        Ok((*b).clone())
     }
 
+    async fn read_bundle(&self) -> Result<TrustBundle, SignError> {
+        let out = self
+            .client
+            .fetch_ca_certs()
+            .set_ca_pool(self.config.pool_name())
+            .send()
+            .await
+            .map_err(|e| map_err("FetchCaCerts", e))?;
+        let mut roots = Vec::new();
+        for chain in &out.ca_certs {
+            let certs = certs(&chain.certificates)
+                .map_err(|e| SignError::BackendRejected(format!("FetchCaCerts: {e}")))?;
+            let selfsigned: Vec<_> = certs
+                .iter()
+                .filter(|c| signet_core::chain::is_self_signed(c))
+                .cloned()
+                .collect();
+            if selfsigned.is_empty() {
+                roots.extend(certs.last().cloned());
+            } else {
+                roots.extend(selfsigned);
+            }
+        }
+        if roots.is_empty() {
+            return Err(SignError::NotReady(format!(
+                "CA pool {} has no enabled CA",
+                self.config.pool_name()
+            )));
+        }
+        TrustBundle::new(roots).map_err(SignError::BadChain)
+    }
+
+    /// The cached bundle while fresh; else re-read (falling back to the
+    /// cached one if CAS cannot be reached).
     async fn current_bundle(&self) -> Result<TrustBundle, SignError> {
-        if let Some(b) = self.bundle.load_full()
-            && signet_core::clock::elapsed(b.read_at) < self.config.trust_bundle_refresh.get()
-        {
-            return Ok(b.bundle.clone());
-        }
-        match self.refresh_trust_bundle().await {
-            Ok(b) => Ok(b),
-            Err(e) => match self.bundle.load_full() {
-                Some(b) if e.kind().is_retryable() => {
-                    tracing::warn!(backend = %self.name, error = %e, "Google CAS trust bundle refresh failed; using the previous one");
-                    Ok(b.bundle.clone())
-                }
-                _ => Err(e),
-            },
-        }
+        let what = format!("Google CAS {} trust bundle", self.name);
+        let max_age = self.config.trust_bundle_refresh.get();
+        let b = self
+            .bundle
+            .get(max_age, &what, || self.read_bundle())
+            .await?;
+        Ok((*b).clone())
     }
 
     /// The request's identity: a request ID (UUID form) and a certificate ID,
@@ -545,15 +515,12 @@ impl Signer for GcpCasBackend {
 
     fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
         // The roots last read (no network call on the signing path).
-        self.bundle
-            .load()
-            .as_ref()
-            .is_some_and(|b| b.bundle.holds_key(spki_der))
+        self.bundle.latest().is_some_and(|b| b.holds_key(spki_der))
     }
 
     fn describe(&self) -> BackendInfo {
-        let bundle = self.bundle.load_full();
-        let ready = match (&bundle, self.last_error.load().as_ref()) {
+        let bundle = self.bundle.latest();
+        let ready = match (&bundle, self.bundle.last_error()) {
             (Some(_), _) => Ok(()),
             (None, Some(e)) => Err(format!("Google CAS: {e}")),
             (None, None) => Err("CA certificates not read from Google CAS yet".to_owned()),
@@ -569,7 +536,7 @@ impl Signer for GcpCasBackend {
                 idempotent_for: Some(Duration::from_secs(3600)),
                 constrains_path_len: true,
             },
-            ca_not_after: bundle.and_then(|b| b.bundle.earliest_expiry()),
+            ca_not_after: bundle.and_then(|b| b.earliest_expiry()),
             ready,
         }
     }

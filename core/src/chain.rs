@@ -302,6 +302,8 @@ impl IssuedChain {
     }
 
     /// Checks that the leaf is what `decision` said for `csr`'s key.
+    // Long on purpose: a checklist, one comparison per field of the
+    // decision, read top to bottom against the certificate.
     pub fn check_matches(
         &self,
         decision: &IssuanceDecision,
@@ -538,6 +540,7 @@ fn link_key(child: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> [u8; 3
 }
 
 /// Checks that `issuer` (a CA with `below` intermediates beneath it) issued `child`.
+// Long on purpose: RFC 5280's checks for one link, in the order of §6.1.3-4.
 fn check_link(
     child: &X509Certificate<'_>,
     child_what: &str,

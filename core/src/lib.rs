@@ -32,6 +32,7 @@ pub mod names;
 pub mod once;
 pub mod pem;
 pub mod policy;
+pub mod refresh;
 pub mod renewal;
 pub mod resilience;
 pub mod signer;

@@ -146,52 +146,8 @@ impl IstioCa {
         let own = identity.spiffe_id(td).map_err(|e| {
             SignError::Unauthenticated(format!("identity is not a valid SPIFFE ID: {e}"))
         })?;
-        let impersonated = req
-            .metadata
-            .as_ref()
-            .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
-            .map(|v| match &v.kind {
-                Some(prost_types::value::Kind::StringValue(s)) => Ok(s.clone()),
-                _ => Err(SignError::invalid_request(
-                    "invalid_metadata",
-                    "ImpersonatedIdentity must be a string",
-                )),
-            })
-            .transpose()?;
-        let (target, method) = match impersonated {
-            None => (own.clone(), auth_method(identity)),
-            Some(s) if s == own.as_str() => (own.clone(), auth_method(identity)),
-            Some(s) => {
-                let Some(imp) = &self.impersonation else {
-                    return Err(SignError::Unauthenticated(
-                        "impersonation is not allowed".into(),
-                    ));
-                };
-                let id = SpiffeId::new(&s).map_err(|_| {
-                    SignError::Unauthenticated("impersonated identity is not a SPIFFE ID".into())
-                })?;
-                let target = crate::identity::spiffe_account(&id)
-                    .filter(|_| id.is_member_of(td))
-                    .ok_or_else(|| {
-                        SignError::Unauthenticated(
-                            "impersonated identity is not a service account of this trust domain"
-                                .into(),
-                        )
-                    })?;
-                if let Err(e) = imp.check(identity, &target).await {
-                    tracing::info!(caller = %identity, target = %id, error = %e, "impersonation refused");
-                    return Err(match e {
-                        crate::impersonation::ImpersonationError::Lookup(d) => {
-                            SignError::BackendUnavailable(d)
-                        }
-                        other => {
-                            SignError::Unauthenticated(format!("impersonation refused: {other}"))
-                        }
-                    });
-                }
-                (id, auth_method(identity))
-            }
-        };
+        let target = self.target(identity, &own, &req).await?;
+        let method = auth_method(identity);
         let ttl = match req.validity_duration {
             d if d < 0 => {
                 return Err(SignError::invalid_request(
@@ -240,6 +196,58 @@ impl IstioCa {
         cert_chain.extend(chain.intermediate_pems());
         cert_chain.push(chain.trust_bundle().to_pem());
         Ok(IstioCertificateResponse { cert_chain })
+    }
+
+    /// The identity the certificate is for: the caller's own, or (a node
+    /// proxy's request, `ImpersonatedIdentity`) a pod's service account the
+    /// impersonation check allows.
+    async fn target(
+        &self,
+        identity: &Identity,
+        own: &SpiffeId,
+        req: &IstioCertificateRequest,
+    ) -> Result<SpiffeId, SignError> {
+        let td = self.authority.policy().trust_domain();
+        let impersonated = req
+            .metadata
+            .as_ref()
+            .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
+            .map(|v| match &v.kind {
+                Some(prost_types::value::Kind::StringValue(s)) => Ok(s.clone()),
+                _ => Err(SignError::invalid_request(
+                    "invalid_metadata",
+                    "ImpersonatedIdentity must be a string",
+                )),
+            })
+            .transpose()?;
+        let Some(s) = impersonated.filter(|s| s != own.as_str()) else {
+            return Ok(own.clone());
+        };
+        let Some(imp) = &self.impersonation else {
+            return Err(SignError::Unauthenticated(
+                "impersonation is not allowed".into(),
+            ));
+        };
+        let id = SpiffeId::new(&s).map_err(|_| {
+            SignError::Unauthenticated("impersonated identity is not a SPIFFE ID".into())
+        })?;
+        let target = crate::identity::spiffe_account(&id)
+            .filter(|_| id.is_member_of(td))
+            .ok_or_else(|| {
+                SignError::Unauthenticated(
+                    "impersonated identity is not a service account of this trust domain".into(),
+                )
+            })?;
+        if let Err(e) = imp.check(identity, &target).await {
+            tracing::info!(caller = %identity, target = %id, error = %e, "impersonation refused");
+            return Err(match e {
+                crate::impersonation::ImpersonationError::Lookup(d) => {
+                    SignError::BackendUnavailable(d)
+                }
+                other => SignError::Unauthenticated(format!("impersonation refused: {other}")),
+            });
+        }
+        Ok(id)
     }
 }
 

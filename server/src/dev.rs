@@ -154,28 +154,7 @@ pub fn config(
             "--dev serves only on loopback addresses; {addr} is not one"
         );
     }
-    let issuer = signet_istio::dev::DevIssuer::ensure(data_dir).map_err(|e| anyhow::anyhow!(e))?;
-    let istio = signet_istio::config::IstioConfig {
-        listen: grpc_addr,
-        authority: "dev".into(),
-        namespace: "signet".into(),
-        server_names: None,
-        auth: signet_istio::config::IstioAuthConfig {
-            mtls: true,
-            token_review: None,
-            jwt: vec![signet_istio::config::JwtIssuerConfig {
-                issuer: signet_istio::dev::DEV_ISSUER.into(),
-                cluster: signet_istio::service::DEFAULT_CLUSTER_ID.into(),
-                jwks_file: Some(issuer.jwks),
-                jwks_url: None,
-                audiences: vec![signet_istio::dev::DEV_AUDIENCE.into()],
-                jwks_refresh: HumanDuration::from_secs(300),
-                leeway: HumanDuration::from_secs(60),
-            }],
-        },
-        impersonation: None,
-        limits: signet_istio::config::IstioLimits::default(),
-    };
+    let istio = dev_istio(data_dir, grpc_addr)?;
     let mut backends = BTreeMap::new();
     backends.insert(
         "dev".to_owned(),
@@ -200,6 +179,58 @@ pub fn config(
             },
         },
     );
+    let rest = dev_rest(rest_addr)?;
+    let config = Config {
+        trust_domain: TrustDomain::new(TRUST_DOMAIN)?,
+        backends,
+        authorities,
+        frontends: FrontendsConfig {
+            rest: Some(rest),
+            istio: Some(istio),
+            ..FrontendsConfig::default()
+        },
+        kubernetes: Default::default(),
+        leader_election: Default::default(),
+        admin: None,
+    };
+    config.validate("--dev")?;
+    Ok(config)
+}
+
+/// The Istio CA front-end of `--dev`: client certificates and JWTs from the
+/// development issuer (`signet dev token`).
+fn dev_istio(
+    data_dir: &Path,
+    grpc_addr: SocketAddr,
+) -> anyhow::Result<signet_istio::config::IstioConfig> {
+    let issuer = signet_istio::dev::DevIssuer::ensure(data_dir).map_err(|e| anyhow::anyhow!(e))?;
+    let istio = signet_istio::config::IstioConfig {
+        listen: grpc_addr,
+        authority: "dev".into(),
+        namespace: "signet".into(),
+        server_names: None,
+        auth: signet_istio::config::IstioAuthConfig {
+            mtls: true,
+            token_review: None,
+            jwt: vec![signet_istio::config::JwtIssuerConfig {
+                issuer: signet_istio::dev::DEV_ISSUER.into(),
+                cluster: signet_istio::service::DEFAULT_CLUSTER_ID.into(),
+                jwks_file: Some(issuer.jwks),
+                jwks_url: None,
+                audiences: vec![signet_istio::dev::DEV_AUDIENCE.into()],
+                jwks_refresh: HumanDuration::from_secs(300),
+                leeway: HumanDuration::from_secs(60),
+            }],
+        },
+        impersonation: None,
+        limits: signet_istio::config::IstioLimits::default(),
+    };
+    Ok(istio)
+}
+
+/// The REST front-end of `--dev`: unauthenticated on loopback, any SPIFFE ID
+/// in the trust domain and local names.
+fn dev_rest(rest_addr: SocketAddr) -> anyhow::Result<RestConfig> {
     let patterns = [
         format!("spiffe://{TRUST_DOMAIN}/**"),
         format!("**.{TRUST_DOMAIN}"),
@@ -230,19 +261,5 @@ pub fn config(
         }],
         limits: RestLimits::default(),
     };
-    let config = Config {
-        trust_domain: TrustDomain::new(TRUST_DOMAIN)?,
-        backends,
-        authorities,
-        frontends: FrontendsConfig {
-            rest: Some(rest),
-            istio: Some(istio),
-            ..FrontendsConfig::default()
-        },
-        kubernetes: Default::default(),
-        leader_election: Default::default(),
-        admin: None,
-    };
-    config.validate("--dev")?;
-    Ok(config)
+    Ok(rest)
 }

@@ -111,19 +111,7 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.handshake_timeout)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let builder = Arc::new(builder);
+    let builder = Arc::new(http_builder(&limits));
     let local = listener.local_addr().ok();
 
     loop {
@@ -146,75 +134,17 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let builder = builder.clone();
-        let mut stop = shutdown.clone();
-        let handshake_timeout = limits.handshake_timeout;
-        let idle_timeout = limits.idle_timeout;
+        let conn = Connection {
+            acceptor: acceptor.clone(),
+            router: router.clone(),
+            builder: builder.clone(),
+            stop: shutdown.clone(),
+            handshake_timeout: limits.handshake_timeout,
+            idle_timeout: limits.idle_timeout,
+        };
         tokio::spawn(async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(peer = %addr, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let client_cert = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| Arc::<[u8]>::from(c.as_ref()));
-            let peer = PeerInfo { addr, client_cert };
-            let activity = Arc::new(Activity::new());
-            let seen = activity.clone();
-            let svc = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(peer.clone());
-                let guard = seen.enter();
-                let call = router.clone().oneshot(req.map(axum::body::Body::new));
-                async move {
-                    let r = call.await;
-                    drop(guard);
-                    r
-                }
-            });
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc))
-                .into_owned();
-            tokio::pin!(conn);
-            let mut tick =
-                tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(100)));
-            let mut closing = *stop.borrow();
-            if closing {
-                conn.as_mut().graceful_shutdown();
-            }
-            loop {
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    _ = stop.changed(), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    _ = tick.tick(), if !closing => {
-                        if activity.idle_for() >= idle_timeout {
-                            tracing::debug!(peer = %addr, "closing idle connection");
-                            closing = true;
-                            conn.as_mut().graceful_shutdown();
-                        }
-                    }
-                }
-            }
+            conn.serve(tcp, addr).await;
         });
     }
     drop(listener);
@@ -226,5 +156,103 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!(addr = ?local, "grace period over; closing remaining connections");
+    }
+}
+
+/// HTTP/1.1 with a header deadline, HTTP/2 with keep-alive pings.
+fn http_builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// What one accepted connection needs.
+struct Connection {
+    acceptor: TlsAcceptor,
+    router: Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stop: watch::Receiver<bool>,
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Connection {
+    /// The TLS handshake within its deadline, then requests until the peer
+    /// leaves, the connection idles out, or shutdown drains it.
+    async fn serve(mut self, tcp: tokio::net::TcpStream, addr: std::net::SocketAddr) {
+        let tls =
+            match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %addr, "TLS handshake timed out");
+                    return;
+                }
+            };
+        let client_cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| Arc::<[u8]>::from(c.as_ref()));
+        let peer = PeerInfo { addr, client_cert };
+        let activity = Arc::new(Activity::new());
+        let seen = activity.clone();
+        let router = self.router.clone();
+        let svc = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(peer.clone());
+            let guard = seen.enter();
+            let call = router.clone().oneshot(req.map(axum::body::Body::new));
+            async move {
+                let r = call.await;
+                drop(guard);
+                r
+            }
+        });
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc))
+            .into_owned();
+        tokio::pin!(conn);
+        let mut tick =
+            tokio::time::interval((self.idle_timeout / 4).max(Duration::from_millis(100)));
+        let mut closing = *self.stop.borrow();
+        if closing {
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = self.stop.changed(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = tick.tick(), if !closing => {
+                    if activity.idle_for() >= self.idle_timeout {
+                        tracing::debug!(peer = %addr, "closing idle connection");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
     }
 }

@@ -39,8 +39,24 @@ impl ControlPlane {
         Self::start_with(&[])
     }
 
-    /// Starts one with extra kube-apiserver flags.
+    /// Starts one with extra kube-apiserver flags. The harness picks free
+    /// ports and releases them for etcd and kube-apiserver to bind; when
+    /// another test's process took one in between, it starts again on new
+    /// ones.
     pub fn start_with(apiserver_args: &[&str]) -> Self {
+        let mut attempt = 0;
+        loop {
+            match Self::try_start(apiserver_args) {
+                Ok(cp) => return cp,
+                Err(log) if log.contains("address already in use") && attempt < 4 => {
+                    attempt += 1;
+                }
+                Err(log) => panic!("the control plane did not become ready:\n{log}"),
+            }
+        }
+    }
+
+    fn try_start(apiserver_args: &[&str]) -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut child = Command::new(binary())
             .arg("--dir")
@@ -75,13 +91,13 @@ impl ControlPlane {
             Ok(url) => url,
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "the control plane did not become ready:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
+                let _ = child.wait();
+                // The log thread may still be copying the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(std::fs::read_to_string(&log).unwrap_or_default());
             }
         };
-        Self { child, dir, server }
+        Ok(Self { child, dir, server })
     }
 
     /// The cluster CA (it signs the API server's serving certificate).

@@ -208,6 +208,35 @@ async fn create(c: &Client, cr: Value) {
 
 /// Sets Approved or Denied as an approver would (status subresource,
 /// re-reading on conflict).
+/// Waits until the controller has recorded that signing `name` started.
+async fn request_id_recorded(c: &Client, name: &str) -> String {
+    eventually("the request ID recorded", async || {
+        get(c, name)
+            .await
+            .annotations()
+            .get(REQUEST_ID_ANNOTATION)
+            .cloned()
+    })
+    .await
+}
+
+/// Files a request for `host` to the SignetIssuer `issuer` and approves it,
+/// as cert-manager and its approver do.
+async fn file_approved(c: &Client, name: &str, issuer: &str, host: &str) {
+    create(
+        c,
+        request(
+            name,
+            issuer,
+            "SignetIssuer",
+            &csr_pem(&[dns(host)]),
+            json!({}),
+        ),
+    )
+    .await;
+    decide(c, name, "Approved").await;
+}
+
 async fn decide(c: &Client, name: &str, type_: &str) {
     for _ in 0..50 {
         if try_decide(c, name, type_).await {
@@ -461,18 +490,7 @@ async fn transient_failures_stay_pending_then_succeed(cluster: Cluster) {
     let env = start(cluster.clone(), c.clone(), Some(fixed(up.clone())));
     wait_issuer(&c, Some("apps"), "test", "True").await;
     up.set_fault(Fault::Unavailable, u32::MAX);
-    create(
-        &c,
-        request(
-            "flaky",
-            "test",
-            "SignetIssuer",
-            &csr_pem(&[dns("f.example")]),
-            json!({}),
-        ),
-    )
-    .await;
-    decide(&c, "flaky", "Approved").await;
+    file_approved(&c, "flaky", "test", "f.example").await;
     let cr = eventually("a failed attempt reported as Pending", async || {
         let cr = get(&c, "flaky").await;
         cr.condition("Ready")
@@ -636,26 +654,8 @@ async fn a_restart_mid_flight_does_not_sign_twice(cluster: Cluster) {
     let up = CaSigner::root(SystemTime::now(), 365 * DAY);
     let env = running_issuer(&cluster, &c, "test", &up).await;
     up.set_fault(Fault::Slow(Duration::from_secs(30)), u32::MAX);
-    create(
-        &c,
-        request(
-            "mid",
-            "test",
-            "SignetIssuer",
-            &csr_pem(&[dns("m.example")]),
-            json!({}),
-        ),
-    )
-    .await;
-    decide(&c, "mid", "Approved").await;
-    eventually("the request ID recorded", async || {
-        get(&c, "mid")
-            .await
-            .annotations()
-            .get(REQUEST_ID_ANNOTATION)
-            .cloned()
-    })
-    .await;
+    file_approved(&c, "mid", "test", "m.example").await;
+    request_id_recorded(&c, "mid").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(env); // signet dies mid-flight
     up.set_fault(Fault::None, 0);
@@ -671,26 +671,8 @@ async fn a_restart_mid_flight_does_not_sign_twice(cluster: Cluster) {
     let up = CaSigner::forgetful_root(SystemTime::now(), 365 * DAY);
     let env = running_issuer(&cluster, &c, "vaultish", &up).await;
     up.set_fault(Fault::Slow(Duration::from_secs(30)), u32::MAX);
-    create(
-        &c,
-        request(
-            "mid-again",
-            "vaultish",
-            "SignetIssuer",
-            &csr_pem(&[dns("m.example")]),
-            json!({}),
-        ),
-    )
-    .await;
-    decide(&c, "mid-again", "Approved").await;
-    eventually("the request ID recorded", async || {
-        get(&c, "mid-again")
-            .await
-            .annotations()
-            .get(REQUEST_ID_ANNOTATION)
-            .cloned()
-    })
-    .await;
+    file_approved(&c, "mid-again", "vaultish", "m.example").await;
+    request_id_recorded(&c, "mid-again").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(env);
     up.set_fault(Fault::None, 0);
@@ -711,26 +693,8 @@ async fn a_failed_status_write_is_retried_without_signing_again() {
     let up = CaSigner::forgetful_root(SystemTime::now(), 365 * DAY);
     let env = running_issuer(&cluster, &c, "test", &up).await;
     up.set_fault(Fault::Slow(Duration::from_secs(1)), u32::MAX);
-    create(
-        &c,
-        request(
-            "conflicted",
-            "test",
-            "SignetIssuer",
-            &csr_pem(&[dns("c.example")]),
-            json!({}),
-        ),
-    )
-    .await;
-    decide(&c, "conflicted", "Approved").await;
-    eventually("the request ID recorded", async || {
-        get(&c, "conflicted")
-            .await
-            .annotations()
-            .get(REQUEST_ID_ANNOTATION)
-            .cloned()
-    })
-    .await;
+    file_approved(&c, "conflicted", "test", "c.example").await;
+    request_id_recorded(&c, "conflicted").await;
     // While the backend signs, arrange for the status writes to conflict.
     up.set_fault(Fault::None, 0);
     env.cluster.as_fake().unwrap().inject_conflicts(2);
@@ -853,18 +817,7 @@ async fn cluster_and_namespaced_issuers_read_secrets_from_their_own_namespaces(c
         openssl::verify(&ca, None, &leaf, Some("sslserver")).unwrap();
     }
     // A request naming a missing issuer waits (Pending), it does not fail.
-    create(
-        &c,
-        request(
-            "nobody",
-            "missing",
-            "SignetIssuer",
-            &csr_pem(&[dns("y.example")]),
-            json!({}),
-        ),
-    )
-    .await;
-    decide(&c, "nobody", "Approved").await;
+    file_approved(&c, "nobody", "missing", "y.example").await;
     // Pending first for want of approval, then for want of the issuer.
     eventually("nobody Pending for a missing issuer", async || {
         let cr = get(&c, "nobody").await;
@@ -893,18 +846,7 @@ async fn issuer_readiness_follows_its_secrets(cluster: Cluster) {
     let first = root("first");
     ca_secret(&env.cluster, "apps", "late-ca", &first).await;
     wait_issuer(&c, Some("apps"), "later", "True").await;
-    create(
-        &c,
-        request(
-            "one",
-            "later",
-            "SignetIssuer",
-            &csr_pem(&[dns("one.example")]),
-            json!({}),
-        ),
-    )
-    .await;
-    decide(&c, "one", "Approved").await;
+    file_approved(&c, "one", "later", "one.example").await;
     let cr = wait_reason(&c, "one", "Issued").await;
     let ca = B64.decode(cr.status.unwrap().ca.unwrap()).unwrap();
     assert_eq!(
@@ -917,18 +859,7 @@ async fn issuer_readiness_follows_its_secrets(cluster: Cluster) {
     let expected = pem::encode("CERTIFICATE", second.certificate());
     eventually("requests signed by the rotated CA", async || {
         let name = format!("r{}", rand_suffix());
-        create(
-            &c,
-            request(
-                &name,
-                "later",
-                "SignetIssuer",
-                &csr_pem(&[dns("two.example")]),
-                json!({}),
-            ),
-        )
-        .await;
-        decide(&c, &name, "Approved").await;
+        file_approved(&c, &name, "later", "two.example").await;
         let cr = wait_reason(&c, &name, "Issued").await;
         let ca = String::from_utf8(B64.decode(cr.status.unwrap().ca.unwrap()).unwrap()).unwrap();
         (ca == expected).then_some(())
@@ -977,18 +908,7 @@ async fn followers_do_not_write_and_the_leader_catches_up(cluster: Cluster) {
     )
     .with_backend_factory(fixed(up.clone()));
     let task = tokio::spawn(Arc::new(ctl).run());
-    create(
-        &c,
-        request(
-            "waiting",
-            "test",
-            "SignetIssuer",
-            &csr_pem(&[dns("w.example")]),
-            json!({}),
-        ),
-    )
-    .await;
-    decide(&c, "waiting", "Approved").await;
+    file_approved(&c, "waiting", "test", "w.example").await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(get(&c, "waiting").await.condition("Ready").is_none());
     assert_eq!(issuer_ready(&c, Some("apps"), "test").await.0, "");
@@ -1013,18 +933,7 @@ async fn the_issuer_rate_limit_delays_but_does_not_fail(cluster: Cluster) {
     wait_issuer(&c, Some("apps"), "slow", "True").await;
     let names: Vec<String> = (0..12).map(|i| format!("burst-{i}")).collect();
     for n in &names {
-        create(
-            &c,
-            request(
-                n,
-                "slow",
-                "SignetIssuer",
-                &csr_pem(&[dns("b.example")]),
-                json!({}),
-            ),
-        )
-        .await;
-        decide(&c, n, "Approved").await;
+        file_approved(&c, n, "slow", "b.example").await;
     }
     for n in &names {
         let cr = eventually(&format!("{n} issued"), async || {
@@ -1051,18 +960,7 @@ async fn patching_a_finished_request_changes_nothing(cluster: Cluster) {
     .await;
     let env = start(cluster.clone(), c.clone(), Some(fixed(up.clone())));
     wait_issuer(&c, Some("apps"), "test", "True").await;
-    create(
-        &c,
-        request(
-            "done",
-            "test",
-            "SignetIssuer",
-            &csr_pem(&[dns("d.example")]),
-            json!({}),
-        ),
-    )
-    .await;
-    decide(&c, "done", "Approved").await;
+    file_approved(&c, "done", "test", "d.example").await;
     let first = wait_reason(&c, "done", "Issued").await;
     let api: Api<CertificateRequest> = Api::namespaced(c.clone(), "apps");
     api.patch(
@@ -1100,18 +998,7 @@ async fn a_delegated_issuer_signs_with_its_own_intermediate_and_stops_when_delet
     assert!(message.contains("intermediate until"), "{message}");
     for i in 0..3 {
         let name = format!("leaf-{i}");
-        create(
-            &c,
-            request(
-                &name,
-                "deleg",
-                "SignetIssuer",
-                &csr_pem(&[dns("l.example")]),
-                json!({}),
-            ),
-        )
-        .await;
-        decide(&c, &name, "Approved").await;
+        file_approved(&c, &name, "deleg", "l.example").await;
         let cr = wait_reason(&c, &name, "Issued").await;
         let dir = tempfile::tempdir().unwrap();
         let st = cr.status.unwrap();

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use kube::api::PostParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
@@ -140,7 +140,15 @@ impl TokenReviewer {
             .map_err(|e| {
                 AuthError::Unavailable(format!("TokenReview in cluster {cluster}: {e}"))
             })?;
-        let status = reviewed.status.unwrap_or_default();
+        let identity = self.identity_of(cluster, reviewed.status.unwrap_or_default())?;
+        self.remember(key, token, &identity, now);
+        Ok(identity)
+    }
+
+    /// The service account a successful review names, checked: authenticated,
+    /// for one of our audiences, a valid service account, and the pod the
+    /// token is bound to (if any).
+    fn identity_of(&self, cluster: &str, status: TokenReviewStatus) -> Result<Identity, AuthError> {
         if status.authenticated != Some(true) {
             return Err(AuthError::invalid(
                 "token rejected",
@@ -190,6 +198,12 @@ impl TokenReviewer {
             pod,
             method: "token_review".to_owned(),
         };
+        Ok(identity)
+    }
+
+    /// Caches a reviewed identity until the token expires, at most
+    /// `cache_ttl` (tokens without a readable expiry are not cached).
+    fn remember(&self, key: [u8; 32], token: &str, identity: &Identity, now: SystemTime) {
         // Cache only what has a known expiry, and never beyond it.
         if let Some(exp) = JwtAuthenticator::unverified_expiry(token) {
             let until = exp.min(now + self.cache_ttl);
@@ -210,6 +224,5 @@ impl TokenReviewer {
                 );
             }
         }
-        Ok(identity)
     }
 }

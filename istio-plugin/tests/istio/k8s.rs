@@ -154,17 +154,27 @@ mod conformance {
     );
 }
 
-async fn the_csr_signer_signs_only_what_it_should(cluster: Cluster) {
-    let c = cluster.client().await;
-    let up = CaSigner::root(SystemTime::now(), 365 * DAY);
-    let (tx, leader) = watch::channel(true);
+/// A CSR signer over `up` (system clock), running until the test ends.
+fn start_csr_signer(
+    c: Client,
+    config: CsrSignerConfig,
+    up: &Arc<CaSigner>,
+    leader: watch::Receiver<bool>,
+) {
     let signer = Arc::new(CsrSigner::new(
-        c.clone(),
-        csr_config(true),
+        c,
+        config,
         authority(up.clone(), Arc::new(SystemClock)),
         leader,
     ));
     tokio::spawn(signer.run());
+}
+
+async fn the_csr_signer_signs_only_what_it_should(cluster: Cluster) {
+    let c = cluster.client().await;
+    let up = CaSigner::root(SystemTime::now(), 365 * DAY);
+    let (tx, leader) = watch::channel(true);
+    start_csr_signer(c.clone(), csr_config(true), &up, leader);
     let api: Api<CertificateSigningRequest> = Api::all(c);
 
     // Approved, for our signer, from istiod: signed, with expirationSeconds honoured.
@@ -352,13 +362,7 @@ async fn conflicts_are_retried_without_signing_twice() {
     .unwrap();
     approve(&api, "r", "Approved").await;
     fake.inject_conflicts(3);
-    let signer = Arc::new(CsrSigner::new(
-        c,
-        csr_config(false),
-        authority(up.clone(), Arc::new(SystemClock)),
-        leader,
-    ));
-    tokio::spawn(signer.run());
+    start_csr_signer(c, csr_config(false), &up, leader);
     let cert = eventually("certificate", async || {
         api.get("r")
             .await
@@ -397,13 +401,7 @@ async fn a_new_leader_with_a_stale_cache_does_not_sign_what_is_signed() {
     .await
     .unwrap();
     approve(&api, "r", "Approved").await;
-    let signer = Arc::new(CsrSigner::new(
-        c,
-        csr_config(false),
-        authority(up.clone(), Arc::new(SystemClock)),
-        leader,
-    ));
-    tokio::spawn(signer.run());
+    start_csr_signer(c, csr_config(false), &up, leader);
     tokio::time::sleep(Duration::from_millis(300)).await; // the follower has its cache
 
     fake.hold_watches();
@@ -464,13 +462,7 @@ async fn a_conflict_storm_and_dropped_watches_lose_nothing_and_sign_once() {
         create(n).await;
     }
     fake.inject_conflicts(100);
-    let signer = Arc::new(CsrSigner::new(
-        c.clone(),
-        csr_config(false),
-        authority(up.clone(), Arc::new(SystemClock)),
-        leader,
-    ));
-    tokio::spawn(signer.run());
+    start_csr_signer(c.clone(), csr_config(false), &up, leader);
     // More CSRs while the watch is dropped under the signer, repeatedly.
     for n in 20..40 {
         if n % 4 == 0 {
@@ -519,13 +511,7 @@ async fn followers_do_not_write_and_a_new_leader_catches_up(cluster: Cluster) {
     let c = cluster.client().await;
     let up = CaSigner::root(SystemTime::now(), 365 * DAY);
     let (tx, leader) = watch::channel(false);
-    let signer = Arc::new(CsrSigner::new(
-        c.clone(),
-        csr_config(false),
-        authority(up.clone(), Arc::new(SystemClock)),
-        leader,
-    ));
-    tokio::spawn(signer.run());
+    start_csr_signer(c.clone(), csr_config(false), &up, leader);
     let api: Api<CertificateSigningRequest> = Api::all(c);
     file(
         &cluster,
