@@ -18,7 +18,7 @@ use base64::Engine as _;
 use futures::StreamExt as _;
 use kube::api::{DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, CustomResource};
 use rustls_pki_types::CertificateDer;
 use schemars::JsonSchema;
@@ -426,14 +426,16 @@ impl CertManagerBackend {
     /// Waits by watch (not polling) until the request has finished.
     async fn wait(&self, name: &str) -> Result<CertificateRequest, SignError> {
         let wc = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let mut stream = watcher(self.api.clone(), wc).boxed();
+        // Backoff on errors: without it an unreachable API server is retried
+        // in a busy loop.
+        let mut stream = watcher(self.api.clone(), wc).default_backoff().boxed();
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(watcher::Event::Apply(cr) | watcher::Event::InitApply(cr)) if finished(&cr) => {
                     return Ok(cr);
                 }
                 Ok(_) => {}
-                // The watcher re-lists with backoff by itself.
+                // The watcher re-lists, backing off, by itself.
                 Err(e) => {
                     tracing::debug!(request = %name, error = %e, "watching a CertificateRequest")
                 }

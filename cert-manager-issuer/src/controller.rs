@@ -80,19 +80,13 @@ impl Default for ControllerConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    #[error("kubernetes: {0}")]
-    Kube(String),
-    #[error("conflict; re-reading")]
-    Conflict,
-}
+pub use signet_kubernetes::ReconcileError;
 
 fn kube_err(e: kube::Error) -> ReconcileError {
-    match e {
-        kube::Error::Api(s) if s.code == 409 => ReconcileError::Conflict,
-        kube::Error::Api(s) => ReconcileError::Kube(format!("{} ({})", s.message, s.code)),
-        other => ReconcileError::Kube(other.to_string()),
+    if signet_kubernetes::is_conflict(&e) {
+        ReconcileError::Conflict
+    } else {
+        ReconcileError::Kube(signet_kubernetes::kube_err(e))
     }
 }
 
@@ -294,12 +288,6 @@ impl IssuerController {
         }
     }
 
-    fn leadership(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
-        tokio_stream::wrappers::WatchStream::new(self.leader.clone())
-            .filter(|l| std::future::ready(*l))
-            .map(|_| ())
-    }
-
     // === issuers ===
 
     async fn run_issuers<K>(self: Arc<Self>)
@@ -308,7 +296,7 @@ impl IssuerController {
     {
         let api: Api<K> = Api::all(self.client.clone());
         Controller::new(api, watcher::Config::default())
-            .reconcile_all_on(self.leadership())
+            .reconcile_all_on(signet_kubernetes::on_leadership(self.leader.clone()))
             .run(
                 |obj, ctx: Arc<Self>| async move { ctx.reconcile_issuer(obj).await },
                 |_obj, e: &ReconcileError, _ctx| match e {
@@ -508,7 +496,7 @@ impl IssuerController {
     async fn run_requests(self: Arc<Self>) {
         let api: Api<CertificateRequest> = Api::all(self.client.clone());
         Controller::new(api, watcher::Config::default())
-            .reconcile_all_on(self.leadership())
+            .reconcile_all_on(signet_kubernetes::on_leadership(self.leader.clone()))
             .run(
                 |cr, ctx: Arc<Self>| async move { ctx.reconcile_request(cr).await },
                 |_cr, e: &ReconcileError, _ctx| match e {

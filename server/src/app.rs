@@ -30,7 +30,7 @@ pub struct App {
     pub rest_addr: Option<SocketAddr>,
     pub istio_addr: Option<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
-    elector: Option<crate::leader::Elector>,
+    elector: Option<signet_kubernetes::leader::Elector>,
     /// Kubernetes controllers; they run until aborted.
     writers: Vec<tokio::task::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,

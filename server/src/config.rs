@@ -57,7 +57,7 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     /// Lease-based leader election among replicas (only the leader writes).
     #[serde(default)]
-    pub leader_election: crate::leader::LeaderConfig,
+    pub leader_election: signet_kubernetes::leader::LeaderConfig,
     /// Plain-HTTP health and metrics listener for probes and scrapers.
     #[serde(default)]
     pub admin: Option<crate::admin::AdminConfig>,
@@ -109,7 +109,7 @@ pub struct FrontendsConfig {
     pub istio: Option<signet_istio::config::IstioConfig>,
     /// Kubernetes CSR signer (istiod's RA mode).
     #[serde(default)]
-    pub kubernetes_csr: Option<signet_istio::k8s::CsrSignerConfig>,
+    pub kubernetes_csr: Option<signet_kubernetes::csr_signer::CsrSignerConfig>,
     /// istiod's plug-in CA Secret (`cacerts`).
     #[serde(default)]
     pub istio_cacerts: Option<signet_istio::cacerts::CacertsConfig>,

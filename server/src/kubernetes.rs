@@ -9,10 +9,11 @@ use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use signet_core::{Authority, Clock, Signer};
 use signet_istio::cacerts::Cacerts;
-use signet_istio::k8s::{CacertsKeeper, CsrSigner, IstiodTlsKeeper, RootDistributor};
+use signet_istio::k8s::{CacertsKeeper, IstiodTlsKeeper, RootDistributor};
+use signet_kubernetes::csr_signer::CsrSigner;
 
 use crate::config::{Config, KubernetesConfig};
-use crate::leader::Elector;
+use signet_kubernetes::leader::Elector;
 
 /// A client for the cluster signet runs in (or the configured kubeconfig).
 pub async fn client(config: &KubernetesConfig) -> anyhow::Result<Client> {

@@ -10,7 +10,6 @@ pub mod dev;
 pub mod istio;
 pub mod istio_client;
 pub mod kubernetes;
-pub mod leader;
 pub mod listener;
 pub mod rest;
 pub mod tls;

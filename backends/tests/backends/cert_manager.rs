@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use futures::StreamExt as _;
 use kube::api::PostParams;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, CustomResourceExt as _, ResourceExt as _};
 use serde_json::json;
 use signet_backends::cert_manager::{
@@ -137,7 +137,9 @@ impl SimCertManager {
     /// Watches requests for Issuer `sim-ca` and answers them.
     async fn run(self: Arc<Self>, client: Client) {
         let api: Api<CertificateRequest> = Api::all(client.clone());
-        let mut events = watcher(api, watcher::Config::default()).boxed();
+        let mut events = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
         while let Some(ev) = events.next().await {
             let Ok(watcher::Event::Apply(cr) | watcher::Event::InitApply(cr)) = ev else {
                 continue;

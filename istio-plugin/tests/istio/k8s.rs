@@ -23,9 +23,8 @@ use signet_core::spiffe::TrustDomain;
 use signet_core::testing::CaSigner;
 use signet_core::{Authority, BackendInfo, SignError, Signer, SystemClock, VerifiedCsr, pem};
 use signet_istio::cacerts::{Cacerts, CacertsConfig, Layout, validate};
-use signet_istio::k8s::{
-    CacertsKeeper, CsrSigner, CsrSignerConfig, RootDistributionConfig, RootDistributor,
-};
+use signet_istio::k8s::{CacertsKeeper, RootDistributionConfig, RootDistributor};
+use signet_kubernetes::csr_signer::{CsrSigner, CsrSignerConfig};
 use signet_tests::cluster::Cluster;
 use signet_tests::kube_fake::KubeFake;
 use tokio::sync::watch;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use signet::leader::{Elector, LeaderConfig};
 use signet_core::SystemClock;
 use signet_core::duration::HumanDuration;
+use signet_kubernetes::leader::{Elector, LeaderConfig};
 use signet_tests::cluster::Cluster;
 
 mod fake {

@@ -1,0 +1,140 @@
+//! Keeps Istio's plug-in CA Secret (`cacerts`): creates it, rotates the
+//! intermediate before it expires, refuses to overwrite what it cannot
+//! validate.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::PostParams;
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+use signet_kubernetes::{is_conflict, kube_err};
+
+use crate::cacerts::{Cacerts, Files, Plan};
+
+fn files_of(secret: &Secret) -> Files {
+    secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect()
+}
+
+/// Keeps the `cacerts` Secret filled and fresh (leader only).
+pub struct CacertsKeeper {
+    client: Client,
+    cacerts: Cacerts,
+    leader: watch::Receiver<bool>,
+    period: Duration,
+}
+
+impl CacertsKeeper {
+    pub fn new(client: Client, cacerts: Cacerts, leader: watch::Receiver<bool>) -> Self {
+        Self {
+            client,
+            cacerts,
+            leader,
+            period: Duration::from_secs(30),
+        }
+    }
+
+    /// How often the Secret is examined (default 30 s).
+    pub fn with_period(mut self, period: Duration) -> Self {
+        self.period = period;
+        self
+    }
+
+    /// Examines the Secret and writes what it needs, once. Returns whether
+    /// it wrote.
+    pub async fn reconcile_once(&self) -> Result<bool, String> {
+        if !*self.leader.borrow() {
+            return Ok(false);
+        }
+        let cfg = self.cacerts.config();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &cfg.namespace);
+        let current = api.get_opt(&cfg.secret).await.map_err(kube_err)?;
+        let files = current.as_ref().map(files_of);
+        let new_files = match self.cacerts.plan(files.as_ref()).await {
+            Plan::Keep => return Ok(false),
+            Plan::Write(f) => f,
+            Plan::Mint { previous_roots } => self
+                .cacerts
+                .mint(&previous_roots)
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        if !*self.leader.borrow() {
+            return Ok(false);
+        }
+        let data: BTreeMap<String, ByteString> = new_files
+            .into_iter()
+            .map(|(k, v)| (k, ByteString(v)))
+            .collect();
+        let result = match current {
+            Some(mut secret) => {
+                secret.data = Some(data);
+                secret.string_data = None;
+                api.replace(&cfg.secret, &PostParams::default(), &secret)
+                    .await
+            }
+            None => {
+                let secret = Secret {
+                    metadata: ObjectMeta {
+                        name: Some(cfg.secret.clone()),
+                        namespace: Some(cfg.namespace.clone()),
+                        labels: Some(
+                            [(
+                                "app.kubernetes.io/managed-by".to_owned(),
+                                "signet".to_owned(),
+                            )]
+                            .into(),
+                        ),
+                        ..ObjectMeta::default()
+                    },
+                    type_: Some("Opaque".into()),
+                    data: Some(data),
+                    ..Secret::default()
+                };
+                api.create(&PostParams::default(), &secret).await
+            }
+        };
+        match result {
+            Ok(_) => {
+                tracing::info!(namespace = %cfg.namespace, secret = %cfg.secret, "cacerts written");
+                Ok(true)
+            }
+            Err(e) if is_conflict(&e) => Err("conflict writing cacerts; will re-read".into()),
+            Err(e) => Err(kube_err(e)),
+        }
+    }
+
+    /// Runs until dropped: every period, and whenever leadership is gained.
+    pub async fn run(self) {
+        let mut leader = self.leader.clone();
+        loop {
+            let wait = match self.reconcile_once().await {
+                Ok(_) => self.period,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cacerts not reconciled");
+                    Duration::from_secs(1).min(self.period)
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                r = leader.changed() => if r.is_err() { return },
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for CacertsKeeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacertsKeeper").finish_non_exhaustive()
+    }
+}
