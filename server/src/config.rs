@@ -471,30 +471,29 @@ impl Config {
     }
 
     fn authority_ref(&self, at: At<'_>, key: &str, name: &str) -> Result<(), ConfigError> {
-        if self.authorities.contains_key(name) {
-            return Ok(());
-        }
-        Err(at.invalid(
-            key,
-            format!(
-                "no authority named {name:?} (known: {})",
-                names(self.authorities.keys())
-            ),
-        ))
+        known(at, key, "authority", name, &self.authorities)
     }
 
     fn backend_ref(&self, at: At<'_>, key: &str, name: &str) -> Result<(), ConfigError> {
-        if self.backends.contains_key(name) {
-            return Ok(());
-        }
-        Err(at.invalid(
-            key,
-            format!(
-                "no backend named {name:?} (known: {})",
-                names(self.backends.keys())
-            ),
-        ))
+        known(at, key, "backend", name, &self.backends)
     }
+}
+
+/// `name` is a key of `map` (the configured authorities or backends).
+fn known<V>(
+    at: At<'_>,
+    key: &str,
+    what: &str,
+    name: &str,
+    map: &BTreeMap<String, V>,
+) -> Result<(), ConfigError> {
+    if map.contains_key(name) {
+        return Ok(());
+    }
+    Err(at.invalid(
+        key,
+        format!("no {what} named {name:?} (known: {})", names(map.keys())),
+    ))
 }
 
 /// Where a validation error is reported: the file, then the key.

@@ -153,6 +153,21 @@ mod conformance {
     );
 }
 
+/// A fresh API fake holding the CSR `name`, filed by istiod and approved.
+async fn fake_with_approved_csr(name: &str) -> (KubeFake, Client, Api<CertificateSigningRequest>) {
+    let fake = KubeFake::start().await;
+    let c = client(&fake).await;
+    let api: Api<CertificateSigningRequest> = Api::all(c.clone());
+    api.create(
+        &PostParams::default(),
+        &k8s_csr(name, "signet.dev/mesh", ISTIOD, &workload("demo"), None),
+    )
+    .await
+    .unwrap();
+    approve(&api, name, "Approved").await;
+    (fake, c, api)
+}
+
 /// A CSR signer over `up` (system clock), running until the test ends.
 fn start_csr_signer(
     c: Client,
@@ -348,18 +363,9 @@ async fn the_csr_signer_signs_only_what_it_should(cluster: Cluster) {
 
 #[tokio::test]
 async fn conflicts_are_retried_without_signing_twice() {
-    let fake = KubeFake::start().await;
-    let c = client(&fake).await;
+    let (fake, c, api) = fake_with_approved_csr("r").await;
     let up = CaSigner::root(SystemTime::now(), 365 * DAY);
     let (_tx, leader) = watch::channel(true);
-    let api: Api<CertificateSigningRequest> = Api::all(c.clone());
-    api.create(
-        &PostParams::default(),
-        &k8s_csr("r", "signet.dev/mesh", ISTIOD, &workload("demo"), None),
-    )
-    .await
-    .unwrap();
-    approve(&api, "r", "Approved").await;
     fake.inject_conflicts(3);
     start_csr_signer(c, csr_config(false), &up, leader);
     let cert = eventually("certificate", async || {
@@ -388,18 +394,9 @@ async fn conflicts_are_retried_without_signing_twice() {
 /// (Found on the real API server, where the cache lag is not on demand.)
 #[tokio::test]
 async fn a_new_leader_with_a_stale_cache_does_not_sign_what_is_signed() {
-    let fake = KubeFake::start().await;
-    let c = client(&fake).await;
+    let (fake, c, api) = fake_with_approved_csr("r").await;
     let up = CaSigner::root(SystemTime::now(), 365 * DAY);
     let (tx, leader) = watch::channel(false);
-    let api: Api<CertificateSigningRequest> = Api::all(c.clone());
-    api.create(
-        &PostParams::default(),
-        &k8s_csr("r", "signet.dev/mesh", ISTIOD, &workload("demo"), None),
-    )
-    .await
-    .unwrap();
-    approve(&api, "r", "Approved").await;
     start_csr_signer(c, csr_config(false), &up, leader);
     tokio::time::sleep(Duration::from_millis(300)).await; // the follower has its cache
 
