@@ -41,6 +41,7 @@ use signet_core::layout::Layout;
 use signet_core::refresh::Refreshed;
 use signet_core::resilience::{RateLimitConfig, ResilienceConfig};
 use signet_core::signer::Capabilities;
+use signet_core::worker::Backoff;
 use signet_core::{BackendInfo, IssuanceDecision, SignError, Signer, VerifiedCsr, pem};
 
 /// PCA's template for end-entity certificates.
@@ -485,7 +486,8 @@ impl AwsPcaBackend {
 
     /// GetCertificate until it is no longer in progress.
     async fn fetch(&self, certificate_arn: &str) -> Result<(String, String), SignError> {
-        let mut wait = Duration::from_millis(100);
+        let poll = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut attempt = 0u32;
         loop {
             match self
                 .client
@@ -503,8 +505,8 @@ impl AwsPcaBackend {
                 }
                 Err(e) if e.code() == Some("RequestInProgressException") => {
                     tracing::debug!(certificate = certificate_arn, "AWS PCA still issuing");
-                    tokio::time::sleep(signet_core::resilience::jitter(wait)).await;
-                    wait = (wait * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(poll.wait(attempt)).await;
+                    attempt = attempt.saturating_add(1);
                 }
                 Err(e) => return Err(map_err("GetCertificate", e)),
             }

@@ -6,7 +6,7 @@
 //! certificate and the certificate must be a CA, at start-up and on reload.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -21,6 +21,7 @@ use signet_core::issuer::{CaError, LocalCa};
 use signet_core::key::{KeyLoadError, PrivateKey};
 use signet_core::pem::{self, PemError};
 use signet_core::signer::Capabilities;
+use signet_core::worker::{Backoff, Next, Worker};
 use signet_core::{BackendInfo, Clock, IssuanceDecision, SignError, Signer, VerifiedCsr};
 
 fn default_reload_interval() -> HumanDuration {
@@ -246,32 +247,19 @@ impl LocalBackend {
         Ok(true)
     }
 
-    /// Polls the files every `reload_interval` until the backend is dropped.
+    /// Polls the files every `reload_interval` until the backend is dropped;
+    /// unusable files leave the previous CA signing.
     pub fn spawn_reloader(this: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let weak: Weak<Self> = Arc::downgrade(this);
         let period = this.config.reload_interval.get();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            let mut failing = false;
-            loop {
-                tick.tick().await;
-                let Some(backend) = weak.upgrade() else {
-                    return;
-                };
-                match backend.reload_if_changed() {
-                    Ok(_) => failing = false,
-                    Err(e) if !failing => {
-                        failing = true;
-                        tracing::error!(backend = %backend.name, error = %e, "CA files changed but cannot be used; still signing with the previous CA");
-                    }
-                    Err(e) => {
-                        tracing::debug!(backend = %backend.name, error = %e, "CA files still unusable")
-                    }
-                }
-            }
-        })
+        Worker::new(format!("CA files of backend {}", this.name))
+            .backoff(Backoff::constant(period))
+            .first(Next::In(period))
+            .spawn_for(this, move |backend| async move {
+                backend
+                    .reload_if_changed()
+                    .map(|_| Next::In(period))
+                    .map_err(|e| format!("{e}; still signing with the previous CA"))
+            })
     }
 
     /// The CA currently signing.

@@ -15,7 +15,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -30,6 +30,7 @@ use signet_core::names::San;
 use signet_core::pem;
 use signet_core::resilience::ResilienceConfig;
 use signet_core::signer::Capabilities;
+use signet_core::worker::{Backoff, Next, Worker};
 use signet_core::{BackendInfo, Clock, IssuanceDecision, SignError, Signer, VerifiedCsr};
 use vaultrs::api::AuthInfo;
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
@@ -654,14 +655,21 @@ impl VaultBackend {
         }
     }
 
-    /// Renews the token if it is renewable and due; logs in again if it is
-    /// not renewable and due, or if renewal fails.
-    async fn maintain_token(&self) {
+    /// Logs in if nobody has yet; renews the token if it is renewable and
+    /// due; logs in again if it is not renewable and due, or if renewal
+    /// fails.
+    async fn maintain_token(&self) -> Result<(), SignError> {
         let lease = *self.lease.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(lease) = lease else { return };
-        let Some(due) = lease.due() else { return };
+        let Some(lease) = lease else {
+            // Not logged in yet: do it now so the lease (and its renewal
+            // time) is known without waiting for the first request.
+            return self.client().await.map(|_| ());
+        };
+        let Some(due) = lease.due() else {
+            return Ok(());
+        };
         if self.clock.now() < due {
-            return;
+            return Ok(());
         }
         let stale = self.client.load_full();
         if lease.renewable
@@ -680,7 +688,7 @@ impl VaultBackend {
                     if renewed.ttl.is_some_and(|t| t > Duration::from_secs(5)) {
                         tracing::debug!(backend = %self.name, ttl = ?renewed.ttl, "vault token renewed");
                         *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(renewed);
-                        return;
+                        return Ok(());
                     }
                 }
                 Err(e) => {
@@ -688,9 +696,7 @@ impl VaultBackend {
                 }
             }
         }
-        if let Err(e) = self.login(stale.as_ref()).await {
-            tracing::warn!(backend = %self.name, error = %e, "logging in to vault failed; will retry");
-        }
+        self.login(stale.as_ref()).await.map(|_| ())
     }
 
     /// Reads the roots from the mount's issuers (falling back to its CA chain)
@@ -842,45 +848,38 @@ impl VaultBackend {
         }
     }
 
-    /// Keeps the token fresh and the trust bundle current until dropped.
-    pub fn spawn_maintenance(this: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let weak: Weak<Self> = Arc::downgrade(this);
+    /// Keeps the token fresh and the trust bundle current until dropped:
+    /// two workers, one per schedule.
+    pub fn spawn_maintenance(this: &Arc<Self>) {
         let refresh = this.config.trust_bundle_refresh.get();
-        tokio::spawn(async move {
-            let mut next_refresh = signet_core::clock::monotonic();
-            loop {
-                let Some(this) = weak.upgrade() else { return };
-                if signet_core::clock::monotonic() >= next_refresh {
-                    match this.refresh_trust_bundle().await {
-                        Ok(b) => {
-                            this.last_error.store(Arc::new(None));
-                            tracing::debug!(backend = %this.name, roots = b.roots().len(), "vault trust bundle refreshed");
-                            next_refresh = signet_core::clock::monotonic() + refresh;
-                        }
-                        Err(e) => {
-                            tracing::warn!(backend = %this.name, error = %e, "refreshing the trust bundle from vault failed");
-                            this.last_error.store(Arc::new(Some(e.to_string())));
-                            next_refresh = signet_core::clock::monotonic()
-                                + Duration::from_secs(5).min(refresh);
-                        }
+        Worker::new(format!("trust bundle of backend {}", this.name))
+            .backoff(Backoff::new(Duration::from_secs(5).min(refresh), refresh))
+            .spawn_for(this, move |this| async move {
+                match this.refresh_trust_bundle().await {
+                    Ok(b) => {
+                        this.last_error.store(Arc::new(None));
+                        tracing::debug!(backend = %this.name, roots = b.roots().len(), "vault trust bundle refreshed");
+                        Ok(Next::In(refresh))
+                    }
+                    Err(e) => {
+                        this.last_error.store(Arc::new(Some(e.to_string())));
+                        Err(e)
                     }
                 }
-                this.maintain_token().await;
-                let token_due = this
+            });
+        Worker::new(format!("vault token of backend {}", this.name))
+            .clock(this.clock.clone())
+            .spawn_for(this, move |this| async move {
+                this.maintain_token().await?;
+                let due = this
                     .lease
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .and_then(|l| l.due())
-                    .and_then(|due| due.duration_since(this.clock.now()).ok());
-                drop(this);
-                let until_refresh =
-                    next_refresh.saturating_duration_since(signet_core::clock::monotonic());
-                let wait = token_due
-                    .map_or(until_refresh, |t| t.min(until_refresh))
-                    .max(Duration::from_millis(200));
-                tokio::time::sleep(wait).await;
-            }
-        })
+                    .and_then(|l| l.due());
+                // A token without a lease is looked at again every refresh
+                // period (a login may have given it one).
+                Ok::<_, SignError>(due.map_or(Next::In(refresh), Next::At))
+            });
     }
 
     fn assemble(&self, resp: &SignResponse, bundle: TrustBundle) -> Result<IssuedChain, SignError> {

@@ -9,7 +9,7 @@
 //! authority reports not ready. Leaves never outlive the intermediate (the
 //! in-process CA clamps NotAfter).
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
@@ -26,9 +26,9 @@ use crate::issuer::LocalCa;
 use crate::key::KeyAlgorithm;
 use crate::mint::{IntermediateSpec, Minted, mint_intermediate};
 use crate::policy::IssuanceDecision;
-use crate::resilience::backoff;
 use crate::signer::{BackendInfo, Capabilities, Signer};
 use crate::spiffe::TrustDomain;
+use crate::worker::{Next, Worker};
 
 fn default_ttl() -> HumanDuration {
     HumanDuration::from_secs(30 * 86_400)
@@ -113,7 +113,7 @@ impl Delegated {
             current: ArcSwapOption::empty(),
             installed: Notify::new(),
         });
-        tokio::spawn(rotate(Arc::downgrade(&this)));
+        spawn_rotation(&this);
         this
     }
 
@@ -184,38 +184,23 @@ impl Delegated {
     }
 }
 
-async fn rotate(weak: Weak<Delegated>) {
-    let mut failures = 0u32;
-    loop {
-        let Some(this) = weak.upgrade() else { return };
-        let wait = match this.current() {
-            Some(ca) if failures == 0 => this
-                .renew_time(&ca)
-                .duration_since(this.clock.now())
-                .unwrap_or_default(),
-            _ => Duration::ZERO,
-        };
-        drop(this);
-        tokio::time::sleep(wait).await;
-        let Some(this) = weak.upgrade() else { return };
-        match this.renew().await {
-            Ok(_) => failures = 0,
-            Err(e) => {
-                let retry = backoff(Duration::from_secs(1), Duration::from_secs(300), failures);
-                failures = failures.saturating_add(1);
-                match this.current() {
-                    Some(ca) => {
-                        tracing::error!(authority = %this.name, error = %e, ?retry, current_expires = %rfc3339(ca.not_after()), "renewing the intermediate failed; still signing with the current one")
-                    }
-                    None => {
-                        tracing::error!(authority = %this.name, error = %e, ?retry, "obtaining an intermediate failed; not ready")
-                    }
-                }
-                drop(this);
-                tokio::time::sleep(retry).await;
+/// Renews the intermediate at `renew_at` of its life until the authority
+/// is dropped; while renewal fails the current one keeps signing.
+fn spawn_rotation(this: &Arc<Delegated>) {
+    Worker::new(format!("intermediate of {}", this.name))
+        .clock(this.clock.clone())
+        .spawn_for(this, |this| async move {
+            match this.renew().await {
+                Ok(ca) => Ok(Next::At(this.renew_time(&ca))),
+                Err(e) => Err(match this.current() {
+                    Some(ca) => format!(
+                        "{e}; still signing with the current intermediate (expires {})",
+                        rfc3339(ca.not_after())
+                    ),
+                    None => format!("{e}; no intermediate yet, not ready"),
+                }),
             }
-        }
-    }
+        });
 }
 
 #[async_trait]

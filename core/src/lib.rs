@@ -39,6 +39,7 @@ pub mod signer;
 pub mod spiffe;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod worker;
 
 pub use authority::Authority;
 pub use caller::{AuthMethod, Caller, Principal};

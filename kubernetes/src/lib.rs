@@ -8,6 +8,11 @@
 pub mod csr_signer;
 pub mod leader;
 
+/// The longest a controller (the CSR signer, the cert-manager issuer,
+/// istiod's TLS keeper) waits for one signing before counting it a
+/// `timeout` and trying again later.
+pub const CONTROLLER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 use futures::StreamExt as _;
 use tokio::sync::watch;
 
@@ -34,6 +39,13 @@ pub fn kube_err(e: kube::Error) -> String {
 /// and re-decide.
 pub fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+/// A stream that yields each time `value` changes (a published bundle).
+pub fn on_change<T: Clone + Send + Sync + 'static>(
+    value: watch::Receiver<T>,
+) -> impl futures::Stream<Item = ()> + Send {
+    tokio_stream::wrappers::WatchStream::from_changes(value).map(|_| ())
 }
 
 /// A stream that yields each time `leader` turns true (to re-examine

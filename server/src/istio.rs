@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use rustls::server::danger::ClientCertVerifier;
 use signet_core::metrics::Metrics;
+use signet_core::worker::{Next, Worker};
 use signet_core::{Authority, Clock};
 use signet_istio::auth::Authenticators;
 use signet_istio::auth::jwt::JwtAuthenticator;
@@ -69,11 +70,10 @@ pub async fn build(
     );
     // grpc.health.v1 for gRPC probes: SERVING while the authority can sign.
     let (reporter, health) = tonic_health::server::health_reporter();
-    let watched = Arc::downgrade(&authority_for_health);
-    tokio::spawn(async move {
+    Worker::new("grpc health").spawn_for(&authority_for_health, move |a| {
         use tonic_health::ServingStatus;
-        loop {
-            let Some(a) = watched.upgrade() else { return };
+        let reporter = reporter.clone();
+        async move {
             let status = if a.backend().ready.is_ok() {
                 ServingStatus::Serving
             } else {
@@ -83,7 +83,7 @@ pub async fn build(
             for service in ["", ISTIO_SERVICE] {
                 reporter.set_service_status(service, status).await;
             }
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            Ok::<_, String>(Next::In(std::time::Duration::from_secs(2)))
         }
     });
     let router = tonic::service::Routes::new(ca.into_service(ic.limits.max_message_bytes))

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -22,6 +22,7 @@ use signet_core::clock::rfc3339;
 use signet_core::key::{KeyAlgorithm, PrivateKey};
 use signet_core::names::{DnsName, San};
 use signet_core::pem;
+use signet_core::worker::{Backoff, Next, Worker};
 use signet_core::{Authority, IssuedChain};
 
 /// The crypto provider used by every TLS endpoint and client in signet.
@@ -182,85 +183,67 @@ pub async fn issued_by_authority(
             (Arc::new(cert), now, now)
         }
     };
-    tokio::spawn(renew_loop(
-        Arc::downgrade(&cert),
-        authority,
-        names,
-        purpose,
-        nb,
-        na,
-    ));
+    spawn_renewal(&cert, authority, names, purpose, nb, na);
     Ok(cert)
 }
 
-async fn renew_loop(
-    weak: Weak<SwappableCert>,
+/// Renews the serving certificate at two thirds of its life until it is
+/// dropped; while renewal fails the current one keeps serving.
+fn spawn_renewal(
+    cert: &Arc<SwappableCert>,
     authority: Arc<Authority>,
     names: ServingNames,
     purpose: &'static str,
-    mut not_before: SystemTime,
-    mut not_after: SystemTime,
+    not_before: SystemTime,
+    not_after: SystemTime,
 ) {
-    let mut failures = 0;
-    loop {
-        let renew_at =
-            signet_core::clock::renew_time(not_before, not_after, signet_core::clock::RENEW_AT);
-        let wait = renew_at
-            .duration_since(authority.clock().now())
-            .unwrap_or_default();
-        tokio::time::sleep(wait).await;
-        loop {
-            let Some(cert) = weak.upgrade() else { return };
-            match issue_serving(&authority, &names, purpose).await {
-                Ok((ck, chain)) => {
-                    cert.replace(ck, chain.not_after());
-                    tracing::info!(purpose, not_after = %rfc3339(chain.not_after()), "serving certificate renewed");
-                    not_before = chain.not_before();
-                    not_after = chain.not_after();
-                    failures = 0;
-                    break;
-                }
-                Err(e) => {
-                    let retry_in = signet_core::resilience::backoff(
-                        Duration::from_secs(1),
-                        Duration::from_secs(300),
-                        failures,
-                    );
-                    failures += 1;
-                    tracing::error!(purpose, error = %e, ?retry_in, expires = %rfc3339(not_after), "renewing the serving certificate failed; still serving the current one");
-                    drop(cert);
-                    tokio::time::sleep(retry_in).await;
+    let renew_at = |nb, na| signet_core::clock::renew_time(nb, na, signet_core::clock::RENEW_AT);
+    let names = Arc::new(names);
+    Worker::new(format!("{purpose} serving certificate"))
+        .clock(authority.clock().clone())
+        .first(Next::At(renew_at(not_before, not_after)))
+        .spawn_for(cert, move |cert| {
+            let (authority, names) = (authority.clone(), names.clone());
+            async move {
+                match issue_serving(&authority, &names, purpose).await {
+                    Ok((ck, chain)) => {
+                        cert.replace(ck, chain.not_after());
+                        tracing::info!(purpose, not_after = %rfc3339(chain.not_after()), "serving certificate renewed");
+                        Ok(Next::At(renew_at(chain.not_before(), chain.not_after())))
+                    }
+                    Err(e) => Err(format!(
+                        "{e}; still serving the current certificate (expires {})",
+                        rfc3339(cert.not_after())
+                    )),
                 }
             }
-        }
-    }
+        });
 }
 
 /// A serving certificate from PEM files, re-read every 10 seconds.
 pub fn from_files(cert_file: PathBuf, key_file: PathBuf) -> anyhow::Result<Arc<SwappableCert>> {
+    const PERIOD: Duration = Duration::from_secs(10);
     let (ck, not_after, fp) = load_files(&cert_file, &key_file)?;
     let cert = Arc::new(SwappableCert::new(ck, not_after));
-    let weak = Arc::downgrade(&cert);
-    tokio::spawn(async move {
-        let mut last = fp;
-        let mut tick = tokio::time::interval(Duration::from_secs(10));
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let Some(cert) = weak.upgrade() else { return };
-            match load_files(&cert_file, &key_file) {
-                Ok((_, _, fp)) if fp == last => {}
-                Ok((ck, not_after, fp)) => {
+    let last = Arc::new(std::sync::Mutex::new(fp));
+    Worker::new(format!("serving certificate files {}", cert_file.display()))
+        .backoff(Backoff::constant(PERIOD))
+        .first(Next::In(PERIOD))
+        .spawn_for(&cert, move |cert| {
+            let loaded = load_files(&cert_file, &key_file);
+            let (file, last) = (cert_file.clone(), last.clone());
+            async move {
+                let (ck, not_after, fp) =
+                    loaded.map_err(|e| format!("{e}; keeping the current certificate"))?;
+                let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+                if *last != fp {
                     cert.replace(ck, not_after);
-                    last = fp;
-                    tracing::info!(file = %cert_file.display(), "serving certificate reloaded");
+                    *last = fp;
+                    tracing::info!(file = %file.display(), "serving certificate reloaded");
                 }
-                Err(e) => {
-                    tracing::warn!(file = %cert_file.display(), error = %e, "serving certificate files unusable; keeping the current one")
-                }
+                Ok::<_, String>(Next::In(PERIOD))
             }
-        }
-    });
+        });
     Ok(cert)
 }
 
@@ -334,37 +317,31 @@ impl BundleClientVerifier {
         let this = Arc::new(Self {
             inner: ArcSwapOption::empty(),
         });
-        let weak = Arc::downgrade(&this);
-        tokio::spawn(async move {
-            let mut roots: Vec<CertificateDer<'static>> = Vec::new();
-            loop {
-                let Some(this) = weak.upgrade() else { return };
-                match authority.trust_bundle().await {
-                    Ok(b) if b.roots() != roots.as_slice() => {
-                        match static_client_verifier(b.roots().to_vec()) {
-                            Ok(v) => {
-                                this.inner.store(Some(Arc::new(v)));
-                                roots = b.roots().to_vec();
-                                tracing::info!(
-                                    roots = roots.len(),
-                                    "client certificate roots loaded"
-                                );
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "trust bundle unusable for client certificates")
-                            }
-                        }
+        let held = Arc::new(std::sync::Mutex::new(Vec::<CertificateDer<'static>>::new()));
+        Worker::new("client certificate roots")
+            .backoff(Backoff::new(
+                Duration::from_secs(1),
+                Duration::from_secs(60),
+            ))
+            .spawn_for(&this, move |this| {
+                let (authority, held) = (authority.clone(), held.clone());
+                async move {
+                    let bundle = authority.trust_bundle().await.map_err(|e| {
+                        format!("trust bundle for client certificates not available: {e}")
+                    })?;
+                    let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+                    if bundle.roots() != held.as_slice() {
+                        let verifier =
+                            static_client_verifier(bundle.roots().to_vec()).map_err(|e| {
+                                format!("trust bundle unusable for client certificates: {e}")
+                            })?;
+                        this.inner.store(Some(Arc::new(verifier)));
+                        *held = bundle.roots().to_vec();
+                        tracing::info!(roots = held.len(), "client certificate roots loaded");
                     }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(error = %e, "trust bundle for client certificates not available")
-                    }
+                    Ok::<_, String>(Next::In(Duration::from_secs(60)))
                 }
-                let wait = if roots.is_empty() { 1 } else { 60 };
-                drop(this);
-                tokio::time::sleep(Duration::from_secs(wait)).await;
-            }
-        });
+            });
         this
     }
 

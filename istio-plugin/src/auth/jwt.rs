@@ -20,6 +20,7 @@ use serde::Deserialize;
 use signet_core::Clock;
 use signet_core::clock::unix_seconds;
 use signet_core::spiffe::{check_service_account, is_dns1123_subdomain};
+use signet_core::worker::{Backoff, Next, Worker};
 use tokio::sync::Mutex;
 
 use super::AuthError;
@@ -124,17 +125,16 @@ impl JwtAuthenticator {
             }
             _ => {}
         }
-        let weak = Arc::downgrade(&this);
         let period = this.config.jwks_refresh.get();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(period).await;
-                let Some(this) = weak.upgrade() else { return };
-                if let Err(e) = this.refresh().await {
-                    tracing::warn!(issuer = %this.config.issuer, error = %e, "refreshing the JWKS failed; keeping the previous keys");
-                }
-            }
-        });
+        Worker::new(format!("JWKS of {}", this.config.issuer))
+            .backoff(Backoff::new(Duration::from_secs(1).min(period), period))
+            .first(Next::In(period))
+            .spawn_for(&this, move |this| async move {
+                this.refresh()
+                    .await
+                    .map(|_| Next::In(period))
+                    .map_err(|e| format!("{e}; keeping the previous keys"))
+            });
         Ok(this)
     }
 

@@ -12,6 +12,7 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use tokio::sync::watch;
 
+use signet_core::worker::{Backoff, Next, Worker};
 use signet_kubernetes::{is_conflict, kube_err};
 
 use crate::cacerts::{Cacerts, Files, Plan};
@@ -114,22 +115,17 @@ impl CacertsKeeper {
         }
     }
 
-    /// Runs until dropped: every period, and whenever leadership is gained.
+    /// Runs every period, and whenever leadership changes, until the
+    /// leadership channel closes.
     pub async fn run(self) {
-        let mut leader = self.leader.clone();
-        loop {
-            let wait = match self.reconcile_once().await {
-                Ok(_) => self.period,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cacerts not reconciled");
-                    Duration::from_secs(1).min(self.period)
-                }
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                r = leader.changed() => if r.is_err() { return },
-            }
-        }
+        Worker::new("cacerts keeper")
+            .backoff(Backoff::new(
+                Duration::from_secs(1).min(self.period),
+                self.period,
+            ))
+            .wake_on(self.leader.clone())
+            .run(|| async { self.reconcile_once().await.map(|_| Next::In(self.period)) })
+            .await;
     }
 }
 

@@ -15,7 +15,8 @@ use kube::{Api, Client, ResourceExt as _};
 use serde::Deserialize;
 use signet_core::Authority;
 use signet_core::duration::HumanDuration;
-use signet_kubernetes::{ReconcileError, is_conflict, kube_err, on_leadership};
+use signet_core::worker::{self, Backoff, Worker};
+use signet_kubernetes::{ReconcileError, is_conflict, kube_err, on_change, on_leadership};
 use tokio::sync::watch;
 
 fn default_configmap() -> String {
@@ -137,21 +138,19 @@ impl RootDistributor {
     pub async fn run(self: Arc<Self>) {
         let api: Api<Namespace> = Api::all(self.client.clone());
         let wc = watcher::Config::default().labels(&self.config.namespace_selector);
-        let this = self.clone();
-        let bundle_changes =
-            futures::stream::unfold((this, None::<String>), |(this, mut last)| async move {
-                loop {
-                    if let Ok(b) = this.authority.trust_bundle().await.map(|b| b.to_pem()) {
-                        let changed = last.as_ref().is_some_and(|l| *l != b);
-                        last = Some(b);
-                        if changed {
-                            return Some(((), (this, last)));
-                        }
-                    }
-                    tokio::time::sleep(this.config.poll.get()).await;
-                }
-            });
-        let triggers = futures::stream::select(on_leadership(self.leader.clone()), bundle_changes);
+        let authority = self.authority.clone();
+        let poll = self.config.poll.get();
+        // Stops by itself once the controller (holding the receiver) ends.
+        let (bundles, _poller) = worker::publish(
+            Worker::new("root certificate poll").backoff(Backoff::constant(poll)),
+            poll,
+            move || {
+                let authority = authority.clone();
+                async move { authority.trust_bundle().await.map(|b| b.to_pem()) }
+            },
+        );
+        let triggers =
+            futures::stream::select(on_leadership(self.leader.clone()), on_change(bundles));
         Controller::new(api, wc)
             .reconcile_all_on(triggers)
             .run(
