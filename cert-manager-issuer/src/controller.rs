@@ -32,9 +32,8 @@ use signet_backends::BackendConfig;
 use signet_backends::cert_manager::{CertificateRequest, RequestCondition};
 use signet_core::duration::HumanDuration;
 use signet_core::envelope::{Envelope, Handled};
-use signet_core::error::ErrorKind;
-use signet_core::resilience::backoff;
 use signet_core::spiffe::TrustDomain;
+use signet_core::worker::{Backoff, Next, Worker};
 use signet_core::{Clock, SignError, Signer, VerifiedCsr};
 use tokio::sync::watch;
 
@@ -248,42 +247,44 @@ impl IssuerController {
     /// Stops issuers that were deleted, and all of them when leadership is
     /// lost (a delegated issuer keeps renewing its intermediate while it runs).
     async fn sweep(self: Arc<Self>) {
-        let mut leader = self.leader.clone();
-        loop {
-            let period = self.config.health_interval.get();
-            tokio::select! {
-                _ = tokio::time::sleep(period) => {}
-                changed = leader.changed() => if changed.is_err() { return },
+        let period = self.config.health_interval.get();
+        Worker::new("cert-manager issuer sweep")
+            .first(Next::In(period))
+            .wake_on(self.leader.clone())
+            .run(|| async {
+                self.sweep_once().await;
+                Ok::<_, String>(Next::In(period))
+            })
+            .await;
+    }
+
+    async fn sweep_once(&self) {
+        if !self.is_leader() {
+            let mut issuers = self.issuers.lock().await;
+            if !issuers.is_empty() {
+                tracing::info!(count = issuers.len(), "not the leader: stopping issuers");
+                issuers.clear();
             }
-            if !self.is_leader() {
-                let mut issuers = self.issuers.lock().await;
-                if !issuers.is_empty() {
-                    tracing::info!(count = issuers.len(), "not the leader: stopping issuers");
-                    issuers.clear();
-                }
-                continue;
-            }
-            let keys: Vec<IssuerKey> = self.issuers.lock().await.keys().cloned().collect();
-            for key in keys {
-                let exists = match key.kind {
-                    IssuerKind::Issuer => Api::<SignetIssuer>::namespaced(
-                        self.client.clone(),
-                        key.namespace.as_deref().unwrap_or_default(),
-                    )
+            return;
+        }
+        let keys: Vec<IssuerKey> = self.issuers.lock().await.keys().cloned().collect();
+        for key in keys {
+            let exists = match key.kind {
+                IssuerKind::Issuer => Api::<SignetIssuer>::namespaced(
+                    self.client.clone(),
+                    key.namespace.as_deref().unwrap_or_default(),
+                )
+                .get_opt(&key.name)
+                .await
+                .map(|o| o.is_some()),
+                IssuerKind::ClusterIssuer => Api::<SignetClusterIssuer>::all(self.client.clone())
                     .get_opt(&key.name)
                     .await
                     .map(|o| o.is_some()),
-                    IssuerKind::ClusterIssuer => {
-                        Api::<SignetClusterIssuer>::all(self.client.clone())
-                            .get_opt(&key.name)
-                            .await
-                            .map(|o| o.is_some())
-                    }
-                };
-                if let Ok(false) = exists {
-                    tracing::info!(issuer = %key, "issuer deleted: stopped");
-                    self.issuers.lock().await.remove(&key);
-                }
+            };
+            if let Ok(false) = exists {
+                tracing::info!(issuer = %key, "issuer deleted: stopped");
+                self.issuers.lock().await.remove(&key);
             }
         }
     }
@@ -549,7 +550,7 @@ impl IssuerController {
             "cert_manager",
             key.to_string(),
             None,
-            CONTROLLER_DEADLINE,
+            signet_kubernetes::CONTROLLER_DEADLINE,
             self.metrics.clone(),
         );
         let requester = cr.spec.username.clone().unwrap_or_else(|| "-".into());
@@ -571,7 +572,8 @@ impl IssuerController {
                     *n += 1;
                     *n
                 };
-                let wait = backoff(Duration::from_secs(2), Duration::from_secs(300), n - 1);
+                let wait =
+                    Backoff::new(Duration::from_secs(2), Duration::from_secs(300)).wait(n - 1);
                 tracing::info!(request = %cr.name_any(), issuer = %key, error = %e, retry_in = ?wait, "signing failed; will retry");
                 self.pending(&cr, &format!("Signing failed, will retry: {e}"), wait)
                     .await
@@ -777,7 +779,7 @@ impl IssuerController {
         uid: &str,
         e: &SignError,
     ) -> Result<Action, ReconcileError> {
-        let invalid = matches!(e.kind(), ErrorKind::InvalidCsr | ErrorKind::InvalidRequest);
+        let invalid = e.wire().request_at_fault;
         let message = format!("{e}");
         let now = self.now_rfc3339();
         self.write(cr, |st, conds| {
@@ -807,11 +809,6 @@ impl IssuerController {
         lock(&self.failures).remove(uid);
     }
 }
-
-/// Errors worth retrying: the backend or signet, not the request.
-/// The longest the controller waits for one signing before counting it a
-/// `timeout` and trying again later with backoff.
-const CONTROLLER_DEADLINE: Duration = Duration::from_secs(120);
 
 /// The issuer a request names, if it is one of ours and not finished
 /// (finished requests are never touched again).

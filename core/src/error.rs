@@ -20,6 +20,13 @@ pub enum SignError {
         reason: &'static str,
         message: String,
     },
+    /// The request broke a rule of the transport that carried it (too big,
+    /// too slow, wrong media type, no such endpoint).
+    #[error("{message}")]
+    Transport {
+        fault: TransportFault,
+        message: String,
+    },
     #[error(transparent)]
     InvalidCsr(#[from] CsrError),
     /// No valid credentials. The message is safe to show to the caller.
@@ -47,6 +54,30 @@ pub enum SignError {
     NotReady(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// How a request broke its transport's rules: each has its own answer on
+/// the wire (HTTP 413, 408, 415, 404, 405), all of kind `invalid_request`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportFault {
+    BodyTooLarge,
+    BodyTooSlow,
+    UnsupportedMediaType,
+    NotFound,
+    MethodNotAllowed,
+}
+
+impl TransportFault {
+    pub fn reason(self) -> &'static str {
+        match self {
+            TransportFault::BodyTooLarge => "body_too_large",
+            TransportFault::BodyTooSlow => "body_too_slow",
+            TransportFault::UnsupportedMediaType => "unsupported_media_type",
+            TransportFault::NotFound => "not_found",
+            TransportFault::MethodNotAllowed => "method_not_allowed",
+        }
+    }
 }
 
 /// The stable classification of a [`SignError`].
@@ -110,10 +141,39 @@ impl ErrorKind {
     }
 }
 
+/// A gRPC status code, numbered as every gRPC implementation numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum GrpcCode {
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    Internal = 13,
+    Unavailable = 14,
+    Unauthenticated = 16,
+}
+
+/// One error as each front-end says it ([`SignError::wire`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wire {
+    /// REST's HTTP status.
+    pub http_status: u16,
+    /// The Istio CA service's status code.
+    pub grpc: GrpcCode,
+    /// The reason of a Kubernetes CSR's `Failed` condition.
+    pub csr_failed_reason: &'static str,
+    /// The request itself is at fault and will never succeed as sent:
+    /// cert-manager's `InvalidRequest` condition.
+    pub request_at_fault: bool,
+}
+
 impl SignError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            SignError::InvalidRequest { .. } => ErrorKind::InvalidRequest,
+            SignError::InvalidRequest { .. } | SignError::Transport { .. } => {
+                ErrorKind::InvalidRequest
+            }
             SignError::InvalidCsr(_) => ErrorKind::InvalidCsr,
             SignError::Unauthenticated(_) => ErrorKind::Unauthenticated,
             SignError::PolicyDenied(_) => ErrorKind::PolicyDenied,
@@ -133,9 +193,70 @@ impl SignError {
     pub fn reason(&self) -> Option<&'static str> {
         match self {
             SignError::InvalidRequest { reason, .. } => Some(reason),
+            SignError::Transport { fault, .. } => Some(fault.reason()),
             SignError::InvalidCsr(e) => Some(e.reason()),
             SignError::PolicyDenied(e) => Some(e.reason()),
             _ => None,
+        }
+    }
+
+    pub fn transport(fault: TransportFault, message: impl Into<String>) -> Self {
+        SignError::Transport {
+            fault,
+            message: message.into(),
+        }
+    }
+
+    /// How this error is said on every wire signet speaks: the one table.
+    pub fn wire(&self) -> Wire {
+        use GrpcCode as G;
+        let (http_status, grpc) = match self.kind() {
+            ErrorKind::InvalidRequest => {
+                let http = match self {
+                    SignError::Transport { fault, .. } => match fault {
+                        TransportFault::BodyTooLarge => 413,
+                        TransportFault::BodyTooSlow => 408,
+                        TransportFault::UnsupportedMediaType => 415,
+                        TransportFault::NotFound => 404,
+                        TransportFault::MethodNotAllowed => 405,
+                    },
+                    _ => 400,
+                };
+                (http, G::InvalidArgument)
+            }
+            ErrorKind::InvalidCsr => (400, G::InvalidArgument),
+            ErrorKind::Unauthenticated => (401, G::Unauthenticated),
+            // istiod answers a TTL it will not grant with INVALID_ARGUMENT;
+            // istio-agent treats both codes as final.
+            ErrorKind::PolicyDenied => match self {
+                SignError::PolicyDenied(PolicyError::TtlTooShort { .. }) => {
+                    (403, G::InvalidArgument)
+                }
+                _ => (403, G::PermissionDenied),
+            },
+            // istio-agent retries UNAVAILABLE, DEADLINE_EXCEEDED and
+            // RESOURCE_EXHAUSTED: every "try again later" lands there.
+            ErrorKind::RateLimited => (429, G::ResourceExhausted),
+            ErrorKind::Timeout => (503, G::DeadlineExceeded),
+            ErrorKind::Overloaded | ErrorKind::BackendUnavailable | ErrorKind::NotReady => {
+                (503, G::Unavailable)
+            }
+            ErrorKind::BackendRejected | ErrorKind::BadChain => (502, G::Internal),
+            ErrorKind::Internal => (500, G::Internal),
+        };
+        let csr_failed_reason = match self.kind() {
+            ErrorKind::InvalidCsr | ErrorKind::InvalidRequest => "SignetInvalidRequest",
+            ErrorKind::PolicyDenied => "SignetPolicyDenied",
+            _ => "SignetSigningFailed",
+        };
+        Wire {
+            http_status,
+            grpc,
+            csr_failed_reason,
+            request_at_fault: matches!(
+                self.kind(),
+                ErrorKind::InvalidCsr | ErrorKind::InvalidRequest
+            ),
         }
     }
 
@@ -157,5 +278,58 @@ impl SignError {
             SignError::NotReady(_) => "the authority is not ready".to_owned(),
             other => other.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::duration::HumanDuration;
+
+    /// The table, row by row: what each wire says for each error.
+    #[test]
+    fn every_error_has_one_answer_per_wire() {
+        let ttl = |requested, min| {
+            SignError::PolicyDenied(PolicyError::TtlTooShort {
+                requested: HumanDuration::from_secs(requested),
+                min: HumanDuration::from_secs(min),
+            })
+        };
+        #[rustfmt::skip]
+        let rows: Vec<(SignError, u16, GrpcCode, &str, bool)> = vec![
+            (SignError::invalid_request("bad_ttl", "x"), 400, GrpcCode::InvalidArgument, "SignetInvalidRequest", true),
+            (SignError::transport(TransportFault::BodyTooLarge, "x"), 413, GrpcCode::InvalidArgument, "SignetInvalidRequest", true),
+            (SignError::transport(TransportFault::BodyTooSlow, "x"), 408, GrpcCode::InvalidArgument, "SignetInvalidRequest", true),
+            (SignError::transport(TransportFault::UnsupportedMediaType, "x"), 415, GrpcCode::InvalidArgument, "SignetInvalidRequest", true),
+            (SignError::transport(TransportFault::NotFound, "x"), 404, GrpcCode::InvalidArgument, "SignetInvalidRequest", true),
+            (SignError::transport(TransportFault::MethodNotAllowed, "x"), 405, GrpcCode::InvalidArgument, "SignetInvalidRequest", true),
+            (SignError::Unauthenticated("x".into()), 401, GrpcCode::Unauthenticated, "SignetSigningFailed", false),
+            (SignError::PolicyDenied(PolicyError::CaRequested), 403, GrpcCode::PermissionDenied, "SignetPolicyDenied", false),
+            (ttl(60, 300), 403, GrpcCode::InvalidArgument, "SignetPolicyDenied", false),
+            (SignError::RateLimited { retry_after: None }, 429, GrpcCode::ResourceExhausted, "SignetSigningFailed", false),
+            (SignError::Overloaded, 503, GrpcCode::Unavailable, "SignetSigningFailed", false),
+            (SignError::Timeout, 503, GrpcCode::DeadlineExceeded, "SignetSigningFailed", false),
+            (SignError::BackendUnavailable("x".into()), 503, GrpcCode::Unavailable, "SignetSigningFailed", false),
+            (SignError::NotReady("x".into()), 503, GrpcCode::Unavailable, "SignetSigningFailed", false),
+            (SignError::BackendRejected("x".into()), 502, GrpcCode::Internal, "SignetSigningFailed", false),
+            (SignError::Internal("x".into()), 500, GrpcCode::Internal, "SignetSigningFailed", false),
+        ];
+        for (e, http, grpc, csr, at_fault) in rows {
+            let w = e.wire();
+            assert_eq!(
+                (
+                    w.http_status,
+                    w.grpc,
+                    w.csr_failed_reason,
+                    w.request_at_fault
+                ),
+                (http, grpc, csr, at_fault),
+                "{e:?}"
+            );
+        }
+        assert_eq!(
+            SignError::transport(TransportFault::BodyTooLarge, "x").reason(),
+            Some("body_too_large")
+        );
     }
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use signet_core::caller::{AuthMethod, Caller, PeerInfo, Principal};
 use signet_core::envelope::{Envelope, Handled};
-use signet_core::error::{ErrorKind, SignError};
+use signet_core::error::SignError;
 use signet_core::metrics::Metrics;
-use signet_core::policy::{Grant, IssuanceRequest, PolicyError, Profile, TtlOverflow};
+use signet_core::policy::{Grant, IssuanceRequest, Profile, TtlOverflow};
 use signet_core::spiffe::SpiffeId;
 use signet_core::{Authority, VerifiedCsr};
 use tonic::{Request, Response, Status};
@@ -31,27 +31,12 @@ const FRONTEND: &str = "istio";
 pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 
-/// The one mapping from pipeline errors to gRPC status codes. istio-agent
-/// retries UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED, so every
-/// "try again later" lands there; bad input is never INTERNAL.
+/// A pipeline error as a gRPC status, by the one table ([`SignError::wire`]).
 pub fn to_status(e: &SignError) -> Status {
-    let msg = e.public_message();
-    match e.kind() {
-        ErrorKind::InvalidRequest | ErrorKind::InvalidCsr => Status::invalid_argument(msg),
-        ErrorKind::PolicyDenied => match e {
-            SignError::PolicyDenied(PolicyError::TtlTooShort { .. }) => {
-                Status::invalid_argument(msg)
-            }
-            _ => Status::permission_denied(msg),
-        },
-        ErrorKind::Unauthenticated => Status::unauthenticated(msg),
-        ErrorKind::RateLimited => Status::resource_exhausted(msg),
-        ErrorKind::Timeout => Status::deadline_exceeded(msg),
-        ErrorKind::Overloaded | ErrorKind::BackendUnavailable | ErrorKind::NotReady => {
-            Status::unavailable(msg)
-        }
-        _ => Status::internal(msg),
-    }
+    Status::new(
+        tonic::Code::from_i32(e.wire().grpc as i32),
+        e.public_message(),
+    )
 }
 
 /// Set by the service when a request reached it, i.e. its message decoded.

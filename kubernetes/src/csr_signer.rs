@@ -20,7 +20,6 @@ use kube::{Api, Client, ResourceExt as _};
 use serde::Deserialize;
 use signet_core::caller::{AuthMethod, Caller, Principal};
 use signet_core::envelope::{Envelope, Handled};
-use signet_core::error::ErrorKind;
 use signet_core::metrics::Metrics;
 use signet_core::names::SanPattern;
 use signet_core::policy::{Grant, IssuanceRequest, Profile, TtlOverflow};
@@ -67,10 +66,6 @@ pub struct CsrSigner {
     finished: signet_core::once::Finished,
     envelope: Envelope,
 }
-
-/// The longest a controller waits for one signing before counting it a
-/// `timeout` and trying again later.
-pub const CONTROLLER_DEADLINE: Duration = Duration::from_secs(120);
 
 impl CsrSigner {
     pub fn new(
@@ -300,11 +295,7 @@ impl CsrSigner {
             return Ok(Action::await_change());
         }
         let name = csr.name_any();
-        let reason = match e.kind() {
-            ErrorKind::InvalidCsr => "SignetInvalidRequest",
-            ErrorKind::PolicyDenied => "SignetPolicyDenied",
-            _ => "SignetSigningFailed",
-        };
+        let reason = e.wire().csr_failed_reason;
         tracing::info!(csr = %name, reason, error = %e, "kubernetes CSR refused");
         let mut updated = csr.clone();
         let status = updated.status.get_or_insert_with(Default::default);

@@ -25,7 +25,7 @@ use signet_core::clock::rfc3339;
 use signet_core::crypto::{constant_time_eq, sha256};
 use signet_core::duration::HumanDuration;
 use signet_core::envelope::{Envelope, Handled};
-use signet_core::error::{ErrorKind, SignError};
+use signet_core::error::{ErrorKind, SignError, TransportFault};
 use signet_core::metrics::Metrics;
 use signet_core::policy::{Grant, IssuanceRequest, PolicyError, Profile, TtlOverflow};
 use signet_core::{Authority, VerifiedCsr};
@@ -56,28 +56,9 @@ struct ErrorDetail<'a> {
 }
 
 impl ApiError {
-    /// The one mapping from error kinds to HTTP statuses.
+    /// The HTTP status, by the one table ([`SignError::wire`]).
     pub fn status(&self) -> StatusCode {
-        match self.0.kind() {
-            ErrorKind::InvalidRequest => match self.0.reason() {
-                Some("body_too_large") => StatusCode::PAYLOAD_TOO_LARGE,
-                Some("body_too_slow") => StatusCode::REQUEST_TIMEOUT,
-                Some("unsupported_media_type") => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                Some("not_found") => StatusCode::NOT_FOUND,
-                Some("method_not_allowed") => StatusCode::METHOD_NOT_ALLOWED,
-                _ => StatusCode::BAD_REQUEST,
-            },
-            ErrorKind::InvalidCsr => StatusCode::BAD_REQUEST,
-            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ErrorKind::PolicyDenied => StatusCode::FORBIDDEN,
-            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ErrorKind::Overloaded
-            | ErrorKind::Timeout
-            | ErrorKind::BackendUnavailable
-            | ErrorKind::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::BackendRejected | ErrorKind::BadChain => StatusCode::BAD_GATEWAY,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        StatusCode::from_u16(self.0.wire().http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 }
 
@@ -388,8 +369,8 @@ async fn sign_for(
     let bytes: Bytes = tokio::time::timeout(rest.request_timeout / 2, read)
         .await
         .map_err(|_| {
-            SignError::invalid_request(
-                "body_too_slow",
+            SignError::transport(
+                TransportFault::BodyTooSlow,
                 format!(
                     "the request body did not arrive within {}",
                     HumanDuration::from(rest.request_timeout / 2)
@@ -401,8 +382,8 @@ async fn sign_for(
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
                 || e.to_string().contains("length limit");
             if too_large {
-                SignError::invalid_request(
-                    "body_too_large",
+                SignError::transport(
+                    TransportFault::BodyTooLarge,
                     format!("request body exceeds {} bytes", rest.max_body_bytes),
                 )
             } else {
@@ -436,8 +417,8 @@ pub fn check_content_type(headers: &HeaderMap) -> Result<(), SignError> {
     if is_json {
         Ok(())
     } else {
-        Err(SignError::invalid_request(
-            "unsupported_media_type",
+        Err(SignError::transport(
+            TransportFault::UnsupportedMediaType,
             "Content-Type must be application/json",
         ))
     }
@@ -525,12 +506,16 @@ async fn metrics(State(rest): State<Arc<Rest>>) -> Response {
 }
 
 async fn not_found() -> Response {
-    ApiError(SignError::invalid_request("not_found", "no such endpoint")).into_response()
+    ApiError(SignError::transport(
+        TransportFault::NotFound,
+        "no such endpoint",
+    ))
+    .into_response()
 }
 
 async fn method_not_allowed() -> Response {
-    ApiError(SignError::invalid_request(
-        "method_not_allowed",
+    ApiError(SignError::transport(
+        TransportFault::MethodNotAllowed,
         "method not allowed on this endpoint",
     ))
     .into_response()
