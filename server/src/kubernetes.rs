@@ -91,7 +91,8 @@ pub async fn start(
             c.clone(),
             authorities[&c.authority].clone(),
             elector.subscribe(),
-        );
+        )
+        .with_metrics(metrics.clone());
         tasks.push(tokio::spawn(keeper.run()));
         tracing::info!(secret = %c.secret, names = ?c.dns_names(), "istiod serving certificate keeper started");
     }

@@ -12,9 +12,12 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use serde::Deserialize;
 use signet_core::Authority;
+use signet_core::envelope::{Envelope, Handled};
+use signet_core::metrics::Metrics;
 use tokio::sync::watch;
 
-use signet_kubernetes::kube_err;
+use signet_core::worker::{Backoff, Next, Worker};
+use signet_kubernetes::{CONTROLLER_DEADLINE, kube_err};
 
 fn default_istiod_secret() -> String {
     "istiod-tls".to_owned()
@@ -64,6 +67,7 @@ pub struct IstiodTlsKeeper {
     config: IstiodTlsConfig,
     authority: Arc<Authority>,
     leader: watch::Receiver<bool>,
+    envelope: Envelope,
 }
 
 impl IstiodTlsKeeper {
@@ -76,9 +80,26 @@ impl IstiodTlsKeeper {
         Self {
             client,
             config,
+            envelope: Self::envelope(&authority, Metrics::default()),
             authority,
             leader,
         }
+    }
+
+    fn envelope(authority: &Authority, metrics: Metrics) -> Envelope {
+        Envelope::new(
+            "istiod_tls",
+            authority.name(),
+            None,
+            CONTROLLER_DEADLINE,
+            metrics,
+        )
+    }
+
+    /// Records request metrics (`frontend="istiod_tls"`) in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.envelope = Self::envelope(&self.authority, metrics);
+        self
     }
 
     fn due(&self, secret: &Secret) -> bool {
@@ -117,10 +138,17 @@ impl IstiodTlsKeeper {
             .map(|n| signet_core::names::DnsName::new(n).map(signet_core::names::San::Dns))
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?;
-        let (key, chain) =
-            signet_core::mint::issue_own_server_cert(&self.authority, "istiod-tls", &names)
-                .await
-                .map_err(|e| e.to_string())?;
+        let (key, chain) = self
+            .envelope
+            .serve(&self.config.secret, async {
+                Handled::by(
+                    "istiod-tls",
+                    signet_core::mint::issue_own_server_cert(&self.authority, "istiod-tls", &names)
+                        .await,
+                )
+            })
+            .await
+            .map_err(|e| e.to_string())?;
         if !*self.leader.borrow() {
             return Ok(false);
         }
@@ -161,21 +189,15 @@ impl IstiodTlsKeeper {
         result.map(|_| true).map_err(kube_err)
     }
 
+    /// Looks at the Secret every minute, and whenever leadership changes,
+    /// until the leadership channel closes.
     pub async fn run(self) {
-        let mut leader = self.leader.clone();
-        loop {
-            let wait = match self.reconcile_once().await {
-                Ok(_) => Duration::from_secs(60),
-                Err(e) => {
-                    tracing::warn!(error = %e, "istiod serving certificate not reconciled");
-                    Duration::from_secs(5)
-                }
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                r = leader.changed() => if r.is_err() { return },
-            }
-        }
+        const PERIOD: Duration = Duration::from_secs(60);
+        Worker::new("istiod serving certificate keeper")
+            .backoff(Backoff::new(Duration::from_secs(5), PERIOD))
+            .wake_on(self.leader.clone())
+            .run(|| async { self.reconcile_once().await.map(|_| Next::In(PERIOD)) })
+            .await;
     }
 }
 
