@@ -34,6 +34,26 @@ pub mod openssl;
 pub mod process;
 pub mod secrets;
 
+/// Polls `f` every 50 ms until it yields a value; panics naming `what`
+/// when `within` has passed (what a controller converges to, not how fast).
+pub async fn eventually<T>(
+    what: &str,
+    within: std::time::Duration,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?}: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// An independent Istio CA client, generated from the test suite's own proto.
 #[allow(
     missing_docs,

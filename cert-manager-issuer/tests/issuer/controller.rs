@@ -25,6 +25,7 @@ use signet_core::spiffe::TrustDomain;
 use signet_core::testing::{CaSigner, Fault};
 use signet_core::{Signer, SystemClock, pem};
 use signet_tests::cluster::Cluster;
+use signet_tests::eventually;
 use signet_tests::openssl;
 use tokio::sync::watch;
 
@@ -210,7 +211,7 @@ async fn create(c: &Client, cr: Value) {
 /// re-reading on conflict).
 /// Waits until the controller has recorded that signing `name` started.
 async fn request_id_recorded(c: &Client, name: &str) -> String {
-    eventually("the request ID recorded", async || {
+    eventually("the request ID recorded", WITHIN, async || {
         get(c, name)
             .await
             .annotations()
@@ -278,25 +279,18 @@ fn ready(cr: &CertificateRequest) -> Option<(String, String)> {
         .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
 }
 
-async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+/// How long a controller has to converge in these tests.
+const WITHIN: Duration = Duration::from_secs(15);
 
 async fn wait_reason(c: &Client, name: &str, reason: &str) -> CertificateRequest {
-    eventually(&format!("{name} Ready reason {reason}"), async || {
-        let cr = get(c, name).await;
-        (ready(&cr).map(|r| r.1) == Some(reason.to_owned())).then_some(cr)
-    })
+    eventually(
+        &format!("{name} Ready reason {reason}"),
+        WITHIN,
+        async || {
+            let cr = get(c, name).await;
+            (ready(&cr).map(|r| r.1) == Some(reason.to_owned())).then_some(cr)
+        },
+    )
     .await
 }
 
@@ -340,10 +334,14 @@ async fn wait_issuer(
     name: &str,
     status: &str,
 ) -> (String, String, String) {
-    eventually(&format!("issuer {name} Ready={status}"), async || {
-        let r = issuer_ready(c, ns, name).await;
-        (r.0 == status).then_some(r)
-    })
+    eventually(
+        &format!("issuer {name} Ready={status}"),
+        WITHIN,
+        async || {
+            let r = issuer_ready(c, ns, name).await;
+            (r.0 == status).then_some(r)
+        },
+    )
     .await
 }
 
@@ -491,7 +489,7 @@ async fn transient_failures_stay_pending_then_succeed(cluster: Cluster) {
     wait_issuer(&c, Some("apps"), "test", "True").await;
     up.set_fault(Fault::Unavailable, u32::MAX);
     file_approved(&c, "flaky", "test", "f.example").await;
-    let cr = eventually("a failed attempt reported as Pending", async || {
+    let cr = eventually("a failed attempt reported as Pending", WITHIN, async || {
         let cr = get(&c, "flaky").await;
         cr.condition("Ready")
             .is_some_and(|r| r.message.as_deref().unwrap_or("").contains("will retry"))
@@ -819,7 +817,7 @@ async fn cluster_and_namespaced_issuers_read_secrets_from_their_own_namespaces(c
     // A request naming a missing issuer waits (Pending), it does not fail.
     file_approved(&c, "nobody", "missing", "y.example").await;
     // Pending first for want of approval, then for want of the issuer.
-    eventually("nobody Pending for a missing issuer", async || {
+    eventually("nobody Pending for a missing issuer", WITHIN, async || {
         let cr = get(&c, "nobody").await;
         let cond = cr.condition("Ready")?;
         let message = cond.message.clone().unwrap_or_default();
@@ -857,7 +855,7 @@ async fn issuer_readiness_follows_its_secrets(cluster: Cluster) {
     let second = root("second");
     ca_secret(&env.cluster, "apps", "late-ca", &second).await;
     let expected = pem::encode("CERTIFICATE", second.certificate());
-    eventually("requests signed by the rotated CA", async || {
+    eventually("requests signed by the rotated CA", WITHIN, async || {
         let name = format!("r{}", rand_suffix());
         file_approved(&c, &name, "later", "two.example").await;
         let cr = wait_reason(&c, &name, "Issued").await;
@@ -936,7 +934,7 @@ async fn the_issuer_rate_limit_delays_but_does_not_fail(cluster: Cluster) {
         file_approved(&c, n, "slow", "b.example").await;
     }
     for n in &names {
-        let cr = eventually(&format!("{n} issued"), async || {
+        let cr = eventually(&format!("{n} issued"), WITHIN, async || {
             let cr = get(&c, n).await;
             assert_ne!(ready(&cr).map(|r| r.1).as_deref(), Some("Failed"), "{n}");
             (ready(&cr).map(|r| r.1).as_deref() == Some("Issued")).then_some(cr)
@@ -1029,7 +1027,7 @@ async fn a_delegated_issuer_signs_with_its_own_intermediate_and_stops_when_delet
         .delete("deleg", &Default::default())
         .await
         .unwrap();
-    eventually("the deleted issuer stopped", async || {
+    eventually("the deleted issuer stopped", WITHIN, async || {
         (Arc::strong_count(&up) == 2).then_some(())
     })
     .await;

@@ -26,6 +26,7 @@ use signet_istio::cacerts::{Cacerts, CacertsConfig, Layout, validate};
 use signet_istio::k8s::{CacertsKeeper, RootDistributionConfig, RootDistributor};
 use signet_kubernetes::csr_signer::{CsrSigner, CsrSignerConfig};
 use signet_tests::cluster::Cluster;
+use signet_tests::eventually;
 use signet_tests::kube_fake::KubeFake;
 use tokio::sync::watch;
 
@@ -99,19 +100,8 @@ async fn approve(api: &Api<CertificateSigningRequest>, name: &str, decision: &st
         .unwrap();
 }
 
-async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+/// How long a controller has to converge in these tests.
+const WITHIN: Duration = Duration::from_secs(10);
 
 fn csr_config(include_root: bool) -> CsrSignerConfig {
     CsrSignerConfig {
@@ -204,7 +194,7 @@ async fn the_csr_signer_signs_only_what_it_should(cluster: Cluster) {
     )
     .await;
     approve(&api, "good", "Approved").await;
-    let cert = eventually("certificate", async || {
+    let cert = eventually("certificate", WITHIN, async || {
         api.get("good")
             .await
             .unwrap()
@@ -309,7 +299,7 @@ async fn the_csr_signer_signs_only_what_it_should(cluster: Cluster) {
     .await;
     approve(&api, "nested", "Approved").await;
     for name in ["foreign", "stranger", "nested"] {
-        let cond = eventually("Failed condition", async || {
+        let cond = eventually("Failed condition", WITHIN, async || {
             let s = api.get(name).await.unwrap().status?;
             s.conditions?.into_iter().find(|c| c.type_ == "Failed")
         })
@@ -328,7 +318,7 @@ async fn the_csr_signer_signs_only_what_it_should(cluster: Cluster) {
 
     // Approving the pending one later gets it signed.
     approve(&api, "pending", "Approved").await;
-    eventually("pending signed", async || {
+    eventually("pending signed", WITHIN, async || {
         api.get("pending")
             .await
             .unwrap()
@@ -368,7 +358,7 @@ async fn conflicts_are_retried_without_signing_twice() {
     let (_tx, leader) = watch::channel(true);
     fake.inject_conflicts(3);
     start_csr_signer(c, csr_config(false), &up, leader);
-    let cert = eventually("certificate", async || {
+    let cert = eventually("certificate", WITHIN, async || {
         api.get("r")
             .await
             .unwrap()
@@ -474,7 +464,7 @@ async fn a_conflict_storm_and_dropped_watches_lose_nothing_and_sign_once() {
     }
     for n in 0..45 {
         let name = format!("storm-{n}");
-        let cert = eventually(&name, async || {
+        let cert = eventually(&name, WITHIN, async || {
             api.get(&name)
                 .await
                 .unwrap()
@@ -527,7 +517,7 @@ async fn followers_do_not_write_and_a_new_leader_catches_up(cluster: Cluster) {
     );
     assert_eq!(up.calls(), 0);
     tx.send(true).unwrap();
-    eventually("certificate after gaining leadership", async || {
+    eventually("certificate after gaining leadership", WITHIN, async || {
         api.get("r")
             .await
             .unwrap()
@@ -827,7 +817,10 @@ async fn root_configmaps_follow_namespaces_and_bundle_changes(cluster: Cluster) 
             .await
             .map(|cm| cm["data"]["root-cert.pem"].as_str().unwrap().to_owned())
     };
-    let pem1 = eventually("configmap in default", async || root_of("default").await).await;
+    let pem1 = eventually("configmap in default", WITHIN, async || {
+        root_of("default").await
+    })
+    .await;
     assert_eq!(pem1, first.ca().trust_bundle().to_pem());
     let cm = cluster
         .get("v1", "configmaps", "default", "istio-ca-root-cert")
@@ -838,7 +831,7 @@ async fn root_configmaps_follow_namespaces_and_bundle_changes(cluster: Cluster) 
     cluster
         .add_namespace("shop", json!({ "istio-injection": "enabled" }))
         .await;
-    eventually("configmap in a new namespace", async || {
+    eventually("configmap in a new namespace", WITHIN, async || {
         root_of("shop").await
     })
     .await;
@@ -848,7 +841,7 @@ async fn root_configmaps_follow_namespaces_and_bundle_changes(cluster: Cluster) 
     backend.current.store(second.clone());
     let want = second.ca().trust_bundle().to_pem();
     for ns in ["default", "shop"] {
-        eventually("updated configmap", async || {
+        eventually("updated configmap", WITHIN, async || {
             root_of(ns).await.filter(|p| *p == want)
         })
         .await;

@@ -9,7 +9,7 @@
 //! written as cert-manager's approver writes it.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use kube::api::PostParams;
@@ -20,6 +20,7 @@ use signet_core::key::{KeyAlgorithm, PrivateKey};
 use signet_core::names::{DnsName, San};
 use signet_core::pem;
 use signet_tests::control_plane::ControlPlane;
+use signet_tests::eventually;
 use signet_tests::openssl;
 use signet_tests::process::Signet;
 
@@ -45,19 +46,8 @@ frontends:
     .unwrap()
 }
 
-async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// How long a controller has to converge in these tests.
+const WITHIN: Duration = Duration::from_secs(30);
 
 async fn create_dynamic(c: &Client, v: Value) {
     let name = format!("{} {}", v["kind"], v["metadata"]["name"]);
@@ -225,13 +215,13 @@ async fn signet_issuer_signs_approved_certificate_requests_on_a_real_api_server(
         .await
         .unwrap_or_else(|e| panic!("the API server refused the CertificateRequest: {e}"));
     }
-    eventually("pending is Pending", async || {
+    eventually("pending is Pending", WITHIN, async || {
         (ready_reason(&admin, "pending").await.as_deref() == Some("Pending")).then_some(())
     })
     .await;
     decide(&admin, "web", "Approved").await;
     decide(&admin, "denied", "Denied").await;
-    let cr = eventually("web Issued", async || {
+    let cr = eventually("web Issued", WITHIN, async || {
         let cr = api.get("web").await.ok()?;
         (cr.condition("Ready")?.reason.as_deref() == Some("Issued")).then_some(cr)
     })
@@ -242,7 +232,7 @@ async fn signet_issuer_signs_approved_certificate_requests_on_a_real_api_server(
     std::fs::write(&ca, B64.decode(status.ca.expect("status.ca")).unwrap()).unwrap();
     openssl::verify(&ca, Some(&leaf), &leaf, Some("sslserver")).unwrap();
     assert!(openssl::text(&leaf).contains("DNS:web.apps.svc"));
-    eventually("denied is Denied", async || {
+    eventually("denied is Denied", WITHIN, async || {
         (ready_reason(&admin, "denied").await.as_deref() == Some("Denied")).then_some(())
     })
     .await;

@@ -21,6 +21,7 @@ use kube::api::DeleteParams;
 use kube::{Api, Client};
 use serde_json::json;
 use signet_tests::control_plane::ControlPlane;
+use signet_tests::eventually;
 use signet_tests::openssl;
 use signet_tests::process::Signet;
 
@@ -118,19 +119,8 @@ fn start_istiod_blocking(
     }
 }
 
-async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+/// How long a controller has to converge in these tests.
+const WITHIN: Duration = Duration::from_secs(60);
 
 /// What a kubelet does with a Secret volume: its keys as files in `dir`.
 fn mount_secret(s: &Secret, dir: &Path) {
@@ -212,7 +202,7 @@ async fn istiod_plug_in_ca_reads_the_cacerts_signet_keeps_and_takes_a_rotation()
     let signet = Signet::start(&bin(), &["serve", "--config", config.to_str().unwrap()])
         .expect("signet starts");
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), "istio-system");
-    let cacerts = eventually("cacerts", async || {
+    let cacerts = eventually("cacerts", WITHIN, async || {
         secrets.get_opt("cacerts").await.unwrap()
     })
     .await;
@@ -238,7 +228,7 @@ async fn istiod_plug_in_ca_reads_the_cacerts_signet_keeps_and_takes_a_rotation()
     );
 
     // istiod distributes signet's root as istio-ca-root-cert.
-    let cm = eventually("istio-ca-root-cert", async || {
+    let cm = eventually("istio-ca-root-cert", WITHIN, async || {
         Api::<ConfigMap>::namespaced(admin.clone(), "default")
             .get_opt("istio-ca-root-cert")
             .await
@@ -253,7 +243,7 @@ async fn istiod_plug_in_ca_reads_the_cacerts_signet_keeps_and_takes_a_rotation()
     // signet's istio-ca-root-cert is istiod's: the two writers agree on one
     // object (it stops changing) with the same data.
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "shared");
-    eventually("istio-ca-root-cert in shared", async || {
+    eventually("istio-ca-root-cert in shared", WITHIN, async || {
         cms.get_opt("istio-ca-root-cert").await.unwrap()
     })
     .await;
@@ -281,7 +271,7 @@ async fn istiod_plug_in_ca_reads_the_cacerts_signet_keeps_and_takes_a_rotation()
         .delete("cacerts", &DeleteParams::default())
         .await
         .unwrap();
-    let rotated = eventually("new cacerts", async || {
+    let rotated = eventually("new cacerts", WITHIN, async || {
         let s = secrets.get_opt("cacerts").await.unwrap()?;
         let ca = s.data.as_ref()?.get("ca-cert.pem")?.0.clone();
         (signet_core::pem::certificates(&ca).ok()?[0] != old_intermediate).then_some(s)
@@ -289,11 +279,15 @@ async fn istiod_plug_in_ca_reads_the_cacerts_signet_keeps_and_takes_a_rotation()
     .await;
     mount_secret(&rotated, &istiod_dir.join("etc/cacerts"));
     let second = d.join("second");
-    let new_intermediate = eventually("istiod issues from the new intermediate", async || {
-        agent_client(&istiod.secure_grpc, &root, &t, "default", "demo", &second).ok()?;
-        let i = issuer_of(&second.join("cert-chain.pem"));
-        (i != old_intermediate).then_some(i)
-    })
+    let new_intermediate = eventually(
+        "istiod issues from the new intermediate",
+        WITHIN,
+        async || {
+            agent_client(&istiod.secure_grpc, &root, &t, "default", "demo", &second).ok()?;
+            let i = issuer_of(&second.join("cert-chain.pem"));
+            (i != old_intermediate).then_some(i)
+        },
+    )
     .await;
     assert_ne!(new_intermediate, old_intermediate);
     let second_chain = second.join("cert-chain.pem");
@@ -323,7 +317,7 @@ async fn istiod_ra_mode_has_signet_sign_its_csrs_and_serves_with_signets_certifi
     let signet = Signet::start(&bin(), &["serve", "--config", config.to_str().unwrap()])
         .expect("signet starts");
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), "istio-system");
-    let tls = eventually("istiod-tls", async || {
+    let tls = eventually("istiod-tls", WITHIN, async || {
         secrets.get_opt("istiod-tls").await.unwrap()
     })
     .await;

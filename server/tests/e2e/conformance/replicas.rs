@@ -8,7 +8,7 @@
 //! killed and the other takes over; nothing is signed twice.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
@@ -21,6 +21,7 @@ use signet_core::key::{KeyAlgorithm, PrivateKey};
 use signet_core::names::San;
 use signet_core::pem;
 use signet_tests::control_plane::ControlPlane;
+use signet_tests::eventually;
 use signet_tests::openssl;
 use signet_tests::process::Signet;
 
@@ -49,19 +50,8 @@ frontends:
     .unwrap()
 }
 
-async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// How long a controller has to converge in these tests.
+const WITHIN: Duration = Duration::from_secs(30);
 
 /// Audit lines of leaves issued for the demo workload.
 fn demo_leaves(s: &Signet) -> usize {
@@ -188,7 +178,7 @@ async fn the_chart_rbac_runs_two_replicas_one_writer_with_failover() {
             .expect("signet starts")
     };
     let a = start("replica-a");
-    eventually("replica-a leads", async || {
+    eventually("replica-a leads", WITHIN, async || {
         (holder(&admin).await.as_deref() == Some("replica-a")).then_some(())
     })
     .await;
@@ -212,7 +202,7 @@ async fn the_chart_rbac_runs_two_replicas_one_writer_with_failover() {
     let istiod = client_from(&cp.kubeconfig_with_token("istiod", &istiod_token)).await;
     file_csr(&istiod, "first").await;
     approve(&admin, "first").await;
-    let cert = eventually("first CSR signed", async || {
+    let cert = eventually("first CSR signed", WITHIN, async || {
         certificate(&istiod, "first").await
     })
     .await;
@@ -220,21 +210,21 @@ async fn the_chart_rbac_runs_two_replicas_one_writer_with_failover() {
     std::fs::write(&leaf, &cert).unwrap();
     openssl::verify(&root_pem, Some(&d.join("ca.pem")), &leaf, None).unwrap();
     // The other writers, under the same RBAC.
-    eventually("istio-ca-root-cert", async || {
+    eventually("istio-ca-root-cert", WITHIN, async || {
         Api::<ConfigMap>::namespaced(admin.clone(), "mesh-apps")
             .get_opt("istio-ca-root-cert")
             .await
             .unwrap()
     })
     .await;
-    eventually("cacerts", async || {
+    eventually("cacerts", WITHIN, async || {
         Api::<Secret>::namespaced(admin.clone(), "istio-system")
             .get_opt("cacerts")
             .await
             .unwrap()
     })
     .await;
-    eventually("istiod-tls", async || {
+    eventually("istiod-tls", WITHIN, async || {
         Api::<Secret>::namespaced(admin.clone(), "istio-system")
             .get_opt("istiod-tls")
             .await
@@ -275,7 +265,7 @@ async fn the_chart_rbac_runs_two_replicas_one_writer_with_failover() {
     assert_eq!(audit_a, 1, "the first CSR was signed once: {:#?}", a.logs());
     // The leader is killed (no Lease release): the other takes over when it expires.
     drop(a);
-    eventually("replica-b leads", async || {
+    eventually("replica-b leads", WITHIN, async || {
         (holder(&admin).await.as_deref() == Some("replica-b")).then_some(())
     })
     .await;
@@ -287,7 +277,7 @@ async fn the_chart_rbac_runs_two_replicas_one_writer_with_failover() {
         .resource_version;
     file_csr(&istiod, "second").await;
     approve(&admin, "second").await;
-    eventually("second CSR signed", async || {
+    eventually("second CSR signed", WITHIN, async || {
         certificate(&istiod, "second").await
     })
     .await;
