@@ -21,10 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt as _};
 use serde::Deserialize;
@@ -296,22 +295,16 @@ impl IssuerController {
         K: IssuerObject,
     {
         let api: Api<K> = Api::all(self.client.clone());
-        Controller::new(api, watcher::Config::default())
-            .reconcile_all_on(signet_kubernetes::on_leadership(self.leader.clone()))
-            .run(
-                |obj, ctx: Arc<Self>| async move { ctx.reconcile_issuer(obj).await },
-                |_obj, e: &ReconcileError, _ctx| match e {
-                    ReconcileError::Conflict => Action::requeue(Duration::from_millis(200)),
-                    _ => Action::requeue(Duration::from_secs(5)),
-                },
-                self,
-            )
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "issuer reconcile");
-                }
-            })
-            .await;
+        let leadership = signet_kubernetes::on_leadership(self.leader.clone());
+        signet_kubernetes::run_controller(
+            "cert-manager issuers",
+            api,
+            watcher::Config::default(),
+            leadership,
+            self,
+            |obj, ctx| async move { ctx.reconcile_issuer(obj).await },
+        )
+        .await;
     }
 
     async fn reconcile_issuer<K: IssuerObject>(
@@ -496,22 +489,16 @@ impl IssuerController {
 
     async fn run_requests(self: Arc<Self>) {
         let api: Api<CertificateRequest> = Api::all(self.client.clone());
-        Controller::new(api, watcher::Config::default())
-            .reconcile_all_on(signet_kubernetes::on_leadership(self.leader.clone()))
-            .run(
-                |cr, ctx: Arc<Self>| async move { ctx.reconcile_request(cr).await },
-                |_cr, e: &ReconcileError, _ctx| match e {
-                    ReconcileError::Conflict => Action::requeue(Duration::from_millis(100)),
-                    _ => Action::requeue(Duration::from_secs(5)),
-                },
-                self,
-            )
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "certificaterequest reconcile");
-                }
-            })
-            .await;
+        let leadership = signet_kubernetes::on_leadership(self.leader.clone());
+        signet_kubernetes::run_controller(
+            "cert-manager certificaterequests",
+            api,
+            watcher::Config::default(),
+            leadership,
+            self,
+            |cr, ctx| async move { ctx.reconcile_request(cr).await },
+        )
+        .await;
     }
 
     async fn reconcile_request(

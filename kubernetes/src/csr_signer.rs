@@ -7,14 +7,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestCondition,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::PostParams;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt as _};
 use serde::Deserialize;
@@ -26,7 +25,9 @@ use signet_core::policy::{Grant, IssuanceRequest, Profile, TtlOverflow};
 use signet_core::{Authority, SignError, VerifiedCsr};
 use tokio::sync::watch;
 
-use crate::{ReconcileError, is_conflict, kube_err, on_leadership};
+use crate::{
+    CONTROLLER_DEADLINE, ReconcileError, is_conflict, kube_err, on_leadership, run_controller,
+};
 
 fn default_allowed_sans() -> Option<Vec<SanPattern>> {
     None
@@ -119,22 +120,16 @@ impl CsrSigner {
     /// Watches CSRs and reconciles them until the stream ends.
     pub async fn run(self: Arc<Self>) {
         let api: Api<CertificateSigningRequest> = Api::all(self.client.clone());
-        Controller::new(api, watcher::Config::default())
-            .reconcile_all_on(on_leadership(self.leader.clone()))
-            .run(
-                |csr, ctx: Arc<CsrSigner>| async move { ctx.reconcile(csr).await },
-                |_csr, e: &ReconcileError, _ctx| match e {
-                    ReconcileError::Conflict => Action::requeue(Duration::from_millis(100)),
-                    _ => Action::requeue(Duration::from_secs(5)),
-                },
-                self,
-            )
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "csr reconcile");
-                }
-            })
-            .await;
+        let leadership = on_leadership(self.leader.clone());
+        run_controller(
+            "csr signer",
+            api,
+            watcher::Config::default(),
+            leadership,
+            self,
+            |csr, ctx| async move { ctx.reconcile(csr).await },
+        )
+        .await;
     }
 
     async fn reconcile(

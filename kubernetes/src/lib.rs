@@ -8,13 +8,25 @@
 pub mod csr_signer;
 pub mod leader;
 
+use std::fmt::Debug;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use kube::api::PostParams;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Api, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
 /// The longest a controller (the CSR signer, the cert-manager issuer,
 /// istiod's TLS keeper) waits for one signing before counting it a
 /// `timeout` and trying again later.
-pub const CONTROLLER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
-
-use futures::StreamExt as _;
-use tokio::sync::watch;
+pub const CONTROLLER_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Why a reconcile did not finish (the controller retries it).
 #[derive(Debug, thiserror::Error)]
@@ -54,4 +66,70 @@ pub fn on_leadership(leader: watch::Receiver<bool>) -> impl futures::Stream<Item
     tokio_stream::wrappers::WatchStream::new(leader)
         .filter(|l| std::future::ready(*l))
         .map(|_| ())
+}
+
+/// Runs a kube-runtime controller for `K`, the one way signet does: every
+/// object is reconciled again each time `triggers` yields (leadership
+/// gained, a bundle changed); a lost write race is retried in 100 ms,
+/// any other failure in 5 s; failed reconciles are debug lines under
+/// `what` (the reconciler logs what matters).
+pub async fn run_controller<K, C, F, Fut>(
+    what: &'static str,
+    api: Api<K>,
+    watch: watcher::Config,
+    triggers: impl futures::Stream<Item = ()> + Send + 'static,
+    ctx: Arc<C>,
+    reconcile: F,
+) where
+    K: Clone + Resource + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Debug + Unpin,
+    C: Send + Sync + 'static,
+    F: FnMut(Arc<K>, Arc<C>) -> Fut,
+    Fut: Future<Output = Result<Action, ReconcileError>> + Send + 'static,
+{
+    Controller::new(api, watch)
+        .reconcile_all_on(triggers)
+        .run(
+            reconcile,
+            |_obj, e: &ReconcileError, _ctx| match e {
+                ReconcileError::Conflict => Action::requeue(Duration::from_millis(100)),
+                _ => Action::requeue(Duration::from_secs(5)),
+            },
+            ctx,
+        )
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(controller = what, error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+/// Writes what signet owns into object `name`: replaces `current` (the copy
+/// read before deciding, so a concurrent writer makes this a 409 conflict to
+/// re-read, never a lost update) or, when there was none, creates it in the
+/// API's namespace. `apply` sets signet's fields; its flag says the object
+/// is new (fields signet sets only on objects it creates, like a type).
+pub async fn upsert<K>(
+    api: &Api<K>,
+    name: &str,
+    current: Option<K>,
+    apply: impl FnOnce(&mut K, bool),
+) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + Default + Serialize + DeserializeOwned + Debug,
+{
+    match current {
+        Some(mut obj) => {
+            apply(&mut obj, false);
+            api.replace(name, &PostParams::default(), &obj).await
+        }
+        None => {
+            let mut obj = K::default();
+            obj.meta_mut().name = Some(name.to_owned());
+            obj.meta_mut().namespace = api.namespace().map(str::to_owned);
+            apply(&mut obj, true);
+            api.create(&PostParams::default(), &obj).await
+        }
+    }
 }

@@ -7,13 +7,11 @@ use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::PostParams;
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt as _};
 use tokio::sync::watch;
 
 use signet_core::worker::{Backoff, Next, Worker};
-use signet_kubernetes::{is_conflict, kube_err};
+use signet_kubernetes::{is_conflict, kube_err, upsert};
 
 use crate::cacerts::{Cacerts, Files, Plan};
 
@@ -77,34 +75,17 @@ impl CacertsKeeper {
             .into_iter()
             .map(|(k, v)| (k, ByteString(v)))
             .collect();
-        let result = match current {
-            Some(mut secret) => {
-                secret.data = Some(data);
-                secret.string_data = None;
-                api.replace(&cfg.secret, &PostParams::default(), &secret)
-                    .await
+        let result = upsert(&api, &cfg.secret, current, |secret, new| {
+            secret.data = Some(data);
+            secret.string_data = None;
+            if new {
+                secret
+                    .labels_mut()
+                    .insert("app.kubernetes.io/managed-by".into(), "signet".into());
+                secret.type_ = Some("Opaque".into());
             }
-            None => {
-                let secret = Secret {
-                    metadata: ObjectMeta {
-                        name: Some(cfg.secret.clone()),
-                        namespace: Some(cfg.namespace.clone()),
-                        labels: Some(
-                            [(
-                                "app.kubernetes.io/managed-by".to_owned(),
-                                "signet".to_owned(),
-                            )]
-                            .into(),
-                        ),
-                        ..ObjectMeta::default()
-                    },
-                    type_: Some("Opaque".into()),
-                    data: Some(data),
-                    ..Secret::default()
-                };
-                api.create(&PostParams::default(), &secret).await
-            }
-        };
+        })
+        .await;
         match result {
             Ok(_) => {
                 tracing::info!(namespace = %cfg.namespace, secret = %cfg.secret, "cacerts written");

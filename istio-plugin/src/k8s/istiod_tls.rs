@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::PostParams;
 use kube::{Api, Client};
 use serde::Deserialize;
 use signet_core::Authority;
@@ -17,7 +15,7 @@ use signet_core::metrics::Metrics;
 use tokio::sync::watch;
 
 use signet_core::worker::{Backoff, Next, Worker};
-use signet_kubernetes::{CONTROLLER_DEADLINE, kube_err};
+use signet_kubernetes::{CONTROLLER_DEADLINE, kube_err, upsert};
 
 fn default_istiod_secret() -> String {
     "istiod-tls".to_owned()
@@ -166,26 +164,13 @@ impl IstiodTlsKeeper {
             ),
         ]
         .into();
-        let result = match current {
-            Some(mut s) => {
-                s.data = Some(data);
-                api.replace(&self.config.secret, &PostParams::default(), &s)
-                    .await
+        let result = upsert(&api, &self.config.secret, current, |s, new| {
+            s.data = Some(data);
+            if new {
+                s.type_ = Some("kubernetes.io/tls".into());
             }
-            None => {
-                let s = Secret {
-                    metadata: ObjectMeta {
-                        name: Some(self.config.secret.clone()),
-                        namespace: Some(self.config.namespace.clone()),
-                        ..ObjectMeta::default()
-                    },
-                    type_: Some("kubernetes.io/tls".into()),
-                    data: Some(data),
-                    ..Secret::default()
-                };
-                api.create(&PostParams::default(), &s).await
-            }
-        };
+        })
+        .await;
         result.map(|_| true).map_err(kube_err)
     }
 

@@ -3,20 +3,19 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{ListParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::api::ListParams;
+use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt as _};
 use serde::Deserialize;
 use signet_core::Authority;
 use signet_core::duration::HumanDuration;
 use signet_core::worker::{self, Backoff, Worker};
-use signet_kubernetes::{ReconcileError, is_conflict, kube_err, on_change, on_leadership};
+use signet_kubernetes::{
+    ReconcileError, is_conflict, kube_err, on_change, on_leadership, run_controller, upsert,
+};
 use tokio::sync::watch;
 
 fn default_configmap() -> String {
@@ -103,24 +102,12 @@ impl RootDistributor {
             {
                 return Ok(Action::await_change());
             }
-            Some(mut cm) => {
-                cm.data = Some(data);
-                cm.labels_mut().extend(labels);
-                api.replace(&self.config.configmap, &PostParams::default(), &cm)
-                    .await
-            }
-            None => {
-                let cm = ConfigMap {
-                    metadata: ObjectMeta {
-                        name: Some(self.config.configmap.clone()),
-                        namespace: Some(ns_name.clone()),
-                        labels: Some(labels),
-                        ..ObjectMeta::default()
-                    },
-                    data: Some(data),
-                    ..ConfigMap::default()
-                };
-                api.create(&PostParams::default(), &cm).await
+            current => {
+                upsert(&api, &self.config.configmap, current, |cm, _| {
+                    cm.data = Some(data);
+                    cm.labels_mut().extend(labels);
+                })
+                .await
             }
         };
         match result {
@@ -151,18 +138,15 @@ impl RootDistributor {
         );
         let triggers =
             futures::stream::select(on_leadership(self.leader.clone()), on_change(bundles));
-        Controller::new(api, wc)
-            .reconcile_all_on(triggers)
-            .run(
-                |ns, ctx: Arc<RootDistributor>| async move { ctx.reconcile(ns).await },
-                |_ns, e: &ReconcileError, _ctx| match e {
-                    ReconcileError::Conflict => Action::requeue(Duration::from_millis(100)),
-                    _ => Action::requeue(Duration::from_secs(5)),
-                },
-                self,
-            )
-            .for_each(|_| async {})
-            .await;
+        run_controller(
+            "root certificate configmaps",
+            api,
+            wc,
+            triggers,
+            self,
+            |ns, ctx| async move { ctx.reconcile(ns).await },
+        )
+        .await;
     }
 
     /// Namespaces currently selected (for tests and `signet check`).
