@@ -155,46 +155,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         started.elapsed()
     );
 
-    let (origin, grpc_tls) = match args.target {
-        Target::SignetGrpc => {
-            let mut tls = ClientTlsConfig::new();
-            if let Some(ca) = &args.ca {
-                let pem = std::fs::read(ca).with_context(|| ca.display().to_string())?;
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
-            }
-            (None, Some(tls))
-        }
-        _ => {
-            let tls = match &args.ca {
-                Some(ca) => Some(client::tls_config(ca, &[b"http/1.1"])?),
-                None => None,
-            };
-            (Some(Origin::parse(&args.url, tls)?), None)
-        }
-    };
-    let http_auth = match (&args.token_file, args.target) {
-        (Some(f), Target::SignetRest | Target::Vault) => {
-            let token = read_token(f)?;
-            Some(if args.target == Target::Vault {
-                (
-                    http::HeaderName::from_static("x-vault-token"),
-                    http::HeaderValue::from_str(&token)?,
-                )
-            } else {
-                (
-                    http::header::AUTHORIZATION,
-                    http::HeaderValue::from_str(&format!("Bearer {token}"))?,
-                )
-            })
-        }
-        _ => None,
-    };
-    let path = match args.target {
-        Target::SignetRest => "/v1/sign".to_owned(),
-        Target::Vault => format!("/v1/{}", args.vault_path.trim_start_matches('/')),
-        Target::Cfssl => "/api/v1/cfssl/sign".to_owned(),
-        Target::SignetGrpc => "/".to_owned(),
-    };
+    let (origin, grpc_tls) = transport(&args)?;
+    let http_auth = http_auth(&args)?;
+    let path = target_path(&args);
     let t0 = Instant::now();
     let plan = match args.requests {
         Some(total) => Plan::Count { total },
@@ -246,6 +209,58 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("{}", report.summary());
     println!("{text}");
     Ok(())
+}
+
+/// Where and how the load connects: an HTTP origin, or gRPC's TLS.
+fn transport(args: &Args) -> anyhow::Result<(Option<Origin>, Option<ClientTlsConfig>)> {
+    Ok(match args.target {
+        Target::SignetGrpc => {
+            let mut tls = ClientTlsConfig::new();
+            if let Some(ca) = &args.ca {
+                let pem = std::fs::read(ca).with_context(|| ca.display().to_string())?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            (None, Some(tls))
+        }
+        _ => {
+            let tls = match &args.ca {
+                Some(ca) => Some(client::tls_config(ca, &[b"http/1.1"])?),
+                None => None,
+            };
+            (Some(Origin::parse(&args.url, tls)?), None)
+        }
+    })
+}
+
+/// The header that carries the token on HTTP targets.
+fn http_auth(args: &Args) -> anyhow::Result<Option<(http::HeaderName, http::HeaderValue)>> {
+    Ok(match (&args.token_file, args.target) {
+        (Some(f), Target::SignetRest | Target::Vault) => {
+            let token = read_token(f)?;
+            Some(if args.target == Target::Vault {
+                (
+                    http::HeaderName::from_static("x-vault-token"),
+                    http::HeaderValue::from_str(&token)?,
+                )
+            } else {
+                (
+                    http::header::AUTHORIZATION,
+                    http::HeaderValue::from_str(&format!("Bearer {token}"))?,
+                )
+            })
+        }
+        _ => None,
+    })
+}
+
+/// The request path of the target's signing endpoint.
+fn target_path(args: &Args) -> String {
+    match args.target {
+        Target::SignetRest => "/v1/sign".to_owned(),
+        Target::Vault => format!("/v1/{}", args.vault_path.trim_start_matches('/')),
+        Target::Cfssl => "/api/v1/cfssl/sign".to_owned(),
+        Target::SignetGrpc => "/".to_owned(),
+    }
 }
 
 fn read_token(path: &PathBuf) -> anyhow::Result<String> {

@@ -150,17 +150,7 @@ impl App {
         let mut istio_addr = None;
         if let Some(ic) = &config.frontends.istio {
             let authority = authorities[&ic.authority].clone();
-            let (router, tls_config) =
-                crate::istio::build(ic, authority, metrics.clone(), clock.clone()).await?;
-            let (addr, task) = bind_and_serve(
-                ic.listen,
-                tls_config,
-                router,
-                ListenerLimits::from(&ic.limits),
-                &shutdown_rx,
-                "Istio CA gRPC service",
-            )
-            .await?;
+            let (addr, task) = start_istio(ic, authority, &metrics, &clock, &shutdown_rx).await?;
             istio_addr = Some(addr);
             tasks.push(task);
         }
@@ -258,6 +248,26 @@ async fn build_authorities(
 
 /// The REST signing endpoint: its serving certificate (files, or issued by
 /// its authority), client verification, and the listener.
+async fn start_istio(
+    ic: &signet_istio::config::IstioConfig,
+    authority: Arc<Authority>,
+    metrics: &Metrics,
+    clock: &Arc<dyn Clock>,
+    shutdown_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let (router, tls_config) =
+        crate::istio::build(ic, authority, metrics.clone(), clock.clone()).await?;
+    bind_and_serve(
+        ic.listen,
+        tls_config,
+        router,
+        ListenerLimits::from(&ic.limits),
+        shutdown_rx,
+        "Istio CA gRPC service",
+    )
+    .await
+}
+
 async fn start_rest(
     rc: &RestConfig,
     authority: Arc<Authority>,
