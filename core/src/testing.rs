@@ -245,3 +245,116 @@ impl IssuanceDecision {
         self
     }
 }
+
+/// A grant for names matching `patterns` (policy pattern syntax) in
+/// `profiles`, without wildcards.
+pub fn grant(patterns: &[&str], profiles: &[crate::policy::Profile]) -> crate::policy::Grant {
+    crate::policy::Grant {
+        allowed_sans: patterns
+            .iter()
+            .map(|p| crate::names::SanPattern::parse(p).expect("a valid pattern"))
+            .collect(),
+        max_ttl: None,
+        profiles: profiles.to_vec(),
+        allow_wildcards: false,
+    }
+}
+
+/// A request in `profile` for the policy's default TTL, refused above the
+/// maximum, not renewable, without a request ID.
+pub fn request(profile: crate::policy::Profile) -> crate::policy::IssuanceRequest {
+    crate::policy::IssuanceRequest {
+        profile,
+        ttl: None,
+        ttl_overflow: crate::policy::TtlOverflow::Refuse,
+        renewable: false,
+        request_id: None,
+    }
+}
+
+/// A CSR for one URI SAN (a SPIFFE ID) on a fresh P-256 key.
+pub fn spiffe_csr(id: &str) -> VerifiedCsr {
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).expect("a key");
+    let uri = crate::names::San::Uri(id.parse().expect("a valid URI"));
+    VerifiedCsr::from_der(&key.csr_der(None, &[uri]).expect("a CSR")).expect("a valid CSR")
+}
+
+/// An intermediate CA on a fresh P-256 key, signed by `root` and held in
+/// process (what a fake upstream issues from).
+pub fn intermediate_under(
+    root: &LocalCa,
+    common_name: &str,
+    trust_domain: &crate::spiffe::TrustDomain,
+    path_len: u8,
+    now: SystemTime,
+    ttl: Duration,
+    backdate: Duration,
+) -> LocalCa {
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).expect("a key");
+    let decision = IssuanceDecision::intermediate(
+        common_name,
+        trust_domain,
+        path_len,
+        now,
+        ttl,
+        backdate,
+        "test",
+    );
+    let chain = root.sign(&decision, &key).expect("the root signs");
+    LocalCa::new(
+        chain.leaf().clone(),
+        key,
+        vec![],
+        Some(root.trust_bundle().roots().to_vec()),
+        now,
+    )
+    .expect("a usable intermediate")
+}
+
+/// What an upstream CA that signs whatever it is asked decides for a leaf
+/// (cert-manager's CA issuer, a CA pool): the CSR's names in `profile`,
+/// for `ttl` (at most ten years), back-dated by `backdate`.
+pub fn upstream_decision(
+    csr: &VerifiedCsr,
+    profile: crate::policy::Profile,
+    ttl: Duration,
+    backdate: Duration,
+    now: SystemTime,
+    by: &str,
+) -> IssuanceDecision {
+    use crate::duration::HumanDuration;
+    use crate::policy::{AuthorityPolicy, Grant, IssuanceRequest, PolicyConfig, TtlOverflow};
+    let policy = AuthorityPolicy::new(
+        crate::spiffe::TrustDomain::new("cluster.local").expect("a trust domain"),
+        PolicyConfig {
+            max_ttl: HumanDuration(Duration::from_secs(3650 * 86_400)),
+            backdate: HumanDuration(backdate),
+            ..PolicyConfig::default()
+        },
+    )
+    .expect("a policy");
+    let grant = Grant {
+        allowed_sans: vec![
+            "**".parse().expect("a pattern"),
+            "spiffe://cluster.local/**".parse().expect("a pattern"),
+        ],
+        max_ttl: None,
+        profiles: crate::policy::Profile::ALL.to_vec(),
+        allow_wildcards: true,
+    };
+    let request = IssuanceRequest {
+        profile,
+        ttl: Some(ttl),
+        ttl_overflow: TtlOverflow::Clamp,
+        ..request(profile)
+    };
+    policy
+        .decide(
+            &crate::caller::Caller::internal(by),
+            &grant,
+            csr,
+            &request,
+            now,
+        )
+        .expect("an upstream signs what it is asked")
+}

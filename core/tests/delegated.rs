@@ -14,13 +14,11 @@ use signet_core::clock::{Clock, ManualClock};
 use signet_core::delegated::{Delegated, IntermediateConfig};
 use signet_core::duration::HumanDuration;
 use signet_core::error::ErrorKind;
-use signet_core::key::{KeyAlgorithm, PrivateKey};
-use signet_core::names::{San, SanPattern};
-use signet_core::policy::{
-    AuthorityPolicy, Grant, IssuanceRequest, PolicyConfig, Profile, TtlOverflow,
-};
+use signet_core::key::KeyAlgorithm;
+use signet_core::names::San;
+use signet_core::policy::{AuthorityPolicy, PolicyConfig, Profile};
 use signet_core::spiffe::TrustDomain;
-use signet_core::testing::{CaSigner, Fault};
+use signet_core::testing::{self, CaSigner, Fault};
 use signet_core::{Authority, IssuedChain, VerifiedCsr};
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -30,23 +28,10 @@ fn td() -> TrustDomain {
 }
 
 async fn issue(a: &Authority, n: usize) -> Result<IssuedChain, signet_core::SignError> {
-    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let id = format!("spiffe://cluster.local/ns/a/sa/w{n}");
-    let csr = VerifiedCsr::from_der(&key.csr_der(None, &[San::Uri(id.parse().unwrap())]).unwrap())
-        .unwrap();
-    let grant = Grant {
-        allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/**").unwrap()],
-        max_ttl: None,
-        profiles: vec![Profile::Workload],
-        allow_wildcards: false,
-    };
-    let req = IssuanceRequest {
-        profile: Profile::Workload,
-        ttl: None,
-        ttl_overflow: TtlOverflow::Refuse,
-        renewable: false,
-        request_id: None,
-    };
+    let csr = testing::spiffe_csr(&id);
+    let grant = testing::grant(&["spiffe://cluster.local/**"], &[Profile::Workload]);
+    let req = testing::request(Profile::Workload);
     a.issue(&Caller::internal("t"), &grant, &csr, &req).await
 }
 
@@ -279,19 +264,8 @@ async fn a_csr_with_a_ca_key_is_refused_before_signing() {
     d.ready().await;
     let policy = AuthorityPolicy::new(td(), PolicyConfig::default()).unwrap();
     let a = Authority::new("t", d.clone(), policy, clock);
-    let grant = Grant {
-        allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/**").unwrap()],
-        max_ttl: None,
-        profiles: vec![Profile::Workload],
-        allow_wildcards: false,
-    };
-    let req = IssuanceRequest {
-        profile: Profile::Workload,
-        ttl: None,
-        ttl_overflow: TtlOverflow::Refuse,
-        renewable: false,
-        request_id: None,
-    };
+    let grant = testing::grant(&["spiffe://cluster.local/**"], &[Profile::Workload]);
+    let req = testing::request(Profile::Workload);
     let id: San = San::Uri(DEMO_ID.parse().unwrap());
     let intermediate = d.current().unwrap();
     for (what, key) in [

@@ -4,6 +4,7 @@
     clippy::disallowed_methods,
     reason = "tests and benchmarks run real servers and processes on real time"
 )]
+use signet_core::testing::grant;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -81,29 +82,14 @@ fn san(s: &str) -> San {
     }
 }
 
-fn grant(patterns: &[&str], profiles: &[Profile]) -> Grant {
-    Grant {
-        allowed_sans: patterns
-            .iter()
-            .map(|p| SanPattern::parse(p).unwrap())
-            .collect(),
-        max_ttl: None,
-        profiles: profiles.to_vec(),
-        allow_wildcards: false,
-    }
-}
-
 fn policy() -> AuthorityPolicy {
     AuthorityPolicy::new(td(), PolicyConfig::default()).unwrap()
 }
 
 fn request(profile: Profile, ttl: Option<Duration>) -> IssuanceRequest {
     IssuanceRequest {
-        profile,
         ttl,
-        ttl_overflow: TtlOverflow::Refuse,
-        renewable: false,
-        request_id: None,
+        ..signet_core::testing::request(profile)
     }
 }
 

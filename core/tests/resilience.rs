@@ -9,56 +9,29 @@ use std::time::{Duration, SystemTime};
 
 use signet_core::caller::Caller;
 use signet_core::error::{ErrorKind, SignError};
-use signet_core::key::{KeyAlgorithm, PrivateKey};
-use signet_core::names::{San, SanPattern};
-use signet_core::policy::{
-    AuthorityPolicy, Grant, IssuanceDecision, IssuanceRequest, PolicyConfig, Profile, TtlOverflow,
-};
+use signet_core::policy::{AuthorityPolicy, IssuanceDecision, PolicyConfig, Profile};
 use signet_core::resilience::{
     CircuitBreaker, ConcurrencyLimit, RateLimit, ResilienceConfig, Retry, Timeout,
 };
 use signet_core::spiffe::TrustDomain;
-use signet_core::testing::{CaSigner, Fault};
+use signet_core::testing::{self, CaSigner, Fault};
 use signet_core::{Signer, VerifiedCsr};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
 fn request() -> (IssuanceDecision, VerifiedCsr) {
-    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-    let csr = VerifiedCsr::from_der(
-        &key.csr_der(
-            None,
-            &[San::Uri(
-                "spiffe://cluster.local/ns/a/sa/b".parse().unwrap(),
-            )],
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let csr = testing::spiffe_csr("spiffe://cluster.local/ns/a/sa/b");
     let policy = AuthorityPolicy::new(
         TrustDomain::new("cluster.local").unwrap(),
         PolicyConfig::default(),
     )
     .unwrap();
-    let grant = Grant {
-        allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/**").unwrap()],
-        max_ttl: None,
-        profiles: vec![Profile::Workload],
-        allow_wildcards: false,
-    };
-    let req = IssuanceRequest {
-        profile: Profile::Workload,
-        ttl: None,
-        ttl_overflow: TtlOverflow::Refuse,
-        renewable: false,
-        request_id: None,
-    };
     let d = policy
         .decide(
             &Caller::internal("t"),
-            &grant,
+            &testing::grant(&["spiffe://cluster.local/**"], &[Profile::Workload]),
             &csr,
-            &req,
+            &testing::request(Profile::Workload),
             SystemTime::now(),
         )
         .unwrap();

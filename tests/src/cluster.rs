@@ -287,11 +287,20 @@ fn by_plural(c: &Client, api_version: &str, plural: &str, namespace: &str) -> Ap
 
 /// Declares one `#[tokio::test]` per named body `async fn(Cluster)` of the
 /// enclosing module, on the fake (`fake: a, b`) or on a real API server
-/// (`real: a, b`). Put the real ones in a module named `conformance`:
+/// (`real: a, b`), or both (`both: a, b`: modules `fake` and
+/// `conformance`). Put the real ones in a module named `conformance`:
 /// scripts/conformance selects tests by that path segment. The real run
 /// prints the `proved:` line every conformance test ends with.
 #[macro_export]
 macro_rules! cluster_tests {
+    (both: $($name:ident),+ $(,)?) => {
+        mod fake {
+            $crate::cluster_tests!(fake: $($name),+);
+        }
+        mod conformance {
+            $crate::cluster_tests!(real: $($name),+);
+        }
+    };
     (fake: $($name:ident),+ $(,)?) => {
         $(
             #[tokio::test]

@@ -26,6 +26,7 @@ use signet_core::policy::{
 };
 use signet_core::resilience::ResilienceConfig;
 use signet_core::spiffe::TrustDomain;
+use signet_core::testing;
 use signet_core::{Authority, ErrorKind, Signer, SystemClock, VerifiedCsr, pem};
 use signet_tests::json_proxy::JsonProxy;
 use signet_tests::moto::{Moto, Pca, REGION};
@@ -146,13 +147,7 @@ async fn issue(
     sa: &str,
 ) -> Result<signet_core::IssuedChain, signet_core::SignError> {
     let (csr, grant) = workload(sa);
-    let req = IssuanceRequest {
-        profile: Profile::Workload,
-        ttl: None,
-        ttl_overflow: TtlOverflow::Refuse,
-        renewable: false,
-        request_id: None,
-    };
+    let req = testing::request(Profile::Workload);
     a.issue(&Caller::internal(sa), &grant, &csr, &req).await
 }
 

@@ -33,6 +33,7 @@ use signet_core::policy::{
 };
 use signet_core::resilience::ResilienceConfig;
 use signet_core::spiffe::TrustDomain;
+use signet_core::testing;
 use signet_core::{Authority, ErrorKind, Signer, SystemClock, VerifiedCsr, pem};
 use signet_tests::cluster::Cluster;
 use signet_tests::openssl;
@@ -90,25 +91,15 @@ impl SimCertManager {
             365 * DAY,
         )
         .unwrap();
-        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-        let decision = IssuanceDecision::intermediate(
+        let issuing = testing::intermediate_under(
+            &root,
             "sim issuing CA",
             &td(),
             1,
             now,
             300 * DAY,
             Duration::ZERO,
-            "test",
         );
-        let chain = root.sign(&decision, &key).unwrap();
-        let issuing = LocalCa::new(
-            chain.leaf().clone(),
-            key,
-            vec![],
-            Some(root.trust_bundle().roots().to_vec()),
-            now,
-        )
-        .unwrap();
         Arc::new(Self {
             root,
             issuing,
@@ -280,33 +271,14 @@ impl SimCertManager {
                 (true, false) => Profile::Mtls,
                 _ => Profile::Server,
             };
-            let policy = AuthorityPolicy::new(
-                td(),
-                PolicyConfig {
-                    max_ttl: HumanDuration(365 * DAY),
-                    ..PolicyConfig::default()
-                },
-            )
-            .unwrap();
-            let grant = Grant {
-                allowed_sans: vec![
-                    "**".parse().unwrap(),
-                    "spiffe://cluster.local/**".parse().unwrap(),
-                ],
-                max_ttl: None,
-                profiles: Profile::ALL.to_vec(),
-                allow_wildcards: true,
-            };
-            let req = IssuanceRequest {
+            testing::upstream_decision(
+                &csr,
                 profile,
-                ttl: Some(Duration::from_secs(secs)),
-                ttl_overflow: TtlOverflow::Clamp,
-                renewable: false,
-                request_id: None,
-            };
-            policy
-                .decide(&Caller::internal("cert-manager"), &grant, &csr, &req, now)
-                .unwrap()
+                Duration::from_secs(secs),
+                PolicyConfig::default().backdate.get(),
+                now,
+                "cert-manager",
+            )
         };
         let chain = if mode == Mode::WrongKey {
             let other = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
@@ -342,25 +314,13 @@ impl SimCertManager {
 
 // === set-up ===
 
-mod fake {
-    signet_tests::cluster_tests!(fake:
-        leaves_through_cert_manager_carry_its_chain_and_requests_are_cleaned_up,
-        a_delegated_intermediate_from_cert_manager_signs_leaves,
-        denied_unanswered_and_wrong_answers_are_errors_and_leave_nothing_behind,
-        kept_requests_make_request_ids_idempotent,
-        every_cert_manager_layout_is_served_or_refused_with_what_to_change,
-    );
-}
-
-mod conformance {
-    signet_tests::cluster_tests!(real:
-        leaves_through_cert_manager_carry_its_chain_and_requests_are_cleaned_up,
-        a_delegated_intermediate_from_cert_manager_signs_leaves,
-        denied_unanswered_and_wrong_answers_are_errors_and_leave_nothing_behind,
-        kept_requests_make_request_ids_idempotent,
-        every_cert_manager_layout_is_served_or_refused_with_what_to_change,
-    );
-}
+signet_tests::cluster_tests!(both:
+    leaves_through_cert_manager_carry_its_chain_and_requests_are_cleaned_up,
+    a_delegated_intermediate_from_cert_manager_signs_leaves,
+    denied_unanswered_and_wrong_answers_are_errors_and_leave_nothing_behind,
+    kept_requests_make_request_ids_idempotent,
+    every_cert_manager_layout_is_served_or_refused_with_what_to_change,
+);
 
 /// cert-manager's CRDs (its own on a real server; on the fake signet's
 /// model of CertificateRequest and a schemaless Issuer), namespace `mesh`,

@@ -27,6 +27,7 @@ use signet_core::policy::{
 };
 use signet_core::resilience::ResilienceConfig;
 use signet_core::spiffe::TrustDomain;
+use signet_core::testing;
 use signet_core::{Authority, ErrorKind, IssuedChain, Signer, SystemClock, VerifiedCsr, pem};
 use signet_tests::openssl;
 
@@ -90,25 +91,15 @@ fn ca_under_new_root(name: &str) -> FakeCa {
 /// A subordinate CA of the pool under `root`.
 fn ca_under(root: &LocalCa, name: &str) -> FakeCa {
     let now = SystemTime::now();
-    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-    let decision = IssuanceDecision::intermediate(
+    let ca = testing::intermediate_under(
+        root,
         &format!("{name} issuing CA"),
         &td(),
         1,
         now,
         1000 * DAY,
         Duration::ZERO,
-        "fake",
     );
-    let chain = root.sign(&decision, &key).unwrap();
-    let ca = LocalCa::new(
-        chain.leaf().clone(),
-        key,
-        vec![],
-        Some(root.trust_bundle().roots().to_vec()),
-        now,
-    )
-    .unwrap();
     let root_pem = pem::encode("CERTIFICATE", root.certificate());
     FakeCa {
         id: name.to_owned(),
@@ -236,34 +227,7 @@ impl FakeCas {
             } else {
                 Profile::Mtls
             };
-            let policy = AuthorityPolicy::new(
-                td(),
-                PolicyConfig {
-                    max_ttl: HumanDuration(3650 * DAY),
-                    backdate: HumanDuration(Duration::ZERO),
-                    ..PolicyConfig::default()
-                },
-            )
-            .unwrap();
-            let grant = Grant {
-                allowed_sans: vec![
-                    "**".parse().unwrap(),
-                    "spiffe://cluster.local/**".parse().unwrap(),
-                ],
-                max_ttl: None,
-                profiles: Profile::ALL.to_vec(),
-                allow_wildcards: true,
-            };
-            let req = IssuanceRequest {
-                profile,
-                ttl: Some(lifetime),
-                ttl_overflow: TtlOverflow::Clamp,
-                renewable: false,
-                request_id: None,
-            };
-            let d = policy
-                .decide(&Caller::internal("cas"), &grant, &csr, &req, now)
-                .unwrap();
+            let d = testing::upstream_decision(&csr, profile, lifetime, Duration::ZERO, now, "cas");
             ca.ca.sign(&d, csr.public_key())
         } else {
             let c = &body["config"];

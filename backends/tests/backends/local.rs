@@ -10,12 +10,10 @@ use signet_core::clock::SystemClock;
 use signet_core::duration::HumanDuration;
 use signet_core::issuer::{CaError, LocalCa};
 use signet_core::key::{KeyAlgorithm, PrivateKey};
-use signet_core::names::{San, SanPattern};
 use signet_core::pem;
-use signet_core::policy::{
-    AuthorityPolicy, Grant, IssuanceDecision, IssuanceRequest, PolicyConfig, Profile, TtlOverflow,
-};
+use signet_core::policy::{AuthorityPolicy, IssuanceDecision, PolicyConfig, Profile};
 use signet_core::spiffe::TrustDomain;
+use signet_core::testing;
 use signet_core::{Authority, Signer, VerifiedCsr};
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -71,22 +69,9 @@ fn authority(backend: Arc<LocalBackend>) -> Authority {
 }
 
 async fn issue(a: &Authority, id: &str) -> signet_core::IssuedChain {
-    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-    let csr = VerifiedCsr::from_der(&key.csr_der(None, &[San::Uri(id.parse().unwrap())]).unwrap())
-        .unwrap();
-    let grant = Grant {
-        allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/**").unwrap()],
-        max_ttl: None,
-        profiles: vec![Profile::Workload],
-        allow_wildcards: false,
-    };
-    let req = IssuanceRequest {
-        profile: Profile::Workload,
-        ttl: None,
-        ttl_overflow: TtlOverflow::Refuse,
-        renewable: false,
-        request_id: None,
-    };
+    let csr = testing::spiffe_csr(id);
+    let grant = testing::grant(&["spiffe://cluster.local/**"], &[Profile::Workload]);
+    let req = testing::request(Profile::Workload);
     a.issue(
         &Caller::new(
             signet_core::Principal::Token("t".into()),

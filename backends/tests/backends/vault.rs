@@ -373,10 +373,10 @@ mod fake {
     use signet_core::caller::Caller;
     use signet_core::issuer::LocalCa;
     use signet_core::key::{KeyAlgorithm, PrivateKey};
-    use signet_core::names::SanPattern;
+    use signet_core::testing;
+
     use signet_core::policy::{
-        AuthorityPolicy, Grant, IssuanceDecision, IssuanceRequest, PolicyConfig, Profile,
-        TtlOverflow,
+        AuthorityPolicy, IssuanceRequest, PolicyConfig, Profile, TtlOverflow,
     };
     use signet_core::{VerifiedCsr, pem};
 
@@ -408,27 +408,16 @@ mod fake {
             Duration::from_secs(86_400 * 365),
         )
         .unwrap();
-        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-        let csr = VerifiedCsr::from_der(&key.csr_der(Some("fake int"), &[]).unwrap()).unwrap();
         let td = signet_core::spiffe::TrustDomain::new("cluster.local").unwrap();
-        let d = IssuanceDecision::intermediate(
+        let inter = testing::intermediate_under(
+            &root,
             "fake int",
             &td,
             0,
             now,
             Duration::from_secs(86_400 * 30),
             Duration::ZERO,
-            "t",
         );
-        let chain = root.sign(&d, csr.public_key()).unwrap();
-        let inter = LocalCa::new(
-            chain.leaf().clone(),
-            key,
-            vec![],
-            Some(root.trust_bundle().roots().to_vec()),
-            now,
-        )
-        .unwrap();
         let fake = Arc::new(Fake {
             root,
             inter,
@@ -483,12 +472,7 @@ mod fake {
             PolicyConfig::default(),
         )
         .unwrap();
-        let grant = Grant {
-            allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/**").unwrap()],
-            max_ttl: None,
-            profiles: vec![Profile::Workload],
-            allow_wildcards: false,
-        };
+        let grant = testing::grant(&["spiffe://cluster.local/**"], &[Profile::Workload]);
         let req = IssuanceRequest {
             profile: Profile::Workload,
             ttl: Some(Duration::from_secs(3600)),

@@ -44,39 +44,20 @@ impl Drop for Env {
     }
 }
 
-mod fake {
-    signet_tests::cluster_tests!(fake:
-        a_namespaced_issuer_with_a_local_ca_from_secrets_issues_what_openssl_verifies,
-        denied_requests_are_marked_and_never_signed,
-        transient_failures_stay_pending_then_succeed,
-        permanent_failures_are_failed_with_a_failure_time,
-        ca_requests_need_allow_ca_and_get_path_length_zero,
-        a_restart_mid_flight_does_not_sign_twice,
-        cluster_and_namespaced_issuers_read_secrets_from_their_own_namespaces,
-        issuer_readiness_follows_its_secrets,
-        followers_do_not_write_and_the_leader_catches_up,
-        the_issuer_rate_limit_delays_but_does_not_fail,
-        patching_a_finished_request_changes_nothing,
-        a_delegated_issuer_signs_with_its_own_intermediate_and_stops_when_deleted,
-    );
-}
-
-mod conformance {
-    signet_tests::cluster_tests!(real:
-        a_namespaced_issuer_with_a_local_ca_from_secrets_issues_what_openssl_verifies,
-        denied_requests_are_marked_and_never_signed,
-        transient_failures_stay_pending_then_succeed,
-        permanent_failures_are_failed_with_a_failure_time,
-        ca_requests_need_allow_ca_and_get_path_length_zero,
-        a_restart_mid_flight_does_not_sign_twice,
-        cluster_and_namespaced_issuers_read_secrets_from_their_own_namespaces,
-        issuer_readiness_follows_its_secrets,
-        followers_do_not_write_and_the_leader_catches_up,
-        the_issuer_rate_limit_delays_but_does_not_fail,
-        patching_a_finished_request_changes_nothing,
-        a_delegated_issuer_signs_with_its_own_intermediate_and_stops_when_deleted,
-    );
-}
+signet_tests::cluster_tests!(both:
+    a_namespaced_issuer_with_a_local_ca_from_secrets_issues_what_openssl_verifies,
+    denied_requests_are_marked_and_never_signed,
+    transient_failures_stay_pending_then_succeed,
+    permanent_failures_are_failed_with_a_failure_time,
+    ca_requests_need_allow_ca_and_get_path_length_zero,
+    a_restart_mid_flight_does_not_sign_twice,
+    cluster_and_namespaced_issuers_read_secrets_from_their_own_namespaces,
+    issuer_readiness_follows_its_secrets,
+    followers_do_not_write_and_the_leader_catches_up,
+    the_issuer_rate_limit_delays_but_does_not_fail,
+    patching_a_finished_request_changes_nothing,
+    a_delegated_issuer_signs_with_its_own_intermediate_and_stops_when_deleted,
+);
 
 /// The CRDs (cert-manager's own on a real server, signet's model of its
 /// CertificateRequest on the fake) and namespaces `apps` and `signet`.

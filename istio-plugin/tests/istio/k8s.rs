@@ -123,25 +123,13 @@ async fn file(cluster: &Cluster, csr: &CertificateSigningRequest) {
         .unwrap_or_else(|e| panic!("create CSR: {e}"));
 }
 
-mod fake {
-    signet_tests::cluster_tests!(fake:
-        the_csr_signer_signs_only_what_it_should,
-        followers_do_not_write_and_a_new_leader_catches_up,
-        cacerts_are_created_rotated_and_never_broken,
-        the_tls_layout_works_too,
-        root_configmaps_follow_namespaces_and_bundle_changes,
-    );
-}
-
-mod conformance {
-    signet_tests::cluster_tests!(real:
-        the_csr_signer_signs_only_what_it_should,
-        followers_do_not_write_and_a_new_leader_catches_up,
-        cacerts_are_created_rotated_and_never_broken,
-        the_tls_layout_works_too,
-        root_configmaps_follow_namespaces_and_bundle_changes,
-    );
-}
+signet_tests::cluster_tests!(both:
+    the_csr_signer_signs_only_what_it_should,
+    followers_do_not_write_and_a_new_leader_catches_up,
+    cacerts_are_created_rotated_and_never_broken,
+    the_tls_layout_works_too,
+    root_configmaps_follow_namespaces_and_bundle_changes,
+);
 
 /// A fresh API fake holding the CSR `name`, filed by istiod and approved.
 async fn fake_with_approved_csr(name: &str) -> (KubeFake, Client, Api<CertificateSigningRequest>) {

@@ -85,6 +85,11 @@ fn request(
     r
 }
 
+/// The common request: a CSR and a bearer token, default validity.
+fn with_token(csr: String, token: &str) -> Request<IstioCertificateRequest> {
+    request(csr, 0, Some(token), None, None, None)
+}
+
 /// Parses a response the way ztunnel does: the first element is the leaf, each
 /// middle element's first PEM is an intermediate, the last element may hold
 /// several roots. Returns (leaf, intermediates, roots).
@@ -477,21 +482,14 @@ async fn tokens_reviewed_by_the_cluster_named_in_the_header() {
         },
     );
     let err =
-        s.ca.create_certificate(request(csr(&id), 0, Some(&wrong_aud), None, None, None))
+        s.ca.create_certificate(with_token(csr(&id), &wrong_aud))
             .await
             .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "wrong audience");
     let err =
-        s.ca.create_certificate(request(
-            csr(&id),
-            0,
-            Some("unknown.token.x"),
-            None,
-            None,
-            None,
-        ))
-        .await
-        .unwrap_err();
+        s.ca.create_certificate(with_token(csr(&id), "unknown.token.x"))
+            .await
+            .unwrap_err();
     assert_eq!(
         err.code(),
         Code::Unauthenticated,
@@ -504,16 +502,9 @@ async fn the_csr_must_carry_exactly_the_callers_identity() {
     let s = standard().await;
     let t = token(&s, "default", "demo");
     let err =
-        s.ca.create_certificate(request(
-            csr(&sa("default", "other")),
-            0,
-            Some(&t),
-            None,
-            None,
-            None,
-        ))
-        .await
-        .unwrap_err();
+        s.ca.create_certificate(with_token(csr(&sa("default", "other")), &t))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let two = pem::encode(
@@ -528,7 +519,7 @@ async fn the_csr_must_carry_exactly_the_callers_identity() {
         .unwrap(),
     );
     let err =
-        s.ca.create_certificate(request(two, 0, Some(&t), None, None, None))
+        s.ca.create_certificate(with_token(two, &t))
             .await
             .unwrap_err();
     assert_eq!(
@@ -537,7 +528,7 @@ async fn the_csr_must_carry_exactly_the_callers_identity() {
         "no extra names: {err:?}"
     );
     let err =
-        s.ca.create_certificate(request("garbage".into(), 0, Some(&t), None, None, None))
+        s.ca.create_certificate(with_token("garbage".into(), &t))
             .await
             .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -854,30 +845,16 @@ async fn a_full_service_sheds_with_unavailable_and_slow_ones_time_out() {
     let first = {
         let (s, t) = (s.clone(), t.clone());
         tokio::spawn(async move {
-            s.ca.create_certificate(request(
-                csr(&sa("default", "demo")),
-                0,
-                Some(&t),
-                None,
-                None,
-                None,
-            ))
-            .await
-            .map(|_| ())
+            s.ca.create_certificate(with_token(csr(&sa("default", "demo")), &t))
+                .await
+                .map(|_| ())
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     let err =
-        s.ca.create_certificate(request(
-            csr(&sa("default", "demo")),
-            0,
-            Some(&t),
-            None,
-            None,
-            None,
-        ))
-        .await
-        .unwrap_err();
+        s.ca.create_certificate(with_token(csr(&sa("default", "demo")), &t))
+            .await
+            .unwrap_err();
     assert_eq!(
         err.code(),
         Code::Unavailable,
@@ -889,14 +866,7 @@ async fn a_full_service_sheds_with_unavailable_and_slow_ones_time_out() {
     let t = token(&slow, "default", "demo");
     let err = slow
         .ca
-        .create_certificate(request(
-            csr(&sa("default", "demo")),
-            0,
-            Some(&t),
-            None,
-            None,
-            None,
-        ))
+        .create_certificate(with_token(csr(&sa("default", "demo")), &t))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded);

@@ -9,11 +9,10 @@ use signet_core::VerifiedCsr;
 use signet_core::caller::Caller;
 use signet_core::issuer::LocalCa;
 use signet_core::key::{KeyAlgorithm, PrivateKey};
-use signet_core::names::{San, SanPattern};
-use signet_core::policy::{
-    AuthorityPolicy, Grant, IssuanceDecision, IssuanceRequest, PolicyConfig, Profile, TtlOverflow,
-};
+use signet_core::names::San;
+use signet_core::policy::{AuthorityPolicy, IssuanceDecision, PolicyConfig, Profile};
 use signet_core::spiffe::TrustDomain;
+use signet_core::testing;
 use signet_tests::openssl::{self, Key};
 use signet_tests::process::Signet;
 
@@ -77,19 +76,8 @@ fn setup(dir: &Path, listen: &str) -> PathBuf {
     )
     .unwrap();
     let policy = AuthorityPolicy::new(td, PolicyConfig::default()).unwrap();
-    let grant = Grant {
-        allowed_sans: vec![SanPattern::parse("spiffe://cluster.local/**").unwrap()],
-        max_ttl: None,
-        profiles: vec![Profile::Client],
-        allow_wildcards: false,
-    };
-    let req = IssuanceRequest {
-        profile: Profile::Client,
-        ttl: None,
-        ttl_overflow: TtlOverflow::Refuse,
-        renewable: false,
-        request_id: None,
-    };
+    let grant = testing::grant(&["spiffe://cluster.local/**"], &[Profile::Client]);
+    let req = testing::request(Profile::Client);
     let d = policy
         .decide(&Caller::internal("t"), &grant, &admin_csr, &req, now)
         .unwrap();

@@ -109,13 +109,9 @@ async fn the_vault_example_works_against_openbao() {
     .unwrap();
 }
 
-mod fake {
-    signet_tests::cluster_tests!(fake: the_cert_manager_example_issues);
-}
-
-mod conformance {
-    signet_tests::cluster_tests!(real: the_cert_manager_example_issues);
-}
+signet_tests::cluster_tests!(both:
+    the_cert_manager_example_issues,
+);
 
 /// examples/cert-manager: the shipped CRDs, the example issuers and a
 /// CertificateRequest shaped like the one cert-manager makes for

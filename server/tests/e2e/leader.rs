@@ -11,13 +11,9 @@ use signet_core::duration::HumanDuration;
 use signet_kubernetes::leader::{Elector, LeaderConfig};
 use signet_tests::cluster::Cluster;
 
-mod fake {
-    signet_tests::cluster_tests!(fake: one_leader_hand_over_and_take_over);
-}
-
-mod conformance {
-    signet_tests::cluster_tests!(real: one_leader_hand_over_and_take_over);
-}
+signet_tests::cluster_tests!(both:
+    one_leader_hand_over_and_take_over,
+);
 
 fn config(identity: &str) -> LeaderConfig {
     LeaderConfig {
