@@ -246,20 +246,16 @@ impl GcpCasBackend {
     /// several (CAS picks one per request unless `certificate_authority` is
     /// set), their anchors.
     pub async fn read_layout(&self) -> Result<signet_core::layout::Layout, SignError> {
-        let bundle = self.refresh_trust_bundle().await?;
-        let out = self
-            .client
-            .fetch_ca_certs()
-            .set_ca_pool(self.config.pool_name())
-            .send()
-            .await
-            .map_err(|e| map_err("FetchCaCerts", e))?;
-        let chains: Vec<Vec<CertificateDer<'static>>> = out
-            .ca_certs
-            .iter()
-            .map(|c| certs(&c.certificates))
-            .collect::<Result<_, _>>()
-            .map_err(|e| SignError::BackendRejected(format!("FetchCaCerts: {e}")))?;
+        // One read serves both: the chains for the layout and their roots,
+        // which also refresh the cached bundle.
+        let mut chains = Vec::new();
+        let bundle = self
+            .bundle
+            .refresh(async {
+                chains = self.fetch_chains().await?;
+                self.roots_of(&chains)
+            })
+            .await?;
         let layout = match chains.as_slice() {
             [one] if !one.is_empty() => {
                 signet_core::layout::Layout::from_certs(Some(&one[0]), &one[1..], &bundle)
@@ -286,6 +282,12 @@ impl GcpCasBackend {
     }
 
     async fn read_bundle(&self) -> Result<TrustBundle, SignError> {
+        let chains = self.fetch_chains().await?;
+        self.roots_of(&chains)
+    }
+
+    /// Every enabled CA's certificate chain in the pool (FetchCaCerts).
+    async fn fetch_chains(&self) -> Result<Vec<Vec<CertificateDer<'static>>>, SignError> {
         let out = self
             .client
             .fetch_ca_certs()
@@ -293,10 +295,18 @@ impl GcpCasBackend {
             .send()
             .await
             .map_err(|e| map_err("FetchCaCerts", e))?;
+        out.ca_certs
+            .iter()
+            .map(|c| certs(&c.certificates))
+            .collect::<Result<_, _>>()
+            .map_err(|e| SignError::BackendRejected(format!("FetchCaCerts: {e}")))
+    }
+
+    /// The roots of the pool's chains: the self-signed certificates, or
+    /// each chain's last one where none is (a CA under an outside root).
+    fn roots_of(&self, chains: &[Vec<CertificateDer<'static>>]) -> Result<TrustBundle, SignError> {
         let mut roots = Vec::new();
-        for chain in &out.ca_certs {
-            let certs = certs(&chain.certificates)
-                .map_err(|e| SignError::BackendRejected(format!("FetchCaCerts: {e}")))?;
+        for certs in chains {
             let selfsigned: Vec<_> = certs
                 .iter()
                 .filter(|c| signet_core::chain::is_self_signed(c))
