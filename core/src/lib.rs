@@ -37,6 +37,7 @@ pub mod renewal;
 pub mod resilience;
 pub mod signer;
 pub mod spiffe;
+pub mod spiffe_bundle;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod worker;
