@@ -1,12 +1,14 @@
 //! signet-kubernetes: what signet does with Kubernetes that is not Istio's
 //! or cert-manager's — leader election on a Lease ([`leader`]), the
-//! certificates.k8s.io CSR signer ([`csr_signer`]), and the helpers every
-//! Kubernetes writer shares (errors, conflicts, leadership streams). The
+//! certificates.k8s.io CSR signer ([`csr_signer`]), ClusterTrustBundles
+//! ([`trust_bundles`]), and the helpers every Kubernetes writer shares
+//! (errors, conflicts, leadership streams, controllers, upserts). The
 //! Istio writers (`signet-istio`) and the cert-manager issuer
 //! (`signet-cert-manager`) build on it.
 
 pub mod csr_signer;
 pub mod leader;
+pub mod trust_bundles;
 
 use std::fmt::Debug;
 use std::future::Future;

@@ -153,6 +153,14 @@ fn builtin_kinds() -> HashMap<String, Kind> {
             false,
             true,
         ),
+        k(
+            "certificates.k8s.io",
+            "v1",
+            "clustertrustbundles",
+            "ClusterTrustBundle",
+            false,
+            false,
+        ),
         k("coordination.k8s.io", "v1", "leases", "Lease", true, false),
         k(
             "apiextensions.k8s.io",
