@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn every_root_is_one_x509_svid_key_with_its_certificate() {
-        let now = SystemTime::now();
+        let now = crate::clock::from_unix_seconds(1_800_000_000);
         let a = root(
             KeyAlgorithm::EcdsaP256,
             "a",
@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn rsa_and_ed25519_roots_have_their_jwk_members() {
-        let now = SystemTime::now();
+        let now = crate::clock::from_unix_seconds(1_800_000_000);
         for (alg, kty) in [
             (KeyAlgorithm::Rsa2048, "RSA"),
             (KeyAlgorithm::Ed25519, "OKP"),

@@ -122,6 +122,9 @@ pub struct FrontendsConfig {
     /// cert-manager external issuer (SignetIssuer / SignetClusterIssuer).
     #[serde(default)]
     pub cert_manager: Option<signet_cert_manager::ControllerConfig>,
+    /// Authorities' roots as certificates.k8s.io ClusterTrustBundles.
+    #[serde(default)]
+    pub cluster_trust_bundles: Option<signet_kubernetes::trust_bundles::ClusterTrustBundlesConfig>,
 }
 
 impl FrontendsConfig {
@@ -135,6 +138,10 @@ impl FrontendsConfig {
             ("istio_root_cert", self.istio_root_cert.is_some()),
             ("istiod_tls", self.istiod_tls.is_some()),
             ("cert_manager", self.cert_manager.is_some()),
+            (
+                "cluster_trust_bundles",
+                self.cluster_trust_bundles.is_some(),
+            ),
         ]
         .into_iter()
         .filter_map(|(n, on)| on.then_some(n))
@@ -148,6 +155,7 @@ impl FrontendsConfig {
             || self.istio_root_cert.is_some()
             || self.istiod_tls.is_some()
             || self.cert_manager.is_some()
+            || self.cluster_trust_bundles.is_some()
     }
 }
 
@@ -171,6 +179,14 @@ pub struct RestConfig {
     pub principals: Vec<PrincipalConfig>,
     #[serde(default)]
     pub limits: RestLimits,
+    /// How soon consumers of `GET /v1/spiffe-bundle` (SPIRE federation,
+    /// istiod's `spiffeBundleUrl`) should fetch it again.
+    #[serde(default = "default_spiffe_refresh_hint")]
+    pub spiffe_refresh_hint: HumanDuration,
+}
+
+pub fn default_spiffe_refresh_hint() -> HumanDuration {
+    HumanDuration::from_secs(300)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -408,6 +424,17 @@ impl Config {
             self.backend_ref(at, "frontends.istio_cacerts.backend", &c.backend)?;
             c.validate()
                 .map_err(|m| at.invalid("frontends.istio_cacerts", m))?;
+        }
+        if let Some(c) = &f.cluster_trust_bundles {
+            let mut names = BTreeSet::new();
+            for (i, b) in c.bundles.iter().enumerate() {
+                let key = format!("frontends.cluster_trust_bundles.bundles[{i}]");
+                self.authority_ref(at, &format!("{key}.authority"), &b.authority)?;
+                b.validate().map_err(|m| at.invalid(&key, m))?;
+                if !names.insert(b.object_name()) {
+                    return Err(at.invalid(&key, "names the same object as an earlier entry"));
+                }
+            }
         }
         if f.writes_to_kubernetes() {
             self.leader_election

@@ -260,6 +260,7 @@ fn dev_rest(rest_addr: SocketAddr) -> anyhow::Result<RestConfig> {
             allow_wildcards: false,
         }],
         limits: RestLimits::default(),
+        spiffe_refresh_hint: crate::config::default_spiffe_refresh_hint(),
     };
     Ok(rest)
 }

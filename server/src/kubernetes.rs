@@ -11,6 +11,7 @@ use signet_core::{Authority, Clock, Signer};
 use signet_istio::cacerts::Cacerts;
 use signet_istio::k8s::{CacertsKeeper, IstiodTlsKeeper, RootDistributor};
 use signet_kubernetes::csr_signer::CsrSigner;
+use signet_kubernetes::trust_bundles::TrustBundlePublisher;
 
 use crate::config::{Config, KubernetesConfig};
 use signet_kubernetes::leader::Elector;
@@ -95,6 +96,16 @@ pub async fn start(
         .with_metrics(metrics.clone());
         tasks.push(tokio::spawn(keeper.run()));
         tracing::info!(secret = %c.secret, names = ?c.dns_names(), "istiod serving certificate keeper started");
+    }
+    if let Some(c) = &f.cluster_trust_bundles {
+        let publisher = TrustBundlePublisher::new(
+            client.clone(),
+            c,
+            |name| authorities[name].clone(),
+            elector.subscribe(),
+        );
+        tasks.push(tokio::spawn(publisher.run()));
+        tracing::info!(names = ?c.bundles.iter().map(|b| b.object_name()).collect::<Vec<_>>(), "ClusterTrustBundle publisher started");
     }
     if let Some(c) = &f.cert_manager {
         let controller = Arc::new(

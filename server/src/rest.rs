@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Extension, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,6 +29,7 @@ use signet_core::envelope::{Envelope, Handled};
 use signet_core::error::{ErrorKind, SignError, TransportFault};
 use signet_core::metrics::Metrics;
 use signet_core::policy::{Grant, IssuanceRequest, PolicyError, Profile, TtlOverflow};
+use signet_core::spiffe_bundle::SpiffeBundle;
 use signet_core::{Authority, VerifiedCsr};
 
 use crate::config::{PrincipalConfig, RestConfig};
@@ -261,6 +263,7 @@ pub struct Rest {
     pub serving: Option<Arc<SwappableCert>>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    pub spiffe_refresh_hint: Duration,
 }
 
 impl Rest {
@@ -292,6 +295,7 @@ impl Rest {
             serving,
             max_body_bytes: config.limits.max_body_bytes,
             request_timeout: config.limits.request_timeout.get(),
+            spiffe_refresh_hint: config.spiffe_refresh_hint.get(),
         })
     }
 
@@ -299,6 +303,7 @@ impl Rest {
         Router::new()
             .route("/v1/sign", post(sign))
             .route("/v1/trust-bundle", get(trust_bundle))
+            .route("/v1/spiffe-bundle", get(spiffe_bundle))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
@@ -472,6 +477,48 @@ async fn trust_bundle(State(rest): State<Arc<Rest>>) -> Response {
         )
             .into_response(),
         Err(e) => ApiError(e).into_response(),
+    }
+}
+
+/// `GET /v1/spiffe-bundle` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BundleQuery {
+    #[serde(default)]
+    trust_domain: Option<String>,
+}
+
+/// The authority's roots in the SPIFFE bundle format (for SPIRE federation
+/// and istiod's `spiffeBundleUrl`); `?trust_domain=` must name the
+/// authority's trust domain when given.
+async fn spiffe_bundle(
+    State(rest): State<Arc<Rest>>,
+    query: Result<Query<BundleQuery>, QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(q) => q,
+        Err(e) => {
+            return ApiError(SignError::invalid_request("invalid_query", e.body_text()))
+                .into_response();
+        }
+    };
+    let td = rest.authority.policy().trust_domain();
+    if let Some(want) = &query.trust_domain
+        && want != td.as_str()
+    {
+        return ApiError(SignError::transport(
+            TransportFault::NotFound,
+            format!("no bundle for trust domain {want:?}: this endpoint serves {td}"),
+        ))
+        .into_response();
+    }
+    let bundle = match rest.authority.trust_bundle().await {
+        Ok(b) => b,
+        Err(e) => return ApiError(e).into_response(),
+    };
+    match SpiffeBundle::of(&bundle, rest.spiffe_refresh_hint) {
+        Ok(b) => Json(b).into_response(),
+        Err(e) => ApiError(SignError::BadChain(e)).into_response(),
     }
 }
 

@@ -161,6 +161,16 @@ fn sections() -> Vec<(&'static str, Base)> {
             Box::new(|inner| json!({ "frontends": { "istiod_tls": inner } })),
         ),
         (
+            "### `frontends.cluster_trust_bundles`",
+            Box::new(|inner| json!({ "frontends": { "cluster_trust_bundles": inner } })),
+        ),
+        (
+            "### `frontends.cluster_trust_bundles.bundles[]`",
+            Box::new(
+                |inner| json!({ "frontends": { "cluster_trust_bundles": { "bundles": [inner] } } }),
+            ),
+        ),
+        (
             "### `frontends.cert_manager`",
             Box::new(|inner| json!({ "frontends": { "cert_manager": inner } })),
         ),

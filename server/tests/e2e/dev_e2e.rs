@@ -469,3 +469,62 @@ fn base64_decode(s: &str) -> Vec<u8> {
 fn base64_encode(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
+
+#[tokio::test]
+async fn the_spiffe_bundle_endpoint_serves_the_root_as_an_x509_svid_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let signet = start_dev(&data);
+    let client = signet_tests::http::client(&data.join("root.pem"));
+    let get = async |query: &str| {
+        let resp = client
+            .get(format!("{}/v1/spiffe-bundle{query}", signet.url()))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.unwrap())
+    };
+    let root_der = {
+        let pem = std::fs::read_to_string(data.join("root.pem")).unwrap();
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap()
+    };
+    for query in ["", "?trust_domain=cluster.local"] {
+        let (status, bundle) = get(query).await;
+        assert_eq!(status, 200, "{bundle}");
+        assert_eq!(bundle["spiffe_refresh_hint"], 300);
+        assert!(bundle["spiffe_sequence"].as_u64().unwrap() > 0);
+        let keys = bundle["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 1, "{bundle}");
+        let key = &keys[0];
+        assert_eq!(key["use"], "x509-svid");
+        assert_eq!(
+            (key["kty"].as_str(), key["crv"].as_str()),
+            (Some("EC"), Some("P-256"))
+        );
+        let x5c = key["x5c"].as_array().unwrap();
+        assert_eq!(x5c.len(), 1);
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(x5c[0].as_str().unwrap())
+            .unwrap();
+        assert_eq!(
+            der, root_der,
+            "x5c holds the root served at /v1/trust-bundle"
+        );
+    }
+    let (status, err) = get("?trust_domain=example.org").await;
+    assert_eq!(
+        (status, err["error"]["reason"].as_str()),
+        (404, Some("not_found")),
+        "{err}"
+    );
+    let (status, err) = get("?bogus=1").await;
+    assert_eq!(
+        (status, err["error"]["reason"].as_str()),
+        (400, Some("invalid_query")),
+        "{err}"
+    );
+}

@@ -74,6 +74,7 @@ frontends:
   istio_root_cert: {{ authority: mesh, namespace_selector: "istio-injection=enabled", poll: 1s }}
   istio_cacerts: {{ backend: root, ttl: 720h }}
   istiod_tls: {{ authority: mesh, revisions: [default, canary] }}
+  cluster_trust_bundles: {{ bundles: [{{ authority: mesh, signer_name: signet.dev/mesh }}], poll: 1s }}
 "#,
         kc = kubeconfig.display()
     );
@@ -182,6 +183,19 @@ async fn two_replicas_one_writer_and_failover() {
     wait("cacerts", || {
         fake.get("v1", "secrets", "istio-system", "cacerts")
             .is_some()
+    })
+    .await;
+    wait("ClusterTrustBundle", || {
+        fake.get(
+            "certificates.k8s.io/v1",
+            "clustertrustbundles",
+            "",
+            "signet.dev:mesh:mesh",
+        )
+        .is_some_and(|o| {
+            o["spec"]["trustBundle"].as_str()
+                == Some(&std::fs::read_to_string(tmp.path().join("root.pem")).unwrap())
+        })
     })
     .await;
     assert!(

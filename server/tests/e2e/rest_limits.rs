@@ -126,6 +126,7 @@ fn rest(behaviour: Behaviour, max_concurrent: usize, timeout: Duration) -> (Arc<
             request_timeout: HumanDuration(timeout),
             ..RestLimits::default()
         },
+        spiffe_refresh_hint: HumanDuration::from_secs(300),
     };
     let metrics = Metrics::default();
     let rest = Rest::from_config(

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
-use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, ClusterTrustBundle};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::PostParams;
@@ -45,6 +45,7 @@ frontends:
   istio_root_cert: {{ authority: mesh, namespace_selector: "istio-injection=enabled", poll: 1s }}
   istio_cacerts: {{ backend: root, ttl: 720h }}
   istiod_tls: {{ authority: mesh, revisions: [default] }}
+  cluster_trust_bundles: {{ bundles: [{{ authority: mesh, signer_name: signet.dev/mesh }}], poll: 1s }}
 "#
     ))
     .unwrap()
@@ -229,6 +230,17 @@ async fn the_chart_rbac_runs_two_replicas_one_writer_with_failover() {
             .get_opt("istiod-tls")
             .await
             .unwrap()
+    })
+    .await;
+    // The ClusterTrustBundle, linked to the signer (the chart grants
+    // `attest` on it; the real API server checks that).
+    let root_text = std::fs::read_to_string(&root_pem).unwrap();
+    eventually("ClusterTrustBundle", WITHIN, async || {
+        Api::<ClusterTrustBundle>::all(admin.clone())
+            .get_opt("signet.dev:mesh:mesh")
+            .await
+            .unwrap()
+            .filter(|b| b.spec.trust_bundle == root_text)
     })
     .await;
     assert!(
