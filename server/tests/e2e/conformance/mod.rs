@@ -1,5 +1,5 @@
 //! The conformance suite: signet against a real kube-apiserver (and, where
-//! noted, real cert-manager and Istio code), built from their Go modules by
+//! noted, real cert-manager, Istio and SPIRE code), built from their Go modules by
 //! `scripts/conformance-build`. Every test prints one line, `proved: ...`,
 //! naming what it showed. `scripts/conformance` runs these alone.
 
@@ -7,5 +7,6 @@ mod cert_manager;
 mod charts;
 mod istiod;
 mod replicas;
+mod spire;
 pub(crate) mod support;
 mod tokens;
