@@ -64,28 +64,15 @@ pub async fn start(
         tasks.push(tokio::spawn(signer.run()));
         tracing::info!(signers = ?c.signer_names, "Kubernetes CSR signer started");
     }
-    if let Some(c) = &f.istio_cacerts {
-        let cacerts = Cacerts::new(
-            backends[&c.backend].clone(),
-            c.clone(),
-            config.trust_domain.clone(),
-            clock.clone(),
-        );
-        tasks.push(tokio::spawn(
-            CacertsKeeper::new(client.clone(), cacerts, elector.subscribe()).run(),
-        ));
-        tracing::info!(namespace = %c.namespace, secret = %c.secret, "cacerts keeper started");
-    }
-    if let Some(c) = &f.istio_root_cert {
-        let dist = Arc::new(RootDistributor::new(
-            client.clone(),
-            c.clone(),
-            authorities[&c.authority].clone(),
-            elector.subscribe(),
-        ));
-        tasks.push(tokio::spawn(dist.run()));
-        tracing::info!(configmap = %c.configmap, selector = %c.namespace_selector, "root distribution started");
-    }
+    start_istio_writers(
+        config,
+        &client,
+        authorities,
+        backends,
+        &clock,
+        &elector,
+        tasks,
+    );
     if let Some(c) = &f.istiod_tls {
         let keeper = IstiodTlsKeeper::new(
             client.clone(),
@@ -122,4 +109,39 @@ pub async fn start(
         tracing::info!(cluster_resource_namespace = %c.cluster_resource_namespace, "cert-manager issuer controller started");
     }
     Ok(elector)
+}
+
+/// istiod's plug-in CA Secret and the root ConfigMaps, each where configured.
+fn start_istio_writers(
+    config: &Config,
+    client: &Client,
+    authorities: &BTreeMap<String, Arc<Authority>>,
+    backends: &BTreeMap<String, Arc<dyn Signer>>,
+    clock: &Arc<dyn Clock>,
+    elector: &Elector,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) {
+    let f = &config.frontends;
+    if let Some(c) = &f.istio_cacerts {
+        let cacerts = Cacerts::new(
+            backends[&c.backend].clone(),
+            c.clone(),
+            config.trust_domain.clone(),
+            clock.clone(),
+        );
+        tasks.push(tokio::spawn(
+            CacertsKeeper::new(client.clone(), cacerts, elector.subscribe()).run(),
+        ));
+        tracing::info!(namespace = %c.namespace, secret = %c.secret, "cacerts keeper started");
+    }
+    if let Some(c) = &f.istio_root_cert {
+        let dist = Arc::new(RootDistributor::new(
+            client.clone(),
+            c.clone(),
+            authorities[&c.authority].clone(),
+            elector.subscribe(),
+        ));
+        tasks.push(tokio::spawn(dist.run()));
+        tracing::info!(configmap = %c.configmap, selector = %c.namespace_selector, "root distribution started");
+    }
 }
