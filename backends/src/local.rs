@@ -286,6 +286,10 @@ impl Signer for LocalBackend {
         self.ca.load().holds_key(spki_der)
     }
 
+    fn issuing_ca(&self) -> Option<Arc<LocalCa>> {
+        Some(self.ca.load_full())
+    }
+
     async fn layout(&self) -> Result<signet_core::layout::Layout, SignError> {
         let ca = self.ca.load();
         Ok(signet_core::layout::Layout::from_certs(

@@ -79,6 +79,12 @@ impl Authority {
         self.signer.describe()
     }
 
+    /// The CA that issues this authority's certificates, when signet holds
+    /// its key ([`Signer::issuing_ca`]): it signs the authority's CRL.
+    pub fn issuing_ca(&self) -> Option<Arc<crate::issuer::LocalCa>> {
+        self.signer.issuing_ca()
+    }
+
     /// Decides, signs, verifies and audits one end-entity certificate.
     pub async fn issue(
         &self,

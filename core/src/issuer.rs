@@ -212,6 +212,14 @@ impl LocalCa {
         self.issuer.key()
     }
 
+    /// Signs a CRL as this CA (see [`crate::revocation`]); DER.
+    pub fn sign_crl(
+        &self,
+        params: &rcgen::CertificateRevocationListParams,
+    ) -> Result<Vec<u8>, rcgen::Error> {
+        params.signed_by(&self.issuer).map(|crl| crl.der().to_vec())
+    }
+
     /// Signs a certificate for `public_key` as `decision` says. NotAfter is
     /// clamped to this CA's NotAfter; NotBefore never precedes the CA's.
     pub fn sign(

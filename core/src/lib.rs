@@ -35,6 +35,7 @@ pub mod policy;
 pub mod refresh;
 pub mod renewal;
 pub mod resilience;
+pub mod revocation;
 pub mod signer;
 pub mod spiffe;
 pub mod spiffe_bundle;

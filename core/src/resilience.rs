@@ -163,6 +163,9 @@ impl Signer for Timeout {
     async fn layout(&self) -> Result<crate::layout::Layout, SignError> {
         self.inner.layout().await
     }
+    fn issuing_ca(&self) -> Option<Arc<crate::issuer::LocalCa>> {
+        self.inner.issuing_ca()
+    }
 }
 
 // === Retry ===
@@ -228,6 +231,9 @@ impl Signer for Retry {
     }
     async fn layout(&self) -> Result<crate::layout::Layout, SignError> {
         self.inner.layout().await
+    }
+    fn issuing_ca(&self) -> Option<Arc<crate::issuer::LocalCa>> {
+        self.inner.issuing_ca()
     }
 }
 
@@ -322,6 +328,9 @@ impl Signer for RateLimit {
     }
     async fn layout(&self) -> Result<crate::layout::Layout, SignError> {
         self.inner.layout().await
+    }
+    fn issuing_ca(&self) -> Option<Arc<crate::issuer::LocalCa>> {
+        self.inner.issuing_ca()
     }
 }
 
@@ -433,6 +442,9 @@ impl Signer for CircuitBreaker {
     async fn layout(&self) -> Result<crate::layout::Layout, SignError> {
         self.inner.layout().await
     }
+    fn issuing_ca(&self) -> Option<Arc<crate::issuer::LocalCa>> {
+        self.inner.issuing_ca()
+    }
     fn describe(&self) -> BackendInfo {
         let mut info = self.inner.describe();
         if info.ready.is_ok() && self.is_open() {
@@ -491,6 +503,9 @@ impl Signer for ConcurrencyLimit {
     }
     async fn layout(&self) -> Result<crate::layout::Layout, SignError> {
         self.inner.layout().await
+    }
+    fn issuing_ca(&self) -> Option<Arc<crate::issuer::LocalCa>> {
+        self.inner.issuing_ca()
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -143,7 +144,16 @@ impl App {
         let mut rest_addr = None;
         if let Some(rc) = &config.frontends.rest {
             let authority = authorities[&rc.authority].clone();
-            let (addr, task) = start_rest(rc, authority, &metrics, &registry, &shutdown_rx).await?;
+            let revocations = config.authorities[&rc.authority].revocation_file.clone();
+            let (addr, task) = start_rest(
+                rc,
+                authority,
+                revocations,
+                &metrics,
+                &registry,
+                &shutdown_rx,
+            )
+            .await?;
             rest_addr = Some(addr);
             tasks.push(task);
         }
@@ -271,6 +281,7 @@ async fn start_istio(
 async fn start_rest(
     rc: &RestConfig,
     authority: Arc<Authority>,
+    revocation_file: Option<PathBuf>,
     metrics: &Metrics,
     registry: &Arc<Registry>,
     shutdown_rx: &watch::Receiver<bool>,
@@ -301,13 +312,15 @@ async fn start_rest(
         None => None,
     };
     let tls_config = tls::server_config(serving.clone(), client_verifier, &[b"h2", b"http/1.1"])?;
-    let rest = Arc::new(Rest::from_config(
+    let mut rest = Rest::from_config(
         rc,
         authority,
         metrics.clone(),
         registry.clone(),
         Some(serving),
-    )?);
+    )?;
+    rest.revocation_file = revocation_file;
+    let rest = Arc::new(rest);
     bind_and_serve(
         rc.listen,
         tls_config,

@@ -1,7 +1,7 @@
 //! Command line: `signet serve`, `signet sign`, `signet check`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -73,6 +73,22 @@ pub enum Command {
     /// Print the CustomResourceDefinitions of SignetIssuer and
     /// SignetClusterIssuer (YAML, for `kubectl apply -f -`).
     Crds,
+    /// Revoke a certificate an authority issued: adds its serial to the
+    /// authority's `revocation_file`, which the CRL at
+    /// `GET /v1/crl/<authority>` lists from then on.
+    Revoke {
+        #[arg(long)]
+        config: PathBuf,
+        /// Name of an entry under `authorities`.
+        #[arg(long)]
+        authority: String,
+        /// The certificate's serial number in hex (`4f:1c:0a`, `0x4f1c0a`
+        /// and `4F1C0A` are the same).
+        #[arg(long)]
+        serial: String,
+        #[arg(long, value_enum)]
+        reason: Option<RevokeReason>,
+    },
     /// Validate a configuration file and (without --offline) reach every backend.
     Check {
         #[arg(long)]
@@ -81,6 +97,31 @@ pub enum Command {
         #[arg(long)]
         offline: bool,
     },
+}
+
+/// RFC 5280 revocation reasons signet records.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RevokeReason {
+    Unspecified,
+    KeyCompromise,
+    CaCompromise,
+    AffiliationChanged,
+    Superseded,
+    CessationOfOperation,
+}
+
+impl From<RevokeReason> for signet_core::revocation::Reason {
+    fn from(r: RevokeReason) -> Self {
+        use signet_core::revocation::Reason as R;
+        match r {
+            RevokeReason::Unspecified => R::Unspecified,
+            RevokeReason::KeyCompromise => R::KeyCompromise,
+            RevokeReason::CaCompromise => R::CaCompromise,
+            RevokeReason::AffiliationChanged => R::AffiliationChanged,
+            RevokeReason::Superseded => R::Superseded,
+            RevokeReason::CessationOfOperation => R::CessationOfOperation,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,6 +251,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Sign(args) => client::sign(args).await,
         Command::Check { config, offline } => check(&config, offline).await,
+        Command::Revoke {
+            config,
+            authority,
+            serial,
+            reason,
+        } => revoke(&config, &authority, &serial, reason),
         Command::Crds => {
             print!("{}", signet_cert_manager::crds_yaml());
             Ok(())
@@ -245,7 +292,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {
+async fn check(path: &Path, offline: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let frontends = config.frontends.names();
     if !offline {
@@ -293,7 +340,7 @@ async fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn istio_cacerts(path: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+async fn istio_cacerts(path: &Path, out: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let c = config
         .frontends
@@ -310,5 +357,35 @@ async fn istio_cacerts(path: &std::path::Path, out: &std::path::Path) -> anyhow:
     signet_istio::cacerts::write_dir(&files, out)?;
     let names: Vec<&str> = files.keys().map(String::as_str).collect();
     println!("wrote {} to {}", names.join(", "), out.display());
+    Ok(())
+}
+
+/// `signet revoke`: one serial into the authority's revocation file;
+/// nothing is written when anything is wrong.
+fn revoke(
+    config: &Path,
+    authority: &str,
+    serial: &str,
+    reason: Option<RevokeReason>,
+) -> anyhow::Result<()> {
+    let config = Config::load(config)?;
+    let a = config
+        .authorities
+        .get(authority)
+        .ok_or_else(|| anyhow::anyhow!("no authority {authority:?} in the configuration"))?;
+    let file = a.revocation_file.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("authority {authority:?} has no revocation_file to record revocations in")
+    })?;
+    let mut list = signet_core::revocation::RevocationList::read(file)?;
+    let now = signet_core::Clock::now(&signet_core::SystemClock);
+    let entry = list.revoke(serial, now, reason.map(Into::into))?.clone();
+    list.write(file)?;
+    println!(
+        "revoked serial {} of authority {authority} at {} ({} in {})",
+        entry.serial,
+        signet_core::clock::rfc3339(entry.revoked_at),
+        list.revoked.len(),
+        file.display()
+    );
     Ok(())
 }

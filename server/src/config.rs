@@ -97,6 +97,11 @@ pub struct AuthorityConfig {
     pub intermediate: Option<IntermediateConfig>,
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// The authority's revoked serials (`signet revoke` writes it; a missing
+    /// file is an empty list). With it, `GET /v1/crl/<authority>` serves a
+    /// CRL signed by the authority's issuing CA when signet holds that key.
+    #[serde(default)]
+    pub revocation_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -177,6 +177,8 @@ pub fn config(
                 max_ttl: HumanDuration(7 * DAY),
                 ..PolicyConfig::default()
             },
+            // GET /v1/crl/dev lists what is revoked here (empty until then).
+            revocation_file: Some(data_dir.join("revoked.yaml")),
         },
     );
     let rest = dev_rest(rest_addr)?;

@@ -6,7 +6,7 @@
 //! refusal goes through [`ApiError`], the one place where errors become HTTP.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -264,6 +264,8 @@ pub struct Rest {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub spiffe_refresh_hint: Duration,
+    /// The authority's revocation list, for `GET /v1/crl/<authority>`.
+    pub revocation_file: Option<PathBuf>,
 }
 
 impl Rest {
@@ -296,6 +298,7 @@ impl Rest {
             max_body_bytes: config.limits.max_body_bytes,
             request_timeout: config.limits.request_timeout.get(),
             spiffe_refresh_hint: config.spiffe_refresh_hint.get(),
+            revocation_file: None,
         })
     }
 
@@ -304,6 +307,7 @@ impl Rest {
             .route("/v1/sign", post(sign))
             .route("/v1/trust-bundle", get(trust_bundle))
             .route("/v1/spiffe-bundle", get(spiffe_bundle))
+            .route("/v1/crl/{authority}", get(crl))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
@@ -519,6 +523,74 @@ async fn spiffe_bundle(
     match SpiffeBundle::of(&bundle, rest.spiffe_refresh_hint) {
         Ok(b) => Json(b).into_response(),
         Err(e) => ApiError(SignError::BadChain(e)).into_response(),
+    }
+}
+
+/// `GET /v1/crl/<authority>` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CrlQuery {
+    /// `pem` for a PEM `X509 CRL` block; DER otherwise.
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// The authority's CRL, signed by its issuing CA (the `local` backend's CA,
+/// a delegated authority's current intermediate), listing its
+/// `revocation_file`.
+async fn crl(
+    State(rest): State<Arc<Rest>>,
+    axum::extract::Path(authority): axum::extract::Path<String>,
+    query: Result<Query<CrlQuery>, QueryRejection>,
+) -> Response {
+    let not_found =
+        |why: String| ApiError(SignError::transport(TransportFault::NotFound, why)).into_response();
+    let pem = match query.as_ref().map(|q| q.format.as_deref()) {
+        Ok(None | Some("der")) => false,
+        Ok(Some("pem")) => true,
+        Ok(Some(other)) => {
+            return ApiError(SignError::invalid_request(
+                "invalid_query",
+                format!("format must be der or pem, not {other:?}"),
+            ))
+            .into_response();
+        }
+        Err(e) => {
+            return ApiError(SignError::invalid_request("invalid_query", e.body_text()))
+                .into_response();
+        }
+    };
+    if authority != rest.authority.name() {
+        return not_found(format!(
+            "no CRL for authority {authority:?}: this endpoint serves {}",
+            rest.authority.name()
+        ));
+    }
+    let Some(file) = &rest.revocation_file else {
+        return not_found(format!("authority {authority} has no revocation_file"));
+    };
+    let Some(ca) = rest.authority.issuing_ca() else {
+        return not_found(format!(
+            "authority {authority}'s issuing CA is not held by signet: its backend keeps its own revocation"
+        ));
+    };
+    let now = rest.authority.clock().now();
+    let list = signet_core::revocation::RevocationList::read(file);
+    let der = match list.and_then(|l| l.crl(&ca, now)) {
+        Ok(der) => der,
+        Err(e) => {
+            tracing::warn!(authority = %authority, error = %e, "cannot serve the CRL");
+            return ApiError(SignError::NotReady(format!("the CRL: {e}"))).into_response();
+        }
+    };
+    if pem {
+        (
+            [(header::CONTENT_TYPE, "application/x-pem-file")],
+            signet_core::pem::encode("X509 CRL", &der),
+        )
+            .into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response()
     }
 }
 

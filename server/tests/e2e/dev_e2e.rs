@@ -528,3 +528,165 @@ async fn the_spiffe_bundle_endpoint_serves_the_root_as_an_x509_svid_key() {
         "{err}"
     );
 }
+
+/// `openssl <args>` in `dir`: (success, stdout + stderr).
+fn openssl_in(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn a_revoked_serial_is_in_the_crl_openssl_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let signet = start_dev(&data);
+    let root = data.join("root.pem");
+    let client = signet_tests::http::client(&root);
+    let d = tmp.path();
+    let csr = openssl::csr(d, "victim", Key::EcP256, Some(&format!("URI:{DEMO}")), &[]);
+    let (status, resp) = post(
+        &client,
+        &signet.url(),
+        &json!({ "csr": std::fs::read_to_string(&csr).unwrap() }),
+    )
+    .await;
+    assert_eq!(status, 200, "{resp}");
+    let (cert, chain) = write_chain(d, &resp);
+    let serial = resp["serial_number"].as_str().unwrap().to_owned();
+    let fetch_crl = async || {
+        let r = client
+            .get(format!("{}/v1/crl/dev?format=pem", signet.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        std::fs::write(d.join("crl.pem"), r.text().await.unwrap()).unwrap();
+    };
+    // The issuing CA is the dev intermediate: OpenSSL checks the CRL's
+    // signature against it.
+    std::fs::write(
+        d.join("issuers.pem"),
+        format!(
+            "{}{}",
+            std::fs::read_to_string(data.join("intermediate.pem")).unwrap(),
+            std::fs::read_to_string(&root).unwrap()
+        ),
+    )
+    .unwrap();
+    fetch_crl().await;
+    let (ok, said) = openssl_in(
+        d,
+        &["crl", "-in", "crl.pem", "-CAfile", "issuers.pem", "-noout"],
+    );
+    assert!(ok && said.contains("verify OK"), "{said}");
+    let verify_with_crl = || {
+        openssl_in(
+            d,
+            &[
+                "verify",
+                "-crl_check",
+                "-CRLfile",
+                "crl.pem",
+                "-CAfile",
+                "issuers.pem",
+                "-untrusted",
+                chain.to_str().unwrap(),
+                cert.to_str().unwrap(),
+            ],
+        )
+    };
+    let (ok, said) = verify_with_crl();
+    assert!(ok, "not revoked yet: {said}");
+
+    // `signet revoke` records it; a second time and a bad serial change nothing.
+    let config = d.join("revoke.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "trust_domain: cluster.local\nbackends:\n  dev: {{ type: local, cert_file: {i}, key_file: {k}, chain_file: {r} }}\nauthorities:\n  dev: {{ backend: dev, revocation_file: {f} }}\n",
+            i = data.join("intermediate.pem").display(),
+            k = data.join("intermediate-key.pem").display(),
+            r = root.display(),
+            f = data.join("revoked.yaml").display(),
+        ),
+    )
+    .unwrap();
+    let revoke = |serial: &str| {
+        std::process::Command::new(bin())
+            .args(["revoke", "--config", config.to_str().unwrap()])
+            .args([
+                "--authority",
+                "dev",
+                "--serial",
+                serial,
+                "--reason",
+                "key-compromise",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = revoke(&serial);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recorded = std::fs::read_to_string(data.join("revoked.yaml")).unwrap();
+    for (bad, why) in [
+        (serial.as_str(), "already revoked"),
+        ("not-hex", "not a hexadecimal"),
+    ] {
+        let out = revoke(bad);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(data.join("revoked.yaml")).unwrap(),
+            recorded,
+            "a refused revocation writes nothing"
+        );
+    }
+
+    fetch_crl().await;
+    let (ok, said) = openssl_in(
+        d,
+        &[
+            "crl",
+            "-in",
+            "crl.pem",
+            "-CAfile",
+            "issuers.pem",
+            "-noout",
+            "-text",
+        ],
+    );
+    assert!(ok && said.contains("verify OK"), "{said}");
+    assert!(
+        said.to_ascii_lowercase()
+            .replace(':', "")
+            .contains(&serial.trim_start_matches('0').to_ascii_lowercase()),
+        "{serial} listed: {said}"
+    );
+    assert!(said.contains("Key Compromise"), "{said}");
+    let (ok, said) = verify_with_crl();
+    assert!(!ok && said.contains("certificate revoked"), "{said}");
+
+    // Another authority's CRL, and a format that does not exist.
+    for (path, want) in [("/v1/crl/other", 404), ("/v1/crl/dev?format=xml", 400)] {
+        let r = client
+            .get(format!("{}{path}", signet.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), want, "{path}");
+    }
+}

@@ -1,0 +1,294 @@
+//! Revocation: the serials an authority has revoked (a file signet and
+//! `signet revoke` share) and the CRL its in-process issuing CA signs for
+//! them.
+//!
+//! The file is YAML, one entry per revoked certificate:
+//!
+//! ```yaml
+//! revoked:
+//!   - serial: 4f1c0a...        # hex, as `signet` and `openssl x509 -serial` print it
+//!     revoked_at: 2026-12-06T10:00:00Z
+//!     reason: key_compromise   # optional
+//! ```
+//!
+//! A CRL is valid for [`CRL_VALIDITY`] from the start of the hour it is made
+//! in, and its number is that hour's start in Unix seconds, so replicas that
+//! sign at the same time agree on its number and validity, and numbers only
+//! grow.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{from_unix_seconds, unix_seconds};
+use crate::issuer::LocalCa;
+
+/// How long a CRL signet makes is valid (its nextUpdate after thisUpdate).
+pub const CRL_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+
+/// Why a certificate was revoked (RFC 5280 CRLReason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Unspecified,
+    KeyCompromise,
+    CaCompromise,
+    AffiliationChanged,
+    Superseded,
+    CessationOfOperation,
+}
+
+impl Reason {
+    fn rcgen(self) -> rcgen::RevocationReason {
+        use rcgen::RevocationReason as R;
+        match self {
+            Reason::Unspecified => R::Unspecified,
+            Reason::KeyCompromise => R::KeyCompromise,
+            Reason::CaCompromise => R::CaCompromise,
+            Reason::AffiliationChanged => R::AffiliationChanged,
+            Reason::Superseded => R::Superseded,
+            Reason::CessationOfOperation => R::CessationOfOperation,
+        }
+    }
+}
+
+/// One revoked certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revoked {
+    /// Lower-case hex without separators or leading zeros.
+    pub serial: String,
+    #[serde(with = "rfc3339_serde")]
+    pub revoked_at: SystemTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+}
+
+/// Why a revocation list cannot be read or changed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RevocationError {
+    #[error("{0}: {1}")]
+    Read(String, String),
+    #[error("serial {0:?} is not a hexadecimal certificate serial number")]
+    BadSerial(String),
+    #[error("serial {0} is already revoked")]
+    AlreadyRevoked(String),
+    #[error("signing the CRL: {0}")]
+    Sign(String),
+}
+
+/// The revoked serials of one authority.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationList {
+    #[serde(default)]
+    pub revoked: Vec<Revoked>,
+}
+
+/// A serial as signet writes it: lower-case hex, no separators, no
+/// leading zeros (`4F:1C:0A`, `0x4f1c0a` and `004f1c0a` are all `4f1c0a`).
+pub fn normalise_serial(s: &str) -> Result<String, RevocationError> {
+    let hex: String = s
+        .trim()
+        .trim_start_matches("0x")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let trimmed = hex.trim_start_matches('0');
+    if hex.is_empty() || trimmed.len() > 40 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(RevocationError::BadSerial(s.to_owned()));
+    }
+    if trimmed.is_empty() {
+        return Err(RevocationError::BadSerial(s.to_owned()));
+    }
+    Ok(trimmed.to_owned())
+}
+
+impl RevocationList {
+    /// Reads `path`; a missing file is an empty list.
+    pub fn read(path: &Path) -> Result<Self, RevocationError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => {
+                return Err(RevocationError::Read(
+                    path.display().to_string(),
+                    e.to_string(),
+                ));
+            }
+        };
+        let list: Self = serde_yaml_ng::from_str(&text)
+            .map_err(|e| RevocationError::Read(path.display().to_string(), e.to_string()))?;
+        for r in &list.revoked {
+            if normalise_serial(&r.serial)? != r.serial {
+                return Err(RevocationError::BadSerial(r.serial.clone()));
+            }
+        }
+        Ok(list)
+    }
+
+    /// Adds a revocation; refuses a bad or already revoked serial.
+    pub fn revoke(
+        &mut self,
+        serial: &str,
+        at: SystemTime,
+        reason: Option<Reason>,
+    ) -> Result<&Revoked, RevocationError> {
+        let serial = normalise_serial(serial)?;
+        if self.contains(&serial) {
+            return Err(RevocationError::AlreadyRevoked(serial));
+        }
+        self.revoked.push(Revoked {
+            serial,
+            revoked_at: at,
+            reason,
+        });
+        Ok(self.revoked.last().expect("just pushed"))
+    }
+
+    pub fn contains(&self, serial: &str) -> bool {
+        normalise_serial(serial).is_ok_and(|s| self.revoked.iter().any(|r| r.serial == s))
+    }
+
+    /// Writes the list to `path` atomically (a temporary file, then a rename).
+    pub fn write(&self, path: &Path) -> Result<(), RevocationError> {
+        let text = serde_yaml_ng::to_string(self)
+            .map_err(|e| RevocationError::Read(path.display().to_string(), e.to_string()))?;
+        crate::fsutil::write_atomic(path, text.as_bytes(), 0o644)
+            .map_err(|e| RevocationError::Read(path.display().to_string(), e.to_string()))
+    }
+
+    /// The CRL `ca` signs for this list at `now` (DER).
+    pub fn crl(&self, ca: &LocalCa, now: SystemTime) -> Result<Vec<u8>, RevocationError> {
+        let hour = unix_seconds(now).div_euclid(3600) * 3600;
+        let this_update = from_unix_seconds(hour);
+        let revoked_certs = self
+            .revoked
+            .iter()
+            .map(|r| {
+                let bytes = hex::decode(if r.serial.len() % 2 == 1 {
+                    format!("0{}", r.serial)
+                } else {
+                    r.serial.clone()
+                })
+                .map_err(|_| RevocationError::BadSerial(r.serial.clone()))?;
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(&bytes),
+                    revocation_time: offset(r.revoked_at.min(this_update)),
+                    reason_code: r.reason.map(Reason::rcgen),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, RevocationError>>()?;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: offset(this_update),
+            next_update: offset(this_update + CRL_VALIDITY),
+            crl_number: rcgen::SerialNumber::from(u64::try_from(hour).unwrap_or(0)),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        ca.sign_crl(&params)
+            .map_err(|e| RevocationError::Sign(e.to_string()))
+    }
+}
+
+fn offset(t: SystemTime) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(unix_seconds(t))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+mod rfc3339_serde {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::clock::rfc3339(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::{KeyAlgorithm, PrivateKey};
+
+    #[test]
+    fn serials_are_normalised_and_bad_ones_refused() {
+        for s in ["4F:1C:0A", "0x4f1c0a", "004f1c0a", " 4f1c0a "] {
+            assert_eq!(normalise_serial(s).unwrap(), "4f1c0a", "{s}");
+        }
+        for s in ["", "0", "xyz", "4f-1c", &"f".repeat(41)] {
+            assert!(normalise_serial(s).is_err(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn a_serial_is_revoked_once_and_the_list_survives_a_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("revoked.yaml");
+        let at = from_unix_seconds(1_800_000_000);
+        let mut list = RevocationList::read(&path).unwrap();
+        assert!(list.revoked.is_empty(), "a missing file is an empty list");
+        list.revoke("AB:CD", at, Some(Reason::KeyCompromise))
+            .unwrap();
+        assert_eq!(
+            list.revoke("abcd", at, None).unwrap_err(),
+            RevocationError::AlreadyRevoked("abcd".into())
+        );
+        list.write(&path).unwrap();
+        assert_eq!(RevocationList::read(&path).unwrap(), list);
+    }
+
+    #[test]
+    fn the_crl_is_signed_by_the_ca_and_names_each_serial() {
+        use x509_parser::prelude::*;
+        let now = from_unix_seconds(1_800_001_234);
+        let ca = LocalCa::self_signed_root(
+            "crl root",
+            PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
+            now - Duration::from_secs(3600),
+            Duration::from_secs(86_400),
+        )
+        .unwrap();
+        let mut list = RevocationList::default();
+        list.revoke("0a1b", now, Some(Reason::Superseded)).unwrap();
+        list.revoke("ff00ff", now, None).unwrap();
+        let der = list.crl(&ca, now).unwrap();
+        let (_, crl) = CertificateRevocationList::from_der(&der).unwrap();
+        let serials: Vec<String> = crl
+            .iter_revoked_certificates()
+            .map(|r| hex::encode(r.raw_serial()))
+            .collect();
+        assert_eq!(serials, vec!["0a1b", "00ff00ff"]);
+        assert_eq!(
+            crl.last_update().timestamp(),
+            1_800_000_000,
+            "thisUpdate is the start of the hour"
+        );
+        // OpenSSL, not our parser, checks the signature.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("crl.der"), &der).unwrap();
+        std::fs::write(
+            dir.path().join("ca.pem"),
+            crate::pem::encode_certificate(ca.certificate()),
+        )
+        .unwrap();
+        let out = std::process::Command::new("openssl")
+            .args([
+                "crl", "-inform", "DER", "-in", "crl.der", "-CAfile", "ca.pem", "-noout",
+            ])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && said.contains("verify OK"), "{said}");
+    }
+}
