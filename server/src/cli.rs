@@ -89,6 +89,17 @@ pub enum Command {
         #[arg(long, value_enum)]
         reason: Option<RevokeReason>,
     },
+    /// Examine a live setup: the configured backends' roots and CAs, and the
+    /// Kubernetes objects signet keeps (cacerts, root ConfigMaps,
+    /// istiod-tls, ClusterTrustBundles). One line per finding; exits 1 when
+    /// anything failed.
+    Doctor {
+        #[arg(long)]
+        config: PathBuf,
+        /// Warn about CAs and certificates that expire within this long.
+        #[arg(long, default_value = "7d")]
+        warn_within: signet_core::duration::HumanDuration,
+    },
     /// Validate a configuration file and (without --offline) reach every backend.
     Check {
         #[arg(long)]
@@ -251,6 +262,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Sign(args) => client::sign(args).await,
         Command::Check { config, offline } => check(&config, offline).await,
+        Command::Doctor {
+            config,
+            warn_within,
+        } => doctor(&config, warn_within.get()).await,
         Command::Revoke {
             config,
             authority,
@@ -387,5 +402,27 @@ fn revoke(
         list.revoked.len(),
         file.display()
     );
+    Ok(())
+}
+
+/// `signet doctor`: prints each finding; fails when any check failed.
+async fn doctor(config: &Path, warn_within: std::time::Duration) -> anyhow::Result<()> {
+    let config = Config::load(config)?;
+    let clock: std::sync::Arc<dyn signet_core::Clock> =
+        std::sync::Arc::new(signet_core::SystemClock);
+    let findings = crate::doctor::examine(&config, &clock, warn_within).await?;
+    for f in &findings {
+        println!("{f}");
+    }
+    let failed = findings
+        .iter()
+        .filter(|f| f.level == crate::doctor::Level::Fail)
+        .count();
+    let warned = findings
+        .iter()
+        .filter(|f| f.level == crate::doctor::Level::Warn)
+        .count();
+    anyhow::ensure!(failed == 0, "{failed} check(s) failed, {warned} warning(s)");
+    println!("no failures, {warned} warning(s)");
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod doctor;
 pub mod istio;
 pub mod istio_client;
 pub mod kubernetes;

@@ -5,6 +5,7 @@
 
 mod cert_manager;
 mod charts;
+mod doctor;
 mod istiod;
 mod replicas;
 mod spire;

@@ -1,0 +1,386 @@
+//! `signet doctor`: reads a live setup — the configured backends, and the
+//! Kubernetes objects signet keeps — and reports what is broken or about to
+//! be: roots that differ between the authority and what consumers hold,
+//! chains that do not verify, CAs and certificates close to expiry, objects
+//! missing. Each finding is one line; the exit code says whether any failed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::certificates::v1::ClusterTrustBundle;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt as _};
+use rustls_pki_types::CertificateDer;
+use signet_core::chain::{TrustBundle, validity, verify_path};
+use signet_core::clock::rfc3339;
+use signet_core::{Clock, Signer};
+
+use crate::config::Config;
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub level: Level,
+    /// What was looked at, e.g. `configmap default/istio-ca-root-cert`.
+    pub what: String,
+    pub detail: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match self.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        };
+        write!(f, "{level} {}: {}", self.what, self.detail)
+    }
+}
+
+/// What the checks share.
+struct Doctor {
+    now: SystemTime,
+    warn_within: Duration,
+    findings: Vec<Finding>,
+}
+
+impl Doctor {
+    fn note(&mut self, level: Level, what: impl Into<String>, detail: impl Into<String>) {
+        self.findings.push(Finding {
+            level,
+            what: what.into(),
+            detail: detail.into(),
+        });
+    }
+
+    /// Expiry of one certificate: FAIL when past, WARN within the window.
+    fn expiry(&mut self, what: &str, der: &[u8]) {
+        match validity(der) {
+            Ok((_, not_after)) if not_after <= self.now => {
+                self.note(
+                    Level::Fail,
+                    what,
+                    format!("expired at {}", rfc3339(not_after)),
+                );
+            }
+            Ok((_, not_after)) if not_after <= self.now + self.warn_within => {
+                self.note(
+                    Level::Warn,
+                    what,
+                    format!("expires at {}", rfc3339(not_after)),
+                );
+            }
+            Ok(_) => {}
+            Err(e) => self.note(Level::Fail, what, e.to_string()),
+        }
+    }
+
+    /// Whether `held` (what a consumer has) is exactly the authority's
+    /// roots; a FAIL naming the difference if not.
+    fn same_roots(&mut self, what: &str, held: &[u8], bundle: &TrustBundle) -> bool {
+        let held: Vec<CertificateDer<'static>> = match signet_core::pem::certificates(held) {
+            Ok(c) => c.into_iter().map(CertificateDer::from).collect(),
+            Err(e) => {
+                self.note(Level::Fail, what, format!("not PEM certificates: {e}"));
+                return false;
+            }
+        };
+        let missing = bundle.roots().iter().filter(|r| !held.contains(r)).count();
+        let extra = held.iter().filter(|r| !bundle.contains(r)).count();
+        if missing == 0 && extra == 0 {
+            return true;
+        }
+        self.note(
+            Level::Fail,
+            what,
+            format!(
+                "roots differ from the authority's: {missing} of its {} root(s) missing, {extra} root(s) it does not have",
+                bundle.roots().len()
+            ),
+        );
+        false
+    }
+}
+
+/// Runs every check the configuration gives reason for.
+pub async fn examine(
+    config: &Config,
+    clock: &Arc<dyn Clock>,
+    warn_within: Duration,
+) -> anyhow::Result<Vec<Finding>> {
+    let mut d = Doctor {
+        now: clock.now(),
+        warn_within,
+        findings: Vec::new(),
+    };
+    let backends = crate::app::build_backends(config, clock).await?;
+    let bundles = authority_bundles(&mut d, config, &backends).await;
+    if config.frontends.writes_to_kubernetes() {
+        let client = crate::kubernetes::client(&config.kubernetes).await?;
+        kubernetes(&mut d, config, &client, &bundles, &backends).await;
+    }
+    Ok(d.findings)
+}
+
+/// Each authority's roots (from its backend), their expiry, and the
+/// issuing CA's where signet holds it.
+async fn authority_bundles(
+    d: &mut Doctor,
+    config: &Config,
+    backends: &BTreeMap<String, Arc<dyn Signer>>,
+) -> BTreeMap<String, TrustBundle> {
+    let mut out = BTreeMap::new();
+    for (name, a) in &config.authorities {
+        let what = format!("authority {name}");
+        let backend = &backends[&a.backend];
+        match backend.trust_bundle().await {
+            Ok(bundle) => {
+                for (i, root) in bundle.roots().iter().enumerate() {
+                    d.expiry(&format!("{what} root {i}"), root);
+                }
+                if let Some(ca) = backend.issuing_ca() {
+                    d.expiry(&format!("{what} issuing CA"), ca.certificate());
+                }
+                d.note(
+                    Level::Ok,
+                    &what,
+                    format!("{} root(s)", bundle.roots().len()),
+                );
+                out.insert(name.clone(), bundle);
+            }
+            Err(e) => d.note(Level::Fail, &what, format!("its roots cannot be read: {e}")),
+        }
+    }
+    out
+}
+
+async fn kubernetes(
+    d: &mut Doctor,
+    config: &Config,
+    client: &Client,
+    bundles: &BTreeMap<String, TrustBundle>,
+    backends: &BTreeMap<String, Arc<dyn Signer>>,
+) {
+    let f = &config.frontends;
+    if let Some(c) = &f.istio_cacerts {
+        match backends[&c.backend].trust_bundle().await {
+            Ok(bundle) => cacerts(d, client, c, &bundle).await,
+            Err(e) => d.note(
+                Level::Fail,
+                format!("backend {}", c.backend),
+                format!("its roots cannot be read: {e}"),
+            ),
+        }
+    }
+    if let Some(c) = &f.istio_root_cert
+        && let Some(bundle) = bundles.get(&c.authority)
+    {
+        root_configmaps(d, client, c, bundle).await;
+    }
+    if let Some(c) = &f.istiod_tls
+        && let Some(bundle) = bundles.get(&c.authority)
+    {
+        istiod_tls(d, client, c, bundle).await;
+    }
+    if let Some(c) = &f.cluster_trust_bundles {
+        for b in &c.bundles {
+            if let Some(bundle) = bundles.get(&b.authority) {
+                cluster_trust_bundle(d, client, &b.object_name(), bundle).await;
+            }
+        }
+    }
+}
+
+/// istiod's plug-in CA: valid the way istiod reads it, its roots the
+/// backend's, its CA certificate not close to expiry.
+async fn cacerts(
+    d: &mut Doctor,
+    client: &Client,
+    c: &signet_istio::cacerts::CacertsConfig,
+    bundle: &TrustBundle,
+) {
+    let what = format!("secret {}/{}", c.namespace, c.secret);
+    let Some(secret) = get(
+        d,
+        &Api::<Secret>::namespaced(client.clone(), &c.namespace),
+        &c.secret,
+        &what,
+    )
+    .await
+    else {
+        return;
+    };
+    let files: signet_istio::cacerts::Files = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    match signet_istio::cacerts::validate(&files, c.layout, d.now) {
+        Ok(v) => {
+            let roots_pem: String = v
+                .roots
+                .iter()
+                .map(|r| signet_core::pem::encode_certificate(r))
+                .collect();
+            if d.same_roots(&what, roots_pem.as_bytes(), bundle) {
+                if v.not_after <= d.now + d.warn_within {
+                    d.note(
+                        Level::Warn,
+                        &what,
+                        format!("its CA certificate expires at {}", rfc3339(v.not_after)),
+                    );
+                } else {
+                    d.note(Level::Ok, &what, "valid, the backend's roots");
+                }
+            }
+        }
+        Err(e) => d.note(Level::Fail, &what, format!("istiod would refuse it: {e}")),
+    }
+}
+
+/// `istio-ca-root-cert` in every selected namespace: present and exactly
+/// the authority's roots.
+async fn root_configmaps(
+    d: &mut Doctor,
+    client: &Client,
+    c: &signet_istio::k8s::RootDistributionConfig,
+    bundle: &TrustBundle,
+) {
+    let namespaces = match Api::<Namespace>::all(client.clone())
+        .list(&ListParams::default().labels(&c.namespace_selector))
+        .await
+    {
+        Ok(l) => l.items,
+        Err(e) => {
+            d.note(Level::Fail, "namespaces", signet_kubernetes::kube_err(e));
+            return;
+        }
+    };
+    let mut good = 0;
+    for ns in &namespaces {
+        let ns = ns.name_any();
+        let what = format!("configmap {ns}/{}", c.configmap);
+        let Some(cm) = get(
+            d,
+            &Api::<ConfigMap>::namespaced(client.clone(), &ns),
+            &c.configmap,
+            &what,
+        )
+        .await
+        else {
+            continue;
+        };
+        let held = cm
+            .data
+            .as_ref()
+            .and_then(|m| m.get("root-cert.pem"))
+            .cloned()
+            .unwrap_or_default();
+        if d.same_roots(&what, held.as_bytes(), bundle) {
+            good += 1;
+        }
+    }
+    if good == namespaces.len() {
+        d.note(
+            Level::Ok,
+            format!("configmaps {}", c.configmap),
+            format!("{good} namespace(s), the authority's roots"),
+        );
+    }
+}
+
+/// istiod's serving certificate: chains to the authority's roots, not
+/// close to expiry.
+async fn istiod_tls(
+    d: &mut Doctor,
+    client: &Client,
+    c: &signet_istio::k8s::IstiodTlsConfig,
+    bundle: &TrustBundle,
+) {
+    let what = format!("secret {}/{}", c.namespace, c.secret);
+    let Some(secret) = get(
+        d,
+        &Api::<Secret>::namespaced(client.clone(), &c.namespace),
+        &c.secret,
+        &what,
+    )
+    .await
+    else {
+        return;
+    };
+    let crt = secret
+        .data
+        .as_ref()
+        .and_then(|m| m.get("tls.crt"))
+        .map(|b| b.0.clone())
+        .unwrap_or_default();
+    let mut certs: Vec<CertificateDer<'static>> = match signet_core::pem::certificates(&crt) {
+        Ok(c) if !c.is_empty() => c.into_iter().map(CertificateDer::from).collect(),
+        _ => {
+            d.note(Level::Fail, &what, "tls.crt holds no certificate");
+            return;
+        }
+    };
+    let leaf = certs.remove(0);
+    match verify_path(&leaf, &certs, bundle, d.now) {
+        Ok(()) => {
+            let before = d.findings.len();
+            d.expiry(&what, &leaf);
+            if d.findings.len() == before {
+                d.note(Level::Ok, &what, "chains to the authority's roots");
+            }
+        }
+        Err(e) => d.note(
+            Level::Fail,
+            &what,
+            format!("does not chain to the authority's roots: {e}"),
+        ),
+    }
+}
+
+async fn cluster_trust_bundle(d: &mut Doctor, client: &Client, name: &str, bundle: &TrustBundle) {
+    let what = format!("clustertrustbundle {name}");
+    let Some(ctb) = get(
+        d,
+        &Api::<ClusterTrustBundle>::all(client.clone()),
+        name,
+        &what,
+    )
+    .await
+    else {
+        return;
+    };
+    if d.same_roots(&what, ctb.spec.trust_bundle.as_bytes(), bundle) {
+        d.note(Level::Ok, &what, "the authority's roots");
+    }
+}
+
+/// Reads one object; a FAIL when it is missing or unreadable.
+async fn get<K>(d: &mut Doctor, api: &Api<K>, name: &str, what: &str) -> Option<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + fmt::Debug,
+{
+    match api.get_opt(name).await {
+        Ok(Some(o)) => Some(o),
+        Ok(None) => {
+            d.note(Level::Fail, what, "missing");
+            None
+        }
+        Err(e) => {
+            d.note(Level::Fail, what, signet_kubernetes::kube_err(e));
+            None
+        }
+    }
+}
