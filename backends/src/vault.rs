@@ -853,7 +853,10 @@ impl VaultBackend {
     pub fn spawn_maintenance(this: &Arc<Self>) {
         let refresh = this.config.trust_bundle_refresh.get();
         Worker::new(format!("trust bundle of backend {}", this.name))
-            .backoff(Backoff::new(Duration::from_secs(5).min(refresh), refresh))
+            .backoff(Backoff::new(
+                Duration::from_secs(5).min(refresh),
+                Duration::from_secs(30).min(refresh),
+            ))
             .spawn_for(this, move |this| async move {
                 match this.refresh_trust_bundle().await {
                     Ok(b) => {

@@ -229,10 +229,6 @@ impl Signer for Delegated {
         }
     }
 
-    fn issuing_ca(&self) -> Option<Arc<LocalCa>> {
-        self.current()
-    }
-
     fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
         self.current
             .load()

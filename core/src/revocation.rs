@@ -6,15 +6,17 @@
 //!
 //! ```yaml
 //! revoked:
-//!   - serial: 4f1c0a...        # hex, as `signet` and `openssl x509 -serial` print it
+//!   - serial: 4f1c0a...        # hex; `openssl x509 -serial`'s form (4F1C0A, 00:4F:..) reads the same
 //!     revoked_at: 2026-12-06T10:00:00Z
 //!     reason: key_compromise   # optional
 //! ```
 //!
-//! A CRL is valid for [`CRL_VALIDITY`] from the start of the hour it is made
-//! in, and its number is that hour's start in Unix seconds, so replicas that
-//! sign at the same time agree on its number and validity, and numbers only
-//! grow.
+//! A CRL's thisUpdate is the later of the start of the current hour and the
+//! newest revocation (so a new entry always makes a newer CRL), its number
+//! is thisUpdate in Unix seconds, and it is valid for [`CRL_VALIDITY`]:
+//! replicas reading the same file agree on all three, and numbers only grow.
+//! Its Authority Key Identifier is the CA certificate's own Subject Key
+//! Identifier (CAs from Vault, AWS Private CA or OpenSSL use SHA-1 ones).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -119,12 +121,11 @@ impl RevocationList {
                 ));
             }
         };
-        let list: Self = serde_yaml_ng::from_str(&text)
+        let mut list: Self = serde_yaml_ng::from_str(&text)
             .map_err(|e| RevocationError::Read(path.display().to_string(), e.to_string()))?;
-        for r in &list.revoked {
-            if normalise_serial(&r.serial)? != r.serial {
-                return Err(RevocationError::BadSerial(r.serial.clone()));
-            }
+        // Entries written by hand may carry `openssl x509 -serial`'s form.
+        for r in &mut list.revoked {
+            r.serial = normalise_serial(&r.serial)?;
         }
         Ok(list)
     }
@@ -162,8 +163,14 @@ impl RevocationList {
 
     /// The CRL `ca` signs for this list at `now` (DER).
     pub fn crl(&self, ca: &LocalCa, now: SystemTime) -> Result<Vec<u8>, RevocationError> {
-        let hour = unix_seconds(now).div_euclid(3600) * 3600;
-        let this_update = from_unix_seconds(hour);
+        let hour = from_unix_seconds(unix_seconds(now).div_euclid(3600) * 3600);
+        let newest = self
+            .revoked
+            .iter()
+            .map(|r| r.revoked_at.min(now))
+            .max()
+            .unwrap_or(hour);
+        let this_update = from_unix_seconds(unix_seconds(hour.max(newest)));
         let revoked_certs = self
             .revoked
             .iter()
@@ -185,14 +192,31 @@ impl RevocationList {
         let params = rcgen::CertificateRevocationListParams {
             this_update: offset(this_update),
             next_update: offset(this_update + CRL_VALIDITY),
-            crl_number: rcgen::SerialNumber::from(u64::try_from(hour).unwrap_or(0)),
+            crl_number: rcgen::SerialNumber::from(
+                u64::try_from(unix_seconds(this_update)).unwrap_or(0),
+            ),
             issuing_distribution_point: None,
             revoked_certs,
-            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+            key_identifier_method: match subject_key_id(ca.certificate()) {
+                Some(id) => rcgen::KeyIdMethod::PreSpecified(id),
+                None => rcgen::KeyIdMethod::Sha256,
+            },
         };
         ca.sign_crl(&params)
             .map_err(|e| RevocationError::Sign(e.to_string()))
     }
+}
+
+/// The certificate's Subject Key Identifier, if it has one.
+fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+            _ => None,
+        })
 }
 
 fn offset(t: SystemTime) -> time::OffsetDateTime {
@@ -245,6 +269,13 @@ mod tests {
         );
         list.write(&path).unwrap();
         assert_eq!(RevocationList::read(&path).unwrap(), list);
+        // A hand-written entry in openssl's form reads as the same serial.
+        std::fs::write(
+            &path,
+            "revoked:\n  - serial: 00ABCD\n    revoked_at: 2027-01-15T08:00:00Z\n",
+        )
+        .unwrap();
+        assert!(RevocationList::read(&path).unwrap().contains("abcd"));
     }
 
     #[test]
@@ -270,9 +301,37 @@ mod tests {
         assert_eq!(serials, vec!["0a1b", "00ff00ff"]);
         assert_eq!(
             crl.last_update().timestamp(),
-            1_800_000_000,
-            "thisUpdate is the start of the hour"
+            1_800_001_234,
+            "thisUpdate is the newest revocation, later than the hour's start"
         );
+        let older = RevocationList::default().crl(&ca, now).unwrap();
+        let (_, older) = CertificateRevocationList::from_der(&older).unwrap();
+        assert_eq!(
+            older.last_update().timestamp(),
+            1_800_000_000,
+            "the hour's start"
+        );
+        // The CRL's AKI is the CA's SKI.
+        let (_, cert) = X509Certificate::from_der(ca.certificate()).unwrap();
+        let ski = cert
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+                _ => None,
+            })
+            .unwrap();
+        let aki = crl
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(aki, ski);
         // OpenSSL, not our parser, checks the signature.
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("crl.der"), &der).unwrap();

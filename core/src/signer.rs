@@ -72,10 +72,11 @@ pub trait Signer: Send + Sync + fmt::Debug {
     async fn layout(&self) -> Result<Layout, SignError> {
         Ok(Layout::from_certs(None, &[], &self.trust_bundle().await?))
     }
-    /// The CA that issues this signer's certificates, when signet holds its
-    /// key in process (the `local` backend, a delegated intermediate): it
-    /// signs the authority's CRL ([`crate::revocation`]). Remote CAs keep
-    /// their own revocation.
+    /// The CA that issues this signer's certificates, when every replica
+    /// holds the same key in process (the `local` backend): it signs the
+    /// authority's CRL ([`crate::revocation`]). Remote CAs keep their own
+    /// revocation; a delegated authority has one intermediate per replica
+    /// and per rotation, which one CRL cannot cover, so it has none yet.
     fn issuing_ca(&self) -> Option<std::sync::Arc<crate::issuer::LocalCa>> {
         None
     }

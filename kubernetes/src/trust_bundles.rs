@@ -4,9 +4,14 @@
 //! name and label selector).
 //!
 //! The leader keeps every configured object equal to its authority's bundle
-//! (all roots, in the bundle's order) and deletes the ClusterTrustBundles it
-//! labelled earlier that the configuration no longer names (an authority
-//! removed, a signer name changed). Followers write nothing.
+//! (all roots, in the bundle's order) and deletes the ClusterTrustBundles
+//! its installation labelled earlier that the configuration no longer names
+//! (an authority removed, a signer name changed). ClusterTrustBundles are
+//! cluster-wide, so each object carries its installation
+//! ([`INSTANCE_LABEL`]: the leader-election Lease's namespace and name):
+//! another installation's objects are neither deleted nor overwritten, and
+//! an object of the same name that is not this installation's is an error.
+//! Followers write nothing.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -27,6 +32,8 @@ use crate::{is_conflict, kube_err, upsert};
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "signet");
 /// The label naming the authority whose roots an object holds.
 pub const AUTHORITY_LABEL: &str = "signet.dev/authority";
+/// The label naming the installation that wrote an object.
+pub const INSTANCE_LABEL: &str = "signet.dev/instance";
 
 fn default_poll() -> HumanDuration {
     HumanDuration::from_secs(30)
@@ -104,14 +111,19 @@ pub struct TrustBundlePublisher {
     client: Client,
     bundles: Vec<(TrustBundleConfig, Arc<Authority>)>,
     poll: Duration,
+    /// This installation ([`INSTANCE_LABEL`]'s value).
+    instance: String,
     leader: watch::Receiver<bool>,
 }
 
 impl TrustBundlePublisher {
+    /// `instance` names this installation (a label value: the Lease's
+    /// `<namespace>.<name>`).
     pub fn new(
         client: Client,
         config: &ClusterTrustBundlesConfig,
         authorities: impl Fn(&str) -> Arc<Authority>,
+        instance: impl Into<String>,
         leader: watch::Receiver<bool>,
     ) -> Self {
         Self {
@@ -122,33 +134,44 @@ impl TrustBundlePublisher {
                 .map(|b| (b.clone(), authorities(&b.authority)))
                 .collect(),
             poll: config.poll.get(),
+            instance: instance.into(),
             leader,
         }
     }
 
     /// One pass: writes what differs, deletes what is no longer named.
-    /// Returns how many objects it changed.
+    /// Returns how many objects it changed; one entry failing does not stop
+    /// the others (the errors are returned together).
     pub async fn reconcile_once(&self) -> Result<usize, String> {
         if !*self.leader.borrow() {
             return Ok(0);
         }
         let api: Api<ClusterTrustBundle> = Api::all(self.client.clone());
         let mut changed = 0;
+        let mut errors = Vec::new();
         let mut wanted = BTreeSet::new();
         for (config, authority) in &self.bundles {
             let name = config.object_name();
             wanted.insert(name.clone());
-            let pem = authority
-                .trust_bundle()
-                .await
-                .map_err(|e| format!("the roots of authority {}: {e}", config.authority))?
-                .to_pem();
-            if self.publish(&api, config, &name, pem).await? {
-                changed += 1;
+            let written = match authority.trust_bundle().await {
+                Ok(b) => self.publish(&api, config, &name, b.to_pem()).await,
+                Err(e) => Err(format!("the roots of authority {}: {e}", config.authority)),
+            };
+            match written {
+                Ok(true) => changed += 1,
+                Ok(false) => {}
+                Err(e) => errors.push(e),
             }
         }
-        changed += self.remove_unnamed(&api, &wanted).await?;
-        Ok(changed)
+        match self.remove_unnamed(&api, &wanted).await {
+            Ok(n) => changed += n,
+            Err(e) => errors.push(e),
+        }
+        if errors.is_empty() {
+            Ok(changed)
+        } else {
+            Err(errors.join("; "))
+        }
     }
 
     /// Writes one object unless it already says exactly this.
@@ -160,6 +183,14 @@ impl TrustBundlePublisher {
         pem: String,
     ) -> Result<bool, String> {
         let current = api.get_opt(name).await.map_err(kube_err)?;
+        if let Some(o) = &current
+            && o.labels().get(INSTANCE_LABEL) != Some(&self.instance)
+        {
+            return Err(format!(
+                "ClusterTrustBundle {name} exists and is not this installation's ({INSTANCE_LABEL}={}): not overwritten",
+                self.instance
+            ));
+        }
         let labels_ok = |o: &ClusterTrustBundle| {
             o.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
                 && o.labels().get(AUTHORITY_LABEL) == Some(&config.authority)
@@ -179,6 +210,7 @@ impl TrustBundlePublisher {
             let labels = o.labels_mut();
             labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
             labels.insert(AUTHORITY_LABEL.into(), config.authority.clone());
+            labels.insert(INSTANCE_LABEL.into(), self.instance.clone());
         })
         .await;
         match written {
@@ -200,7 +232,10 @@ impl TrustBundlePublisher {
         api: &Api<ClusterTrustBundle>,
         wanted: &BTreeSet<String>,
     ) -> Result<usize, String> {
-        let selector = format!("{}={},{AUTHORITY_LABEL}", MANAGED_BY.0, MANAGED_BY.1);
+        let selector = format!(
+            "{}={},{INSTANCE_LABEL}={}",
+            MANAGED_BY.0, MANAGED_BY.1, self.instance
+        );
         let list = api
             .list(&ListParams::default().labels(&selector))
             .await

@@ -89,6 +89,7 @@ pub async fn start(
             client.clone(),
             c,
             |name| authorities[name].clone(),
+            instance_label(&config.leader_election),
             elector.subscribe(),
         );
         tasks.push(tokio::spawn(publisher.run()));
@@ -144,4 +145,15 @@ fn start_istio_writers(
         tasks.push(tokio::spawn(dist.run()));
         tracing::info!(configmap = %c.configmap, selector = %c.namespace_selector, "root distribution started");
     }
+}
+
+/// This installation as a label value: the Lease's `<namespace>.<name>`, or
+/// a digest of it when that is longer than a label value may be.
+fn instance_label(le: &signet_kubernetes::leader::LeaderConfig) -> String {
+    let full = format!("{}.{}", le.namespace, le.lease_name);
+    if full.len() <= 63 {
+        return full;
+    }
+    let digest = signet_core::crypto::sha256(full.as_bytes());
+    format!("signet-{}", hex::encode(&digest[..12]))
 }

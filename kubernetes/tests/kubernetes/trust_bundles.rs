@@ -75,6 +75,7 @@ fn publisher(
                 .map(|(_, a)| a.clone())
                 .unwrap()
         },
+        "signet.signet-leader",
         rx,
     );
     (p, tx)
@@ -139,7 +140,33 @@ async fn every_bundle_is_mirrored_and_dropped_entries_are_deleted(cluster: Clust
     let linked = api.get("signet.dev:mesh:mesh").await.unwrap();
     assert_eq!(linked.spec.trust_bundle, pem_of(&rotated).await);
 
-    // The configuration drops "edge": its object goes, the foreign one stays.
+    // Another installation's object of the same kind is neither adopted nor
+    // deleted.
+    let other: ClusterTrustBundle = serde_json::from_value(json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "ClusterTrustBundle",
+        "metadata": {
+            "name": "signet-staging",
+            "labels": {
+                "app.kubernetes.io/managed-by": "signet",
+                "signet.dev/authority": "staging",
+                "signet.dev/instance": "staging.signet-leader",
+            },
+        },
+        "spec": { "trustBundle": pem_of(&authority("staging")).await },
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &other).await.unwrap();
+    let (p, _leader) = publisher(
+        client.clone(),
+        &[("staging", None)],
+        &[("staging", authority("staging"))],
+        true,
+    );
+    let refused = p.reconcile_once().await.unwrap_err();
+    assert!(refused.contains("not this installation's"), "{refused}");
+
+    // The configuration drops "edge": its object goes, the foreign ones stay.
     let (p, _leader) = publisher(
         client.clone(),
         &entries[..1],
@@ -149,6 +176,11 @@ async fn every_bundle_is_mirrored_and_dropped_entries_are_deleted(cluster: Clust
     assert_eq!(p.reconcile_once().await.unwrap(), 1);
     assert!(api.get_opt("signet-edge").await.unwrap().is_none());
     assert!(api.get_opt("signet.dev:mesh:mesh").await.unwrap().is_some());
+    assert_eq!(
+        api.get("signet-staging").await.unwrap().spec.trust_bundle,
+        other.spec.trust_bundle,
+        "another installation's object is left alone"
+    );
     assert_eq!(
         api.get("someone-else").await.unwrap().spec.trust_bundle,
         foreign.spec.trust_bundle
