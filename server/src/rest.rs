@@ -535,9 +535,8 @@ struct CrlQuery {
     format: Option<String>,
 }
 
-/// The authority's CRL, signed by its issuing CA (the `local` backend's CA,
-/// a delegated authority's current intermediate), listing its
-/// `revocation_file`.
+/// The authority's CRL, signed by its issuing CA where every replica holds
+/// that key (the `local` backend's CA), listing its `revocation_file`.
 async fn crl(
     State(rest): State<Arc<Rest>>,
     axum::extract::Path(authority): axum::extract::Path<String>,
