@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::CertificateDer;
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
 use crate::clock::{from_unix_seconds, rfc3339};
@@ -280,6 +280,39 @@ impl IssuedChain {
         self.intermediates
             .iter()
             .map(|c| pem::encode_certificate(c))
+            .collect()
+    }
+
+    /// The trust bundle as PEM with the root this chain leads to last, for
+    /// consumers that take the last certificate of an answer as *the* root
+    /// (istiod in RA mode reads the CSR signer's answer that way): during a
+    /// rotation the bundle holds a next root that anchors nothing yet. The
+    /// anchor is the root whose subject is the top certificate's issuer
+    /// (and whose key identifier matches its authority key identifier, when
+    /// both are present).
+    pub fn trust_bundle_pem_anchor_last(&self) -> String {
+        let top = self.intermediates.last().unwrap_or(&self.leaf);
+        let is_anchor = |root: &CertificateDer<'static>| {
+            let (Ok((_, top)), Ok((_, root))) = (
+                X509Certificate::from_der(top),
+                X509Certificate::from_der(root),
+            ) else {
+                return false;
+            };
+            if top.issuer().as_raw() != root.subject().as_raw() {
+                return false;
+            }
+            match (authority_key_id(&top), subject_key_id(&root)) {
+                (Some(aki), Some(ski)) => aki == ski,
+                _ => true,
+            }
+        };
+        let (anchors, others): (Vec<_>, Vec<_>) =
+            self.trust_bundle.roots().iter().partition(|r| is_anchor(r));
+        others
+            .into_iter()
+            .chain(anchors)
+            .map(|r| pem::encode_certificate(r))
             .collect()
     }
 
@@ -763,4 +796,25 @@ pub fn order_path(
 /// Whether a DER certificate's subject and issuer names are the same.
 pub fn is_self_signed(der: &[u8]) -> bool {
     parse(der, "certificate").is_ok_and(|c| c.subject().as_raw() == c.issuer().as_raw())
+}
+
+fn authority_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) => {
+                a.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
+}
+
+/// A certificate's Subject Key Identifier, if it has one.
+pub(crate) fn subject_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
 }

@@ -209,14 +209,9 @@ impl RevocationList {
 
 /// The certificate's Subject Key Identifier, if it has one.
 fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
-    use x509_parser::prelude::*;
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    cert.extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
-            _ => None,
-        })
+    use x509_parser::prelude::FromDer as _;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    crate::chain::subject_key_id(&cert)
 }
 
 fn offset(t: SystemTime) -> time::OffsetDateTime {

@@ -4,7 +4,6 @@
     clippy::disallowed_methods,
     reason = "tests and benchmarks run real servers and processes on real time"
 )]
-use signet_core::testing::grant;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -22,6 +21,7 @@ use signet_core::policy::{
     TtlOverflow,
 };
 use signet_core::spiffe::TrustDomain;
+use signet_core::testing::grant;
 use x509_parser::extensions::GeneralName;
 use x509_parser::oid_registry;
 use x509_parser::prelude::*;
@@ -735,4 +735,62 @@ fn only_policy_marks_a_certificate_renewable() {
         chain.check(&plain, &c, now, Duration::ZERO),
         Err(ChainError::RenewalMarker(_))
     ));
+}
+
+#[test]
+fn the_root_a_chain_leads_to_goes_last_for_consumers_that_take_the_last_as_the_root() {
+    let now = SystemTime::now();
+    let root = |name: &str| {
+        LocalCa::self_signed_root(
+            name,
+            PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
+            now,
+            365 * DAY,
+        )
+        .unwrap()
+    };
+    let (current, next) = (root("current root"), root("next root"));
+    let inter = signet_core::testing::intermediate_under(
+        &current,
+        "issuing",
+        &td(),
+        0,
+        now,
+        30 * DAY,
+        Duration::ZERO,
+    );
+    let leaf = inter
+        .sign(
+            &policy()
+                .decide(
+                    &caller(),
+                    &grant(&["spiffe://cluster.local/**"], &[Profile::Workload]),
+                    &csr(
+                        KeyAlgorithm::EcdsaP256,
+                        &["spiffe://cluster.local/ns/a/sa/b"],
+                    ),
+                    &request(Profile::Workload, None),
+                    now,
+                )
+                .unwrap(),
+            &PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
+        )
+        .unwrap();
+    let current_der = current.trust_bundle().roots()[0].clone();
+    let next_der = next.trust_bundle().roots()[0].clone();
+    for order in [
+        vec![current_der.clone(), next_der.clone()],
+        vec![next_der.clone(), current_der.clone()],
+    ] {
+        let chain = signet_core::chain::IssuedChain::new(
+            leaf.leaf().clone(),
+            vec![inter.certificate().clone()],
+            signet_core::chain::TrustBundle::new(order).unwrap(),
+        )
+        .unwrap();
+        let pems = signet_core::pem::certificates(chain.trust_bundle_pem_anchor_last().as_bytes())
+            .unwrap();
+        assert_eq!(pems.len(), 2, "every root is still there");
+        assert_eq!(pems[1], current_der.as_ref(), "the anchor is last");
+    }
 }

@@ -242,7 +242,10 @@ impl CsrSigner {
         let mut pem = chain.leaf_pem();
         pem.extend(chain.intermediate_pems());
         if self.config.include_root {
-            pem.push_str(&chain.trust_bundle().to_pem());
+            // istiod takes the last certificate as the root: the one this
+            // chain leads to goes last, other roots (a rotation's next)
+            // before it.
+            pem.push_str(&chain.trust_bundle_pem_anchor_last());
         }
         Ok(pem)
     }
