@@ -78,6 +78,25 @@ pub fn layout_needs(config: &Config) -> BTreeMap<String, Vec<Needs>> {
     out
 }
 
+/// Checks each authority against its backend's layout (an error stops the
+/// start) and logs what each backend's upstream looks like.
+async fn log_layouts(
+    config: &Config,
+    backends: &BTreeMap<String, Arc<dyn Signer>>,
+) -> anyhow::Result<()> {
+    for (backend, layout) in check_layouts(config, backends).await? {
+        match layout {
+            Ok(l) => {
+                tracing::info!(backend = %backend, position = ?l.position(), anchors = l.anchors.len(), "upstream layout")
+            }
+            Err(e) => {
+                tracing::warn!(backend = %backend, error = %e, "could not read the upstream layout yet; starting without checking it")
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads each used backend's layout and checks it against its users. A
 /// layout that cannot serve a user is an error that says what to change; a
 /// backend that cannot be reached is reported in the result (its layout is
@@ -120,16 +139,7 @@ impl App {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let backends = build_backends(&config, &clock).await?;
-        for (backend, layout) in check_layouts(&config, &backends).await? {
-            match layout {
-                Ok(l) => {
-                    tracing::info!(backend = %backend, position = ?l.position(), anchors = l.anchors.len(), "upstream layout")
-                }
-                Err(e) => {
-                    tracing::warn!(backend = %backend, error = %e, "could not read the upstream layout yet; starting without checking it")
-                }
-            }
-        }
+        log_layouts(&config, &backends).await?;
         let authorities = build_authorities(&config, &backends, &clock).await?;
 
         let mut registry = Registry::with_prefix("signet");

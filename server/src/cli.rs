@@ -230,21 +230,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             exit_with_stdin,
         } => {
             let termination = app::Termination::install()?;
-            let config = if dev {
-                let pki = dev::ensure_pki(
-                    &data_dir,
-                    signet_core::Clock::now(&signet_core::SystemClock),
-                )?;
-                tracing::warn!(
-                    root = %pki.root.display(),
-                    "DEVELOPMENT MODE: signing with a self-signed development root, unauthenticated, on loopback only. \
-                     For trying signet; never use it in production."
-                );
-                dev::config(&pki, &data_dir, rest_addr, grpc_addr)?
-            } else {
-                let path = config.context("--config is required")?;
-                Config::load(&path)?
-            };
+            let config = serve_config(config, dev, &data_dir, rest_addr, grpc_addr)?;
             let app = App::start(config).await?;
             tracing::info!("ready");
             if exit_with_stdin {
@@ -425,4 +411,27 @@ async fn doctor(config: &Path, warn_within: std::time::Duration) -> anyhow::Resu
     anyhow::ensure!(failed == 0, "{failed} check(s) failed, {warned} warning(s)");
     println!("no failures, {warned} warning(s)");
     Ok(())
+}
+
+/// The configuration `serve` runs: the file, or dev mode's (creating its
+/// PKI in `data_dir` the first time).
+fn serve_config(
+    config: Option<PathBuf>,
+    dev: bool,
+    data_dir: &Path,
+    rest_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+) -> anyhow::Result<Config> {
+    if dev {
+        let pki = dev::ensure_pki(data_dir, signet_core::Clock::now(&signet_core::SystemClock))?;
+        tracing::warn!(
+            root = %pki.root.display(),
+            "DEVELOPMENT MODE: signing with a self-signed development root, unauthenticated, on loopback only. \
+             For trying signet; never use it in production."
+        );
+        dev::config(&pki, data_dir, rest_addr, grpc_addr)
+    } else {
+        let path = config.context("--config is required")?;
+        Ok(Config::load(&path)?)
+    }
 }
