@@ -153,6 +153,32 @@ impl RevocationList {
         normalise_serial(serial).is_ok_and(|s| self.revoked.iter().any(|r| r.serial == s))
     }
 
+    /// Adds one revocation to the file at `path` under an exclusive lock
+    /// (`<path>` with extension `lock`), so concurrent `signet revoke`s on one host do not
+    /// lose each other's entries; nothing is written when it is refused.
+    pub fn revoke_in_file(
+        path: &Path,
+        serial: &str,
+        at: SystemTime,
+        reason: Option<Reason>,
+    ) -> Result<(Revoked, usize), RevocationError> {
+        let lock_path = path.with_extension("lock");
+        let io = |e: std::io::Error| {
+            RevocationError::Read(lock_path.display().to_string(), e.to_string())
+        };
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io)?;
+        lock.lock().map_err(io)?;
+        let mut list = Self::read(path)?;
+        let entry = list.revoke(serial, at, reason)?.clone();
+        list.write(path)?;
+        Ok((entry, list.revoked.len()))
+    }
+
     /// Writes the list to `path` atomically (a temporary file, then a rename).
     pub fn write(&self, path: &Path) -> Result<(), RevocationError> {
         let text = serde_yaml_ng::to_string(self)
@@ -264,6 +290,14 @@ mod tests {
         );
         list.write(&path).unwrap();
         assert_eq!(RevocationList::read(&path).unwrap(), list);
+        // Through the file, under its lock: added once, refused twice.
+        let (entry, count) = RevocationList::revoke_in_file(&path, "0x0fee", at, None).unwrap();
+        assert_eq!((entry.serial.as_str(), count), ("fee", 2));
+        assert_eq!(
+            RevocationList::revoke_in_file(&path, "FEE", at, None).unwrap_err(),
+            RevocationError::AlreadyRevoked("fee".into())
+        );
+        assert_eq!(RevocationList::read(&path).unwrap().revoked.len(), 2);
         // A hand-written entry in openssl's form reads as the same serial.
         std::fs::write(
             &path,

@@ -377,15 +377,17 @@ fn revoke(
     let file = a.revocation_file.as_ref().ok_or_else(|| {
         anyhow::anyhow!("authority {authority:?} has no revocation_file to record revocations in")
     })?;
-    let mut list = signet_core::revocation::RevocationList::read(file)?;
     let now = signet_core::Clock::now(&signet_core::SystemClock);
-    let entry = list.revoke(serial, now, reason.map(Into::into))?.clone();
-    list.write(file)?;
+    let (entry, count) = signet_core::revocation::RevocationList::revoke_in_file(
+        file,
+        serial,
+        now,
+        reason.map(Into::into),
+    )?;
     println!(
-        "revoked serial {} of authority {authority} at {} ({} in {})",
+        "revoked serial {} of authority {authority} at {} ({count} in {})",
         entry.serial,
         signet_core::clock::rfc3339(entry.revoked_at),
-        list.revoked.len(),
         file.display()
     );
     Ok(())
