@@ -42,6 +42,27 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::Unspecified,
+        Reason::KeyCompromise,
+        Reason::CaCompromise,
+        Reason::AffiliationChanged,
+        Reason::Superseded,
+        Reason::CessationOfOperation,
+    ];
+
+    /// The name in the revocation file and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Unspecified => "unspecified",
+            Reason::KeyCompromise => "key_compromise",
+            Reason::CaCompromise => "ca_compromise",
+            Reason::AffiliationChanged => "affiliation_changed",
+            Reason::Superseded => "superseded",
+            Reason::CessationOfOperation => "cessation_of_operation",
+        }
+    }
+
     fn rcgen(self) -> rcgen::RevocationReason {
         use rcgen::RevocationReason as R;
         match self {
@@ -52,6 +73,22 @@ impl Reason {
             Reason::Superseded => R::Superseded,
             Reason::CessationOfOperation => R::CessationOfOperation,
         }
+    }
+}
+
+impl std::str::FromStr for Reason {
+    type Err = String;
+
+    /// `key_compromise` or `key-compromise`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let want = s.replace('-', "_");
+        Reason::ALL
+            .into_iter()
+            .find(|r| r.name() == want)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Reason::ALL.iter().map(|r| r.name()).collect();
+                format!("{s:?} is not a revocation reason ({})", names.join(", "))
+            })
     }
 }
 
@@ -264,6 +301,20 @@ mod rfc3339_serde {
 mod tests {
     use super::*;
     use crate::key::{KeyAlgorithm, PrivateKey};
+
+    #[test]
+    fn reasons_parse_by_their_file_names() {
+        for r in Reason::ALL {
+            assert_eq!(r.name().parse::<Reason>().unwrap(), r);
+            let yaml = serde_yaml_ng::to_string(&r).unwrap();
+            assert_eq!(yaml.trim(), r.name(), "the file spells it the same way");
+        }
+        assert_eq!(
+            "key-compromise".parse::<Reason>().unwrap(),
+            Reason::KeyCompromise
+        );
+        assert!("bogus".parse::<Reason>().is_err());
+    }
 
     #[test]
     fn serials_are_normalised_and_bad_ones_refused() {

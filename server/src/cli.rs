@@ -86,8 +86,10 @@ pub enum Command {
         /// and `4F1C0A` are the same).
         #[arg(long)]
         serial: String,
-        #[arg(long, value_enum)]
-        reason: Option<RevokeReason>,
+        /// unspecified, key-compromise, ca-compromise, affiliation-changed,
+        /// superseded or cessation-of-operation.
+        #[arg(long)]
+        reason: Option<signet_core::revocation::Reason>,
     },
     /// Examine a live setup: the configured backends' roots and CAs, and the
     /// Kubernetes objects signet keeps (cacerts, root ConfigMaps,
@@ -108,31 +110,6 @@ pub enum Command {
         #[arg(long)]
         offline: bool,
     },
-}
-
-/// RFC 5280 revocation reasons signet records.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum RevokeReason {
-    Unspecified,
-    KeyCompromise,
-    CaCompromise,
-    AffiliationChanged,
-    Superseded,
-    CessationOfOperation,
-}
-
-impl From<RevokeReason> for signet_core::revocation::Reason {
-    fn from(r: RevokeReason) -> Self {
-        use signet_core::revocation::Reason as R;
-        match r {
-            RevokeReason::Unspecified => R::Unspecified,
-            RevokeReason::KeyCompromise => R::KeyCompromise,
-            RevokeReason::CaCompromise => R::CaCompromise,
-            RevokeReason::AffiliationChanged => R::AffiliationChanged,
-            RevokeReason::Superseded => R::Superseded,
-            RevokeReason::CessationOfOperation => R::CessationOfOperation,
-        }
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -367,7 +344,7 @@ fn revoke(
     config: &Path,
     authority: &str,
     serial: &str,
-    reason: Option<RevokeReason>,
+    reason: Option<signet_core::revocation::Reason>,
 ) -> anyhow::Result<()> {
     let config = Config::load(config)?;
     let a = config
@@ -378,12 +355,8 @@ fn revoke(
         anyhow::anyhow!("authority {authority:?} has no revocation_file to record revocations in")
     })?;
     let now = signet_core::Clock::now(&signet_core::SystemClock);
-    let (entry, count) = signet_core::revocation::RevocationList::revoke_in_file(
-        file,
-        serial,
-        now,
-        reason.map(Into::into),
-    )?;
+    let (entry, count) =
+        signet_core::revocation::RevocationList::revoke_in_file(file, serial, now, reason)?;
     println!(
         "revoked serial {} of authority {authority} at {} ({count} in {})",
         entry.serial,

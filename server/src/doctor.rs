@@ -86,16 +86,31 @@ impl Doctor {
         }
     }
 
-    /// Whether `held` (what a consumer has) is exactly the authority's
-    /// roots; a FAIL naming the difference if not.
-    fn same_roots(&mut self, what: &str, held: &[u8], bundle: &TrustBundle) -> bool {
-        let held: Vec<CertificateDer<'static>> = match signet_core::pem::certificates(held) {
-            Ok(c) => c.into_iter().map(CertificateDer::from).collect(),
+    /// Certificates from PEM a consumer holds; a FAIL if it is not PEM.
+    fn pem_certs(&mut self, what: &str, pem: &[u8]) -> Option<Vec<CertificateDer<'static>>> {
+        match signet_core::pem::certificates(pem) {
+            Ok(c) => Some(c.into_iter().map(CertificateDer::from).collect()),
             Err(e) => {
                 self.note(Level::Fail, what, format!("not PEM certificates: {e}"));
-                return false;
+                None
             }
-        };
+        }
+    }
+
+    /// Whether PEM roots a consumer holds are exactly the authority's.
+    fn same_roots_pem(&mut self, what: &str, pem: &[u8], bundle: &TrustBundle) -> bool {
+        self.pem_certs(what, pem)
+            .is_some_and(|held| self.same_roots(what, &held, bundle))
+    }
+
+    /// Whether `held` (what a consumer has) is exactly the authority's
+    /// roots; a FAIL naming the difference if not.
+    fn same_roots(
+        &mut self,
+        what: &str,
+        held: &[CertificateDer<'static>],
+        bundle: &TrustBundle,
+    ) -> bool {
         let missing = bundle.roots().iter().filter(|r| !held.contains(r)).count();
         let extra = held.iter().filter(|r| !bundle.contains(r)).count();
         if missing == 0 && extra == 0 {
@@ -227,30 +242,12 @@ async fn cacerts(
     bundle: &TrustBundle,
 ) {
     let what = format!("secret {}/{}", c.namespace, c.secret);
-    let Some(secret) = get(
-        d,
-        &Api::<Secret>::namespaced(client.clone(), &c.namespace),
-        &c.secret,
-        &what,
-    )
-    .await
-    else {
+    let Some(files) = secret_files(d, client, &c.namespace, &c.secret, &what).await else {
         return;
     };
-    let files: signet_istio::cacerts::Files = secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
     match signet_istio::cacerts::validate(&files, c.layout, d.now) {
         Ok(v) => {
-            let roots_pem: String = v
-                .roots
-                .iter()
-                .map(|r| signet_core::pem::encode_certificate(r))
-                .collect();
-            if d.same_roots(&what, roots_pem.as_bytes(), bundle) {
+            if d.same_roots(&what, &v.roots, bundle) {
                 if v.not_after <= d.now + d.warn_within {
                     d.note(
                         Level::Warn,
@@ -304,7 +301,7 @@ async fn root_configmaps(
             .and_then(|m| m.get("root-cert.pem"))
             .cloned()
             .unwrap_or_default();
-        if d.same_roots(&what, held.as_bytes(), bundle) {
+        if d.same_roots_pem(&what, held.as_bytes(), bundle) {
             good += 1;
         }
     }
@@ -326,29 +323,17 @@ async fn istiod_tls(
     bundle: &TrustBundle,
 ) {
     let what = format!("secret {}/{}", c.namespace, c.secret);
-    let Some(secret) = get(
-        d,
-        &Api::<Secret>::namespaced(client.clone(), &c.namespace),
-        &c.secret,
-        &what,
-    )
-    .await
-    else {
+    let Some(files) = secret_files(d, client, &c.namespace, &c.secret, &what).await else {
         return;
     };
-    let crt = secret
-        .data
-        .as_ref()
-        .and_then(|m| m.get("tls.crt"))
-        .map(|b| b.0.clone())
-        .unwrap_or_default();
-    let mut certs: Vec<CertificateDer<'static>> = match signet_core::pem::certificates(&crt) {
-        Ok(c) if !c.is_empty() => c.into_iter().map(CertificateDer::from).collect(),
-        _ => {
-            d.note(Level::Fail, &what, "tls.crt holds no certificate");
-            return;
-        }
+    let crt = files.get("tls.crt").map(Vec::as_slice).unwrap_or_default();
+    let Some(mut certs) = d.pem_certs(&what, crt) else {
+        return;
     };
+    if certs.is_empty() {
+        d.note(Level::Fail, &what, "tls.crt holds no certificate");
+        return;
+    }
     let leaf = certs.remove(0);
     match verify_path(&leaf, &certs, bundle, d.now) {
         Ok(()) => {
@@ -378,9 +363,29 @@ async fn cluster_trust_bundle(d: &mut Doctor, client: &Client, name: &str, bundl
     else {
         return;
     };
-    if d.same_roots(&what, ctb.spec.trust_bundle.as_bytes(), bundle) {
+    if d.same_roots_pem(&what, ctb.spec.trust_bundle.as_bytes(), bundle) {
         d.note(Level::Ok, &what, "the authority's roots");
     }
+}
+
+/// A Secret's data by key; a FAIL when it is missing or unreadable.
+async fn secret_files(
+    d: &mut Doctor,
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    what: &str,
+) -> Option<signet_istio::cacerts::Files> {
+    let api = Api::<Secret>::namespaced(client.clone(), namespace);
+    let secret = get(d, &api, name, what).await?;
+    Some(
+        secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect(),
+    )
 }
 
 /// Reads one object; a FAIL when it is missing or unreadable.

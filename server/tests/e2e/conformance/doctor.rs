@@ -7,9 +7,9 @@ use std::process::Output;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::certificates::v1::ClusterTrustBundle;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use signet_core::issuer::LocalCa;
 use signet_core::key::{KeyAlgorithm, PrivateKey};
@@ -65,19 +65,7 @@ async fn doctor_names_each_planted_fault() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     local_ca(d);
-    for (ns, labels) in [
-        ("signet", json!({})),
-        ("istio-system", json!({})),
-        ("mesh-apps", json!({ "istio-injection": "enabled" })),
-    ] {
-        let n: Namespace =
-            serde_json::from_value(json!({ "metadata": { "name": ns, "labels": labels } }))
-                .unwrap();
-        Api::<Namespace>::all(admin.clone())
-            .create(&PostParams::default(), &n)
-            .await
-            .unwrap();
-    }
+    mesh_namespaces(&admin).await;
     let cfg = d.join("signet.yaml");
     std::fs::write(&cfg, config(d, &cp.admin_kubeconfig())).unwrap();
 

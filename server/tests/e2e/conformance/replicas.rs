@@ -13,7 +13,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, ClusterTrustBundle};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::json;
@@ -131,19 +131,7 @@ async fn the_chart_rbac_runs_two_replicas_one_writer_with_failover() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let (_, _, root_pem) = local_ca(d);
-    for (ns, labels) in [
-        ("signet", json!({})),
-        ("istio-system", json!({})),
-        ("mesh-apps", json!({ "istio-injection": "enabled" })),
-    ] {
-        let n: Namespace =
-            serde_json::from_value(json!({ "metadata": { "name": ns, "labels": labels } }))
-                .unwrap();
-        Api::<Namespace>::all(admin.clone())
-            .create(&PostParams::default(), &n)
-            .await
-            .unwrap();
-    }
+    mesh_namespaces(&admin).await;
 
     // Render the chart for this configuration and apply all of it.
     let values = d.join("values.yaml");

@@ -264,3 +264,21 @@ pub fn agent_client(
         ))
     }
 }
+
+/// The namespaces the writer tests use: `signet` (the Lease),
+/// `istio-system`, and `mesh-apps` labelled for root distribution.
+pub async fn mesh_namespaces(c: &Client) {
+    for (ns, labels) in [
+        ("signet", json!({})),
+        ("istio-system", json!({})),
+        ("mesh-apps", json!({ "istio-injection": "enabled" })),
+    ] {
+        let n: Namespace =
+            serde_json::from_value(json!({ "metadata": { "name": ns, "labels": labels } }))
+                .unwrap();
+        Api::<Namespace>::all(c.clone())
+            .create(&PostParams::default(), &n)
+            .await
+            .unwrap();
+    }
+}
