@@ -93,24 +93,56 @@ pub enum ChainError {
     LeafKeyIsCaKey,
 }
 
-/// Trust anchors: the roots a chain must end in.
+/// Why a root is in a trust bundle: a root rotation
+/// ([`crate::rotation`]) adds the next root before anything chains to it and
+/// keeps the retiring one until nothing does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RootRole {
+    /// What certificates are issued under now.
+    Current,
+    /// Published ahead of a rotation; nothing chains to it yet.
+    Next,
+    /// Replaced; kept until certificates under it have expired.
+    Retiring,
+}
+
+impl RootRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RootRole::Current => "current",
+            RootRole::Next => "next",
+            RootRole::Retiring => "retiring",
+        }
+    }
+}
+
+/// Trust anchors: the roots a chain must end in, ordered current, next,
+/// retiring, each with its [`RootRole`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct TrustBundle {
     roots: Vec<CertificateDer<'static>>,
     /// SHA-256 of each root's SubjectPublicKeyInfo (see [`TrustBundle::holds_key`]).
     keys: Vec<[u8; 32]>,
+    /// Parallel to `roots`.
+    roles: Vec<RootRole>,
+    /// Roots a finished rotation removed: consumers that keep earlier roots
+    /// until they expire (`cacerts`) drop these.
+    dropped: Vec<CertificateDer<'static>>,
 }
 
 impl fmt::Debug for TrustBundle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TrustBundle")
             .field("roots", &self.roots.len())
+            .field("roles", &self.roles)
             .finish()
     }
 }
 
 impl TrustBundle {
-    /// A bundle of one or more parseable CA certificates (duplicates dropped).
+    /// A bundle of one or more parseable CA certificates (duplicates
+    /// dropped), all current.
     pub fn new(roots: Vec<CertificateDer<'static>>) -> Result<Self, ChainError> {
         if roots.is_empty() {
             return Err(ChainError::EmptyTrustBundle);
@@ -128,10 +160,73 @@ impl TrustBundle {
                 unique.push(der);
             }
         }
+        let roles = vec![RootRole::Current; unique.len()];
         Ok(Self {
             roots: unique,
             keys,
+            roles,
+            dropped: Vec::new(),
         })
+    }
+
+    /// The bundle of a rotation: `issuing`'s roots as current (and in the
+    /// roles they already have), then `other`'s roots that `issuing` lacks,
+    /// as `role` (next or retiring).
+    pub fn with_rotation(issuing: &TrustBundle, other: &TrustBundle, role: RootRole) -> Self {
+        let mut out = issuing.clone();
+        for (i, der) in other.roots.iter().enumerate() {
+            if !out.roots.contains(der) {
+                out.roots.push(der.clone());
+                out.keys.push(other.keys[i]);
+                out.roles.push(role);
+            }
+        }
+        out.dropped.retain(|d| !out.roots.contains(d));
+        out.sort_by_role();
+        out
+    }
+
+    /// This bundle, recording `dropped` (roots of `previous` it lacks) as
+    /// removed by a finished rotation.
+    pub fn with_dropped(mut self, previous: &TrustBundle) -> Self {
+        for der in &previous.roots {
+            if !self.roots.contains(der) && !self.dropped.contains(der) {
+                self.dropped.push(der.clone());
+            }
+        }
+        self
+    }
+
+    fn sort_by_role(&mut self) {
+        let mut entries: Vec<_> = std::mem::take(&mut self.roots)
+            .into_iter()
+            .zip(std::mem::take(&mut self.keys))
+            .zip(std::mem::take(&mut self.roles))
+            .collect();
+        // Stable: the order within a role is kept.
+        entries.sort_by_key(|((_, _), role)| *role);
+        for ((der, key), role) in entries {
+            self.roots.push(der);
+            self.keys.push(key);
+            self.roles.push(role);
+        }
+    }
+
+    /// Each root with its role, in order.
+    pub fn with_roles(&self) -> impl Iterator<Item = (&CertificateDer<'static>, RootRole)> {
+        self.roots.iter().zip(self.roles.iter().copied())
+    }
+
+    /// The roots certificates are issued under now.
+    pub fn current(&self) -> impl Iterator<Item = &CertificateDer<'static>> {
+        self.with_roles()
+            .filter(|(_, r)| *r == RootRole::Current)
+            .map(|(d, _)| d)
+    }
+
+    /// Roots a finished rotation removed ([`TrustBundle::with_dropped`]).
+    pub fn dropped(&self) -> &[CertificateDer<'static>] {
+        &self.dropped
     }
 
     pub fn roots(&self) -> &[CertificateDer<'static>] {
@@ -240,6 +335,15 @@ impl IssuedChain {
     /// re-verify what was just computed (one ECDSA verification, a third of a
     /// request's cryptography). Certificates from remote backends are always
     /// verified.
+    /// The same chain answered with `bundle` (a rotation's bundle, which
+    /// holds the roots of both sides); intermediates that are roots of it
+    /// are dropped.
+    pub fn with_trust_bundle(mut self, bundle: TrustBundle) -> Self {
+        self.intermediates.retain(|c| !bundle.contains(c));
+        self.trust_bundle = bundle;
+        self
+    }
+
     pub(crate) fn signed_in_process(self, issuer_spki: Vec<u8>) -> Self {
         let _ = self.leaf_signed_by.set(issuer_spki);
         self
@@ -292,21 +396,7 @@ impl IssuedChain {
     /// both are present).
     pub fn trust_bundle_pem_anchor_last(&self) -> String {
         let top = self.intermediates.last().unwrap_or(&self.leaf);
-        let is_anchor = |root: &CertificateDer<'static>| {
-            let (Ok((_, top)), Ok((_, root))) = (
-                X509Certificate::from_der(top),
-                X509Certificate::from_der(root),
-            ) else {
-                return false;
-            };
-            if top.issuer().as_raw() != root.subject().as_raw() {
-                return false;
-            }
-            match (authority_key_id(&top), subject_key_id(&root)) {
-                (Some(aki), Some(ski)) => aki == ski,
-                _ => true,
-            }
-        };
+        let is_anchor = |root: &CertificateDer<'static>| anchored_by(top, root);
         let (anchors, others): (Vec<_>, Vec<_>) =
             self.trust_bundle.roots().iter().partition(|r| is_anchor(r));
         others
@@ -794,6 +884,25 @@ pub fn order_path(
 }
 
 /// Whether a DER certificate's subject and issuer names are the same.
+/// Whether `root` is the certificate `top` chains to: its subject is
+/// `top`'s issuer, and its key identifier matches `top`'s authority key
+/// identifier when both are present. (Not a signature check.)
+pub fn anchored_by(top: &[u8], root: &[u8]) -> bool {
+    let (Ok((_, top)), Ok((_, root))) = (
+        X509Certificate::from_der(top),
+        X509Certificate::from_der(root),
+    ) else {
+        return false;
+    };
+    if top.issuer().as_raw() != root.subject().as_raw() {
+        return false;
+    }
+    match (authority_key_id(&top), subject_key_id(&root)) {
+        (Some(aki), Some(ski)) => aki == ski,
+        _ => true,
+    }
+}
+
 pub fn is_self_signed(der: &[u8]) -> bool {
     parse(der, "certificate").is_ok_and(|c| c.subject().as_raw() == c.issuer().as_raw())
 }

@@ -107,3 +107,19 @@ pub fn renew_time(not_before: SystemTime, not_after: SystemTime, fraction: f64) 
     let life = not_after.duration_since(not_before).unwrap_or_default();
     not_before + life.mul_f64(fraction.clamp(0.0, 1.0))
 }
+
+/// RFC 3339 timestamps in files signet writes (revocations, rotations).
+pub(crate) mod rfc3339_serde {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::clock::rfc3339(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom)
+    }
+}

@@ -184,23 +184,30 @@ impl Delegated {
     }
 }
 
-/// Renews the intermediate at `renew_at` of its life until the authority
-/// is dropped; while renewal fails the current one keeps signing.
+/// Renews the intermediate at `renew_at` of its life, and whenever the
+/// upstream's issuer changes, until the authority is dropped; while renewal
+/// fails the current one keeps signing.
 fn spawn_rotation(this: &Arc<Delegated>) {
-    Worker::new(format!("intermediate of {}", this.name))
-        .clock(this.clock.clone())
-        .spawn_for(this, |this| async move {
-            match this.renew().await {
-                Ok(ca) => Ok(Next::At(this.renew_time(&ca))),
-                Err(e) => Err(match this.current() {
-                    Some(ca) => format!(
-                        "{e}; still signing with the current intermediate (expires {})",
-                        rfc3339(ca.not_after())
-                    ),
-                    None => format!("{e}; no intermediate yet, not ready"),
-                }),
-            }
-        });
+    let mut worker =
+        Worker::new(format!("intermediate of {}", this.name)).clock(this.clock.clone());
+    // A root rotation's phase change re-mints at once: the new intermediate
+    // carries the phase's bundle, and from the `issue` phase on it is
+    // issued under the new root.
+    if let Some(changes) = this.upstream.issuer_changes() {
+        worker = worker.wake_on(changes);
+    }
+    worker.spawn_for(this, |this| async move {
+        match this.renew().await {
+            Ok(ca) => Ok(Next::At(this.renew_time(&ca))),
+            Err(e) => Err(match this.current() {
+                Some(ca) => format!(
+                    "{e}; still signing with the current intermediate (expires {})",
+                    rfc3339(ca.not_after())
+                ),
+                None => format!("{e}; no intermediate yet, not ready"),
+            }),
+        }
+    });
 }
 
 #[async_trait]

@@ -22,6 +22,22 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
     Ok(())
 }
 
+/// Takes an exclusive lock on `<path>` with extension `lock` (created if
+/// missing) and holds it until the returned file is dropped, so that
+/// read-modify-write cycles of `path` by several processes on one host
+/// (`signet revoke`, `signet trust rotate`) do not lose each other's changes.
+pub fn lock_beside(path: &Path) -> Result<std::fs::File, (PathBuf, std::io::Error)> {
+    let lock_path = path.with_extension("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| (lock_path.clone(), e))?;
+    lock.lock().map_err(|e| (lock_path, e))?;
+    Ok(lock)
+}
+
 fn temp_name(path: &Path) -> PathBuf {
     let mut r = [0u8; 6];
     crate::crypto::random_bytes(&mut r);

@@ -36,6 +36,7 @@ pub mod refresh;
 pub mod renewal;
 pub mod resilience;
 pub mod revocation;
+pub mod rotation;
 pub mod signer;
 pub mod spiffe;
 pub mod spiffe_bundle;

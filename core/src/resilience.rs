@@ -166,6 +166,9 @@ impl Signer for Timeout {
     fn issuing_ca(&self) -> Option<Arc<crate::issuer::LocalCa>> {
         self.inner.issuing_ca()
     }
+    fn issuer_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.issuer_changes()
+    }
 }
 
 // === Retry ===
@@ -234,6 +237,9 @@ impl Signer for Retry {
     }
     fn issuing_ca(&self) -> Option<Arc<crate::issuer::LocalCa>> {
         self.inner.issuing_ca()
+    }
+    fn issuer_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.issuer_changes()
     }
 }
 
@@ -331,6 +337,9 @@ impl Signer for RateLimit {
     }
     fn issuing_ca(&self) -> Option<Arc<crate::issuer::LocalCa>> {
         self.inner.issuing_ca()
+    }
+    fn issuer_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.issuer_changes()
     }
 }
 
@@ -445,6 +454,9 @@ impl Signer for CircuitBreaker {
     fn issuing_ca(&self) -> Option<Arc<crate::issuer::LocalCa>> {
         self.inner.issuing_ca()
     }
+    fn issuer_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.issuer_changes()
+    }
     fn describe(&self) -> BackendInfo {
         let mut info = self.inner.describe();
         if info.ready.is_ok() && self.is_open() {
@@ -506,6 +518,9 @@ impl Signer for ConcurrencyLimit {
     }
     fn issuing_ca(&self) -> Option<Arc<crate::issuer::LocalCa>> {
         self.inner.issuing_ca()
+    }
+    fn issuer_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.issuer_changes()
     }
 }
 

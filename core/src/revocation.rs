@@ -98,7 +98,7 @@ impl std::str::FromStr for Reason {
 pub struct Revoked {
     /// Lower-case hex without separators or leading zeros.
     pub serial: String,
-    #[serde(with = "rfc3339_serde")]
+    #[serde(with = "crate::clock::rfc3339_serde")]
     pub revoked_at: SystemTime,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
@@ -199,17 +199,8 @@ impl RevocationList {
         at: SystemTime,
         reason: Option<Reason>,
     ) -> Result<(Revoked, usize), RevocationError> {
-        let lock_path = path.with_extension("lock");
-        let io = |e: std::io::Error| {
-            RevocationError::Read(lock_path.display().to_string(), e.to_string())
-        };
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io)?;
-        lock.lock().map_err(io)?;
+        let _lock = crate::fsutil::lock_beside(path)
+            .map_err(|(p, e)| RevocationError::Read(p.display().to_string(), e.to_string()))?;
         let mut list = Self::read(path)?;
         let entry = list.revoke(serial, at, reason)?.clone();
         list.write(path)?;
@@ -280,21 +271,6 @@ fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
 fn offset(t: SystemTime) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp(unix_seconds(t))
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
-}
-
-mod rfc3339_serde {
-    use std::time::SystemTime;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::clock::rfc3339(*t))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom)
-    }
 }
 
 #[cfg(test)]

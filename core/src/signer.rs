@@ -80,4 +80,11 @@ pub trait Signer: Send + Sync + fmt::Debug {
     fn issuing_ca(&self) -> Option<std::sync::Arc<crate::issuer::LocalCa>> {
         None
     }
+    /// Changes whenever the CA this signer issues from, or its trust
+    /// bundle, changes by a root rotation's phase ([`crate::rotation`]), so
+    /// that holders of an intermediate it issued (a delegated authority)
+    /// re-mint at once. `None`: it never changes that way.
+    fn issuer_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }

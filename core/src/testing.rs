@@ -358,3 +358,16 @@ pub fn upstream_decision(
         )
         .expect("an upstream signs what it is asked")
 }
+
+/// Waits (real time, up to 5 s) until `get` returns another value than
+/// `from` (by pointer), and returns it: for what a background task swaps.
+pub async fn eventually_changes<T>(get: impl Fn() -> Arc<T>, from: &Arc<T>) -> Arc<T> {
+    for _ in 0..500 {
+        let now = get();
+        if !Arc::ptr_eq(&now, from) {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the value did not change within 5 s");
+}

@@ -77,7 +77,19 @@ pub struct Worker {
     clock: Arc<dyn Clock>,
     backoff: Backoff,
     first: Next,
-    wake: Option<watch::Receiver<bool>>,
+    wake: Option<Box<dyn WakeSource>>,
+}
+
+/// Something that wakes a worker: any `watch` receiver.
+trait WakeSource: Send + Sync + std::fmt::Debug {
+    /// Resolves when the value changes; false when the sender is gone.
+    fn changed(&mut self) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+}
+
+impl<T: Send + Sync + std::fmt::Debug> WakeSource for watch::Receiver<T> {
+    fn changed(&mut self) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async move { watch::Receiver::changed(self).await.is_ok() })
+    }
 }
 
 impl Worker {
@@ -109,10 +121,13 @@ impl Worker {
         self
     }
 
-    /// Runs a round as soon as `wake` changes (e.g. leadership); stops when
-    /// its sender is dropped.
-    pub fn wake_on(mut self, wake: watch::Receiver<bool>) -> Self {
-        self.wake = Some(wake);
+    /// Runs a round as soon as `wake` changes (leadership, a rotation's
+    /// phase); stops when its sender is dropped.
+    pub fn wake_on<T: Send + Sync + std::fmt::Debug + 'static>(
+        mut self,
+        wake: watch::Receiver<T>,
+    ) -> Self {
+        self.wake = Some(Box::new(wake));
         self
     }
 
@@ -199,7 +214,7 @@ impl Worker {
             }
             Some(wake) => tokio::select! {
                 _ = tokio::time::sleep(wait) => true,
-                changed = wake.changed() => changed.is_ok(),
+                changed = wake.changed() => changed,
             },
         }
     }
