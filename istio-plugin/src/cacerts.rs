@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
-use signet_core::chain::{TrustBundle, order_path, validity};
+use signet_core::chain::{TrustBundle, anchored_by, order_path, validity};
 use signet_core::duration::HumanDuration;
 use signet_core::issuer::LocalCa;
 use signet_core::key::{KeyAlgorithm, PrivateKey};
@@ -98,6 +98,8 @@ pub type Files = BTreeMap<String, Vec<u8>>;
 pub struct Validated {
     pub not_after: SystemTime,
     pub roots: Vec<CertificateDer<'static>>,
+    /// The highest certificate below the roots: what chains to one of them.
+    pub top: CertificateDer<'static>,
 }
 
 fn names(layout: Layout) -> [&'static str; 4] {
@@ -145,6 +147,11 @@ pub fn validate(files: &Files, layout: Layout, now: SystemTime) -> Result<Valida
     let roots = certs(get(roots_name)?, roots_name)?;
     let key = PrivateKey::from_pem(get(key_name)?).map_err(|e| format!("{key_name}: {e}"))?;
     let (_, not_after) = validity(&cert).map_err(|e| e.to_string())?;
+    let top = chain
+        .iter()
+        .rfind(|c| !roots.contains(c))
+        .unwrap_or(&cert)
+        .clone();
     let ca = LocalCa::new(cert.clone(), key, chain, Some(roots.clone()), now)
         .map_err(|e| format!("{cert_name}: {e}"))?;
     // istiod's reference intermediate: CA:TRUE pathlen:0, keyCertSign.
@@ -166,7 +173,11 @@ pub fn validate(files: &Files, layout: Layout, now: SystemTime) -> Result<Valida
     if now >= ca.not_after() {
         return Err(format!("{cert_name} has expired"));
     }
-    Ok(Validated { not_after, roots })
+    Ok(Validated {
+        not_after,
+        roots,
+        top,
+    })
 }
 
 /// Mints intermediates for istiod from a backend.
@@ -242,7 +253,8 @@ impl Cacerts {
         Ok(files)
     }
 
-    /// Current roots of the backend plus earlier ones that have not expired.
+    /// The backend's roots plus earlier ones that have not expired, except
+    /// those a finished root rotation dropped.
     pub fn root_set(
         &self,
         bundle: &TrustBundle,
@@ -252,7 +264,7 @@ impl Cacerts {
         let mut roots: Vec<CertificateDer<'static>> = bundle.roots().to_vec();
         for r in previous {
             let alive = validity(r).is_ok_and(|(_, na)| na > now);
-            if alive && !roots.contains(r) {
+            if alive && !roots.contains(r) && !bundle.dropped().contains(r) {
                 roots.push(r.clone());
             }
         }
@@ -285,23 +297,39 @@ impl Cacerts {
                 previous_roots: v.roots,
             };
         }
-        // A new backend root is added alongside the ones istiod already trusts.
-        match self.backend.trust_bundle().await {
-            Ok(bundle) if bundle.roots().iter().any(|r| !v.roots.contains(r)) => {
-                let roots = self.root_set(&bundle, &v.roots, now);
-                let mut updated = files.clone();
-                updated.insert(
-                    names(self.config.layout)[3].to_owned(),
-                    roots
-                        .iter()
-                        .map(|r| pem::encode_certificate(r))
-                        .collect::<String>()
-                        .into_bytes(),
-                );
-                Plan::Write(updated)
-            }
-            _ => Plan::Keep,
+        let bundle = match self.backend.trust_bundle().await {
+            Ok(b) => b,
+            Err(_) => return Plan::Keep,
+        };
+        // A root rotation moved issuing to another root (or the upstream
+        // did): a new intermediate under a current root, the old roots kept.
+        if !bundle.current().any(|r| anchored_by(&v.top, r)) {
+            tracing::info!(
+                "the cacerts intermediate is not under a current root; minting a new one"
+            );
+            return Plan::Mint {
+                previous_roots: v.roots,
+            };
         }
+        // A new root is added alongside the ones istiod already trusts; a
+        // root a finished rotation dropped is removed (istiod accepts a
+        // superset or a subset).
+        let added = bundle.roots().iter().any(|r| !v.roots.contains(r));
+        let dropped = v.roots.iter().any(|r| bundle.dropped().contains(r));
+        if !added && !dropped {
+            return Plan::Keep;
+        }
+        let roots = self.root_set(&bundle, &v.roots, now);
+        let mut updated = files.clone();
+        updated.insert(
+            names(self.config.layout)[3].to_owned(),
+            roots
+                .iter()
+                .map(|r| pem::encode_certificate(r))
+                .collect::<String>()
+                .into_bytes(),
+        );
+        Plan::Write(updated)
     }
 }
 

@@ -704,6 +704,82 @@ async fn cacerts_are_created_rotated_and_never_broken(cluster: Cluster) {
     assert_eq!(cacerts_version(&cluster).await, version, "a follower wrote");
 }
 
+/// A root rotation through a [`Rotating`] slot: publish adds the next root
+/// beside the same intermediate, issue mints an intermediate under the next
+/// root (both roots kept), done drops the old root.
+#[tokio::test]
+async fn cacerts_follow_a_root_rotation_phase_by_phase() {
+    use signet_core::chain::anchored_by;
+    use signet_core::rotation::{Phase, Rotating, Rotation};
+    let cluster = Cluster::fake().await;
+    cluster.add_namespace("istio-system", json!({})).await;
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let old = CaSigner::root(clock.now(), 365 * DAY);
+    let new = CaSigner::root(clock.now(), 365 * DAY);
+    let slot = Arc::new(Rotating::new(
+        "up",
+        old.clone(),
+        [("next".to_owned(), new.clone() as Arc<dyn Signer>)].into(),
+    ));
+    let (_tx, leader) = watch::channel(true);
+    let keeper = CacertsKeeper::new(
+        cluster.client().await,
+        Cacerts::new(
+            slot.clone(),
+            cacerts_config(Layout::Istio),
+            td(),
+            clock.clone(),
+        ),
+        leader,
+    );
+    let state = async || {
+        let files = secret_files(&cluster).await;
+        let v = validate(&files, Layout::Istio, clock.now()).unwrap();
+        (files["ca-cert.pem"].clone(), v)
+    };
+    assert!(keeper.reconcile_once().await.unwrap());
+    let (first, v) = state().await;
+    assert_eq!(v.roots, [old.ca().certificate().clone()]);
+    let mut rotation = Rotation::new(
+        None,
+        "next".into(),
+        Duration::from_secs(60),
+        DAY,
+        Duration::from_secs(1),
+        clock.now(),
+        String::new(),
+    );
+    for (phase, roots, under) in [
+        (Phase::Publish, vec![&old, &new], &old),
+        (Phase::Issue, vec![&new, &old], &new),
+        (Phase::Done, vec![&new], &new),
+    ] {
+        rotation.phase = phase;
+        slot.apply(Some(&rotation)).unwrap();
+        assert!(keeper.reconcile_once().await.unwrap(), "{phase}: written");
+        assert!(!keeper.reconcile_once().await.unwrap(), "{phase}: settled");
+        let (cert, v) = state().await;
+        let mut want: Vec<Vec<u8>> = roots
+            .iter()
+            .map(|r| r.ca().certificate().to_vec())
+            .collect();
+        let mut got: Vec<Vec<u8>> = v.roots.iter().map(|r| r.to_vec()).collect();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "{phase}: root-cert.pem");
+        assert!(
+            anchored_by(&v.top, under.ca().certificate()),
+            "{phase}: issued under"
+        );
+        // publish keeps the intermediate; issue mints one under the next root.
+        assert_eq!(
+            cert == first,
+            phase == Phase::Publish,
+            "{phase}: intermediate"
+        );
+    }
+}
+
 /// Twenty rotations, each through a burst of conflicting writes: after
 /// every reconcile the Secret is either what it was or a new set that
 /// validates. Nothing in between is ever stored.
