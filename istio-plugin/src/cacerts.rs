@@ -71,6 +71,15 @@ pub struct CacertsConfig {
     pub layout: Layout,
     #[serde(default = "default_common_name")]
     pub common_name: String,
+    /// The longest workload certificate istiod issues from the plug-in CA
+    /// (istiod's `MAX_WORKLOAD_CERT_TTL` as the mesh uses it): a root
+    /// rotation of `backend` waits this long for them to expire.
+    #[serde(default = "default_workload_ttl")]
+    pub workload_ttl: HumanDuration,
+}
+
+fn default_workload_ttl() -> HumanDuration {
+    HumanDuration::from_secs(86_400)
 }
 
 impl CacertsConfig {

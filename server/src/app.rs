@@ -32,7 +32,8 @@ pub struct App {
     pub istio_addr: Option<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
     elector: Option<signet_kubernetes::leader::Elector>,
-    /// Kubernetes controllers; they run until aborted.
+    /// Kubernetes controllers and the rotation file's poll; they run until
+    /// aborted.
     writers: Vec<tokio::task::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
@@ -139,6 +140,7 @@ impl App {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let backends = build_backends(&config, &clock).await?;
+        let (backends, slots) = crate::trust::slots(&config, backends)?;
         log_layouts(&config, &backends).await?;
         let authorities = build_authorities(&config, &backends, &clock).await?;
 
@@ -147,10 +149,18 @@ impl App {
         registry.register_collector(Box::new(AuthorityCollector::new(
             authorities.values().cloned().collect(),
         )));
+        registry.register_collector(Box::new(crate::trust::RotationCollector::new(
+            slots.clone(),
+        )));
         let registry = Arc::new(registry);
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
+        // Background loops that end by being aborted at shutdown.
+        let mut writers = Vec::new();
+        if let Some(trust) = &config.trust {
+            writers.push(crate::trust::spawn_poll(trust, slots));
+        }
         let mut rest_addr = None;
         if let Some(rc) = &config.frontends.rest {
             let authority = authorities[&rc.authority].clone();
@@ -182,7 +192,6 @@ impl App {
             admin_addr = Some(addr);
             tasks.push(task);
         }
-        let mut writers = Vec::new();
         let elector = if config.frontends.writes_to_kubernetes() {
             Some(
                 crate::kubernetes::start(

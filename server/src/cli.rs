@@ -1,4 +1,4 @@
-//! Command line: `signet serve`, `signet sign`, `signet check`.
+//! Command line: `signet serve`, `signet sign`, `signet check`, `signet trust`, ...
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -102,6 +102,10 @@ pub enum Command {
         #[arg(long, default_value = "7d")]
         warn_within: signet_core::duration::HumanDuration,
     },
+    /// Root rotation: `rotate` begins one and moves it through its phases
+    /// (publish, issue, done), `status` shows where each stands.
+    #[command(subcommand)]
+    Trust(TrustCommand),
     /// Validate a configuration file and (without --offline) reach every backend.
     Check {
         #[arg(long)]
@@ -109,6 +113,37 @@ pub enum Command {
         /// Only parse and validate; do not contact backends.
         #[arg(long)]
         offline: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Begin a root rotation of a backend (with --to), or move the one in
+    /// progress on as far as it may: publish → issue once every consumer
+    /// holds the next root and the soak has passed, issue → done once every
+    /// certificate under the old root has expired. Prints what it waits for.
+    Rotate {
+        #[arg(long)]
+        config: PathBuf,
+        /// The backend (as authorities and istio_cacerts name it) to rotate.
+        #[arg(long)]
+        backend: String,
+        /// The backend that holds the next root; begins the rotation.
+        #[arg(long)]
+        to: Option<String>,
+        /// Least time in the publish phase; default the longest certificate
+        /// lifetime of the backend's users (every workload renews once and
+        /// so receives the next root).
+        #[arg(long, requires = "to")]
+        soak: Option<signet_core::duration::HumanDuration>,
+        /// Keep going until the rotation is done.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Each rotation's phase, history, roots with their roles, and what it waits for.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -235,6 +270,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
             serial,
             reason,
         } => revoke(&config, &authority, &serial, reason),
+        Command::Trust(TrustCommand::Rotate {
+            config,
+            backend,
+            to,
+            soak,
+            wait,
+        }) => {
+            let args = crate::trust::RotateArgs {
+                backend,
+                to,
+                soak: soak.map(|s| s.get()),
+                wait,
+            };
+            crate::trust::rotate(&config, args).await
+        }
+        Command::Trust(TrustCommand::Status { config }) => crate::trust::status(&config).await,
         Command::Crds => {
             print!("{}", signet_cert_manager::crds_yaml());
             Ok(())

@@ -61,6 +61,9 @@ pub struct Config {
     /// Plain-HTTP health and metrics listener for probes and scrapers.
     #[serde(default)]
     pub admin: Option<crate::admin::AdminConfig>,
+    /// Root rotations (`signet trust rotate`): where they are recorded.
+    #[serde(default)]
+    pub trust: Option<crate::trust::TrustConfig>,
 }
 
 /// The local cluster's API server.
@@ -366,6 +369,9 @@ impl Config {
         }
         if let Some(rest) = &self.frontends.rest {
             self.validate_rest(at, rest)?;
+        }
+        if let Some(t) = &self.trust {
+            t.validate().map_err(|m| at.invalid("trust.poll", m))?;
         }
         Ok(())
     }

@@ -194,6 +194,7 @@ pub fn config(
         kubernetes: Default::default(),
         leader_election: Default::default(),
         admin: None,
+        trust: None,
     };
     config.validate("--dev")?;
     Ok(config)

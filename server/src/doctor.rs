@@ -134,31 +134,88 @@ pub async fn examine(
     clock: &Arc<dyn Clock>,
     warn_within: Duration,
 ) -> anyhow::Result<Vec<Finding>> {
+    let mut built = BTreeMap::new();
+    let mut unbuilt = Vec::new();
+    for (name, b) in &config.backends {
+        match signet_backends::build(name, b, clock.clone()).await {
+            Ok(signer) => {
+                built.insert(name.clone(), signer);
+            }
+            Err(e) => unbuilt.push(Finding {
+                level: Level::Fail,
+                what: format!("backend {name}"),
+                detail: format!("cannot be set up: {e}"),
+            }),
+        }
+    }
+    // As the servers see them: with the rotation file's phases applied.
+    let (backends, _slots) = crate::trust::slots(config, built)?;
+    let mut findings = unbuilt;
+    findings.extend(examine_with(config, &backends, clock, warn_within).await?);
+    Ok(findings)
+}
+
+/// The checks, on backends already built (the servers' view, each a
+/// rotation slot when `trust` is configured): what `signet trust rotate`
+/// runs before it moves a phase on.
+pub async fn examine_with(
+    config: &Config,
+    backends: &BTreeMap<String, Arc<dyn Signer>>,
+    clock: &Arc<dyn Clock>,
+    warn_within: Duration,
+) -> anyhow::Result<Vec<Finding>> {
     let mut d = Doctor {
         now: clock.now(),
         warn_within,
         findings: Vec::new(),
     };
-    let mut backends = BTreeMap::new();
-    for (name, b) in &config.backends {
-        match signet_backends::build(name, b, clock.clone()).await {
-            Ok(signer) => {
-                backends.insert(name.clone(), signer);
-            }
-            Err(e) => d.note(
-                Level::Fail,
-                format!("backend {name}"),
-                format!("cannot be set up: {e}"),
-            ),
-        }
-    }
-    let bundles = authority_bundles(&mut d, config, &backends).await;
+    rotations(&mut d, config);
+    let bundles = authority_bundles(&mut d, config, backends).await;
     if config.frontends.writes_to_kubernetes() {
         let client = crate::kubernetes::client(&config.kubernetes).await?;
-        kubernetes(&mut d, config, &client, &bundles, &backends).await;
+        kubernetes(&mut d, config, &client, &bundles, backends).await;
     }
     Ok(d.findings)
 }
+
+/// Each recorded root rotation: its phase, and a warning when it could have
+/// moved on more than an hour ago (nobody runs `signet trust rotate`, or
+/// something it waits for never comes).
+fn rotations(d: &mut Doctor, config: &Config) {
+    let Some(trust) = &config.trust else { return };
+    let file = match signet_core::rotation::RotationFile::read(&trust.state_file) {
+        Ok(f) => f,
+        Err(e) => {
+            d.note(Level::Fail, "rotation file", e.to_string());
+            return;
+        }
+    };
+    for (backend, r) in &file.rotations {
+        let what = format!("rotation of backend {backend}");
+        let detail = format!(
+            "{} -> {}, phase {} since {}",
+            r.from_backend(backend),
+            r.to,
+            r.phase,
+            rfc3339(r.since)
+        );
+        match r.earliest_end() {
+            Some(end) if end + STUCK_AFTER <= d.now => d.note(
+                Level::Warn,
+                &what,
+                format!(
+                    "{detail}: stuck, it could have moved on at {} (run `signet trust status`)",
+                    rfc3339(end)
+                ),
+            ),
+            _ => d.note(Level::Ok, &what, detail),
+        }
+    }
+}
+
+/// How long past its earliest end a rotation phase may last before
+/// `signet doctor` calls it stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(3600);
 
 /// Each authority's roots (from its backend), their expiry, and the
 /// issuing CA's where signet holds it.
@@ -247,7 +304,16 @@ async fn cacerts(
     };
     match signet_istio::cacerts::validate(&files, c.layout, d.now) {
         Ok(v) => {
-            if d.same_roots(&what, &v.roots, bundle) {
+            if !bundle
+                .current()
+                .any(|r| signet_core::chain::anchored_by(&v.top, r))
+            {
+                d.note(
+                    Level::Fail,
+                    &what,
+                    "its CA certificate is not under a current root of the backend (signet re-mints it within its poll)",
+                );
+            } else if d.same_roots(&what, &v.roots, bundle) {
                 if v.not_after <= d.now + d.warn_within {
                     d.note(
                         Level::Warn,

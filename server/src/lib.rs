@@ -14,3 +14,4 @@ pub mod kubernetes;
 pub mod listener;
 pub mod rest;
 pub mod tls;
+pub mod trust;

@@ -563,6 +563,7 @@ fn cacerts_config(layout: Layout) -> CacertsConfig {
         key: KeyAlgorithm::EcdsaP256,
         layout,
         common_name: "signet istio intermediate".into(),
+        workload_ttl: HumanDuration(DAY),
     }
 }
 

@@ -27,4 +27,5 @@ mod readme;
 mod rest_limits;
 mod security_e2e;
 mod slow_clients;
+mod trust_rotation;
 mod vault_e2e;
