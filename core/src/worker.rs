@@ -77,7 +77,7 @@ pub struct Worker {
     clock: Arc<dyn Clock>,
     backoff: Backoff,
     first: Next,
-    wake: Option<Box<dyn WakeSource>>,
+    wake: Vec<Box<dyn WakeSource>>,
 }
 
 /// Something that wakes a worker: any `watch` receiver.
@@ -100,7 +100,7 @@ impl Worker {
             clock: Arc::new(SystemClock),
             backoff: Backoff::DEFAULT,
             first: Next::In(Duration::ZERO),
-            wake: None,
+            wake: Vec::new(),
         }
     }
 
@@ -122,12 +122,12 @@ impl Worker {
     }
 
     /// Runs a round as soon as `wake` changes (leadership, a rotation's
-    /// phase); stops when its sender is dropped.
+    /// phase); stops when its sender is dropped. May be given several.
     pub fn wake_on<T: Send + Sync + std::fmt::Debug + 'static>(
         mut self,
         wake: watch::Receiver<T>,
     ) -> Self {
-        self.wake = Some(Box::new(wake));
+        self.wake.push(Box::new(wake));
         self
     }
 
@@ -205,17 +205,24 @@ impl Worker {
         }
     }
 
-    /// Sleeps `wait`, or less if woken; false when the wake channel closed.
+    /// Sleeps `wait`, or less if woken; false when a wake channel closed.
     async fn sleep(&mut self, wait: Duration) -> bool {
-        match &mut self.wake {
-            None => {
-                tokio::time::sleep(wait).await;
-                true
+        if self.wake.is_empty() {
+            tokio::time::sleep(wait).await;
+            return true;
+        }
+        let mut changes: Vec<_> = self.wake.iter_mut().map(|w| w.changed()).collect();
+        let any_change = std::future::poll_fn(|cx| {
+            for c in &mut changes {
+                if let std::task::Poll::Ready(open) = c.as_mut().poll(cx) {
+                    return std::task::Poll::Ready(open);
+                }
             }
-            Some(wake) => tokio::select! {
-                _ = tokio::time::sleep(wait) => true,
-                changed = wake.changed() => changed,
-            },
+            std::task::Poll::Pending
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            open = any_change => open,
         }
     }
 }

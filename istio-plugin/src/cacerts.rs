@@ -217,6 +217,12 @@ impl Cacerts {
         &self.config
     }
 
+    /// Changes with the backend's root-rotation phase
+    /// ([`Signer::issuer_changes`]), so that the keeper acts at once.
+    pub fn issuer_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.backend.issuer_changes()
+    }
+
     /// A new intermediate, laid out and validated. `previous_roots` (from the
     /// Secret being replaced) are kept while unexpired.
     pub async fn mint(

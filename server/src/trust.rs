@@ -226,6 +226,9 @@ pub async fn rotate(path: &Path, args: RotateArgs) -> anyhow::Result<()> {
     }
     let built = crate::app::build_backends(&config, &clock).await?;
     let (backends, slots) = slots(&config, built)?;
+    // With --wait, what is waited for is printed when it changes, not at
+    // every poll (the countdown aside).
+    let mut last_waiting: Option<(Vec<String>, bool)> = None;
     loop {
         let file = RotationFile::read(&trust.state_file)?;
         apply(&file, &slots);
@@ -240,6 +243,8 @@ pub async fn rotate(path: &Path, args: RotateArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         let waiting = consumers_waiting(&config, &backends, &clock).await?;
+        let timer_running = rotation.earliest_end().is_some_and(|end| clock.now() < end);
+        let reasons = Some((waiting.clone(), timer_running));
         let step = RotationFile::update(&trust.state_file, |f| {
             let r = f
                 .rotations
@@ -256,15 +261,24 @@ pub async fn rotate(path: &Path, args: RotateArgs) -> anyhow::Result<()> {
                     phase = %phase,
                     "trust rotation advanced"
                 );
-                println!("backend {}: phase {phase} begun", args.backend);
+                println!(
+                    "backend {}: phase {phase} begun at {}",
+                    args.backend,
+                    rfc3339(clock.now())
+                );
             }
             Step::Waiting(lines) => {
-                println!(
-                    "backend {}: phase {} waiting for:",
-                    args.backend, rotation.phase
-                );
-                for l in &lines {
-                    println!("  - {l}");
+                if reasons != last_waiting {
+                    println!(
+                        "backend {}: phase {} waiting at {} for:",
+                        args.backend,
+                        rotation.phase,
+                        rfc3339(clock.now())
+                    );
+                    for l in &lines {
+                        println!("  - {l}");
+                    }
+                    last_waiting = reasons;
                 }
                 if !args.wait {
                     return Ok(());

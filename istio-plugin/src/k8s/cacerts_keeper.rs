@@ -96,15 +96,20 @@ impl CacertsKeeper {
         }
     }
 
-    /// Runs every period, and whenever leadership changes, until the
-    /// leadership channel closes.
+    /// Runs every period, whenever leadership changes and whenever the
+    /// backend's root-rotation phase does, until the leadership channel
+    /// closes.
     pub async fn run(self) {
-        Worker::new("cacerts keeper")
+        let mut worker = Worker::new("cacerts keeper")
             .backoff(Backoff::new(
                 Duration::from_secs(1).min(self.period),
                 self.period,
             ))
-            .wake_on(self.leader.clone())
+            .wake_on(self.leader.clone());
+        if let Some(changes) = self.cacerts.issuer_changes() {
+            worker = worker.wake_on(changes);
+        }
+        worker
             .run(|| async { self.reconcile_once().await.map(|_| Next::In(self.period)) })
             .await;
     }

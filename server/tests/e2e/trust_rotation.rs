@@ -165,7 +165,7 @@ frontends:
         "1s",
     ]);
     assert!(begun.contains("rotation from old to new begun"), "{begun}");
-    assert!(begun.contains("waiting for"), "{begun}");
+    assert!(begun.contains("waiting at"), "{begun}");
     eventually("the next root published", WITHIN, async || {
         (bundle(&client, &url).await == [old_pem.clone(), new_pem.clone()]).then_some(())
     })

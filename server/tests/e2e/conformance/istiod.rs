@@ -36,9 +36,9 @@ fn free_port() -> u16 {
 }
 
 /// A running istiod; killed when dropped.
-struct Istiod {
+pub(crate) struct Istiod {
     child: Child,
-    secure_grpc: String,
+    pub(crate) secure_grpc: String,
     log: PathBuf,
 }
 
@@ -50,14 +50,19 @@ impl Drop for Istiod {
 }
 
 impl Istiod {
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
 /// Starts pilot-discovery in `dir` (its relative `./etc/...` paths live
 /// there) as istio-system/istiod, and waits for `/ready`.
-fn start_istiod(cwd: &Path, kubeconfig: &Path, env: &[(&str, &str)], args: &[String]) -> Istiod {
+pub(crate) fn start_istiod(
+    cwd: &Path,
+    kubeconfig: &Path,
+    env: &[(&str, &str)],
+    args: &[String],
+) -> Istiod {
     // Polling uses a blocking HTTP client: keep it off the async runtime.
     tokio::task::block_in_place(|| start_istiod_blocking(cwd, kubeconfig, env, args))
 }
@@ -132,7 +137,7 @@ fn mount_secret(s: &Secret, dir: &Path) {
 
 /// Istio's CRDs (istiod watches them) and the namespaces, and istiod's
 /// service account bound to cluster-admin (istiod's own RBAC is not under test).
-async fn cluster_for_istio(cp: &ControlPlane, admin: &Client) -> PathBuf {
+pub(crate) async fn cluster_for_istio(cp: &ControlPlane, admin: &Client) -> PathBuf {
     let crds = std::fs::read_to_string(built("SIGNET_ISTIO_CRDS")).unwrap();
     apply_manifests(admin, &json!({ "istio crds": crds }), "default", false).await;
     for ns in ["istio-system", "default", "signet"] {

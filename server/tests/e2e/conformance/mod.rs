@@ -8,6 +8,7 @@ mod charts;
 mod doctor;
 mod istiod;
 mod replicas;
+mod rotation;
 mod spire;
 pub(crate) mod support;
 mod tokens;

@@ -6,7 +6,7 @@
 // each side's chain with Go's crypto/x509 against the roots of its own
 // latest CA answer, the way a proxy trusts the mesh roots. It rewrites
 // --status (JSON) every second: handshakes that passed and failed, the
-// first errors, renewals, and the issuers it was given.
+// first errors, renewals (and failed ones), and the issuers it was given.
 package main
 
 import (
@@ -41,6 +41,7 @@ type peer struct {
 	failed   int
 	errors   []string
 	renewals int
+	renewErr int
 	issuers  []string
 	rootsN   int
 }
@@ -185,7 +186,7 @@ func (p *peer) status(path, name string) {
 	p.mu.Lock()
 	b, _ := json.Marshal(map[string]any{
 		"name": name, "ok": p.ok, "failed": p.failed, "errors": p.errors,
-		"renewals": p.renewals, "issuers": p.issuers, "roots": p.rootsN,
+		"renewals": p.renewals, "renewal_failures": p.renewErr, "issuers": p.issuers, "roots": p.rootsN,
 	})
 	p.mu.Unlock()
 	tmp := path + ".tmp"
@@ -249,7 +250,12 @@ func main() {
 			p.mu.Unlock()
 			time.Sleep(max(due, time.Second))
 			if err := p.renew(o); err != nil {
-				p.fail("renewing", err)
+				p.mu.Lock()
+				p.renewErr++
+				if len(p.errors) < 20 {
+					p.errors = append(p.errors, fmt.Sprintf("%s renewing: %v", time.Now().UTC().Format(time.RFC3339), err))
+				}
+				p.mu.Unlock()
 				time.Sleep(time.Second)
 			}
 		}
