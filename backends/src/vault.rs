@@ -68,8 +68,12 @@ pub struct VaultConfig {
     /// Role for leaf certificates (`<mount>/sign/<role>`); needed in direct mode.
     #[serde(default)]
     pub role: Option<String>,
-    /// Issuer reference for intermediates (`<mount>/issuer/<ref>/sign-intermediate`);
-    /// default: the mount's default issuer (`<mount>/root/sign-intermediate`).
+    /// Issuer that signs, by name or ID: leaves through
+    /// `<mount>/issuer/<ref>/sign/<role>`, intermediates through
+    /// `<mount>/issuer/<ref>/sign-intermediate`, and the trust bundle is that
+    /// issuer's root alone (a root rotation names the next issuer in another
+    /// backend). Default: the mount's default issuer (the role's
+    /// `issuer_ref` for leaves), and every root of the mount is trusted.
     #[serde(default)]
     pub issuer: Option<String>,
     /// PEM CA bundle to verify Vault's TLS certificate (default: system roots).
@@ -207,16 +211,12 @@ pub enum VaultError {
 // === Vault API endpoints (lenient responses) ===
 
 #[derive(Debug, Default, Endpoint)]
-#[endpoint(
-    path = "{self.mount}/sign/{self.role}",
-    method = "POST",
-    response = "SignResponse"
-)]
+#[endpoint(path = "{self.path}", method = "POST", response = "SignResponse")]
 struct SignLeaf {
+    /// `<mount>/sign/<role>`, or `<mount>/issuer/<ref>/sign/<role>` when an
+    /// issuer is configured.
     #[endpoint(skip)]
-    mount: String,
-    #[endpoint(skip)]
-    role: String,
+    path: String,
     csr: String,
     alt_names: Option<String>,
     ip_sans: Option<String>,
@@ -709,6 +709,14 @@ impl VaultBackend {
         })
         .await;
         let mut chains: Vec<Vec<CertificateDer<'static>>> = Vec::new();
+        // With an issuer configured, only its chain: another root in the
+        // mount (the next one of a rotation) is another backend's.
+        let listed = match (&self.config.issuer, listed) {
+            (Some(issuer), Ok(_)) => Ok(IssuerList {
+                keys: vec![issuer.clone()],
+            }),
+            (_, other) => other,
+        };
         match listed {
             Ok(list) => {
                 for id in list.keys {
@@ -773,8 +781,8 @@ impl VaultBackend {
         Ok(bundle)
     }
 
-    /// The issuer that signs (the role's `issuer_ref` for leaves, else the
-    /// configured `issuer` for intermediates, else the mount's default), its
+    /// The issuer that signs (the configured `issuer`, else the role's
+    /// `issuer_ref`, else the mount's default), its
     /// chain, the anchors, and how many issuers the mount has.
     pub async fn read_layout(&self) -> Result<Layout, SignError> {
         let bundle = self.refresh_trust_bundle().await?;
@@ -792,9 +800,11 @@ impl VaultBackend {
                 .and_then(|r| r.issuer_ref),
             None => None,
         };
-        let signing = role_ref
+        let signing = self
+            .config
+            .issuer
             .clone()
-            .or_else(|| self.config.issuer.clone())
+            .or_else(|| role_ref.clone())
             .unwrap_or_else(|| "default".to_owned());
         let issuers = self
             .call(|c| {
@@ -964,11 +974,13 @@ impl Signer for VaultBackend {
                 San::Ip(ip) => Some(ip.to_string()),
                 _ => None,
             }));
-            let mount = self.config.mount.clone();
+            let path = match &self.config.issuer {
+                Some(issuer) => format!("{}/issuer/{issuer}/sign/{role}", self.config.mount),
+                None => format!("{}/sign/{role}", self.config.mount),
+            };
             self.call(|c| {
                 let r = SignLeaf {
-                    mount: mount.clone(),
-                    role: role.clone(),
+                    path: path.clone(),
                     csr: csr.to_pem(),
                     alt_names: alt_names.clone(),
                     ip_sans: ip_sans.clone(),

@@ -935,3 +935,132 @@ async fn every_openbao_layout_reports_itself_and_chains_to_its_root() {
     );
     issue_verifies_to(&authority(root_backend), &next_pem, "default moved").await;
 }
+
+/// A root rotation inside one OpenBao mount: two root issuers (`old`,
+/// `next`), each a backend (`issuer:`), and a rotation slot moving from one
+/// to the other. Leaves are issued by the phase's issuer, through
+/// `<mount>/issuer/<ref>/sign/<role>`; bundles carry each root's role; the
+/// chains are checked by webpki under the expected root alone.
+#[tokio::test]
+async fn a_root_rotation_moves_signing_to_the_next_issuer_of_the_mount() {
+    use signet_core::chain::RootRole;
+    use signet_core::rotation::{Phase, Rotating, Rotation};
+    let bao = OpenBao::dev();
+    bao.enable_pki("pki");
+    let mut roots = std::collections::BTreeMap::new();
+    for name in ["old", "next"] {
+        let r = bao.api(
+            "POST",
+            "pki/root/generate/internal",
+            Some(json!({ "common_name": format!("{name} root"), "issuer_name": name, "ttl": "87600h", "key_type": "ec" })),
+        );
+        let pem = r["data"]["certificate"].as_str().unwrap().to_owned();
+        roots.insert(name, pem::certificates(pem.as_bytes()).unwrap().remove(0));
+    }
+    bao.create_role("pki", "mesh");
+    bao.write_policy(
+        "signet",
+        &format!(
+            "{}path \"pki/issuer/+/sign/mesh\" {{ capabilities = [\"create\", \"update\"] }}\n",
+            OpenBao::signet_policy("pki", "mesh")
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = write(
+        dir.path(),
+        "token",
+        &bao.create_token(&["signet"], "1h", true, None),
+    );
+    let mut backends = std::collections::BTreeMap::new();
+    for name in ["old", "next"] {
+        let mut c = config(
+            &bao.addr(),
+            VaultAuth::Token {
+                token_file: Some(token_file.clone()),
+                token_env: None,
+            },
+        );
+        c.issuer = Some(name.to_owned());
+        let b = build(
+            name,
+            &BackendConfig::Vault(Box::new(c)),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap();
+        backends.insert(name.to_owned(), b);
+    }
+    let slot = Arc::new(Rotating::new(
+        "old",
+        backends["old"].clone(),
+        backends.clone(),
+    ));
+    let a = authority(slot.clone());
+    let under = |chain: &IssuedChain, root: &str| {
+        let der = rustls_pki_types::CertificateDer::from(roots[root].clone());
+        let anchor = webpki::anchor_from_trusted_cert(&der).unwrap().to_owned();
+        let ee = webpki::EndEntityCert::try_from(chain.leaf()).unwrap();
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &[anchor],
+            chain.intermediates(),
+            rustls_pki_types::UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .is_ok()
+    };
+    let roles = |b: &signet_core::TrustBundle| -> Vec<(Vec<u8>, RootRole)> {
+        b.with_roles().map(|(d, r)| (d.to_vec(), r)).collect()
+    };
+    let (old, next) = (roots["old"].to_vec(), roots["next"].to_vec());
+
+    // Without a rotation the backend trusts its own issuer's root only.
+    let chain = issue(&a, workload("w"), Profile::Workload).await.unwrap();
+    assert!(under(&chain, "old") && !under(&chain, "next"));
+    assert_eq!(
+        roles(chain.trust_bundle()),
+        [(old.clone(), RootRole::Current)]
+    );
+
+    let mut rotation = Rotation::new(
+        None,
+        "next".into(),
+        Duration::from_secs(60),
+        Duration::from_secs(3600),
+        Duration::from_secs(1),
+        SystemTime::now(),
+        String::new(),
+    );
+    for (phase, issuer, want) in [
+        (
+            Phase::Publish,
+            "old",
+            vec![
+                (old.clone(), RootRole::Current),
+                (next.clone(), RootRole::Next),
+            ],
+        ),
+        (
+            Phase::Issue,
+            "next",
+            vec![
+                (next.clone(), RootRole::Current),
+                (old.clone(), RootRole::Retiring),
+            ],
+        ),
+        (Phase::Done, "next", vec![(next.clone(), RootRole::Current)]),
+    ] {
+        rotation.phase = phase;
+        slot.apply(Some(&rotation)).unwrap();
+        let chain = issue(&a, workload("w"), Profile::Workload).await.unwrap();
+        assert!(under(&chain, issuer), "{phase}: issued by {issuer}");
+        assert_eq!(
+            roles(chain.trust_bundle()),
+            want,
+            "{phase}: the answer's bundle"
+        );
+        assert_eq!(roles(&slot.trust_bundle().await.unwrap()), want, "{phase}");
+    }
+}

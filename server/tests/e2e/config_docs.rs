@@ -109,6 +109,7 @@ fn sections() -> Vec<(&'static str, Base)> {
     vec![
         ("## Top level", Box::new(|inner| inner)),
         ("## `admin`", Box::new(|inner| json!({ "admin": inner }))),
+        ("## `trust`", Box::new(|inner| json!({ "trust": inner }))),
         ("### `type: local`", backend("local")),
         ("### `type: vault`", backend("vault")),
         ("### `type: aws_pca`", backend("aws_pca")),
