@@ -261,6 +261,74 @@ impl RevocationList {
     }
 }
 
+impl RevocationList {
+    /// Whether `crl_der` is a CRL issued by `ca_cert` (same issuer name and
+    /// key identifier) that lists exactly this list's serials and stays
+    /// valid until `until`: a keeper that stores a CRL (`cacerts`'
+    /// `ca-crl.pem`) replaces it only when this is false.
+    pub fn crl_matches(&self, ca_cert: &[u8], crl_der: &[u8], until: SystemTime) -> bool {
+        use x509_parser::prelude::FromDer as _;
+        if !crl_valid_for(crl_der, ca_cert, until) {
+            return false;
+        }
+        let Ok((_, crl)) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(crl_der)
+        else {
+            return false;
+        };
+        let mut listed: Vec<String> = crl
+            .iter_revoked_certificates()
+            .map(|r| {
+                hex::encode(r.raw_serial())
+                    .trim_start_matches('0')
+                    .to_owned()
+            })
+            .collect();
+        let mut wanted: Vec<String> = self
+            .revoked
+            .iter()
+            .map(|r| r.serial.trim_start_matches('0').to_owned())
+            .collect();
+        listed.sort();
+        wanted.sort();
+        listed == wanted
+    }
+}
+
+/// Whether `crl_der` is a CRL issued by `ca_cert` (its issuer is the CA's
+/// subject, and its authority key identifier the CA's subject key
+/// identifier when both have one) that is still valid at `until`. The
+/// signature is not checked: this is for CRLs signet signed or was given,
+/// to decide whether one is there and fresh.
+pub fn crl_valid_for(crl_der: &[u8], ca_cert: &[u8], until: SystemTime) -> bool {
+    use x509_parser::prelude::FromDer as _;
+    let (Ok((_, ca)), Ok((_, crl))) = (
+        x509_parser::certificate::X509Certificate::from_der(ca_cert),
+        x509_parser::revocation_list::CertificateRevocationList::from_der(crl_der),
+    ) else {
+        return false;
+    };
+    if crl.issuer().as_raw() != ca.subject().as_raw() {
+        return false;
+    }
+    let aki = crl
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                a.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        });
+    if let (Some(aki), Some(ski)) = (aki, crate::chain::subject_key_id(&ca))
+        && aki != ski
+    {
+        return false;
+    }
+    crl.next_update()
+        .is_some_and(|n| from_unix_seconds(n.timestamp()) > until)
+}
+
 /// The certificate's Subject Key Identifier, if it has one.
 fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
     use x509_parser::prelude::FromDer as _;
@@ -332,6 +400,37 @@ mod tests {
         )
         .unwrap();
         assert!(RevocationList::read(&path).unwrap().contains("abcd"));
+    }
+
+    #[test]
+    fn a_stored_crl_matches_only_its_ca_its_list_and_its_validity() {
+        let now = from_unix_seconds(1_800_001_234);
+        let root = |name| {
+            LocalCa::self_signed_root(
+                name,
+                PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
+                now - Duration::from_secs(3600),
+                Duration::from_secs(86_400),
+            )
+            .unwrap()
+        };
+        let (ca, other) = (root("crl root"), root("crl root"));
+        let mut list = RevocationList::default();
+        list.revoke("0a1b", now, None).unwrap();
+        let der = list.crl(&ca, now).unwrap();
+        let cert = ca.certificate().as_ref();
+        assert!(list.crl_matches(cert, &der, now + Duration::from_secs(3600)));
+        assert!(
+            !list.crl_matches(cert, &der, now + Duration::from_secs(2 * 86_400)),
+            "expires before the wanted time"
+        );
+        assert!(
+            !list.crl_matches(other.certificate(), &der, now),
+            "same name, another key"
+        );
+        assert!(!list.crl_matches(cert, b"not a CRL", now));
+        list.revoke("ff00ff", now, None).unwrap();
+        assert!(!list.crl_matches(cert, &der, now), "a serial missing");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use signet_core::duration::HumanDuration;
 use signet_core::issuer::LocalCa;
 use signet_core::key::{KeyAlgorithm, PrivateKey};
 use signet_core::mint::{IntermediateSpec, Minted, mint_intermediate};
+use signet_core::revocation::{RevocationList, crl_valid_for};
 use signet_core::spiffe::TrustDomain;
 use signet_core::{Clock, SignError, Signer, pem};
 
@@ -76,7 +77,24 @@ pub struct CacertsConfig {
     /// rotation of `backend` waits this long for them to expire.
     #[serde(default = "default_workload_ttl")]
     pub workload_ttl: HumanDuration,
+    /// Revoked serials of workload certificates istiod issued from the
+    /// plug-in CA (YAML, as `authorities.<name>.revocation_file`; `signet
+    /// revoke --cacerts` writes it). With it the Secret carries
+    /// `ca-crl.pem`, a CRL signed by the intermediate, which istiod
+    /// publishes as the `istio-ca-crl` ConfigMap for proxies to enforce.
+    #[serde(default)]
+    pub revocation_file: Option<std::path::PathBuf>,
+    /// CRLs (PEM) of the CAs above the backend's, which signet cannot sign:
+    /// istiod wants one from every CA of the chain, root included.
+    #[serde(default)]
+    pub upstream_crl_files: Vec<std::path::PathBuf>,
 }
+
+/// The CRL file istiod reads beside the plug-in CA (`PILOT_ENABLE_CA_CRL`).
+pub const CRL_FILE: &str = "ca-crl.pem";
+
+/// A stored CRL is replaced when it would expire within this long.
+const CRL_REFRESH_BEFORE: Duration = Duration::from_secs(12 * 3600);
 
 fn default_workload_ttl() -> HumanDuration {
     HumanDuration::from_secs(86_400)
@@ -105,6 +123,8 @@ pub type Files = BTreeMap<String, Vec<u8>>;
 /// What a validated `cacerts` holds.
 #[derive(Debug, Clone)]
 pub struct Validated {
+    /// The plug-in CA as istiod will load it.
+    pub ca: Arc<LocalCa>,
     pub not_after: SystemTime,
     pub roots: Vec<CertificateDer<'static>>,
     /// The highest certificate below the roots: what chains to one of them.
@@ -183,6 +203,7 @@ pub fn validate(files: &Files, layout: Layout, now: SystemTime) -> Result<Valida
         return Err(format!("{cert_name} has expired"));
     }
     Ok(Validated {
+        ca: Arc::new(ca),
         not_after,
         roots,
         top,
@@ -256,6 +277,10 @@ impl Cacerts {
                 detail: e,
             })
         })?;
+        let mut files = files;
+        if let Err(e) = self.refresh_crl(&mut files, &v.ca, self.clock.now()) {
+            tracing::error!(error = %e, "the plug-in CA is written without its CRL");
+        }
         tracing::info!(
             target: "signet::audit",
             serial = chain.serial_hex(),
@@ -331,21 +356,141 @@ impl Cacerts {
         // superset or a subset).
         let added = bundle.roots().iter().any(|r| !v.roots.contains(r));
         let dropped = v.roots.iter().any(|r| bundle.dropped().contains(r));
-        if !added && !dropped {
-            return Plan::Keep;
-        }
-        let roots = self.root_set(&bundle, &v.roots, now);
         let mut updated = files.clone();
-        updated.insert(
-            names(self.config.layout)[3].to_owned(),
-            roots
-                .iter()
-                .map(|r| pem::encode_certificate(r))
-                .collect::<String>()
-                .into_bytes(),
-        );
-        Plan::Write(updated)
+        let mut changed = false;
+        if added || dropped {
+            let roots = self.root_set(&bundle, &v.roots, now);
+            updated.insert(
+                names(self.config.layout)[3].to_owned(),
+                roots
+                    .iter()
+                    .map(|r| pem::encode_certificate(r))
+                    .collect::<String>()
+                    .into_bytes(),
+            );
+            changed = true;
+        }
+        match self.refresh_crl(&mut updated, &v.ca, now) {
+            Ok(c) => changed |= c,
+            // The CRL keeps what it had (istiod keeps enforcing it); the
+            // keeper's log says why.
+            Err(e) => tracing::warn!(error = %e, "the cacerts CRL cannot be refreshed"),
+        }
+        if changed {
+            Plan::Write(updated)
+        } else {
+            Plan::Keep
+        }
     }
+
+    /// Writes `ca-crl.pem` into `files` unless the one there is still good;
+    /// returns whether it wrote. istiod (and Envoy) want a CRL from *every*
+    /// CA of the plug-in chain, root included, or refuse the plug-in CA: the
+    /// intermediate's lists the revocation file's serials (signet signs it);
+    /// the backend's own CA's, when signet holds its key (the `local`
+    /// backend), lists nothing; the rest come from `upstream_crl_files`.
+    /// When a CA of the chain would have none, nothing is written and the
+    /// error says which (the Secret keeps working without revocation;
+    /// `signet doctor` fails it).
+    fn refresh_crl(
+        &self,
+        files: &mut Files,
+        ca: &LocalCa,
+        now: SystemTime,
+    ) -> Result<bool, String> {
+        let Some(path) = &self.config.revocation_file else {
+            return Ok(false);
+        };
+        let list = RevocationList::read(path).map_err(|e| e.to_string())?;
+        let given = self.upstream_crls()?;
+        let chain: Vec<CertificateDer<'static>> = std::iter::once(ca.certificate().clone())
+            .chain(ca.chain().iter().cloned())
+            .chain(
+                ca.trust_bundle()
+                    .roots()
+                    .iter()
+                    .filter(|r| {
+                        ca.chain()
+                            .last()
+                            .map_or(anchored_by(ca.certificate(), r), |top| {
+                                anchored_by(top, r) && top != *r
+                            })
+                    })
+                    .cloned(),
+            )
+            .collect();
+        let stored = crls_in(files.get(CRL_FILE).map(Vec::as_slice).unwrap_or_default());
+        let until = now + CRL_REFRESH_BEFORE;
+        let fresh = stored
+            .iter()
+            .any(|c| list.crl_matches(ca.certificate(), c, until))
+            && chain[1..]
+                .iter()
+                .all(|cert| stored.iter().any(|c| crl_valid_for(c, cert, until)))
+            && given.iter().all(|g| stored.contains(g));
+        if fresh {
+            return Ok(false);
+        }
+        let mut crls = vec![list.crl(ca, now).map_err(|e| e.to_string())?];
+        if let Some(up) = self.backend.issuing_ca()
+            && chain.contains(up.certificate())
+        {
+            crls.push(
+                RevocationList::default()
+                    .crl(&up, now)
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        crls.extend(given);
+        let uncovered: Vec<String> = chain
+            .iter()
+            .filter(|cert| !crls.iter().any(|c| crl_valid_for(c, cert, now)))
+            .map(|cert| subject_of(cert))
+            .collect();
+        if !uncovered.is_empty() {
+            return Err(format!(
+                "no valid CRL for {} (istiod refuses a plug-in CA whose ca-crl.pem lacks one for any CA of its chain): add it to upstream_crl_files; ca-crl.pem not written",
+                uncovered.join(", ")
+            ));
+        }
+        let pem: String = crls.iter().map(|c| pem::encode("X509 CRL", c)).collect();
+        files.insert(CRL_FILE.to_owned(), pem.into_bytes());
+        Ok(true)
+    }
+
+    /// The CRLs of `upstream_crl_files` (PEM), DER each.
+    fn upstream_crls(&self) -> Result<Vec<Vec<u8>>, String> {
+        let mut out = Vec::new();
+        for f in &self.config.upstream_crl_files {
+            let bytes = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
+            let crls = crls_in(&bytes);
+            if crls.is_empty() {
+                return Err(format!("{}: no X509 CRL block", f.display()));
+            }
+            out.extend(crls);
+        }
+        Ok(out)
+    }
+}
+
+/// The DER of every `X509 CRL` block in `pem`.
+fn crls_in(pem: &[u8]) -> Vec<Vec<u8>> {
+    pem::parse_lenient(pem)
+        .map(|blocks| {
+            blocks
+                .into_iter()
+                .filter(|b| b.label == "X509 CRL")
+                .map(|b| b.der)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn subject_of(der: &[u8]) -> String {
+    use x509_parser::prelude::FromDer as _;
+    x509_parser::certificate::X509Certificate::from_der(der)
+        .map(|(_, c)| c.subject().to_string())
+        .unwrap_or_else(|_| "(unparseable certificate)".into())
 }
 
 /// The outcome of [`Cacerts::plan`].

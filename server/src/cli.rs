@@ -76,12 +76,18 @@ pub enum Command {
     /// Revoke a certificate an authority issued: adds its serial to the
     /// authority's `revocation_file`, which the CRL at
     /// `GET /v1/crl/<authority>` lists from then on.
+    #[command(group(clap::ArgGroup::new("issuer").required(true).args(["authority", "cacerts"])))]
     Revoke {
         #[arg(long)]
         config: PathBuf,
         /// Name of an entry under `authorities`.
         #[arg(long)]
-        authority: String,
+        authority: Option<String>,
+        /// A workload certificate istiod issued from the plug-in CA
+        /// (`frontends.istio_cacerts.revocation_file`; signet writes it into
+        /// `cacerts` as `ca-crl.pem`).
+        #[arg(long)]
+        cacerts: bool,
         /// The certificate's serial number in hex (`4f:1c:0a`, `0x4f1c0a`
         /// and `4F1C0A` are the same).
         #[arg(long)]
@@ -267,9 +273,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Revoke {
             config,
             authority,
+            cacerts: _,
             serial,
             reason,
-        } => revoke(&config, &authority, &serial, reason),
+        } => revoke(&config, authority.as_deref(), &serial, reason),
         Command::Trust(TrustCommand::Rotate {
             config,
             backend,
@@ -389,27 +396,46 @@ async fn istio_cacerts(path: &Path, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `signet revoke`: one serial into the authority's revocation file;
-/// nothing is written when anything is wrong.
+/// `signet revoke`: one serial into the revocation file of an authority
+/// (or, with `None`, of `istio_cacerts`); nothing is written when anything
+/// is wrong.
 fn revoke(
     config: &Path,
-    authority: &str,
+    authority: Option<&str>,
     serial: &str,
     reason: Option<signet_core::revocation::Reason>,
 ) -> anyhow::Result<()> {
     let config = Config::load(config)?;
-    let a = config
-        .authorities
-        .get(authority)
-        .ok_or_else(|| anyhow::anyhow!("no authority {authority:?} in the configuration"))?;
-    let file = a.revocation_file.as_ref().ok_or_else(|| {
-        anyhow::anyhow!("authority {authority:?} has no revocation_file to record revocations in")
-    })?;
+    let (issuer, file) = match authority {
+        Some(name) => {
+            let a = config
+                .authorities
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("no authority {name:?} in the configuration"))?;
+            let file = a.revocation_file.clone().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "authority {name:?} has no revocation_file to record revocations in"
+                )
+            })?;
+            (format!("authority {name}"), file)
+        }
+        None => {
+            let c = config
+                .frontends
+                .istio_cacerts
+                .as_ref()
+                .context("the configuration has no frontends.istio_cacerts")?;
+            let file = c.revocation_file.clone().context(
+                "frontends.istio_cacerts has no revocation_file to record revocations in",
+            )?;
+            ("the istio plug-in CA".to_owned(), file)
+        }
+    };
     let now = signet_core::Clock::now(&signet_core::SystemClock);
     let (entry, count) =
-        signet_core::revocation::RevocationList::revoke_in_file(file, serial, now, reason)?;
+        signet_core::revocation::RevocationList::revoke_in_file(&file, serial, now, reason)?;
     println!(
-        "revoked serial {} of authority {authority} at {} ({count} in {})",
+        "revoked serial {} of {issuer} at {} ({count} in {})",
         entry.serial,
         signet_core::clock::rfc3339(entry.revoked_at),
         file.display()

@@ -313,6 +313,8 @@ async fn cacerts(
                     &what,
                     "its CA certificate is not under a current root of the backend (signet re-mints it within its poll)",
                 );
+            } else if let Some(problem) = stale_crl(c, &files, &v, d.now) {
+                d.note(Level::Fail, &what, problem);
             } else if d.same_roots(&what, &v.roots, bundle) {
                 if v.not_after <= d.now + d.warn_within {
                     d.note(
@@ -326,6 +328,36 @@ async fn cacerts(
             }
         }
         Err(e) => d.note(Level::Fail, &what, format!("istiod would refuse it: {e}")),
+    }
+}
+
+/// With a revocation file: what is wrong with `ca-crl.pem`, if anything
+/// (missing, expired, signed by another CA, or not listing exactly the
+/// file's serials).
+fn stale_crl(
+    c: &signet_istio::cacerts::CacertsConfig,
+    files: &signet_istio::cacerts::Files,
+    v: &signet_istio::cacerts::Validated,
+    now: SystemTime,
+) -> Option<String> {
+    let path = c.revocation_file.as_ref()?;
+    let list = match signet_core::revocation::RevocationList::read(path) {
+        Ok(l) => l,
+        Err(e) => return Some(format!("its revocation file cannot be read: {e}")),
+    };
+    let crl = files
+        .get(signet_istio::cacerts::CRL_FILE)
+        .and_then(|p| signet_core::pem::parse_lenient(p).ok())
+        .and_then(|b| b.into_iter().find(|b| b.label == "X509 CRL"));
+    match crl {
+        None => Some(format!("{} is missing", signet_istio::cacerts::CRL_FILE)),
+        Some(b) if !list.crl_matches(v.ca.certificate(), &b.der, now) => Some(format!(
+            "{} is expired, not the plug-in CA's, or does not list the {} revoked serial(s) of {}",
+            signet_istio::cacerts::CRL_FILE,
+            list.revoked.len(),
+            path.display()
+        )),
+        Some(_) => None,
     }
 }
 

@@ -564,6 +564,8 @@ fn cacerts_config(layout: Layout) -> CacertsConfig {
         layout,
         common_name: "signet istio intermediate".into(),
         workload_ttl: HumanDuration(DAY),
+        revocation_file: None,
+        upstream_crl_files: vec![],
     }
 }
 
@@ -779,6 +781,108 @@ async fn cacerts_follow_a_root_rotation_phase_by_phase() {
             "{phase}: intermediate"
         );
     }
+}
+
+/// With a revocation file the Secret carries `ca-crl.pem`: a CRL openssl
+/// verifies under the plug-in CA, listing exactly the file's serials,
+/// rewritten when a serial is added and left alone otherwise.
+#[tokio::test]
+async fn cacerts_carry_a_crl_of_the_revocation_file() {
+    use signet_core::revocation::RevocationList;
+    let cluster = Cluster::fake().await;
+    cluster.add_namespace("istio-system", json!({})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let revoked = dir.path().join("revoked.yaml");
+    RevocationList::revoke_in_file(&revoked, "0a1b", SystemTime::now(), None).unwrap();
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let root = CaSigner::root(clock.now(), 365 * DAY);
+    let mut config = cacerts_config(Layout::Istio);
+    config.revocation_file = Some(revoked.clone());
+    // Without a CRL of the root (signet does not hold this root's key),
+    // istiod would refuse any ca-crl.pem: the Secret is written without one.
+    let (_tx, leader) = watch::channel(true);
+    let keeper = CacertsKeeper::new(
+        cluster.client().await,
+        Cacerts::new(root.clone(), config.clone(), td(), clock.clone()),
+        leader.clone(),
+    );
+    assert!(keeper.reconcile_once().await.unwrap());
+    assert!(!secret_files(&cluster).await.contains_key("ca-crl.pem"));
+    assert!(
+        !keeper.reconcile_once().await.unwrap(),
+        "nothing better to write"
+    );
+    // With the root's CRL given, ca-crl.pem holds one CRL per CA.
+    let root_crl = dir.path().join("root-crl.pem");
+    std::fs::write(
+        &root_crl,
+        pem::encode(
+            "X509 CRL",
+            &RevocationList::default()
+                .crl(root.ca(), clock.now())
+                .unwrap(),
+        ),
+    )
+    .unwrap();
+    config.upstream_crl_files = vec![root_crl];
+    let keeper = CacertsKeeper::new(
+        cluster.client().await,
+        Cacerts::new(root.clone(), config, td(), clock.clone()),
+        leader,
+    );
+    let crl_text = async || {
+        let files = secret_files(&cluster).await;
+        for (name, bytes) in &files {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        let out = std::process::Command::new("openssl")
+            .args([
+                "crl",
+                "-noout",
+                "-text",
+                "-in",
+                "ca-crl.pem",
+                "-CAfile",
+                "ca-cert.pem",
+            ])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success() && text.contains("verify OK"), "{text}");
+        text
+    };
+    assert!(keeper.reconcile_once().await.unwrap());
+    let text = crl_text().await;
+    assert!(text.contains("Serial Number: 0A1B"), "{text}");
+    let crls = secret_files(&cluster).await["ca-crl.pem"].clone();
+    assert_eq!(
+        String::from_utf8(crls)
+            .unwrap()
+            .matches("BEGIN X509 CRL")
+            .count(),
+        2,
+        "the intermediate's and the root's"
+    );
+    assert!(!keeper.reconcile_once().await.unwrap(), "settled");
+    RevocationList::revoke_in_file(&revoked, "ff00ff", SystemTime::now(), None).unwrap();
+    assert!(
+        keeper.reconcile_once().await.unwrap(),
+        "a new serial is written"
+    );
+    let text = crl_text().await;
+    assert!(
+        text.contains("Serial Number: 0A1B") && text.contains("Serial Number: FF00FF"),
+        "{text}"
+    );
+    assert!(!keeper.reconcile_once().await.unwrap(), "settled");
+    // Before it expires (24 h), the CRL is re-signed.
+    clock.advance(Duration::from_secs(13 * 3600));
+    assert!(keeper.reconcile_once().await.unwrap(), "refreshed");
 }
 
 /// Twenty rotations, each through a burst of conflicting writes: after

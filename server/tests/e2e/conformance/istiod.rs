@@ -193,8 +193,25 @@ async fn istiod_plug_in_ca_reads_the_cacerts_signet_keeps_and_takes_a_rotation()
     let config = signet_config(
         d,
         &cp.admin_kubeconfig(),
-        "  istio_cacerts: { backend: root, ttl: 720h }\n  istio_root_cert: { authority: mesh, namespace_selector: \"signet-roots=enabled\", poll: 1s }\n",
+        &format!(
+            "  istio_cacerts: {{ backend: root, ttl: 720h, revocation_file: {}/revoked.yaml }}\n  istio_root_cert: {{ authority: mesh, namespace_selector: \"signet-roots=enabled\", poll: 1s }}\n",
+            d.display()
+        ),
     );
+    // A workload certificate revoked before istiod starts: its serial goes
+    // into the CRL signet writes beside the plug-in CA.
+    let revoked = Command::new(bin())
+        .args([
+            "revoke",
+            "--config",
+            config.to_str().unwrap(),
+            "--cacerts",
+            "--serial",
+            "0a:1b",
+        ])
+        .output()
+        .unwrap();
+    assert!(revoked.status.success(), "{revoked:?}");
     // A namespace both istiod and signet distribute the root to.
     let shared: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
         json!({ "metadata": { "name": "shared", "labels": { "signet-roots": "enabled" } } }),
@@ -244,6 +261,30 @@ async fn istiod_plug_in_ca_reads_the_cacerts_signet_keeps_and_takes_a_rotation()
         cm.data.unwrap()["root-cert.pem"].trim(),
         std::fs::read_to_string(&root).unwrap().trim()
     );
+
+    // istiod takes the CRL beside the plug-in CA and publishes it for
+    // proxies as istio-ca-crl, exactly as signet wrote it.
+    let crl = eventually("istio-ca-crl", WITHIN, async || {
+        Api::<ConfigMap>::namespaced(admin.clone(), "default")
+            .get_opt("istio-ca-crl")
+            .await
+            .unwrap()
+    })
+    .await;
+    let written = &cacerts.data.as_ref().unwrap()["ca-crl.pem"].0;
+    assert_eq!(
+        crl.data.unwrap()["ca-crl.pem"].as_bytes(),
+        written.as_slice(),
+        "istiod publishes signet's CRL"
+    );
+    let crl_file = d.join("ca-crl.pem");
+    std::fs::write(&crl_file, written).unwrap();
+    let text = Command::new("openssl")
+        .args(["crl", "-noout", "-text", "-in"])
+        .arg(&crl_file)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("Serial Number: 0A1B"));
 
     // signet's istio-ca-root-cert is istiod's: the two writers agree on one
     // object (it stops changing) with the same data.
@@ -302,7 +343,7 @@ async fn istiod_plug_in_ca_reads_the_cacerts_signet_keeps_and_takes_a_rotation()
     drop(istiod);
     drop(signet);
     println!(
-        "proved: istiod (plug-in CA) reads the cacerts signet writes, issues workload certificates to istio-agent's client that chain to signet's root, distributes that root as istio-ca-root-cert exactly as signet writes it (no fight between the two writers), and takes a rotated intermediate while the old one's certificates stay valid"
+        "proved: istiod (plug-in CA) reads the cacerts signet writes (with the ca-crl.pem of `signet revoke --cacerts`, which istiod publishes as istio-ca-crl), issues workload certificates to istio-agent's client that chain to signet's root, distributes that root as istio-ca-root-cert exactly as signet writes it (no fight between the two writers), and takes a rotated intermediate while the old one's certificates stay valid"
     );
 }
 
