@@ -516,6 +516,40 @@ impl AwsPcaBackend {
 
 #[async_trait]
 impl Signer for AwsPcaBackend {
+    async fn revoke(
+        &self,
+        serial_hex: &str,
+        reason: signet_core::revocation::Reason,
+    ) -> Result<bool, SignError> {
+        use aws_sdk_acmpca::types::RevocationReason as R;
+        use signet_core::revocation::Reason;
+        let serial = signet_core::revocation::colon_serial(serial_hex);
+        let reason_code = match reason {
+            Reason::Unspecified => R::Unspecified,
+            Reason::KeyCompromise => R::KeyCompromise,
+            Reason::CaCompromise => R::CertificateAuthorityCompromise,
+            Reason::AffiliationChanged => R::AffiliationChanged,
+            Reason::Superseded => R::Superseded,
+            Reason::CessationOfOperation => R::CessationOfOperation,
+        };
+        self.client
+            .revoke_certificate()
+            .certificate_authority_arn(self.arn())
+            .certificate_serial(serial)
+            .revocation_reason(reason_code)
+            .send()
+            .await
+            .map_err(|e| map_err("RevokeCertificate", e))?;
+        tracing::info!(
+            target: "signet::audit",
+            serial = serial_hex,
+            backend = %self.name,
+            reason = reason.name(),
+            "certificate revoked upstream (AWS Private CA)"
+        );
+        Ok(true)
+    }
+
     async fn sign(
         &self,
         decision: &IssuanceDecision,

@@ -287,6 +287,16 @@ struct IssuerList {
     keys: Vec<String>,
 }
 
+/// `<mount>/revoke`: the certificate joins the issuer's CRL.
+#[derive(Debug, Default, Endpoint)]
+#[endpoint(path = "{self.mount}/revoke", method = "POST")]
+struct Revoke {
+    #[endpoint(skip)]
+    mount: String,
+    /// Colon-separated hex, as Vault prints serials.
+    serial_number: String,
+}
+
 #[derive(Debug, Default, Endpoint)]
 #[endpoint(
     path = "{self.mount}/issuer/{self.issuer}/json",
@@ -922,6 +932,31 @@ fn join(values: impl Iterator<Item = String>) -> Option<String> {
 
 #[async_trait]
 impl Signer for VaultBackend {
+    async fn revoke(
+        &self,
+        serial_hex: &str,
+        reason: signet_core::revocation::Reason,
+    ) -> Result<bool, SignError> {
+        let serial_number = signet_core::revocation::colon_serial(serial_hex);
+        let mount = self.config.mount.clone();
+        self.call(|c| {
+            let r = Revoke {
+                mount: mount.clone(),
+                serial_number: serial_number.clone(),
+            };
+            async move { vaultrs::api::exec_with_empty_result(c.as_ref(), r).await }
+        })
+        .await?;
+        tracing::info!(
+            target: "signet::audit",
+            serial = serial_hex,
+            backend = %self.name,
+            reason = reason.name(),
+            "certificate revoked upstream (vault)"
+        );
+        Ok(true)
+    }
+
     async fn sign(
         &self,
         decision: &IssuanceDecision,

@@ -123,3 +123,17 @@ pub(crate) mod rfc3339_serde {
         humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom)
     }
 }
+
+/// RFC 3339 with nanoseconds, for instants compared with the clock (a
+/// re-key request against the time an intermediate was installed).
+pub(crate) mod rfc3339_nanos_serde {
+    use std::time::SystemTime;
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_rfc3339_nanos(*t).to_string())
+    }
+
+    pub use super::rfc3339_serde::deserialize;
+}

@@ -90,8 +90,12 @@ pub struct Delegated {
     trust_domain: TrustDomain,
     clock: Arc<dyn Clock>,
     current: ArcSwapOption<LocalCa>,
+    /// When the current intermediate was installed.
+    installed_at: std::sync::Mutex<Option<SystemTime>>,
     /// Woken whenever an intermediate is installed.
     installed: Notify,
+    /// Bumped by [`Delegated::rekey`]: the rotation task mints at once.
+    rekeys: tokio::sync::watch::Sender<u64>,
 }
 
 impl Delegated {
@@ -111,7 +115,9 @@ impl Delegated {
             trust_domain,
             clock,
             current: ArcSwapOption::empty(),
+            installed_at: std::sync::Mutex::new(None),
             installed: Notify::new(),
+            rekeys: tokio::sync::watch::channel(0).0,
         });
         spawn_rotation(&this);
         this
@@ -174,8 +180,52 @@ impl Delegated {
             "intermediate installed"
         );
         self.current.store(Some(ca.clone()));
+        *self.installed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.clock.now());
         self.installed.notify_waiters();
         Ok(ca)
+    }
+
+    /// An emergency re-key requested at `requested_at` (`signet revoke
+    /// --intermediate --rekey`): unless the intermediate held now was
+    /// installed after that, it stops signing at once (the authority is not
+    /// ready until the next one is held), the rotation task mints a fresh
+    /// one on a new key, and the old one is revoked upstream where the
+    /// backend can. Returns the serial withdrawn, if any.
+    pub async fn rekey(
+        &self,
+        requested_at: SystemTime,
+        reason: crate::revocation::Reason,
+    ) -> Option<String> {
+        let installed_at = *self.installed_at.lock().unwrap_or_else(|e| e.into_inner());
+        if installed_at.is_some_and(|t| t >= requested_at) {
+            return None;
+        }
+        let old = self.current.swap(None)?;
+        let serial = serial_of(old.certificate());
+        self.rekeys.send_modify(|n| *n += 1);
+        tracing::warn!(
+            target: "signet::audit",
+            serial = %serial,
+            authority = %self.name,
+            reason = reason.name(),
+            "intermediate withdrawn for a re-key; not signing until the next one is held"
+        );
+        match self.upstream.revoke(&serial, reason).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                authority = %self.name,
+                serial = %serial,
+                backend = %self.upstream.describe().name,
+                "the backend cannot revoke; the withdrawn intermediate stays valid upstream until it expires"
+            ),
+            Err(e) => tracing::error!(
+                authority = %self.name,
+                serial = %serial,
+                error = %e,
+                "revoking the withdrawn intermediate upstream failed; revoke it there by hand"
+            ),
+        }
+        Some(serial)
     }
 
     /// When the intermediate `ca` should be replaced.
@@ -196,6 +246,7 @@ fn spawn_rotation(this: &Arc<Delegated>) {
     if let Some(changes) = this.upstream.issuer_changes() {
         worker = worker.wake_on(changes);
     }
+    worker = worker.wake_on(this.rekeys.subscribe());
     worker.spawn_for(this, |this| async move {
         match this.renew().await {
             Ok(ca) => Ok(Next::At(this.renew_time(&ca))),
@@ -208,6 +259,16 @@ fn spawn_rotation(this: &Arc<Delegated>) {
             }),
         }
     });
+}
+
+/// A certificate's serial as revocation files and upstreams write it:
+/// lowercase hex without leading zeros.
+fn serial_of(der: &[u8]) -> String {
+    use x509_parser::prelude::FromDer as _;
+    let hex = x509_parser::certificate::X509Certificate::from_der(der)
+        .map(|(_, c)| hex::encode(c.raw_serial()))
+        .unwrap_or_default();
+    crate::revocation::normalise_serial(&hex).unwrap_or(hex)
 }
 
 #[async_trait]

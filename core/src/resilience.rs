@@ -169,6 +169,13 @@ impl Signer for Timeout {
     fn issuer_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.inner.issuer_changes()
     }
+    async fn revoke(
+        &self,
+        serial_hex: &str,
+        reason: crate::revocation::Reason,
+    ) -> Result<bool, SignError> {
+        self.inner.revoke(serial_hex, reason).await
+    }
 }
 
 // === Retry ===
@@ -240,6 +247,13 @@ impl Signer for Retry {
     }
     fn issuer_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.inner.issuer_changes()
+    }
+    async fn revoke(
+        &self,
+        serial_hex: &str,
+        reason: crate::revocation::Reason,
+    ) -> Result<bool, SignError> {
+        self.inner.revoke(serial_hex, reason).await
     }
 }
 
@@ -340,6 +354,13 @@ impl Signer for RateLimit {
     }
     fn issuer_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.inner.issuer_changes()
+    }
+    async fn revoke(
+        &self,
+        serial_hex: &str,
+        reason: crate::revocation::Reason,
+    ) -> Result<bool, SignError> {
+        self.inner.revoke(serial_hex, reason).await
     }
 }
 
@@ -457,6 +478,13 @@ impl Signer for CircuitBreaker {
     fn issuer_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.inner.issuer_changes()
     }
+    async fn revoke(
+        &self,
+        serial_hex: &str,
+        reason: crate::revocation::Reason,
+    ) -> Result<bool, SignError> {
+        self.inner.revoke(serial_hex, reason).await
+    }
     fn describe(&self) -> BackendInfo {
         let mut info = self.inner.describe();
         if info.ready.is_ok() && self.is_open() {
@@ -521,6 +549,13 @@ impl Signer for ConcurrencyLimit {
     }
     fn issuer_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.inner.issuer_changes()
+    }
+    async fn revoke(
+        &self,
+        serial_hex: &str,
+        reason: crate::revocation::Reason,
+    ) -> Result<bool, SignError> {
+        self.inner.revoke(serial_hex, reason).await
     }
 }
 

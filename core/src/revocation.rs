@@ -145,6 +145,22 @@ pub fn normalise_serial(s: &str) -> Result<String, RevocationError> {
     Ok(trimmed.to_owned())
 }
 
+/// `0a1b2c` → `0a:1b:2c`, as Vault and AWS Private CA write serials (an
+/// odd length gets a leading zero).
+pub fn colon_serial(serial_hex: &str) -> String {
+    let padded = if serial_hex.len() % 2 == 1 {
+        format!("0{serial_hex}")
+    } else {
+        serial_hex.to_owned()
+    };
+    padded
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 impl RevocationList {
     /// Reads `path`; a missing file is an empty list.
     pub fn read(path: &Path) -> Result<Self, RevocationError> {

@@ -203,6 +203,20 @@ impl Rotation {
 pub struct RotationFile {
     #[serde(default)]
     pub rotations: BTreeMap<String, Rotation>,
+    /// Emergency re-keys of delegated authorities, by authority
+    /// (`signet revoke --intermediate --rekey`): every replica withdraws an
+    /// intermediate installed before `at` ([`crate::delegated::Delegated::rekey`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rekeys: BTreeMap<String, Rekey>,
+}
+
+/// One authority's latest re-key request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rekey {
+    #[serde(with = "crate::clock::rfc3339_nanos_serde")]
+    pub at: SystemTime,
+    pub reason: crate::revocation::Reason,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -428,6 +442,29 @@ impl Signer for Rotating {
 
     fn issuer_changes(&self) -> Option<watch::Receiver<u64>> {
         Some(self.changes.subscribe())
+    }
+
+    /// The certificate may come from either side of a rotation: the side
+    /// issuing now is asked first.
+    async fn revoke(
+        &self,
+        serial_hex: &str,
+        reason: crate::revocation::Reason,
+    ) -> Result<bool, SignError> {
+        let applied = self.applied.load_full();
+        let active = Self::active(&applied).clone();
+        let others = std::iter::once(&applied.from)
+            .chain(applied.to.iter())
+            .filter(|s| !Arc::ptr_eq(s, &active));
+        let mut failed = None;
+        for side in std::iter::once(&active).chain(others) {
+            match side.revoke(serial_hex, reason).await {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        failed.map_or(Ok(false), Err)
     }
 }
 

@@ -87,4 +87,16 @@ pub trait Signer: Send + Sync + fmt::Debug {
     fn issuer_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+    /// Revokes at the upstream CA a certificate this signer issued (a
+    /// delegated intermediate that was compromised), so that the upstream's
+    /// CRL lists it. `serial_hex`: lowercase hex, as
+    /// [`IssuedChain::serial_hex`]. `Ok(false)`: this backend cannot.
+    async fn revoke(
+        &self,
+        serial_hex: &str,
+        reason: crate::revocation::Reason,
+    ) -> Result<bool, SignError> {
+        let _ = (serial_hex, reason);
+        Ok(false)
+    }
 }

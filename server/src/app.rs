@@ -142,7 +142,7 @@ impl App {
         let backends = build_backends(&config, &clock).await?;
         let (backends, slots) = crate::trust::slots(&config, backends)?;
         log_layouts(&config, &backends).await?;
-        let authorities = build_authorities(&config, &backends, &clock).await?;
+        let (authorities, delegated) = build_authorities(&config, &backends, &clock).await?;
 
         let mut registry = Registry::with_prefix("signet");
         let metrics = Metrics::register(&mut registry);
@@ -159,7 +159,7 @@ impl App {
         // Background loops that end by being aborted at shutdown.
         let mut writers = Vec::new();
         if let Some(trust) = &config.trust {
-            writers.push(crate::trust::spawn_poll(trust, slots));
+            writers.push(crate::trust::spawn_poll(trust, slots, delegated));
         }
         let mut rest_addr = None;
         if let Some(rc) = &config.frontends.rest {
@@ -236,14 +236,18 @@ impl App {
     }
 }
 
+/// The delegated authorities' signers, by authority (for re-keys).
+pub type DelegatedMap = BTreeMap<String, Arc<Delegated>>;
+
 /// Each configured authority over its backend (delegated ones holding their
 /// first intermediate, or started not ready after [`STARTUP_WAIT`]).
 async fn build_authorities(
     config: &Config,
     backends: &BTreeMap<String, Arc<dyn Signer>>,
     clock: &Arc<dyn Clock>,
-) -> anyhow::Result<BTreeMap<String, Arc<Authority>>> {
+) -> anyhow::Result<(BTreeMap<String, Arc<Authority>>, DelegatedMap)> {
     let mut authorities = BTreeMap::new();
+    let mut delegated = BTreeMap::new();
     for (name, a) in &config.authorities {
         let upstream = backends[&a.backend].clone();
         let signer: Arc<dyn Signer> = match a.mode {
@@ -262,6 +266,7 @@ async fn build_authorities(
                 if tokio::time::timeout(STARTUP_WAIT, d.ready()).await.is_err() {
                     tracing::warn!(authority = %name, "no intermediate yet; starting not ready");
                 }
+                delegated.insert(name.clone(), d.clone());
                 d
             }
         };
@@ -272,7 +277,7 @@ async fn build_authorities(
             Arc::new(Authority::new(name.clone(), signer, policy, clock.clone())),
         );
     }
-    Ok(authorities)
+    Ok((authorities, delegated))
 }
 
 /// The REST signing endpoint: its serving certificate (files, or issued by

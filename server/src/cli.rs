@@ -90,8 +90,22 @@ pub enum Command {
         cacerts: bool,
         /// The certificate's serial number in hex (`4f:1c:0a`, `0x4f1c0a`
         /// and `4F1C0A` are the same).
-        #[arg(long)]
-        serial: String,
+        #[arg(long, required_unless_present = "intermediate")]
+        serial: Option<String>,
+        /// Emergency re-key of a delegated authority (with --rekey): every
+        /// replica withdraws its intermediate within `trust.poll`, mints one
+        /// on a fresh key, and revokes the old one upstream where the backend
+        /// can (Vault/OpenBao, AWS Private CA). Recorded in `trust.state_file`.
+        #[arg(
+            long,
+            requires = "rekey",
+            requires = "authority",
+            conflicts_with = "serial"
+        )]
+        intermediate: bool,
+        /// See --intermediate.
+        #[arg(long, requires = "intermediate")]
+        rekey: bool,
         /// unspecified, key-compromise, ca-compromise, affiliation-changed,
         /// superseded or cessation-of-operation.
         #[arg(long)]
@@ -275,8 +289,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             authority,
             cacerts: _,
             serial,
+            intermediate,
+            rekey: _,
             reason,
-        } => revoke(&config, authority.as_deref(), &serial, reason),
+        } => match (serial, authority) {
+            (_, Some(authority)) if intermediate => {
+                crate::trust::rekey(&config, &authority, reason)
+            }
+            (Some(serial), authority) => revoke(&config, authority.as_deref(), &serial, reason),
+            (None, _) => anyhow::bail!("--serial is required"),
+        },
         Command::Trust(TrustCommand::Rotate {
             config,
             backend,

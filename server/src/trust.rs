@@ -90,10 +90,19 @@ fn apply(file: &RotationFile, slots: &[Arc<Rotating>]) {
     }
 }
 
-/// Re-reads the rotation file every `poll` while the slots live.
-pub fn spawn_poll(trust: &TrustConfig, slots: Vec<Arc<Rotating>>) -> tokio::task::JoinHandle<()> {
+/// Re-reads the rotation file every `poll` while the slots live: applies
+/// each slot's rotation, and each delegated authority's re-key request.
+pub fn spawn_poll(
+    trust: &TrustConfig,
+    slots: Vec<Arc<Rotating>>,
+    delegated: crate::app::DelegatedMap,
+) -> tokio::task::JoinHandle<()> {
     let (path, poll) = (trust.state_file.clone(), trust.poll.get());
     let slots: Vec<std::sync::Weak<Rotating>> = slots.iter().map(Arc::downgrade).collect();
+    let delegated: BTreeMap<String, std::sync::Weak<signet_core::delegated::Delegated>> = delegated
+        .iter()
+        .map(|(n, d)| (n.clone(), Arc::downgrade(d)))
+        .collect();
     Worker::new("rotation file")
         .backoff(Backoff::constant(poll))
         .first(Next::In(poll))
@@ -101,11 +110,21 @@ pub fn spawn_poll(trust: &TrustConfig, slots: Vec<Arc<Rotating>>) -> tokio::task
             let path = path.clone();
             let live: Vec<Arc<Rotating>> =
                 slots.iter().filter_map(std::sync::Weak::upgrade).collect();
+            let authorities: Vec<(String, Arc<signet_core::delegated::Delegated>)> = delegated
+                .iter()
+                .filter_map(|(n, d)| Some((n.clone(), d.upgrade()?)))
+                .collect();
             async move {
-                if live.is_empty() {
+                if live.is_empty() && authorities.is_empty() {
                     return Ok(Next::Stop);
                 }
-                apply(&RotationFile::read(&path)?, &live);
+                let file = RotationFile::read(&path)?;
+                apply(&file, &live);
+                for (name, d) in &authorities {
+                    if let Some(r) = file.rekeys.get(name) {
+                        d.rekey(r.at, r.reason).await;
+                    }
+                }
                 Ok::<_, signet_core::rotation::RotationFileError>(Next::In(poll))
             }
         })
@@ -460,4 +479,46 @@ pub fn users(config: &Config, backend: &str) -> Vec<String> {
         out.push("istio_cacerts".into());
     }
     out
+}
+
+/// `signet revoke --intermediate --rekey`: records the re-key request of a
+/// delegated authority; each replica acts on it within `trust.poll`.
+pub fn rekey(
+    path: &Path,
+    authority: &str,
+    reason: Option<signet_core::revocation::Reason>,
+) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let trust = trust_of(&config)?;
+    let a = config
+        .authorities
+        .get(authority)
+        .with_context(|| format!("no authority {authority:?} in the configuration"))?;
+    anyhow::ensure!(
+        a.mode == Mode::Delegated,
+        "authority {authority:?} is not delegated: signet holds no intermediate of its own to re-key"
+    );
+    let reason = reason.unwrap_or(signet_core::revocation::Reason::KeyCompromise);
+    let now = Clock::now(&signet_core::SystemClock);
+    RotationFile::update(&trust.state_file, |f| {
+        f.rekeys.insert(
+            authority.to_owned(),
+            signet_core::rotation::Rekey { at: now, reason },
+        );
+        Ok::<_, anyhow::Error>(())
+    })?;
+    tracing::warn!(
+        target: "signet::audit",
+        authority = %authority,
+        reason = reason.name(),
+        "re-key requested"
+    );
+    println!(
+        "re-key of authority {authority} requested at {} ({}): every replica withdraws the intermediate it holds within {}, mints a new one, and revokes the old one upstream where {} can",
+        rfc3339(now),
+        reason.name(),
+        trust.poll,
+        a.backend
+    );
+    Ok(())
 }

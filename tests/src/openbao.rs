@@ -384,6 +384,7 @@ path "{mount}/issuers" {{ capabilities = ["list"] }}
 path "{mount}/issuer/+/json" {{ capabilities = ["read"] }}
 path "{mount}/cert/ca_chain" {{ capabilities = ["read"] }}
 path "{mount}/roles/{role}" {{ capabilities = ["read"] }}
+path "{mount}/revoke" {{ capabilities = ["create", "update"] }}
 "#
         )
     }

@@ -299,6 +299,29 @@ async fn intermediates_ask_for_the_pathlen0_template_and_a_non_ca_answer_is_refu
     assert!(e.to_string().to_lowercase().contains("ca"), "{e}");
 }
 
+/// A withdrawn intermediate is revoked with RevokeCertificate: the serial
+/// as AWS writes it (colon-separated hex) and the reason; moto accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_sends_the_serial_and_reason_pca_expects() {
+    let env = env().await;
+    let b = backend(config(&env), vec![]);
+    let a = authority(b.clone());
+    let chain = issue(&a, "w").await.unwrap();
+    let serial = signet_core::revocation::normalise_serial(chain.serial_hex()).unwrap();
+    assert!(
+        b.revoke(&serial, signet_core::revocation::Reason::KeyCompromise)
+            .await
+            .unwrap()
+    );
+    let r = &env.proxy.requests("ACMPrivateCA.RevokeCertificate")[0];
+    assert_eq!(r["CertificateAuthorityArn"], env.pca.arn);
+    assert_eq!(
+        r["CertificateSerial"],
+        signet_core::revocation::colon_serial(&serial)
+    );
+    assert_eq!(r["RevocationReason"], "KEY_COMPROMISE");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trust_bundle_adds_supplemental_roots_and_errors_map_to_codes() {
     let env = env().await;

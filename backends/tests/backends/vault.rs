@@ -1064,3 +1064,80 @@ async fn a_root_rotation_moves_signing_to_the_next_issuer_of_the_mount() {
         assert_eq!(roles(&slot.trust_bundle().await.unwrap()), want, "{phase}");
     }
 }
+
+/// An emergency re-key of a delegated authority over OpenBao: the
+/// intermediate stops signing at once, a new one on a fresh key replaces it,
+/// and OpenBao has revoked the old one (its CRL lists it).
+#[tokio::test]
+async fn a_rekey_withdraws_the_intermediate_and_revokes_it_in_openbao() {
+    use signet_core::revocation::Reason;
+    let (bao, _root) = bao_with_pki();
+    let dir = tempfile::tempdir().unwrap();
+    let token = bao.create_token(&["signet"], "1h", true, None);
+    let mut cfg = config(
+        &bao.addr(),
+        VaultAuth::Token {
+            token_file: Some(write(dir.path(), "token", &token)),
+            token_env: None,
+        },
+    );
+    cfg.role = None;
+    let upstream = build(
+        "v",
+        &BackendConfig::Vault(Box::new(cfg)),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    let delegated = Delegated::start(
+        "mesh",
+        upstream,
+        IntermediateConfig::default(),
+        td(),
+        Arc::new(SystemClock),
+    );
+    tokio::time::timeout(Duration::from_secs(10), delegated.ready())
+        .await
+        .expect("intermediate");
+    let a = authority(delegated.clone());
+    let old = delegated.current().unwrap();
+    let before_leaf = issue(&a, workload("w"), Profile::Workload).await.unwrap();
+    assert_eq!(before_leaf.intermediates()[0], *old.certificate());
+
+    // A request older than the intermediate held is ignored.
+    let long_ago = SystemTime::now() - Duration::from_secs(3600);
+    assert_eq!(delegated.rekey(long_ago, Reason::KeyCompromise).await, None);
+    assert!(Arc::ptr_eq(&delegated.current().unwrap(), &old));
+
+    let requested = SystemTime::now();
+    let serial = delegated
+        .rekey(requested, Reason::KeyCompromise)
+        .await
+        .expect("the intermediate is withdrawn");
+    let new = signet_core::testing::eventually_changes(
+        || delegated.current().unwrap_or_else(|| old.clone()),
+        &old,
+    )
+    .await;
+    assert_ne!(new.certificate(), old.certificate());
+    assert_ne!(new.key().spki_der(), old.key().spki_der(), "a fresh key");
+    let after = issue(&a, workload("w"), Profile::Workload).await.unwrap();
+    assert_eq!(after.intermediates()[0], *new.certificate());
+    let cert = bao.api(
+        "GET",
+        &format!(
+            "pki/cert/{}",
+            signet_core::revocation::colon_serial(&serial)
+        ),
+        None,
+    );
+    assert!(
+        cert["data"]["revocation_time"].as_i64().unwrap_or(0) > 0,
+        "OpenBao revoked {serial}: {cert}"
+    );
+    // The same request again changes nothing: the new one came after it.
+    assert_eq!(
+        delegated.rekey(requested, Reason::KeyCompromise).await,
+        None
+    );
+}

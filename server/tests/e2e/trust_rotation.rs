@@ -236,6 +236,59 @@ frontends:
             "one audit line for {phase}"
         );
     }
+    // An emergency re-key: the intermediate is withdrawn and replaced on
+    // every replica within a poll; the local backend cannot revoke it
+    // upstream, and says so.
+    let before = sign(&client, &url, d).await["ca_chain"][0].clone();
+    let out = std::process::Command::new(bin())
+        .args([
+            "revoke",
+            "--config",
+            cfg,
+            "--authority",
+            "mesh",
+            "--intermediate",
+            "--rekey",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("re-key of authority mesh requested"),
+        "{said}"
+    );
+    let replaced = tokio::time::timeout(WITHIN, async {
+        loop {
+            if sign(&client, &url, d).await["ca_chain"][0] != before {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(
+        replaced.is_ok(),
+        "no new intermediate:\n{}\n{}",
+        std::fs::read_to_string(d.join("rotation.yaml")).unwrap(),
+        signet.logs().join("\n")
+    );
+    assert!(verifies_under(d, &new));
+    assert_eq!(
+        signet
+            .logs_containing("intermediate withdrawn for a re-key", 1)
+            .len(),
+        1
+    );
+    assert_eq!(
+        signet.logs_containing("the backend cannot revoke", 1).len(),
+        1
+    );
+
     // A second rotation cannot begin over one in progress; after done it can.
     let again = trust(&["rotate", "--config", cfg, "--backend", "old", "--to", "old"]);
     assert!(again.contains("rotation from new to old begun"), "{again}");
