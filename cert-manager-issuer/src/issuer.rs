@@ -276,6 +276,7 @@ impl Issuer {
                 max_ttl: rules.max_duration.into(),
                 min_ttl: MIN_DURATION.into(),
                 backdate: BACKDATE.into(),
+                crl_distribution_points: Vec::new(),
             },
         )
         .map_err(BuildError::Invalid)?;

@@ -327,6 +327,11 @@ fn certificate_params(
         .map(rcgen_san)
         .collect::<Result<_, _>>()
         .map_err(SignError::Internal)?;
+    if !decision.crl_distribution_points().is_empty() {
+        params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: decision.crl_distribution_points().to_vec(),
+        }];
+    }
     params.is_ca = match decision.ca() {
         Some(ca) => IsCa::Ca(match ca.path_len {
             Some(n) => BasicConstraints::Constrained(n),

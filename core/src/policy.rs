@@ -202,6 +202,12 @@ pub struct PolicyConfig {
     /// minutes: ztunnel renews at half of (NotAfter − NotBefore).
     #[serde(default = "default_backdate")]
     pub backdate: HumanDuration,
+    /// CRL distribution point URLs put into every end-entity certificate
+    /// (where relying parties fetch the authority's CRL, e.g.
+    /// `https://signet.example/v1/crl/<authority>`). Only for authorities
+    /// whose CA signet holds: remote CAs set their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crl_distribution_points: Vec<String>,
 }
 
 impl Default for PolicyConfig {
@@ -211,6 +217,7 @@ impl Default for PolicyConfig {
             max_ttl: default_max_ttl(),
             min_ttl: default_min_ttl(),
             backdate: default_backdate(),
+            crl_distribution_points: Vec::new(),
         }
     }
 }
@@ -232,6 +239,19 @@ impl PolicyConfig {
         }
         if self.backdate.get() > Duration::from_secs(3600) {
             return Err(format!("backdate {} is more than 1h", self.backdate));
+        }
+        for url in &self.crl_distribution_points {
+            let rest = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"));
+            let ok = rest.is_some_and(|r| {
+                !r.is_empty() && !r.starts_with('/') && r.chars().all(|c| c.is_ascii_graphic())
+            });
+            if !ok {
+                return Err(format!(
+                    "crl_distribution_points: {url:?} is not an http(s) URL"
+                ));
+            }
         }
         Ok(())
     }
@@ -313,9 +333,16 @@ pub struct IssuanceDecision {
     renewable: bool,
     requested_by: String,
     pub(crate) request_id: Option<String>,
+    /// URLs of the CRL distribution point extension (empty: none).
+    crl_distribution_points: Vec<String>,
 }
 
 impl IssuanceDecision {
+    /// URLs for the CRL distribution point extension (empty: none).
+    pub fn crl_distribution_points(&self) -> &[String] {
+        &self.crl_distribution_points
+    }
+
     /// An idempotency key for backends that have one (AWS PCA's
     /// IdempotencyToken, GCP CAS's requestId): the same key must yield the
     /// same certificate, never a second one.
@@ -351,6 +378,7 @@ impl IssuanceDecision {
             renewable: false,
             requested_by: requested_by.to_owned(),
             request_id: None,
+            crl_distribution_points: Vec::new(),
         }
     }
 
@@ -428,6 +456,7 @@ impl IssuanceDecision {
             renewable: false,
             requested_by: requested_by.to_owned(),
             request_id: None,
+            crl_distribution_points: Vec::new(),
         }
     }
 
@@ -532,6 +561,7 @@ impl AuthorityPolicy {
             renewable: request.renewable && profile == Profile::Workload,
             requested_by: caller.principal().to_string(),
             request_id: request.request_id.clone(),
+            crl_distribution_points: self.config.crl_distribution_points.clone(),
         })
     }
 

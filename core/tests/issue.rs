@@ -794,3 +794,64 @@ fn the_root_a_chain_leads_to_goes_last_for_consumers_that_take_the_last_as_the_r
         assert_eq!(pems[1], current_der.as_ref(), "the anchor is last");
     }
 }
+
+/// With `crl_distribution_points` every leaf names where its CRL is, and
+/// the chain still verifies; without it no such extension is added.
+#[test]
+fn leaves_carry_the_configured_crl_distribution_point() {
+    let now = SystemTime::now();
+    let (_, inter) = hierarchy(now, KeyAlgorithm::EcdsaP256);
+    let url = "https://signet.example/v1/crl/mesh";
+    for with in [true, false] {
+        let config = PolicyConfig {
+            crl_distribution_points: if with { vec![url.to_owned()] } else { vec![] },
+            ..PolicyConfig::default()
+        };
+        let policy = AuthorityPolicy::new(td(), config).unwrap();
+        let csr = signet_core::testing::spiffe_csr(DEMO);
+        let decision = policy
+            .decide(
+                &Caller::internal("t"),
+                &grant(&["spiffe://cluster.local/**"], &[Profile::Workload]),
+                &csr,
+                &signet_core::testing::request(Profile::Workload),
+                now,
+            )
+            .unwrap();
+        let chain = inter.sign(&decision, csr.public_key()).unwrap();
+        chain.check(&decision, &csr, now, Duration::ZERO).unwrap();
+        let (_, cert) = X509Certificate::from_der(chain.leaf()).unwrap();
+        let points: Vec<String> = cert
+            .extensions()
+            .iter()
+            .filter_map(|e| match e.parsed_extension() {
+                ParsedExtension::CRLDistributionPoints(p) => Some(p),
+                _ => None,
+            })
+            .flat_map(|p| p.points.iter())
+            .filter_map(|p| match &p.distribution_point {
+                Some(DistributionPointName::FullName(names)) => Some(names.clone()),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|n| match n {
+                GeneralName::URI(u) => Some(u.to_owned()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(points, if with { vec![url.to_owned()] } else { vec![] });
+    }
+    // Anything but an http(s) URL is refused when the configuration loads.
+    for bad in [
+        "ldap://x/crl",
+        "https://",
+        "https://a b/crl",
+        "/v1/crl/mesh",
+    ] {
+        let config = PolicyConfig {
+            crl_distribution_points: vec![bad.to_owned()],
+            ..PolicyConfig::default()
+        };
+        assert!(config.validate().is_err(), "{bad}");
+    }
+}

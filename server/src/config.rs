@@ -405,6 +405,16 @@ impl Config {
                 }
                 (Mode::Direct, None) => {}
             }
+            let local = self
+                .backends
+                .get(&a.backend)
+                .is_some_and(|b| b.kind() == signet_backends::BackendKind::Local);
+            if !a.policy.crl_distribution_points.is_empty() && (a.mode != Mode::Direct || !local) {
+                return Err(at.invalid(
+                    format!("authorities.{name}.policy.crl_distribution_points"),
+                    "only for mode: direct on a local backend (signet's CRL covers only a CA whose key it holds; remote CAs publish their own distribution points)",
+                ));
+            }
         }
         Ok(())
     }
