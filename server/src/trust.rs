@@ -53,13 +53,16 @@ impl TrustConfig {
     }
 }
 
+/// Backends by name, as their users see them.
+pub type Backends = BTreeMap<String, Arc<dyn Signer>>;
+
 /// The backends as their users see them: each a [`Rotating`] slot when
 /// `trust` is configured (with the rotation file applied once), else as
 /// built.
 pub fn slots(
     config: &Config,
     backends: BTreeMap<String, Arc<dyn Signer>>,
-) -> anyhow::Result<(BTreeMap<String, Arc<dyn Signer>>, Vec<Arc<Rotating>>)> {
+) -> anyhow::Result<(Backends, Vec<Arc<Rotating>>)> {
     let Some(trust) = &config.trust else {
         return Ok((backends, Vec::new()));
     };
