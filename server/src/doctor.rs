@@ -281,6 +281,9 @@ async fn kubernetes(
     {
         istiod_tls(d, client, c, bundle).await;
     }
+    if f.cert_manager.is_some() {
+        certificate_requests(d, client).await;
+    }
     if let Some(c) = &f.cluster_trust_bundles {
         for b in &c.bundles {
             if let Some(bundle) = bundles.get(&b.authority) {
@@ -464,6 +467,93 @@ async fn cluster_trust_bundle(d: &mut Doctor, client: &Client, name: &str, bundl
     if d.same_roots_pem(&what, ctb.spec.trust_bundle.as_bytes(), bundle) {
         d.note(Level::Ok, &what, "the authority's roots");
     }
+}
+
+/// CertificateRequests signet's issuers signed (issuerRef group
+/// `signet.dev`, Ready) and still valid: each `status.certificate` must
+/// chain to its `status.ca` — what cert-manager writes as `ca.crt`, and what
+/// breaks silently when an upstream changes its chain.
+async fn certificate_requests(d: &mut Doctor, client: &Client) {
+    use base64::Engine as _;
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let gvk = GroupVersionKind::gvk("cert-manager.io", "v1", "CertificateRequest");
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ApiResource::from_gvk(&gvk));
+    let list = match api.list(&ListParams::default()).await {
+        Ok(l) => l.items,
+        Err(e) => {
+            d.note(
+                Level::Fail,
+                "certificaterequests",
+                signet_kubernetes::kube_err(e),
+            );
+            return;
+        }
+    };
+    let b64 = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+    };
+    let mut good = 0;
+    for cr in &list {
+        let spec = &cr.data["spec"];
+        let status = &cr.data["status"];
+        let ready = status["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        if spec["issuerRef"]["group"] != "signet.dev" || !ready {
+            continue;
+        }
+        let what = format!(
+            "certificaterequest {}/{}",
+            cr.namespace().unwrap_or_default(),
+            cr.name_any()
+        );
+        let (Some(cert), Some(ca)) = (b64(&status["certificate"]), b64(&status["ca"])) else {
+            d.note(
+                Level::Fail,
+                &what,
+                "Ready without status.certificate and status.ca",
+            );
+            continue;
+        };
+        let (Some(mut chain), Some(roots)) = (d.pem_certs(&what, &cert), d.pem_certs(&what, &ca))
+        else {
+            continue;
+        };
+        if chain.is_empty() || roots.is_empty() {
+            d.note(
+                Level::Fail,
+                &what,
+                "status.certificate or status.ca holds no certificate",
+            );
+            continue;
+        }
+        let leaf = chain.remove(0);
+        if validity(&leaf).is_ok_and(|(_, not_after)| not_after <= d.now) {
+            continue;
+        }
+        let bundle = match TrustBundle::new(roots) {
+            Ok(b) => b,
+            Err(e) => {
+                d.note(Level::Fail, &what, format!("status.ca: {e}"));
+                continue;
+            }
+        };
+        match verify_path(&leaf, &chain, &bundle, d.now) {
+            Ok(()) => good += 1,
+            Err(e) => d.note(
+                Level::Fail,
+                &what,
+                format!("status.certificate does not chain to status.ca (ca.crt): {e}"),
+            ),
+        }
+    }
+    d.note(
+        Level::Ok,
+        "certificaterequests",
+        format!("{good} valid request(s) signed by signet's issuers chain to their ca.crt"),
+    );
 }
 
 /// A Secret's data by key; a FAIL when it is missing or unreadable.

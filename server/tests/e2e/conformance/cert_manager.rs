@@ -276,8 +276,45 @@ async fn signet_issuer_signs_approved_certificate_requests_on_a_real_api_server(
         "the chart's RBAC refused something: {:#?}",
         signet.logs()
     );
+    // signet doctor: the signed request chains to its ca.crt; a ca.crt an
+    // upstream change made wrong (here: another root) is named.
+    let mut dcfg = local.clone();
+    dcfg["kubernetes"] = json!({ "kubeconfig": cp.admin_kubeconfig() });
+    let dpath = d.join("doctor.yaml");
+    std::fs::write(&dpath, serde_yaml_ng::to_string(&dcfg).unwrap()).unwrap();
+    let doctor = || {
+        let o = std::process::Command::new(bin())
+            .args(["doctor", "--config", dpath.to_str().unwrap()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let report = doctor();
+    assert!(
+        report.contains("certificaterequests: 1 valid request(s) signed by signet's issuers chain to their ca.crt"),
+        "{report}"
+    );
+    let other = d.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let (_, _, other_root) = local_ca(&other);
+    api.patch_status(
+        "web",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            json!({ "status": { "ca": B64.encode(std::fs::read(&other_root).unwrap()) } }),
+        ),
+    )
+    .await
+    .unwrap();
+    let report = doctor();
+    assert!(
+        report.contains(
+            "FAIL certificaterequest apps/web: status.certificate does not chain to status.ca"
+        ),
+        "{report}"
+    );
     drop(signet);
     println!(
-        "proved: cert-manager's CRDs (v1.21.1) and signet's are accepted by kube-apiserver v1.37.2; under the chart's RBAC signet signs an Approved CertificateRequest (Ready/Issued, certificate and ca set, verified by openssl), leaves Denied and unapproved ones unsigned, and counts it in signet_requests_total for front-end cert_manager"
+        "proved: cert-manager's CRDs (v1.21.1) and signet's are accepted by kube-apiserver v1.37.2; under the chart's RBAC signet signs an Approved CertificateRequest (Ready/Issued, certificate and ca set, verified by openssl), leaves Denied and unapproved ones unsigned, and counts it in signet_requests_total for front-end cert_manager; signet doctor checks the request chains to its ca.crt and names one whose ca.crt was replaced"
     );
 }
