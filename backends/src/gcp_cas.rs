@@ -137,7 +137,13 @@ pub struct GcpCasBackend {
     client: CertificateAuthorityService,
     bundle: Refreshed<TrustBundle>,
     clock: Arc<dyn Clock>,
+    /// Resource names of the CA certificates (delegated intermediates) this
+    /// process had issued, by serial: CAS revokes by name, not serial.
+    issued_cas: std::sync::Mutex<std::collections::VecDeque<(String, String)>>,
 }
+
+/// How many issued CA certificates are remembered for revocation.
+const REMEMBERED_CAS: usize = 64;
 
 impl fmt::Debug for GcpCasBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -239,6 +245,7 @@ impl GcpCasBackend {
             client,
             bundle: Refreshed::default(),
             clock,
+            issued_cas: std::sync::Mutex::new(std::collections::VecDeque::new()),
         }))
     }
 
@@ -512,7 +519,64 @@ impl Signer for GcpCasBackend {
             certs(&issued.pem_certificate_chain).map_err(|e| bad("pemCertificateChain", e))?;
         let bundle = self.current_bundle().await?;
         let path = order_path(&leaf, chain);
-        IssuedChain::new(leaf, path, bundle).map_err(SignError::BadChain)
+        let chain = IssuedChain::new(leaf, path, bundle).map_err(SignError::BadChain)?;
+        if decision.ca().is_some() {
+            let serial = signet_core::revocation::normalise_serial(chain.serial_hex())
+                .unwrap_or_else(|_| chain.serial_hex().to_owned());
+            let mut cas = self.issued_cas.lock().unwrap_or_else(|e| e.into_inner());
+            if cas.len() >= REMEMBERED_CAS {
+                cas.pop_front();
+            }
+            cas.push_back((serial, issued.name.clone()));
+        }
+        Ok(chain)
+    }
+
+    /// CAS revokes a certificate by resource name: only CA certificates
+    /// this process issued (a delegated intermediate) are known by serial.
+    async fn revoke(
+        &self,
+        serial_hex: &str,
+        reason: signet_core::revocation::Reason,
+    ) -> Result<bool, SignError> {
+        use google_cloud_security_privateca_v1::model::RevocationReason as R;
+        use signet_core::revocation::Reason;
+        let wanted = signet_core::revocation::normalise_serial(serial_hex)
+            .unwrap_or_else(|_| serial_hex.to_owned());
+        let name = self
+            .issued_cas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(s, _)| *s == wanted)
+            .map(|(_, n)| n.clone());
+        let Some(name) = name else {
+            return Ok(false);
+        };
+        let reason_code = match reason {
+            Reason::Unspecified => R::Unspecified,
+            Reason::KeyCompromise => R::KeyCompromise,
+            Reason::CaCompromise => R::CertificateAuthorityCompromise,
+            Reason::AffiliationChanged => R::AffiliationChanged,
+            Reason::Superseded => R::Superseded,
+            Reason::CessationOfOperation => R::CessationOfOperation,
+        };
+        self.client
+            .revoke_certificate()
+            .set_name(name.clone())
+            .set_reason(reason_code)
+            .send()
+            .await
+            .map_err(|e| map_err("RevokeCertificate", e))?;
+        tracing::info!(
+            target: "signet::audit",
+            serial = serial_hex,
+            certificate = %name,
+            backend = %self.name,
+            reason = reason.name(),
+            "certificate revoked upstream (Google CAS)"
+        );
+        Ok(true)
     }
 
     async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {

@@ -316,6 +316,20 @@ async fn handle(
             .collect();
         return Json(json!({ "caCerts": ca_certs })).into_response();
     }
+    if method == Method::POST
+        && let Some(name) = path
+            .strip_prefix("/v1/")
+            .and_then(|p| p.strip_suffix(":revoke"))
+    {
+        let mut s = fake.lock();
+        return match s.certificates.get_mut(name) {
+            Some(c) => {
+                c["revocationDetails"] = json!({ "revocationState": body["reason"], "revocationTime": "2026-01-01T00:00:00Z" });
+                Json(c.clone()).into_response()
+            }
+            None => google_error(404, "NOT_FOUND", "no such certificate"),
+        };
+    }
     if method == Method::GET
         && let Some(name) = path.strip_prefix("/v1/")
     {
@@ -479,6 +493,57 @@ async fn a_delegated_intermediate_comes_with_ca_options_and_signs_leaves() {
     let p = dir.path().join("int.pem");
     std::fs::write(&p, &chain.intermediate_pems()[0]).unwrap();
     assert!(openssl::text(&p).contains("CA:TRUE, pathlen:0"));
+}
+
+/// A re-key revokes the withdrawn intermediate by the resource name CAS
+/// gave it (CAS revokes by name, not serial); a serial this process did not
+/// issue is not CAS's to revoke here.
+#[tokio::test]
+async fn a_rekey_revokes_the_intermediate_by_its_cas_name() {
+    use signet_core::revocation::Reason;
+    let fake = FakeCas::start().await;
+    let upstream = backend(config(&fake)).await;
+    let d = Delegated::start(
+        "mesh",
+        upstream.clone(),
+        IntermediateConfig::default(),
+        td(),
+        Arc::new(SystemClock),
+    );
+    tokio::time::timeout(Duration::from_secs(15), d.ready())
+        .await
+        .expect("intermediate");
+    assert!(
+        !upstream
+            .revoke("0a1b", Reason::KeyCompromise)
+            .await
+            .unwrap()
+    );
+    let serial = d
+        .rekey(SystemTime::now(), Reason::KeyCompromise)
+        .await
+        .expect("withdrawn");
+    let revokes: Vec<_> = fake
+        .lock()
+        .calls
+        .iter()
+        .filter(|(m, p, _, _)| m == "POST" && p.ends_with(":revoke"))
+        .cloned()
+        .collect();
+    assert_eq!(revokes.len(), 1, "{serial}");
+    let (_, path, _, body) = &revokes[0];
+    assert!(
+        path.starts_with(&format!("/v1/{POOL}/certificates/")),
+        "{path}"
+    );
+    // The client sends enums by number (proto3 JSON accepts both):
+    // KEY_COMPROMISE is 1 in RevocationReason.
+    assert_eq!(body["reason"], 1);
+    let name = path.trim_start_matches("/v1/").trim_end_matches(":revoke");
+    assert!(fake.lock().certificates[name]["revocationDetails"].is_object());
+    tokio::time::timeout(Duration::from_secs(15), d.ready())
+        .await
+        .expect("a new intermediate");
 }
 
 #[tokio::test]
