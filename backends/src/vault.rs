@@ -713,19 +713,28 @@ impl VaultBackend {
     /// plus `roots_file`, and caches them.
     pub async fn refresh_trust_bundle(&self) -> Result<TrustBundle, SignError> {
         let mount = self.config.mount.clone();
-        let listed = self.call(|c| {
-            let mount = mount.clone();
-            async move { vaultrs::api::exec_with_result(c.as_ref(), ListIssuers { mount }).await }
-        })
-        .await;
+        let listed = match &self.config.issuer {
+            Some(_) => Ok(IssuerList { keys: Vec::new() }),
+            None => {
+                self.call(|c| {
+                    let mount = mount.clone();
+                    async move {
+                        vaultrs::api::exec_with_result(c.as_ref(), ListIssuers { mount }).await
+                    }
+                })
+                .await
+            }
+        };
         let mut chains: Vec<Vec<CertificateDer<'static>>> = Vec::new();
-        // With an issuer configured, only its chain: another root in the
-        // mount (the next one of a rotation) is another backend's.
-        let listed = match (&self.config.issuer, listed) {
-            (Some(issuer), Ok(_)) => Ok(IssuerList {
+        // With an issuer configured, only its chain, whatever the list says
+        // (or whether listing is allowed): another root in the mount (the
+        // next one of a rotation) is another backend's, and falling back to
+        // the default issuer's chain would publish the wrong root.
+        let listed = match &self.config.issuer {
+            Some(issuer) => Ok(IssuerList {
                 keys: vec![issuer.clone()],
             }),
-            (_, other) => other,
+            None => listed,
         };
         match listed {
             Ok(list) => {

@@ -228,6 +228,33 @@ impl Delegated {
         Some(serial)
     }
 
+    /// Stops signing with the held intermediate when the upstream no longer
+    /// trusts the root it is under (a root rotation dropped it) and no new
+    /// one could be had: its leaves would be refused by everyone holding the
+    /// current bundle, and a root retired for compromise must not keep
+    /// anchoring new certificates. The authority is then not ready.
+    async fn withdraw_if_unanchored(&self) {
+        let Some(ca) = self.current() else { return };
+        let Ok(bundle) = self.upstream.trust_bundle().await else {
+            return;
+        };
+        let top = ca.chain().last().unwrap_or(ca.certificate());
+        if bundle
+            .roots()
+            .iter()
+            .any(|r| crate::chain::anchored_by(top, r) || r == top)
+        {
+            return;
+        }
+        self.current.store(None);
+        tracing::error!(
+            target: "signet::audit",
+            serial = %serial_of(ca.certificate()),
+            authority = %self.name,
+            "the held intermediate is under a root the upstream no longer trusts and no new one could be had; not signing"
+        );
+    }
+
     /// When the intermediate `ca` should be replaced.
     fn renew_time(&self, ca: &LocalCa) -> SystemTime {
         crate::clock::renew_time(ca.not_before(), ca.not_after(), self.config.renew_at)
@@ -250,13 +277,16 @@ fn spawn_rotation(this: &Arc<Delegated>) {
     worker.spawn_for(this, |this| async move {
         match this.renew().await {
             Ok(ca) => Ok(Next::At(this.renew_time(&ca))),
-            Err(e) => Err(match this.current() {
-                Some(ca) => format!(
-                    "{e}; still signing with the current intermediate (expires {})",
-                    rfc3339(ca.not_after())
-                ),
-                None => format!("{e}; no intermediate yet, not ready"),
-            }),
+            Err(e) => {
+                this.withdraw_if_unanchored().await;
+                Err(match this.current() {
+                    Some(ca) => format!(
+                        "{e}; still signing with the current intermediate (expires {})",
+                        rfc3339(ca.not_after())
+                    ),
+                    None => format!("{e}; no intermediate, not ready"),
+                })
+            }
         }
     });
 }

@@ -233,6 +233,18 @@ impl RevocationList {
 
     /// The CRL `ca` signs for this list at `now` (DER).
     pub fn crl(&self, ca: &LocalCa, now: SystemTime) -> Result<Vec<u8>, RevocationError> {
+        self.crl_valid_for(ca, now, CRL_VALIDITY)
+    }
+
+    /// The CRL `ca` signs for this list at `now`, valid for `validity`
+    /// (for a CA whose key is about to be discarded: its CRL must last as
+    /// long as the certificates it issued).
+    pub fn crl_valid_for(
+        &self,
+        ca: &LocalCa,
+        now: SystemTime,
+        validity: Duration,
+    ) -> Result<Vec<u8>, RevocationError> {
         let hour = from_unix_seconds(unix_seconds(now).div_euclid(3600) * 3600);
         let newest = self
             .revoked
@@ -261,7 +273,7 @@ impl RevocationList {
             .collect::<Result<Vec<_>, RevocationError>>()?;
         let params = rcgen::CertificateRevocationListParams {
             this_update: offset(this_update),
-            next_update: offset(this_update + CRL_VALIDITY),
+            next_update: offset(this_update + validity),
             crl_number: rcgen::SerialNumber::from(
                 u64::try_from(unix_seconds(this_update)).unwrap_or(0),
             ),
@@ -309,6 +321,14 @@ impl RevocationList {
         wanted.sort();
         listed == wanted
     }
+}
+
+/// When a CRL says the next one is due (`None`: unparseable or open-ended).
+pub fn crl_next_update(crl_der: &[u8]) -> Option<SystemTime> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, crl) =
+        x509_parser::revocation_list::CertificateRevocationList::from_der(crl_der).ok()?;
+    crl.next_update().map(|n| from_unix_seconds(n.timestamp()))
 }
 
 /// Whether `crl_der` is a CRL issued by `ca_cert` (its issuer is the CA's

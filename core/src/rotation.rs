@@ -226,6 +226,15 @@ pub struct RotationFileError {
     detail: String,
 }
 
+impl RotationFileError {
+    pub fn new(path: &Path, detail: impl Into<String>) -> Self {
+        Self {
+            path: path.display().to_string(),
+            detail: detail.into(),
+        }
+    }
+}
+
 impl From<RotationFileError> for String {
     fn from(e: RotationFileError) -> Self {
         e.to_string()
@@ -235,13 +244,20 @@ impl From<RotationFileError> for String {
 impl RotationFile {
     /// Reads `path`; a missing file holds no rotation.
     pub fn read(path: &Path) -> Result<Self, RotationFileError> {
+        Ok(Self::read_if_present(path)?.unwrap_or_default())
+    }
+
+    /// Reads `path`; `None` when it does not exist.
+    pub fn read_if_present(path: &Path) -> Result<Option<Self>, RotationFileError> {
         let err = |detail: String| RotationFileError {
             path: path.display().to_string(),
             detail,
         };
         match std::fs::read_to_string(path) {
-            Ok(text) => serde_yaml_ng::from_str(&text).map_err(|e| err(e.to_string())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Ok(text) => serde_yaml_ng::from_str(&text)
+                .map(Some)
+                .map_err(|e| err(e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(err(e.to_string())),
         }
     }
@@ -286,6 +302,9 @@ pub struct Rotating {
     backends: BTreeMap<String, Arc<dyn Signer>>,
     applied: ArcSwap<Applied>,
     changes: watch::Sender<u64>,
+    /// The old side's bundle as last read, so that `done` can name the
+    /// roots it drops even when the old backend no longer answers.
+    last_from: arc_swap::ArcSwapOption<TrustBundle>,
 }
 
 impl Rotating {
@@ -304,6 +323,7 @@ impl Rotating {
             own,
             backends,
             changes: watch::channel(0).0,
+            last_from: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -382,18 +402,24 @@ impl Rotating {
         }
     }
 
-    async fn bundle(applied: &Applied) -> Result<TrustBundle, SignError> {
+    async fn bundle(&self, applied: &Applied) -> Result<TrustBundle, SignError> {
         let (Some(r), Some(to)) = (&applied.rotation, &applied.to) else {
             return applied.from.trust_bundle().await;
         };
         let (old, new) = (applied.from.trust_bundle().await, to.trust_bundle().await);
+        if let Ok(old) = &old {
+            self.last_from.store(Some(Arc::new(old.clone())));
+        }
         Ok(match r.phase {
             Phase::Publish => TrustBundle::with_rotation(&old?, &new?, RootRole::Next),
             Phase::Issue => TrustBundle::with_rotation(&new?, &old?, RootRole::Retiring),
-            // The old side may be gone by now; dropping is best effort.
-            Phase::Done => match old {
-                Ok(old) => new?.with_dropped(&old),
-                Err(_) => new?,
+            // The old side may be gone by now: the roots it last had.
+            Phase::Done => match old
+                .ok()
+                .or_else(|| self.last_from.load_full().map(|b| (*b).clone()))
+            {
+                Some(old) => new?.with_dropped(&old),
+                None => new?,
             },
         })
     }
@@ -411,11 +437,11 @@ impl Signer for Rotating {
         if applied.rotation.is_none() {
             return Ok(chain);
         }
-        Ok(chain.with_trust_bundle(Self::bundle(&applied).await?))
+        Ok(chain.with_trust_bundle(self.bundle(&applied).await?))
     }
 
     async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {
-        Self::bundle(&self.applied.load_full()).await
+        self.bundle(&self.applied.load_full()).await
     }
 
     fn describe(&self) -> BackendInfo {

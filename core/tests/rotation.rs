@@ -185,3 +185,65 @@ async fn an_entry_naming_an_unknown_backend_is_refused_and_changes_nothing() {
         [(root_of(&old), RootRole::Current)]
     );
 }
+
+/// A `to` backend that holds the next root but refuses to sign.
+#[derive(Debug)]
+struct Refusing(Arc<CaSigner>);
+
+#[async_trait::async_trait]
+impl Signer for Refusing {
+    async fn sign(
+        &self,
+        _: &signet_core::IssuanceDecision,
+        _: &signet_core::VerifiedCsr,
+    ) -> Result<IssuedChain, signet_core::SignError> {
+        Err(signet_core::SignError::BackendRejected("refused".into()))
+    }
+    async fn trust_bundle(&self) -> Result<signet_core::TrustBundle, signet_core::SignError> {
+        self.0.trust_bundle().await
+    }
+    fn describe(&self) -> signet_core::BackendInfo {
+        self.0.describe()
+    }
+}
+
+/// When the next root's backend will not issue, a delegated authority keeps
+/// signing under the old root while that root is still trusted (issue), and
+/// stops — not ready — once the rotation dropped it (done).
+#[tokio::test]
+async fn an_intermediate_under_a_dropped_root_stops_signing() {
+    let now = SystemTime::now();
+    let clock = Arc::new(ManualClock::new(now));
+    let old = CaSigner::root(now, 30 * DAY);
+    let new = CaSigner::root(now, 30 * DAY);
+    let backends: BTreeMap<String, Arc<dyn Signer>> = [(
+        "next".to_owned(),
+        Arc::new(Refusing(new)) as Arc<dyn Signer>,
+    )]
+    .into();
+    let slot = Arc::new(Rotating::new("root", old.clone(), backends));
+    let delegated = Delegated::start(
+        "mesh",
+        slot.clone(),
+        IntermediateConfig::default(),
+        td(),
+        clock,
+    );
+    delegated.ready().await;
+    let held = delegated.current().unwrap();
+    slot.apply(Some(&phase(Phase::Issue, now))).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        delegated.current().is_some_and(|c| Arc::ptr_eq(&c, &held)),
+        "issue: the old root is still trusted, the intermediate keeps signing"
+    );
+    slot.apply(Some(&phase(Phase::Done, now))).unwrap();
+    for _ in 0..100 {
+        if delegated.current().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(delegated.current().is_none(), "done: withdrawn");
+    assert!(delegated.describe().ready.is_err());
+}

@@ -22,7 +22,7 @@ use signet_core::duration::HumanDuration;
 use signet_core::issuer::LocalCa;
 use signet_core::key::{KeyAlgorithm, PrivateKey};
 use signet_core::mint::{IntermediateSpec, Minted, mint_intermediate};
-use signet_core::revocation::{RevocationList, crl_valid_for};
+use signet_core::revocation::{RevocationList, crl_next_update, crl_valid_for};
 use signet_core::spiffe::TrustDomain;
 use signet_core::{Clock, SignError, Signer, pem};
 
@@ -249,6 +249,7 @@ impl Cacerts {
     pub async fn mint(
         &self,
         previous_roots: &[CertificateDer<'static>],
+        previous: Option<&Previous>,
     ) -> Result<Files, SignError> {
         let now = self.clock.now();
         let spec = IntermediateSpec {
@@ -278,7 +279,11 @@ impl Cacerts {
             })
         })?;
         let mut files = files;
-        if let Err(e) = self.refresh_crl(&mut files, &v.ca, self.clock.now()) {
+        let carry = match previous {
+            Some(p) => self.last_crls(p).map_err(SignError::Internal)?,
+            None => Vec::new(),
+        };
+        if let Err(e) = self.refresh_crl(&mut files, &v.ca, self.clock.now(), carry) {
             tracing::error!(error = %e, "the plug-in CA is written without its CRL");
         }
         tracing::info!(
@@ -317,6 +322,7 @@ impl Cacerts {
         let Some(files) = current else {
             return Plan::Mint {
                 previous_roots: vec![],
+                previous: None,
             };
         };
         let v = match validate(files, self.config.layout, now) {
@@ -329,17 +335,30 @@ impl Cacerts {
                     .unwrap_or_default();
                 return Plan::Mint {
                     previous_roots: roots,
+                    previous: None,
                 };
             }
         };
+        let previous = Some(Previous {
+            ca: v.ca.clone(),
+            crls: crls_in(files.get(CRL_FILE).map(Vec::as_slice).unwrap_or_default()),
+        });
         if v.not_after <= now + self.config.renew_before() {
             return Plan::Mint {
                 previous_roots: v.roots,
+                previous,
             };
         }
         let bundle = match self.backend.trust_bundle().await {
             Ok(b) => b,
-            Err(_) => return Plan::Keep,
+            // The roots cannot be read now; the CRL is signet's to keep fresh.
+            Err(_) => {
+                let mut updated = files.clone();
+                return match self.refresh_crl(&mut updated, &v.ca, now, Vec::new()) {
+                    Ok(true) => Plan::Write(updated),
+                    _ => Plan::Keep,
+                };
+            }
         };
         // A root rotation moved issuing to another root (or the upstream
         // did): a new intermediate under a current root, the old roots kept.
@@ -349,6 +368,7 @@ impl Cacerts {
             );
             return Plan::Mint {
                 previous_roots: v.roots,
+                previous,
             };
         }
         // A new root is added alongside the ones istiod already trusts; a
@@ -370,7 +390,7 @@ impl Cacerts {
             );
             changed = true;
         }
-        match self.refresh_crl(&mut updated, &v.ca, now) {
+        match self.refresh_crl(&mut updated, &v.ca, now, Vec::new()) {
             Ok(c) => changed |= c,
             // The CRL keeps what it had (istiod keeps enforcing it); the
             // keeper's log says why.
@@ -397,6 +417,7 @@ impl Cacerts {
         files: &mut Files,
         ca: &LocalCa,
         now: SystemTime,
+        carry: Vec<Vec<u8>>,
     ) -> Result<bool, String> {
         let Some(path) = &self.config.revocation_file else {
             return Ok(false);
@@ -421,16 +442,35 @@ impl Cacerts {
             .collect();
         let stored = crls_in(files.get(CRL_FILE).map(Vec::as_slice).unwrap_or_default());
         let until = now + CRL_REFRESH_BEFORE;
-        let fresh = stored
-            .iter()
-            .any(|c| list.crl_matches(ca.certificate(), c, until))
-            && chain[1..]
+        // CRLs signet signs are renewed ahead of their end; given ones only
+        // need to be valid (signing again would not extend them).
+        let fresh = carry.is_empty()
+            && stored
                 .iter()
-                .all(|cert| stored.iter().any(|c| crl_valid_for(c, cert, until)))
+                .any(|c| list.crl_matches(ca.certificate(), c, until))
+            && chain[1..].iter().all(|cert| {
+                stored.iter().any(|c| {
+                    crl_valid_for(c, cert, until)
+                        || (given.contains(c) && crl_valid_for(c, cert, now))
+                })
+            })
             && given.iter().all(|g| stored.contains(g));
         if fresh {
             return Ok(false);
         }
+        // CRLs of earlier plug-in CAs (signed when they were replaced), kept
+        // while valid: their workload certificates are still in use.
+        let carried: Vec<Vec<u8>> = stored
+            .into_iter()
+            .chain(carry)
+            .filter(|c| {
+                !chain
+                    .iter()
+                    .any(|cert| crl_valid_for(c, cert, SystemTime::UNIX_EPOCH))
+                    && !given.contains(c)
+                    && crl_next_update(c).is_some_and(|n| n > now)
+            })
+            .collect();
         let mut crls = vec![list.crl(ca, now).map_err(|e| e.to_string())?];
         if let Some(up) = self.backend.issuing_ca()
             && chain.contains(up.certificate())
@@ -453,9 +493,42 @@ impl Cacerts {
                 uncovered.join(", ")
             ));
         }
+        for c in carried {
+            if !crls.contains(&c) {
+                crls.push(c);
+            }
+        }
         let pem: String = crls.iter().map(|c| pem::encode("X509 CRL", c)).collect();
         files.insert(CRL_FILE.to_owned(), pem.into_bytes());
         Ok(true)
+    }
+
+    /// What a plug-in CA about to be replaced leaves behind (with a
+    /// revocation file): its own last CRL, valid for `workload_ttl` and an
+    /// hour more (its key is discarded with the old Secret), and the
+    /// earlier ones its `ca-crl.pem` carried.
+    fn last_crls(&self, previous: &Previous) -> Result<Vec<Vec<u8>>, String> {
+        let Some(path) = &self.config.revocation_file else {
+            return Ok(Vec::new());
+        };
+        let list = RevocationList::read(path).map_err(|e| e.to_string())?;
+        let now = self.clock.now();
+        let own = list
+            .crl_valid_for(
+                &previous.ca,
+                now,
+                self.config.workload_ttl.get() + Duration::from_secs(3600),
+            )
+            .map_err(|e| e.to_string())?;
+        let mut out = vec![own];
+        out.extend(
+            previous
+                .crls
+                .iter()
+                .filter(|c| !crl_valid_for(c, previous.ca.certificate(), SystemTime::UNIX_EPOCH))
+                .cloned(),
+        );
+        Ok(out)
     }
 
     /// The CRLs of `upstream_crl_files` (PEM), DER each.
@@ -493,12 +566,24 @@ fn subject_of(der: &[u8]) -> String {
         .unwrap_or_else(|_| "(unparseable certificate)".into())
 }
 
+/// The plug-in CA a new one replaces.
+#[derive(Debug, Clone)]
+pub struct Previous {
+    pub ca: Arc<LocalCa>,
+    /// The CRLs its `ca-crl.pem` held.
+    pub crls: Vec<Vec<u8>>,
+}
+
 /// The outcome of [`Cacerts::plan`].
 #[derive(Debug)]
 pub enum Plan {
     Keep,
     Mint {
         previous_roots: Vec<CertificateDer<'static>>,
+        /// The plug-in CA being replaced, when it is still usable: with a
+        /// revocation file it signs one last CRL that lasts as long as its
+        /// workload certificates (Envoy wants a CRL for every CA of a chain).
+        previous: Option<Previous>,
     },
     Write(Files),
 }

@@ -95,7 +95,8 @@ pub enum Command {
         /// Emergency re-key of a delegated authority (with --rekey): every
         /// replica withdraws its intermediate within `trust.poll`, mints one
         /// on a fresh key, and revokes the old one upstream where the backend
-        /// can (Vault/OpenBao, AWS Private CA). Recorded in `trust.state_file`.
+        /// can (Vault/OpenBao, AWS Private CA, Google CAS). Recorded in
+        /// `trust.state_file`.
         #[arg(
             long,
             requires = "rekey",
@@ -407,11 +408,20 @@ async fn istio_cacerts(path: &Path, out: &Path) -> anyhow::Result<()> {
         .context("the configuration has no frontends.istio_cacerts")?;
     let clock: std::sync::Arc<dyn signet_core::Clock> =
         std::sync::Arc::new(signet_core::SystemClock);
-    let spec = config.backends.get(&c.backend).context("no such backend")?;
-    let backend = signet_backends::build(&c.backend, spec, clock.clone()).await?;
+    // As the servers see it: with `trust`, the rotation phase's backend
+    // (every backend is built, since a rotation may name any); else just
+    // the one named.
+    let backend = if config.trust.is_some() {
+        let built = app::build_backends(&config, &clock).await?;
+        let (mut backends, _slots) = crate::trust::slots(&config, built)?;
+        backends.remove(&c.backend).context("no such backend")?
+    } else {
+        let spec = config.backends.get(&c.backend).context("no such backend")?;
+        signet_backends::build(&c.backend, spec, clock.clone()).await?
+    };
     let cacerts =
         signet_istio::cacerts::Cacerts::new(backend, c.clone(), config.trust_domain.clone(), clock);
-    let files = cacerts.mint(&[]).await?;
+    let files = cacerts.mint(&[], None).await?;
     signet_istio::cacerts::write_dir(&files, out)?;
     let names: Vec<&str> = files.keys().map(String::as_str).collect();
     println!("wrote {} to {}", names.join(", "), out.display());

@@ -409,6 +409,12 @@ impl Config {
                 .backends
                 .get(&a.backend)
                 .is_some_and(|b| b.kind() == signet_backends::BackendKind::Local);
+            if !a.policy.crl_distribution_points.is_empty() && a.revocation_file.is_none() {
+                return Err(at.invalid(
+                    format!("authorities.{name}.policy.crl_distribution_points"),
+                    "needs authorities.<name>.revocation_file (the CRL the URL serves)",
+                ));
+            }
             if !a.policy.crl_distribution_points.is_empty() && (a.mode != Mode::Direct || !local) {
                 return Err(at.invalid(
                     format!("authorities.{name}.policy.crl_distribution_points"),

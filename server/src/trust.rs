@@ -70,7 +70,15 @@ pub fn slots(
         .iter()
         .map(|(name, b)| Arc::new(Rotating::new(name.clone(), b.clone(), backends.clone())))
         .collect();
-    apply(&RotationFile::read(&trust.state_file)?, &slots);
+    // At start-up an entry that cannot be applied stops the start: issuing
+    // from the configured (old) backend instead would be the wrong root.
+    let errors = apply(&RotationFile::read(&trust.state_file)?, &slots);
+    anyhow::ensure!(
+        errors.is_empty(),
+        "{}: {}",
+        trust.state_file.display(),
+        errors.join("; ")
+    );
     let map = slots
         .iter()
         .map(|s| (s.slot().to_owned(), s.clone() as Arc<dyn Signer>))
@@ -78,19 +86,23 @@ pub fn slots(
     Ok((map, slots))
 }
 
-/// Applies each slot's entry; an entry that cannot be applied is logged
-/// and that slot keeps what it had.
-fn apply(file: &RotationFile, slots: &[Arc<Rotating>]) {
+/// Applies each slot's entry; an entry that cannot be applied leaves that
+/// slot as it was. Returns what could not be applied.
+fn apply(file: &RotationFile, slots: &[Arc<Rotating>]) -> Vec<String> {
+    let mut errors = Vec::new();
     for s in slots {
         if let Err(e) = s.apply(file.rotations.get(s.slot())) {
             tracing::error!(backend = %s.slot(), error = %e, "rotation entry not applied");
+            errors.push(e);
         }
     }
     for name in file.rotations.keys() {
         if !slots.iter().any(|s| s.slot() == name) {
             tracing::error!(backend = %name, "the rotation file names a backend that is not configured");
+            errors.push(format!("no backend named {name} to rotate"));
         }
     }
+    errors
 }
 
 /// Re-reads the rotation file every `poll` while the slots live: applies
@@ -106,6 +118,9 @@ pub fn spawn_poll(
         .iter()
         .map(|(n, d)| (n.clone(), Arc::downgrade(d)))
         .collect();
+    let seen = Arc::new(std::sync::atomic::AtomicBool::new(
+        trust.state_file.exists(),
+    ));
     Worker::new("rotation file")
         .backoff(Backoff::constant(poll))
         .first(Next::In(poll))
@@ -117,11 +132,25 @@ pub fn spawn_poll(
                 .iter()
                 .filter_map(|(n, d)| Some((n.clone(), d.upgrade()?)))
                 .collect();
+            let seen = seen.clone();
             async move {
                 if live.is_empty() && authorities.is_empty() {
                     return Ok(Next::Stop);
                 }
-                let file = RotationFile::read(&path)?;
+                // A file that was there and is gone (a volume not mounted, a
+                // tidy-up) is an error, not "no rotation": reverting to the
+                // configured backends could mean issuing from a dropped root.
+                let file = match RotationFile::read_if_present(&path)? {
+                    Some(f) => f,
+                    None if seen.load(std::sync::atomic::Ordering::Relaxed) => {
+                        return Err(signet_core::rotation::RotationFileError::new(
+                            &path,
+                            "the rotation file disappeared; keeping the phases applied",
+                        ));
+                    }
+                    None => RotationFile::default(),
+                };
+                seen.store(true, std::sync::atomic::Ordering::Relaxed);
                 apply(&file, &live);
                 for (name, d) in &authorities {
                     if let Some(r) = file.rekeys.get(name) {
@@ -253,7 +282,8 @@ pub async fn rotate(path: &Path, args: RotateArgs) -> anyhow::Result<()> {
     let mut last_waiting: Option<(Vec<String>, bool)> = None;
     loop {
         let file = RotationFile::read(&trust.state_file)?;
-        apply(&file, &slots);
+        let errors = apply(&file, &slots);
+        anyhow::ensure!(errors.is_empty(), "{}", errors.join("; "));
         let rotation = file.rotations.get(&args.backend).with_context(|| {
             format!(
                 "backend {} has no rotation; begin one with --to <backend>",
@@ -264,7 +294,10 @@ pub async fn rotate(path: &Path, args: RotateArgs) -> anyhow::Result<()> {
             println!("{}", describe(&args.backend, rotation));
             return Ok(());
         }
-        let waiting = consumers_waiting(&config, &backends, &clock).await?;
+        let mut waiting = consumers_waiting(&config, &backends, &clock).await?;
+        if let Some(w) = cacerts_wait(&config, &args.backend, rotation, clock.now()).await? {
+            waiting.push(w);
+        }
         let timer_running = rotation.earliest_end().is_some_and(|end| clock.now() < end);
         let reasons = Some((waiting.clone(), timer_running));
         let step = RotationFile::update(&trust.state_file, |f| {
@@ -391,6 +424,55 @@ async fn consumers_waiting(
         .collect())
 }
 
+/// In the issue phase, istiod keeps issuing from the previous plug-in CA
+/// until `cacerts` is re-minted and it reloads: its certificates may live
+/// `workload_ttl` past the new intermediate's NotBefore (plus the back-date
+/// and two polls), however late in the phase that came.
+async fn cacerts_wait(
+    config: &Config,
+    backend: &str,
+    rotation: &Rotation,
+    now: std::time::SystemTime,
+) -> anyhow::Result<Option<String>> {
+    let Some(c) = &config.frontends.istio_cacerts else {
+        return Ok(None);
+    };
+    if rotation.phase != Phase::Issue || c.backend != backend {
+        return Ok(None);
+    }
+    let client = crate::kubernetes::client(&config.kubernetes).await?;
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client, &c.namespace);
+    let Some(secret) = api.get_opt(&c.secret).await? else {
+        return Ok(Some(format!(
+            "secret {}/{} is missing",
+            c.namespace, c.secret
+        )));
+    };
+    let files: signet_istio::cacerts::Files = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    let v = match signet_istio::cacerts::validate(&files, c.layout, now) {
+        Ok(v) => v,
+        Err(e) => return Ok(Some(format!("secret {}/{}: {e}", c.namespace, c.secret))),
+    };
+    let until = v.ca.not_before()
+        + signet_core::mint::INTERMEDIATE_BACKDATE
+        + c.workload_ttl.get()
+        + rotation.poll.get() * 2;
+    Ok((now < until).then(|| {
+        format!(
+            "istiod's certificates from the previous plug-in CA to expire (the new one's NotBefore {} + workload_ttl {}): until {}",
+            rfc3339(v.ca.not_before()),
+            c.workload_ttl,
+            rfc3339(until)
+        )
+    }))
+}
+
 /// One rotation as `signet trust status` prints it.
 pub fn describe(backend: &str, r: &Rotation) -> String {
     let mut out = format!(
@@ -438,10 +520,9 @@ pub async fn status(path: &Path) -> anyhow::Result<()> {
         }
         if r.phase != Phase::Done {
             let mut probe = r.clone();
-            if let Step::Waiting(lines) = probe.advance(
-                clock.now(),
-                consumers_waiting(&config, &backends, &clock).await?,
-            ) {
+            let mut waiting = consumers_waiting(&config, &backends, &clock).await?;
+            waiting.extend(cacerts_wait(&config, backend, r, clock.now()).await?);
+            if let Step::Waiting(lines) = probe.advance(clock.now(), waiting) {
                 println!("  waiting for:");
                 for l in lines {
                     println!("  - {l}");

@@ -62,9 +62,12 @@ impl CacertsKeeper {
         let new_files = match self.cacerts.plan(files.as_ref()).await {
             Plan::Keep => return Ok(false),
             Plan::Write(f) => f,
-            Plan::Mint { previous_roots } => self
+            Plan::Mint {
+                previous_roots,
+                previous,
+            } => self
                 .cacerts
-                .mint(&previous_roots)
+                .mint(&previous_roots, previous.as_ref())
                 .await
                 .map_err(|e| e.to_string())?,
         };

@@ -824,7 +824,7 @@ async fn cacerts_carry_a_crl_of_the_revocation_file() {
         ),
     )
     .unwrap();
-    config.upstream_crl_files = vec![root_crl];
+    config.upstream_crl_files = vec![root_crl.clone()];
     let keeper = CacertsKeeper::new(
         cluster.client().await,
         Cacerts::new(root.clone(), config, td(), clock.clone()),
@@ -883,6 +883,45 @@ async fn cacerts_carry_a_crl_of_the_revocation_file() {
     // Before it expires (24 h), the CRL is re-signed.
     clock.advance(Duration::from_secs(13 * 3600));
     assert!(keeper.reconcile_once().await.unwrap(), "refreshed");
+
+    // A renewal replaces the plug-in CA: the old one signs one last CRL that
+    // lasts as long as its workload certificates (workload_ttl + 1h), kept
+    // beside the new chain's, since Envoy wants a CRL for every CA of a chain.
+    let old = validate(&secret_files(&cluster).await, Layout::Istio, clock.now()).unwrap();
+    clock.advance(21 * DAY);
+    std::fs::write(
+        &root_crl,
+        pem::encode(
+            "X509 CRL",
+            &RevocationList::default()
+                .crl(root.ca(), clock.now())
+                .unwrap(),
+        ),
+    )
+    .unwrap();
+    assert!(keeper.reconcile_once().await.unwrap(), "renewed");
+    let files = secret_files(&cluster).await;
+    let new = validate(&files, Layout::Istio, clock.now()).unwrap();
+    assert_ne!(new.ca.certificate(), old.ca.certificate());
+    let crls: Vec<Vec<u8>> = pem::parse_lenient(&files["ca-crl.pem"])
+        .unwrap()
+        .into_iter()
+        .map(|b| b.der)
+        .collect();
+    assert_eq!(
+        crls.len(),
+        3,
+        "the new intermediate's, the root's, the old intermediate's"
+    );
+    let last = crls
+        .iter()
+        .find(|c| signet_core::revocation::crl_valid_for(c, old.ca.certificate(), clock.now()))
+        .expect("the old plug-in CA's CRL");
+    assert!(
+        signet_core::revocation::crl_next_update(last).unwrap() >= clock.now() + DAY,
+        "it outlives the old CA's workload certificates"
+    );
+    assert!(!keeper.reconcile_once().await.unwrap(), "settled");
 }
 
 /// Twenty rotations, each through a burst of conflicting writes: after
