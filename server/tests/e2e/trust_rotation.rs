@@ -289,6 +289,25 @@ frontends:
         1
     );
 
+    // A server that cannot apply a rotation entry (here: a backend it does
+    // not have) refuses to start rather than issue from the old root.
+    let bad = d.join("bad-rotation.yaml");
+    let text = std::fs::read_to_string(d.join("rotation.yaml"))
+        .unwrap()
+        .replace("to: new", "to: missing");
+    std::fs::write(&bad, text).unwrap();
+    let bad_config = d.join("bad.yaml");
+    std::fs::write(
+        &bad_config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("rotation.yaml", "bad-rotation.yaml"),
+    )
+    .unwrap();
+    let refused = Signet::start(&bin(), &["serve", "--config", bad_config.to_str().unwrap()])
+        .expect_err("a server with an entry it cannot apply must not start");
+    assert!(refused.contains("no backend named missing"), "{refused}");
+
     // A second rotation cannot begin over one in progress; after done it can.
     let again = trust(&["rotate", "--config", cfg, "--backend", "old", "--to", "old"]);
     assert!(again.contains("rotation from new to old begun"), "{again}");
