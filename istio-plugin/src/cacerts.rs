@@ -371,25 +371,8 @@ impl Cacerts {
                 previous,
             };
         }
-        // A new root is added alongside the ones istiod already trusts; a
-        // root a finished rotation dropped is removed (istiod accepts a
-        // superset or a subset).
-        let added = bundle.roots().iter().any(|r| !v.roots.contains(r));
-        let dropped = v.roots.iter().any(|r| bundle.dropped().contains(r));
         let mut updated = files.clone();
-        let mut changed = false;
-        if added || dropped {
-            let roots = self.root_set(&bundle, &v.roots, now);
-            updated.insert(
-                names(self.config.layout)[3].to_owned(),
-                roots
-                    .iter()
-                    .map(|r| pem::encode_certificate(r))
-                    .collect::<String>()
-                    .into_bytes(),
-            );
-            changed = true;
-        }
+        let mut changed = self.update_roots(&mut updated, &bundle, &v.roots, now);
         match self.refresh_crl(&mut updated, &v.ca, now, Vec::new()) {
             Ok(c) => changed |= c,
             // The CRL keeps what it had (istiod keeps enforcing it); the
@@ -401,6 +384,33 @@ impl Cacerts {
         } else {
             Plan::Keep
         }
+    }
+
+    /// Adds a new root of `bundle` beside the ones istiod already trusts,
+    /// and removes one a finished rotation dropped (istiod accepts a
+    /// superset or a subset); returns whether `files` changed.
+    fn update_roots(
+        &self,
+        files: &mut Files,
+        bundle: &TrustBundle,
+        held: &[CertificateDer<'static>],
+        now: SystemTime,
+    ) -> bool {
+        let added = bundle.roots().iter().any(|r| !held.contains(r));
+        let dropped = held.iter().any(|r| bundle.dropped().contains(r));
+        if !added && !dropped {
+            return false;
+        }
+        let roots = self.root_set(bundle, held, now);
+        files.insert(
+            names(self.config.layout)[3].to_owned(),
+            roots
+                .iter()
+                .map(|r| pem::encode_certificate(r))
+                .collect::<String>()
+                .into_bytes(),
+        );
+        true
     }
 
     /// Writes `ca-crl.pem` into `files` unless the one there is still good;
@@ -424,22 +434,7 @@ impl Cacerts {
         };
         let list = RevocationList::read(path).map_err(|e| e.to_string())?;
         let given = self.upstream_crls()?;
-        let chain: Vec<CertificateDer<'static>> = std::iter::once(ca.certificate().clone())
-            .chain(ca.chain().iter().cloned())
-            .chain(
-                ca.trust_bundle()
-                    .roots()
-                    .iter()
-                    .filter(|r| {
-                        ca.chain()
-                            .last()
-                            .map_or(anchored_by(ca.certificate(), r), |top| {
-                                anchored_by(top, r) && top != *r
-                            })
-                    })
-                    .cloned(),
-            )
-            .collect();
+        let chain = plug_in_chain(ca);
         let stored = crls_in(files.get(CRL_FILE).map(Vec::as_slice).unwrap_or_default());
         let until = now + CRL_REFRESH_BEFORE;
         // CRLs signet signs are renewed ahead of their end; given ones only
@@ -544,6 +539,20 @@ impl Cacerts {
         }
         Ok(out)
     }
+}
+
+/// Every CA of the plug-in chain, the plug-in CA first and the root last:
+/// the CAs istiod wants a CRL from.
+fn plug_in_chain(ca: &LocalCa) -> Vec<CertificateDer<'static>> {
+    let top = ca.chain().last();
+    let root = ca.trust_bundle().roots().iter().filter(|r| match top {
+        Some(top) => anchored_by(top, r) && top != *r,
+        None => anchored_by(ca.certificate(), r),
+    });
+    std::iter::once(ca.certificate().clone())
+        .chain(ca.chain().iter().cloned())
+        .chain(root.cloned())
+        .collect()
 }
 
 /// The DER of every `X509 CRL` block in `pem`.

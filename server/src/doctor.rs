@@ -474,7 +474,6 @@ async fn cluster_trust_bundle(d: &mut Doctor, client: &Client, name: &str, bundl
 /// chain to its `status.ca` — what cert-manager writes as `ca.crt`, and what
 /// breaks silently when an upstream changes its chain.
 async fn certificate_requests(d: &mut Doctor, client: &Client) {
-    use base64::Engine as _;
     use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
     let gvk = GroupVersionKind::gvk("cert-manager.io", "v1", "CertificateRequest");
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ApiResource::from_gvk(&gvk));
@@ -489,71 +488,78 @@ async fn certificate_requests(d: &mut Doctor, client: &Client) {
             return;
         }
     };
-    let b64 = |v: &serde_json::Value| {
-        v.as_str()
-            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-    };
-    let mut good = 0;
-    for cr in &list {
-        let spec = &cr.data["spec"];
-        let status = &cr.data["status"];
-        let ready = status["conditions"].as_array().is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        });
-        if spec["issuerRef"]["group"] != "signet.dev" || !ready {
-            continue;
-        }
-        let what = format!(
-            "certificaterequest {}/{}",
-            cr.namespace().unwrap_or_default(),
-            cr.name_any()
-        );
-        let (Some(cert), Some(ca)) = (b64(&status["certificate"]), b64(&status["ca"])) else {
-            d.note(
-                Level::Fail,
-                &what,
-                "Ready without status.certificate and status.ca",
-            );
-            continue;
-        };
-        let (Some(mut chain), Some(roots)) = (d.pem_certs(&what, &cert), d.pem_certs(&what, &ca))
-        else {
-            continue;
-        };
-        if chain.is_empty() || roots.is_empty() {
-            d.note(
-                Level::Fail,
-                &what,
-                "status.certificate or status.ca holds no certificate",
-            );
-            continue;
-        }
-        let leaf = chain.remove(0);
-        if validity(&leaf).is_ok_and(|(_, not_after)| not_after <= d.now) {
-            continue;
-        }
-        let bundle = match TrustBundle::new(roots) {
-            Ok(b) => b,
-            Err(e) => {
-                d.note(Level::Fail, &what, format!("status.ca: {e}"));
-                continue;
-            }
-        };
-        match verify_path(&leaf, &chain, &bundle, d.now) {
-            Ok(()) => good += 1,
-            Err(e) => d.note(
-                Level::Fail,
-                &what,
-                format!("status.certificate does not chain to status.ca (ca.crt): {e}"),
-            ),
-        }
-    }
+    let good = list.iter().filter(|cr| certificate_request(d, cr)).count();
     d.note(
         Level::Ok,
         "certificaterequests",
         format!("{good} valid request(s) signed by signet's issuers chain to their ca.crt"),
     );
+}
+
+/// One CertificateRequest: true when signet's issuer signed it, it is
+/// valid, and it chains to its `status.ca`; a FAIL when it does not.
+fn certificate_request(d: &mut Doctor, cr: &kube::api::DynamicObject) -> bool {
+    use base64::Engine as _;
+    let b64 = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+    };
+    let spec = &cr.data["spec"];
+    let status = &cr.data["status"];
+    let ready = status["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    });
+    if spec["issuerRef"]["group"] != "signet.dev" || !ready {
+        return false;
+    }
+    let what = format!(
+        "certificaterequest {}/{}",
+        cr.namespace().unwrap_or_default(),
+        cr.name_any()
+    );
+    let (Some(cert), Some(ca)) = (b64(&status["certificate"]), b64(&status["ca"])) else {
+        d.note(
+            Level::Fail,
+            &what,
+            "Ready without status.certificate and status.ca",
+        );
+        return false;
+    };
+    let (Some(mut chain), Some(roots)) = (d.pem_certs(&what, &cert), d.pem_certs(&what, &ca))
+    else {
+        return false;
+    };
+    if chain.is_empty() || roots.is_empty() {
+        d.note(
+            Level::Fail,
+            &what,
+            "status.certificate or status.ca holds no certificate",
+        );
+        return false;
+    }
+    let leaf = chain.remove(0);
+    if validity(&leaf).is_ok_and(|(_, not_after)| not_after <= d.now) {
+        return false;
+    }
+    let bundle = match TrustBundle::new(roots) {
+        Ok(b) => b,
+        Err(e) => {
+            d.note(Level::Fail, &what, format!("status.ca: {e}"));
+            return false;
+        }
+    };
+    match verify_path(&leaf, &chain, &bundle, d.now) {
+        Ok(()) => true,
+        Err(e) => {
+            d.note(
+                Level::Fail,
+                &what,
+                format!("status.certificate does not chain to status.ca (ca.crt): {e}"),
+            );
+            false
+        }
+    }
 }
 
 /// A Secret's data by key; a FAIL when it is missing or unreadable.
