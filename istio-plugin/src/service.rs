@@ -132,46 +132,20 @@ impl IstioCa {
             SignError::Unauthenticated(format!("identity is not a valid SPIFFE ID: {e}"))
         })?;
         let target = self.target(identity, &own, &req).await?;
-        let method = auth_method(identity);
-        let ttl = match req.validity_duration {
-            d if d < 0 => {
-                return Err(SignError::invalid_request(
-                    "invalid_ttl",
-                    format!("validity_duration {d} is negative"),
-                ));
-            }
-            0 => None,
-            d => Some(Duration::from_secs(d as u64)),
+        let renewal = match identity {
+            Identity::Renewal { lifetime, .. } => Some(*lifetime),
+            _ => None,
         };
+        let (caller, grant, request) = workload_request(
+            &own,
+            target,
+            auth_method(identity),
+            renewal,
+            self.authority.policy().config().backdate.get(),
+            req.validity_duration,
+            self.marks_renewals,
+        )?;
         let csr = VerifiedCsr::from_pem(req.csr.as_bytes())?;
-        let impersonating = target != own;
-        let caller = if impersonating {
-            Caller::new(
-                Principal::Workload(format!("{target} (impersonated by {own})")),
-                method,
-            )
-        } else {
-            Caller::new(Principal::Workload(own.to_string()), method)
-        };
-        let mut grant = Grant::exact_identity(target);
-        // A renewal is never longer than the certificate that asked for it
-        // (whose lifetime includes the back-dated start).
-        if let Identity::Renewal { lifetime, .. } = identity {
-            let backdate = self.authority.policy().config().backdate.get();
-            grant.max_ttl = Some(lifetime.saturating_sub(backdate));
-        }
-        let request = IssuanceRequest {
-            profile: Profile::Workload,
-            ttl,
-            ttl_overflow: TtlOverflow::Clamp,
-            // The workload's own certificate may renew itself; one a node
-            // proxy obtained for a pod may not (that would outlast the
-            // pod-on-node check). Only in-process signers write the mark: a
-            // remote backend in direct mode signs what it signs, and its
-            // workloads renew with tokens.
-            renewable: !impersonating && self.marks_renewals,
-            request_id: None,
-        };
         let chain = self
             .authority
             .issue(&caller, &grant, &csr, &request)
@@ -292,4 +266,56 @@ impl IstioCertificateService for IstioCa {
             .map(Response::new)
             .map_err(|e| to_status(&e))
     }
+}
+
+/// What the Istio front-end asks its authority to decide for a workload
+/// (`own`) whose certificate is for `target` (itself, or a pod a node proxy
+/// impersonates): the caller, its grant (exactly that identity; a renewal
+/// never longer than the certificate that asked) and the request. Pure, and
+/// shared with `signet policy test`.
+pub fn workload_request(
+    own: &SpiffeId,
+    target: SpiffeId,
+    method: AuthMethod,
+    renewal_lifetime: Option<Duration>,
+    backdate: Duration,
+    validity_duration: i64,
+    marks_renewals: bool,
+) -> Result<(Caller, Grant, IssuanceRequest), SignError> {
+    let ttl = match validity_duration {
+        d if d < 0 => {
+            return Err(SignError::invalid_request(
+                "invalid_ttl",
+                format!("validity_duration {d} is negative"),
+            ));
+        }
+        0 => None,
+        d => Some(Duration::from_secs(d as u64)),
+    };
+    let impersonating = target != *own;
+    let caller = if impersonating {
+        Caller::new(
+            Principal::Workload(format!("{target} (impersonated by {own})")),
+            method,
+        )
+    } else {
+        Caller::new(Principal::Workload(own.to_string()), method)
+    };
+    let mut grant = Grant::exact_identity(target);
+    if let Some(lifetime) = renewal_lifetime {
+        grant.max_ttl = Some(lifetime.saturating_sub(backdate));
+    }
+    let request = IssuanceRequest {
+        profile: Profile::Workload,
+        ttl,
+        ttl_overflow: TtlOverflow::Clamp,
+        // The workload's own certificate may renew itself; one a node proxy
+        // obtained for a pod may not (that would outlast the pod-on-node
+        // check). Only in-process signers write the mark: a remote backend
+        // in direct mode signs what it signs, and its workloads renew with
+        // tokens.
+        renewable: !impersonating && marks_renewals,
+        request_id: None,
+    };
+    Ok((caller, grant, request))
 }

@@ -123,6 +123,9 @@ pub enum Command {
         #[arg(long, default_value = "7d")]
         warn_within: signet_core::duration::HumanDuration,
     },
+    /// Policy helpers.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Root rotation: `rotate` begins one and moves it through its phases
     /// (publish, issue, done), `status` shows where each stands.
     #[command(subcommand)]
@@ -135,6 +138,15 @@ pub enum Command {
         #[arg(long)]
         offline: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// What a front-end would decide for a caller and a CSR — the
+    /// certificate it would issue (names, lifetime, usages) or the exact
+    /// refusal — through the server's own decision code, without contacting
+    /// any backend. Exits 1 on a refusal.
+    Test(crate::policy_test::PolicyTestArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -316,6 +328,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             crate::trust::rotate(&config, args).await
         }
         Command::Trust(TrustCommand::Status { config }) => crate::trust::status(&config).await,
+        Command::Policy(PolicyCommand::Test(args)) => crate::policy_test::run(args),
         Command::Crds => {
             print!("{}", signet_cert_manager::crds_yaml());
             Ok(())

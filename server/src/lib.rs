@@ -12,6 +12,7 @@ pub mod istio;
 pub mod istio_client;
 pub mod kubernetes;
 pub mod listener;
+pub mod policy_test;
 pub mod rest;
 pub mod tls;
 pub mod trust;

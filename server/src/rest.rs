@@ -240,6 +240,12 @@ impl Grants {
         g
     }
 
+    /// The grant of `principal`, or the refusal the server gives.
+    pub fn require(&self, principal: &Principal) -> Result<&Grant, SignError> {
+        self.for_principal(principal)
+            .ok_or_else(|| PolicyError::NoGrant(principal.to_string()).into())
+    }
+
     pub fn for_principal(&self, principal: &Principal) -> Option<&Grant> {
         self.by_selector
             .get(&PrincipalSelector::Exact(principal.clone()))
@@ -400,10 +406,7 @@ async fn sign_for(
             }
         })?;
     let (csr, request) = decode_sign_request(&bytes)?;
-    let grant = rest
-        .grants
-        .for_principal(caller.principal())
-        .ok_or_else(|| PolicyError::NoGrant(caller.principal().to_string()))?;
+    let grant = rest.grants.require(caller.principal())?;
     let chain = rest.authority.issue(caller, grant, &csr, &request).await?;
     Ok(SignResponse {
         certificate: chain.leaf_pem(),
@@ -446,6 +449,14 @@ pub fn decode_sign_request(body: &[u8]) -> Result<(VerifiedCsr, IssuanceRequest)
     let req: SignRequest = serde_json::from_slice(body).map_err(|e| {
         SignError::invalid_request("malformed_json", format!("invalid request body: {e}"))
     })?;
+    let request = request_of(&req)?;
+    let csr = VerifiedCsr::from_pem(req.csr.as_bytes())?;
+    Ok((csr, request))
+}
+
+/// What a `POST /v1/sign` body asks for besides its CSR (its profile and
+/// lifetime); shared with `signet policy test`.
+pub fn request_of(req: &SignRequest) -> Result<IssuanceRequest, SignError> {
     let profile = match req.profile.as_deref() {
         None => Profile::Workload,
         Some(p) => p
@@ -460,17 +471,13 @@ pub fn decode_sign_request(body: &[u8]) -> Result<(VerifiedCsr, IssuanceRequest)
                 .get(),
         ),
     };
-    let csr = VerifiedCsr::from_pem(req.csr.as_bytes())?;
-    Ok((
-        csr,
-        IssuanceRequest {
-            profile,
-            ttl,
-            ttl_overflow: TtlOverflow::Refuse,
-            renewable: false,
-            request_id: None,
-        },
-    ))
+    Ok(IssuanceRequest {
+        profile,
+        ttl,
+        ttl_overflow: TtlOverflow::Refuse,
+        renewable: false,
+        request_id: None,
+    })
 }
 
 async fn trust_bundle(State(rest): State<Arc<Rest>>) -> Response {

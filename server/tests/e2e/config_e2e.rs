@@ -429,3 +429,102 @@ fn unauthenticated_access_is_refused_off_loopback() {
         "{err}"
     );
 }
+
+/// `signet policy test` prints the decision the running server makes for
+/// the same caller and CSR: the certificate's names, or the same refusal
+/// code and reason.
+#[tokio::test]
+async fn policy_test_prints_the_servers_decision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = setup(dir, "127.0.0.1:0");
+    signet_tests::secrets::register(TOKEN);
+    let signet = Signet::start(&bin(), &["serve", "--config", config.to_str().unwrap()]).unwrap();
+    let client = signet_tests::http::client(&dir.join("root.pem"));
+    let bearer = format!("Bearer {TOKEN}");
+    let cases: [(&str, &str, Option<&str>, Option<&str>); 5] = [
+        (
+            "ok",
+            "URI:spiffe://cluster.local/ns/ci/sa/runner",
+            None,
+            None,
+        ),
+        (
+            "other-ns",
+            "URI:spiffe://cluster.local/ns/prod/sa/x",
+            None,
+            None,
+        ),
+        (
+            "too-long",
+            "URI:spiffe://cluster.local/ns/ci/sa/runner",
+            None,
+            Some("48h"),
+        ),
+        (
+            "wrong-profile",
+            "URI:spiffe://cluster.local/ns/ci/sa/runner",
+            Some("server"),
+            None,
+        ),
+        (
+            "bad-profile",
+            "URI:spiffe://cluster.local/ns/ci/sa/runner",
+            Some("nonsense"),
+            None,
+        ),
+    ];
+    for (name, san, profile, ttl) in cases {
+        let csr_path = openssl::csr(dir, name, Key::EcP256, Some(san), &[]);
+        let mut body = json!({ "csr": std::fs::read_to_string(&csr_path).unwrap() });
+        if let Some(p) = profile {
+            body["profile"] = json!(p);
+        }
+        if let Some(t) = ttl {
+            body["ttl"] = json!(t);
+        }
+        let (status, server, _) = post(&client, &signet.url(), Some(&bearer), &body).await;
+        let mut args = vec![
+            "policy",
+            "test",
+            "--config",
+            config.to_str().unwrap(),
+            "--frontend",
+            "rest",
+            "--principal",
+            "token:ci",
+            "--csr",
+            csr_path.to_str().unwrap(),
+        ];
+        if let Some(p) = profile {
+            args.extend(["--profile", p]);
+        }
+        if let Some(t) = ttl {
+            args.extend(["--ttl", t]);
+        }
+        let out = std::process::Command::new(bin())
+            .args(&args)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        if status == 200 {
+            assert!(out.status.success(), "{name}: {said}");
+            assert!(said.contains("decision: issue"), "{name}: {said}");
+            assert!(said.contains(&format!("name: {san}")), "{name}: {said}");
+        } else {
+            assert!(
+                !out.status.success(),
+                "{name}: the server refused ({server}), the test did not: {said}"
+            );
+            let code = server["error"]["code"].as_str().unwrap();
+            let reason = server["error"]["reason"]
+                .as_str()
+                .map(|r| format!("/{r}"))
+                .unwrap_or_default();
+            assert!(
+                said.contains(&format!("refused: {code}{reason} (HTTP {status},")),
+                "{name}: server {status} {server}, test: {said}"
+            );
+        }
+    }
+}
