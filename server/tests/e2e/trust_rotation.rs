@@ -312,3 +312,49 @@ frontends:
     let again = trust(&["rotate", "--config", cfg, "--backend", "old", "--to", "old"]);
     assert!(again.contains("rotation from new to old begun"), "{again}");
 }
+
+/// `signet doctor` reports each rotation's phase, and warns about one that
+/// could have moved on more than an hour ago.
+#[test]
+fn doctor_warns_about_a_stuck_rotation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    root(d, "old");
+    root(d, "new");
+    let dd = d.display();
+    let config = d.join("signet.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"trust_domain: cluster.local
+trust: {{ state_file: {dd}/rotation.yaml, poll: 1s }}
+backends:
+  old: {{ type: local, cert_file: {dd}/old.pem, key_file: {dd}/old-key.pem }}
+  new: {{ type: local, cert_file: {dd}/new.pem, key_file: {dd}/new-key.pem }}
+authorities:
+  mesh: {{ backend: old }}
+"#
+        ),
+    )
+    .unwrap();
+    let since = signet_core::clock::rfc3339(SystemTime::now() - Duration::from_secs(3 * 3600));
+    std::fs::write(
+        d.join("rotation.yaml"),
+        format!(
+            "rotations:\n  old:\n    to: new\n    phase: publish\n    since: {since}\n    soak: 1m\n    leaf_lifetime: 1h\n    poll: 1s\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["doctor", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("WARN rotation of backend old: old -> new, phase publish since")
+            && said.contains("stuck"),
+        "{said}"
+    );
+    // The authority's roots are the phase's: both.
+    assert!(said.contains("ok   authority mesh: 2 root(s)"), "{said}");
+}
