@@ -903,6 +903,14 @@ pub fn anchored_by(top: &[u8], root: &[u8]) -> bool {
     }
 }
 
+/// A certificate's subject as text, for messages (or a placeholder when it
+/// does not parse).
+pub fn subject_name(der: &[u8]) -> String {
+    X509Certificate::from_der(der)
+        .map(|(_, c)| c.subject().to_string())
+        .unwrap_or_else(|_| "(unparseable certificate)".into())
+}
+
 pub fn is_self_signed(der: &[u8]) -> bool {
     parse(der, "certificate").is_ok_and(|c| c.subject().as_raw() == c.issuer().as_raw())
 }

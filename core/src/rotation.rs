@@ -407,7 +407,9 @@ impl Rotating {
             return applied.from.trust_bundle().await;
         };
         let (old, new) = (applied.from.trust_bundle().await, to.trust_bundle().await);
-        if let Ok(old) = &old {
+        if let Ok(old) = &old
+            && self.last_from.load().as_deref() != Some(old)
+        {
             self.last_from.store(Some(Arc::new(old.clone())));
         }
         Ok(match r.phase {

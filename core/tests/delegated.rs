@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls_pki_types::UnixTime;
 use signet_core::caller::Caller;
 use signet_core::clock::{Clock, ManualClock};
 use signet_core::delegated::{Delegated, IntermediateConfig};
@@ -17,15 +16,18 @@ use signet_core::error::ErrorKind;
 use signet_core::key::KeyAlgorithm;
 use signet_core::names::San;
 use signet_core::policy::{AuthorityPolicy, PolicyConfig, Profile};
-use signet_core::spiffe::TrustDomain;
 use signet_core::testing::{self, CaSigner, Fault};
 use signet_core::{Authority, IssuedChain, VerifiedCsr};
 
-const DAY: Duration = Duration::from_secs(86_400);
+mod common;
+use common::td;
 
-fn td() -> TrustDomain {
-    TrustDomain::new("cluster.local").unwrap()
+/// webpki checks the chain (see [`common::webpki_verify`]).
+fn webpki_ok(chain: &IssuedChain, now: SystemTime) {
+    common::webpki_verify(chain, now, webpki::KeyUsage::server_auth()).unwrap();
 }
+
+const DAY: Duration = Duration::from_secs(86_400);
 
 async fn issue(a: &Authority, n: usize) -> Result<IssuedChain, signet_core::SignError> {
     let id = format!("spiffe://cluster.local/ns/a/sa/w{n}");
@@ -33,27 +35,6 @@ async fn issue(a: &Authority, n: usize) -> Result<IssuedChain, signet_core::Sign
     let grant = testing::grant(&["spiffe://cluster.local/**"], &[Profile::Workload]);
     let req = testing::request(Profile::Workload);
     a.issue(&Caller::internal("t"), &grant, &csr, &req).await
-}
-
-fn webpki_ok(chain: &IssuedChain, now: SystemTime) {
-    let anchors: Vec<_> = chain
-        .trust_bundle()
-        .roots()
-        .iter()
-        .map(|r| webpki::anchor_from_trusted_cert(r).unwrap().to_owned())
-        .collect();
-    let ee = webpki::EndEntityCert::try_from(chain.leaf()).unwrap();
-    let t = UnixTime::since_unix_epoch(now.duration_since(SystemTime::UNIX_EPOCH).unwrap());
-    ee.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
-        &anchors,
-        chain.intermediates(),
-        t,
-        webpki::KeyUsage::server_auth(),
-        None,
-        None,
-    )
-    .unwrap();
 }
 
 fn setup(clock: Arc<ManualClock>, up: Arc<CaSigner>, ttl: Duration) -> (Arc<Delegated>, Authority) {

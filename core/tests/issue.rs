@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::CertificateDer;
 use signet_core::caller::{AuthMethod, Caller};
 use signet_core::chain::ChainError;
 use signet_core::clock::{Clock, ManualClock};
@@ -20,18 +20,16 @@ use signet_core::policy::{
     AuthorityPolicy, Grant, IssuanceDecision, IssuanceRequest, PolicyConfig, PolicyError, Profile,
     TtlOverflow,
 };
-use signet_core::spiffe::TrustDomain;
 use signet_core::testing::grant;
 use x509_parser::extensions::GeneralName;
 use x509_parser::oid_registry;
 use x509_parser::prelude::*;
 
+mod common;
+use common::{td, webpki_verify};
+
 const DEMO: &str = "spiffe://cluster.local/ns/default/sa/demo";
 const DAY: Duration = Duration::from_secs(86_400);
-
-fn td() -> TrustDomain {
-    TrustDomain::new("cluster.local").unwrap()
-}
 
 /// root (10y) → intermediate (pathlen 0, 1y), both freshly generated.
 fn hierarchy(now: SystemTime, alg: KeyAlgorithm) -> (LocalCa, LocalCa) {
@@ -98,34 +96,6 @@ fn caller() -> Caller {
         signet_core::Principal::Token("tester".into()),
         AuthMethod::BearerToken,
     )
-}
-
-fn webpki_verify(
-    chain: &signet_core::IssuedChain,
-    now: SystemTime,
-    usage: webpki::KeyUsage,
-) -> Result<(), webpki::Error> {
-    let anchors: Vec<_> = chain
-        .trust_bundle()
-        .roots()
-        .iter()
-        .map(|r| webpki::anchor_from_trusted_cert(r).unwrap().to_owned())
-        .collect();
-    let ee = webpki::EndEntityCert::try_from(chain.leaf())?;
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    ee.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
-        &anchors,
-        chain.intermediates(),
-        UnixTime::since_unix_epoch(Duration::from_secs(secs)),
-        usage,
-        None,
-        None,
-    )
-    .map(|_| ())
 }
 
 #[test]

@@ -9,44 +9,24 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls_pki_types::UnixTime;
 use signet_core::caller::Caller;
 use signet_core::chain::RootRole;
 use signet_core::clock::ManualClock;
 use signet_core::delegated::{Delegated, IntermediateConfig};
 use signet_core::policy::{AuthorityPolicy, PolicyConfig, Profile};
 use signet_core::rotation::{Phase, Rotating, Rotation};
-use signet_core::spiffe::TrustDomain;
 use signet_core::testing::{self, CaSigner};
 use signet_core::{Authority, IssuedChain, Signer};
 
-const DAY: Duration = Duration::from_secs(86_400);
+mod common;
+use common::td;
 
-fn td() -> TrustDomain {
-    TrustDomain::new("cluster.local").unwrap()
-}
-
-/// webpki, not our own verifier: the chain ends in one of its bundle's roots.
+/// webpki checks the chain (see [`common::webpki_verify`]).
 fn webpki_ok(chain: &IssuedChain, now: SystemTime) {
-    let anchors: Vec<_> = chain
-        .trust_bundle()
-        .roots()
-        .iter()
-        .map(|r| webpki::anchor_from_trusted_cert(r).unwrap().to_owned())
-        .collect();
-    let ee = webpki::EndEntityCert::try_from(chain.leaf()).unwrap();
-    let t = UnixTime::since_unix_epoch(now.duration_since(SystemTime::UNIX_EPOCH).unwrap());
-    ee.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
-        &anchors,
-        chain.intermediates(),
-        t,
-        webpki::KeyUsage::client_auth(),
-        None,
-        None,
-    )
-    .unwrap();
+    common::webpki_verify(chain, now, webpki::KeyUsage::client_auth()).unwrap();
 }
+
+const DAY: Duration = Duration::from_secs(86_400);
 
 fn roles(bundle: &signet_core::TrustBundle) -> Vec<(Vec<u8>, RootRole)> {
     bundle

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
-use signet_core::chain::{TrustBundle, anchored_by, order_path, validity};
+use signet_core::chain::{TrustBundle, anchored_by, order_path, subject_name, validity};
 use signet_core::duration::HumanDuration;
 use signet_core::issuer::LocalCa;
 use signet_core::key::{KeyAlgorithm, PrivateKey};
@@ -279,8 +279,13 @@ impl Cacerts {
             })
         })?;
         let mut files = files;
-        let carry = match previous {
-            Some(p) => self.last_crls(p).map_err(SignError::Internal)?,
+        // Like the CRL itself: a failure is logged, the plug-in CA written.
+        let carry = match previous.map(|p| self.last_crls(p)) {
+            Some(Ok(crls)) => crls,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "the replaced plug-in CA's last CRL cannot be signed");
+                Vec::new()
+            }
             None => Vec::new(),
         };
         if let Err(e) = self.refresh_crl(&mut files, &v.ca, self.clock.now(), carry) {
@@ -480,7 +485,7 @@ impl Cacerts {
         let uncovered: Vec<String> = chain
             .iter()
             .filter(|cert| !crls.iter().any(|c| crl_valid_for(c, cert, now)))
-            .map(|cert| subject_of(cert))
+            .map(|cert| subject_name(cert))
             .collect();
         if !uncovered.is_empty() {
             return Err(format!(
@@ -566,13 +571,6 @@ fn crls_in(pem: &[u8]) -> Vec<Vec<u8>> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn subject_of(der: &[u8]) -> String {
-    use x509_parser::prelude::FromDer as _;
-    x509_parser::certificate::X509Certificate::from_der(der)
-        .map(|(_, c)| c.subject().to_string())
-        .unwrap_or_else(|_| "(unparseable certificate)".into())
 }
 
 /// The plug-in CA a new one replaces.

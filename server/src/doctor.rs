@@ -572,14 +572,7 @@ async fn secret_files(
 ) -> Option<signet_istio::cacerts::Files> {
     let api = Api::<Secret>::namespaced(client.clone(), namespace);
     let secret = get(d, &api, name, what).await?;
-    Some(
-        secret
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect(),
-    )
+    Some(signet_istio::k8s::secret_files(&secret))
 }
 
 /// Reads one object; a FAIL when it is missing or unreadable.

@@ -449,12 +449,7 @@ async fn cacerts_wait(
             c.namespace, c.secret
         )));
     };
-    let files: signet_istio::cacerts::Files = secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
+    let files = signet_istio::k8s::secret_files(&secret);
     let v = match signet_istio::cacerts::validate(&files, c.layout, now) {
         Ok(v) => v,
         Err(e) => return Ok(Some(format!("secret {}/{}: {e}", c.namespace, c.secret))),
@@ -512,7 +507,11 @@ pub async fn status(path: &Path) -> anyhow::Result<()> {
             match slot.trust_bundle().await {
                 Ok(bundle) => {
                     for (der, role) in bundle.with_roles() {
-                        println!("  root {}: {}", subject(der), role.as_str());
+                        println!(
+                            "  root {}: {}",
+                            signet_core::chain::subject_name(der),
+                            role.as_str()
+                        );
                     }
                 }
                 Err(e) => println!("  roots: cannot be read: {e}"),
@@ -533,13 +532,6 @@ pub async fn status(path: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn subject(der: &[u8]) -> String {
-    use x509_parser::prelude::FromDer as _;
-    x509_parser::certificate::X509Certificate::from_der(der)
-        .map(|(_, c)| c.subject().to_string())
-        .unwrap_or_else(|_| "(unparseable)".into())
 }
 
 /// The authorities whose bundle a rotation of `backend` changes (for docs

@@ -250,15 +250,14 @@ async fn a_renewable_token_is_kept_alive() {
         .expect("token was renewed");
 }
 
-#[tokio::test]
-async fn delegated_over_vault_signs_fifty_leaves_with_one_intermediate() {
-    let (bao, root_pem) = bao_with_pki();
-    let dir = tempfile::tempdir().unwrap();
+/// A delegated authority over OpenBao's `pki` (token auth, no leaf role),
+/// holding its first intermediate.
+async fn delegated_over(bao: &OpenBao, dir: &std::path::Path) -> Arc<Delegated> {
     let token = bao.create_token(&["signet"], "1h", true, None);
     let mut cfg = config(
         &bao.addr(),
         VaultAuth::Token {
-            token_file: Some(write(dir.path(), "token", &token)),
+            token_file: Some(write(dir, "token", &token)),
             token_env: None,
         },
     );
@@ -270,7 +269,6 @@ async fn delegated_over_vault_signs_fifty_leaves_with_one_intermediate() {
     )
     .await
     .unwrap();
-    let before = bao.issued_serials("pki").len();
     let delegated = Delegated::start(
         "mesh",
         upstream,
@@ -281,6 +279,15 @@ async fn delegated_over_vault_signs_fifty_leaves_with_one_intermediate() {
     tokio::time::timeout(Duration::from_secs(10), delegated.ready())
         .await
         .expect("intermediate");
+    delegated
+}
+
+#[tokio::test]
+async fn delegated_over_vault_signs_fifty_leaves_with_one_intermediate() {
+    let (bao, root_pem) = bao_with_pki();
+    let dir = tempfile::tempdir().unwrap();
+    let before = bao.issued_serials("pki").len();
+    let delegated = delegated_over(&bao, dir.path()).await;
     let a = authority(delegated.clone());
     let root = pem::certificates(root_pem.as_bytes()).unwrap().remove(0);
     for n in 0..50 {
@@ -1073,32 +1080,7 @@ async fn a_rekey_withdraws_the_intermediate_and_revokes_it_in_openbao() {
     use signet_core::revocation::Reason;
     let (bao, _root) = bao_with_pki();
     let dir = tempfile::tempdir().unwrap();
-    let token = bao.create_token(&["signet"], "1h", true, None);
-    let mut cfg = config(
-        &bao.addr(),
-        VaultAuth::Token {
-            token_file: Some(write(dir.path(), "token", &token)),
-            token_env: None,
-        },
-    );
-    cfg.role = None;
-    let upstream = build(
-        "v",
-        &BackendConfig::Vault(Box::new(cfg)),
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
-    let delegated = Delegated::start(
-        "mesh",
-        upstream,
-        IntermediateConfig::default(),
-        td(),
-        Arc::new(SystemClock),
-    );
-    tokio::time::timeout(Duration::from_secs(10), delegated.ready())
-        .await
-        .expect("intermediate");
+    let delegated = delegated_over(&bao, dir.path()).await;
     let a = authority(delegated.clone());
     let old = delegated.current().unwrap();
     let before_leaf = issue(&a, workload("w"), Profile::Workload).await.unwrap();

@@ -15,7 +15,8 @@ use signet_kubernetes::{is_conflict, kube_err, upsert};
 
 use crate::cacerts::{Cacerts, Files, Plan};
 
-fn files_of(secret: &Secret) -> Files {
+/// A Secret's data by key, as the plug-in CA files.
+pub fn secret_files(secret: &Secret) -> Files {
     secret
         .data
         .clone()
@@ -58,7 +59,7 @@ impl CacertsKeeper {
         let cfg = self.cacerts.config();
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &cfg.namespace);
         let current = api.get_opt(&cfg.secret).await.map_err(kube_err)?;
-        let files = current.as_ref().map(files_of);
+        let files = current.as_ref().map(secret_files);
         let new_files = match self.cacerts.plan(files.as_ref()).await {
             Plan::Keep => return Ok(false),
             Plan::Write(f) => f,

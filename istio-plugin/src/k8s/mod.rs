@@ -13,6 +13,6 @@ mod cacerts_keeper;
 mod istiod_tls;
 mod roots;
 
-pub use cacerts_keeper::CacertsKeeper;
+pub use cacerts_keeper::{CacertsKeeper, secret_files};
 pub use istiod_tls::{IstiodTlsConfig, IstiodTlsKeeper};
 pub use roots::{RootDistributionConfig, RootDistributor};

@@ -814,16 +814,20 @@ async fn cacerts_carry_a_crl_of_the_revocation_file() {
     );
     // With the root's CRL given, ca-crl.pem holds one CRL per CA.
     let root_crl = dir.path().join("root-crl.pem");
-    std::fs::write(
-        &root_crl,
-        pem::encode(
-            "X509 CRL",
-            &RevocationList::default()
-                .crl(root.ca(), clock.now())
-                .unwrap(),
-        ),
-    )
-    .unwrap();
+    // What the root's operator publishes, signed now.
+    let write_root_crl = || {
+        std::fs::write(
+            &root_crl,
+            pem::encode(
+                "X509 CRL",
+                &RevocationList::default()
+                    .crl(root.ca(), clock.now())
+                    .unwrap(),
+            ),
+        )
+        .unwrap()
+    };
+    write_root_crl();
     config.upstream_crl_files = vec![root_crl.clone()];
     let keeper = CacertsKeeper::new(
         cluster.client().await,
@@ -889,16 +893,7 @@ async fn cacerts_carry_a_crl_of_the_revocation_file() {
     // beside the new chain's, since Envoy wants a CRL for every CA of a chain.
     let old = validate(&secret_files(&cluster).await, Layout::Istio, clock.now()).unwrap();
     clock.advance(21 * DAY);
-    std::fs::write(
-        &root_crl,
-        pem::encode(
-            "X509 CRL",
-            &RevocationList::default()
-                .crl(root.ca(), clock.now())
-                .unwrap(),
-        ),
-    )
-    .unwrap();
+    write_root_crl();
     assert!(keeper.reconcile_once().await.unwrap(), "renewed");
     let files = secret_files(&cluster).await;
     let new = validate(&files, Layout::Istio, clock.now()).unwrap();

@@ -7,31 +7,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
-use signet_core::issuer::LocalCa;
-use signet_core::key::{KeyAlgorithm, PrivateKey};
 use signet_tests::eventually;
 use signet_tests::openssl::{self, Key};
 use signet_tests::process::Signet;
 
-const DAY: Duration = Duration::from_secs(86_400);
+use crate::conformance::support::self_signed_root;
+
 const WITHIN: Duration = Duration::from_secs(20);
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_signet"))
-}
-
-/// A self-signed root and its key in `dir` as `<name>.pem`, `<name>-key.pem`.
-fn root(dir: &Path, name: &str) -> PathBuf {
-    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-    let ca = LocalCa::self_signed_root(name, key, SystemTime::now(), 365 * DAY).unwrap();
-    let cert = dir.join(format!("{name}.pem"));
-    std::fs::write(&cert, ca.trust_bundle().to_pem()).unwrap();
-    std::fs::write(
-        dir.join(format!("{name}-key.pem")),
-        ca.key().to_pem().as_bytes(),
-    )
-    .unwrap();
-    cert
 }
 
 /// `signet trust ...`: its stdout, or a panic with everything it said.
@@ -104,8 +89,8 @@ async fn bundle(client: &reqwest::Client, url: &str) -> Vec<String> {
 async fn a_root_rotation_publishes_then_issues_from_then_drops_the_old_root() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let old = root(d, "old");
-    let new = root(d, "new");
+    let old = self_signed_root(d, "old");
+    let new = self_signed_root(d, "new");
     let both = d.join("both.pem");
     std::fs::write(
         &both,
@@ -319,8 +304,8 @@ frontends:
 fn doctor_warns_about_a_stuck_rotation() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    root(d, "old");
-    root(d, "new");
+    self_signed_root(d, "old");
+    self_signed_root(d, "new");
     let dd = d.display();
     let config = d.join("signet.yaml");
     std::fs::write(

@@ -9,13 +9,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
 use serde_json::Value;
-use signet_core::issuer::LocalCa;
-use signet_core::key::{KeyAlgorithm, PrivateKey};
 use signet_tests::control_plane::ControlPlane;
 use signet_tests::eventually;
 use signet_tests::process::Signet;
@@ -23,22 +21,7 @@ use signet_tests::process::Signet;
 use super::istiod::{cluster_for_istio, start_istiod};
 use super::support::*;
 
-const DAY: Duration = Duration::from_secs(86_400);
 const WITHIN: Duration = Duration::from_secs(60);
-
-/// A self-signed root and its key in `dir` as `<name>.pem`, `<name>-key.pem`.
-fn root(dir: &Path, name: &str) -> PathBuf {
-    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-    let ca = LocalCa::self_signed_root(name, key, SystemTime::now(), 365 * DAY).unwrap();
-    std::fs::write(
-        dir.join(format!("{name}-key.pem")),
-        ca.key().to_pem().as_bytes(),
-    )
-    .unwrap();
-    let cert = dir.join(format!("{name}.pem"));
-    std::fs::write(&cert, ca.trust_bundle().to_pem()).unwrap();
-    cert
-}
 
 /// What the kubelet does with a Secret volume, atomically: the files live
 /// in a timestamped directory that `..data` points to, and each key is a
@@ -73,12 +56,7 @@ fn kubelet(admin: Client, istiod_dir: PathBuf, mesh_root: PathBuf) -> tokio::tas
         let mut n = 0;
         loop {
             if let Ok(Some(s)) = secrets.get_opt("cacerts").await {
-                let files: std::collections::BTreeMap<String, Vec<u8>> = s
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0))
-                    .collect();
+                let files = signet_istio::k8s::secret_files(&s);
                 if last.as_ref() != Some(&files) {
                     n += 1;
                     mount_atomically(&files, &istiod_dir.join("etc/cacerts"), n);
@@ -155,8 +133,8 @@ async fn a_root_rotation_under_istiod_and_signet_fails_no_handshake() {
     let istiod_kc = cluster_for_istio(&cp, &admin).await;
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    root(d, "old-root");
-    let new_root = root(d, "new-root");
+    self_signed_root(d, "old-root");
+    let new_root = self_signed_root(d, "new-root");
     let dd = d.display();
     let config = d.join("signet.yaml");
     std::fs::write(

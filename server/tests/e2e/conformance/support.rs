@@ -137,6 +137,21 @@ pub fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
     }
 }
 
+/// A self-signed root (a year) and its key in `dir`, as `<name>.pem` and
+/// `<name>-key.pem`; returns the certificate's path.
+pub fn self_signed_root(dir: &Path, name: &str) -> PathBuf {
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let ca = LocalCa::self_signed_root(name, key, SystemTime::now(), 365 * DAY).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}-key.pem")),
+        ca.key().to_pem().as_bytes(),
+    )
+    .unwrap();
+    let cert = dir.join(format!("{name}.pem"));
+    std::fs::write(&cert, ca.trust_bundle().to_pem()).unwrap();
+    cert
+}
+
 /// A root and an intermediate for a `local` backend, in `dir`:
 /// (intermediate cert, its key, root); the root's key is `root-key.pem`.
 pub fn local_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
