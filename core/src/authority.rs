@@ -163,6 +163,7 @@ impl Authority {
             sans = %sans.join(","),
             not_after = %rfc3339(chain.not_after()),
             authority = %self.name,
+            route = caller.route().unwrap_or("-"),
             backend = %self.backend_name,
             "certificate issued"
         );

@@ -167,11 +167,28 @@ impl<'de> serde::Deserialize<'de> for PrincipalSelector {
 pub struct Caller {
     principal: Principal,
     method: AuthMethod,
+    /// The route the request took, when its front-end has routes.
+    route: Option<String>,
 }
 
 impl Caller {
     pub fn new(principal: Principal, method: AuthMethod) -> Self {
-        Self { principal, method }
+        Self {
+            principal,
+            method,
+            route: None,
+        }
+    }
+
+    /// The same caller, on the named route (audit lines name it).
+    pub fn on_route(mut self, route: impl Into<String>) -> Self {
+        self.route = Some(route.into());
+        self
+    }
+
+    /// The route the request took (`None`: the front-end has no routes).
+    pub fn route(&self) -> Option<&str> {
+        self.route.as_deref()
     }
 
     /// signet acting for itself.
@@ -200,7 +217,12 @@ impl fmt::Display for Caller {
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub addr: std::net::SocketAddr,
+    /// The verified client certificate (the leaf).
     pub client_cert: Option<Arc<[u8]>>,
+    /// The last certificate the client presented (the leaf itself when it
+    /// sent no intermediates): the one a root issued, which tells a routed
+    /// front-end whose roots the handshake verified it against.
+    pub client_chain_top: Option<Arc<[u8]>>,
 }
 
 /// The principal a verified client certificate names: its URI SAN, else its

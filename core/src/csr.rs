@@ -273,6 +273,15 @@ impl VerifiedCsr {
         self.key_kind
     }
 
+    /// The same key, asking for `sans` instead of what the CSR names: for
+    /// front-ends whose signer chooses the names (a PodCertificateRequest's
+    /// stub CSR names nothing; the pod's identity comes from the API).
+    pub fn naming(mut self, sans: Vec<San>) -> Self {
+        self.sans = sans;
+        self.unsupported_names.clear();
+        self
+    }
+
     /// Names the CSR asks for, in request order, duplicates removed.
     pub fn requested_sans(&self) -> &[San] {
         &self.sans

@@ -32,6 +32,9 @@ pub struct Envelope {
 #[derive(Debug)]
 pub struct Handled<T> {
     pub principal: Option<String>,
+    /// `(route, authority)` when the front-end routed the request (metrics
+    /// then name them instead of the envelope's own authority).
+    pub route: Option<(String, String)>,
     pub result: Result<T, SignError>,
 }
 
@@ -40,14 +43,22 @@ impl<T> Handled<T> {
     pub fn by(principal: impl Into<String>, result: Result<T, SignError>) -> Self {
         Self {
             principal: Some(principal.into()),
+            route: None,
             result,
         }
+    }
+
+    /// The same result, on `route` to `authority`.
+    pub fn routed(mut self, route: impl Into<String>, authority: impl Into<String>) -> Self {
+        self.route = Some((route.into(), authority.into()));
+        self
     }
 
     /// A result before the caller is known (authentication failed).
     pub fn anonymous(result: Result<T, SignError>) -> Self {
         Self {
             principal: None,
+            route: None,
             result,
         }
     }
@@ -113,10 +124,14 @@ impl Envelope {
             Ok(_) => "issued",
             Err(e) => e.kind().code(),
         };
+        let (route, authority) = match &handled.route {
+            Some((r, a)) => (r.as_str(), a.as_str()),
+            None => (crate::routing::DEFAULT_ROUTE, self.authority.as_str()),
+        };
         self.metrics
-            .observe(self.frontend, &self.authority, outcome, elapsed(started));
+            .observe(self.frontend, route, authority, outcome, elapsed(started));
         if let Err(e) = &handled.result {
-            log_refusal(self.frontend, peer, handled.principal.as_deref(), e);
+            log_refusal(self.frontend, peer, handled.principal.as_deref(), route, e);
         }
         handled.result
     }
@@ -124,7 +139,13 @@ impl Envelope {
 
 /// The log line for a request that did not get a certificate: an `error`
 /// when signet or its upstream failed, `info` when the request was refused.
-pub fn log_refusal(frontend: &str, peer: &str, principal: Option<&str>, e: &SignError) {
+pub fn log_refusal(
+    frontend: &str,
+    peer: &str,
+    principal: Option<&str>,
+    route: &str,
+    e: &SignError,
+) {
     let principal = principal.unwrap_or("-");
     let code = e.kind().code();
     match e.kind() {
@@ -132,10 +153,10 @@ pub fn log_refusal(frontend: &str, peer: &str, principal: Option<&str>, e: &Sign
         | ErrorKind::BadChain
         | ErrorKind::BackendRejected
         | ErrorKind::BackendUnavailable => {
-            tracing::error!(frontend, peer, principal, code, error = %e, "signing failed")
+            tracing::error!(frontend, peer, principal, route, code, error = %e, "signing failed")
         }
         _ => {
-            tracing::info!(frontend, peer, principal, code, reason = e.reason().unwrap_or("-"), error = %e, "request refused")
+            tracing::info!(frontend, peer, principal, route, code, reason = e.reason().unwrap_or("-"), error = %e, "request refused")
         }
     }
 }

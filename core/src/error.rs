@@ -166,6 +166,11 @@ pub struct Wire {
     /// The request itself is at fault and will never succeed as sent:
     /// cert-manager's `InvalidRequest` condition.
     pub request_at_fault: bool,
+    /// A PodCertificateRequest's final condition: `(type, reason)`, type
+    /// `Denied` (the request will never be signed: the API's own
+    /// `UnsupportedKeyType` for a key signet does not take) or `Failed`
+    /// (signet or its backend could not). Retryable errors write nothing.
+    pub pod_certificate: (&'static str, &'static str),
 }
 
 impl SignError {
@@ -249,10 +254,30 @@ impl SignError {
             ErrorKind::PolicyDenied => "SignetPolicyDenied",
             _ => "SignetSigningFailed",
         };
+        let pod_certificate = match self {
+            SignError::InvalidCsr(CsrError::Key(k)) if k.reason() != "malformed" => {
+                ("Denied", "UnsupportedKeyType")
+            }
+            SignError::InvalidRequest {
+                reason: "unverified_user_annotations",
+                ..
+            } => ("Denied", "InvalidUnverifiedUserAnnotations"),
+            _ => match self.kind() {
+                ErrorKind::InvalidCsr | ErrorKind::InvalidRequest => {
+                    ("Denied", "SignetInvalidRequest")
+                }
+                ErrorKind::PolicyDenied => ("Denied", "SignetPolicyDenied"),
+                // The pod, node or service account named are not the ones
+                // the cluster has.
+                ErrorKind::Unauthenticated => ("Denied", "SignetPodMismatch"),
+                _ => ("Failed", "SignetSigningFailed"),
+            },
+        };
         Wire {
             http_status,
             grpc,
             csr_failed_reason,
+            pod_certificate,
             request_at_fault: matches!(
                 self.kind(),
                 ErrorKind::InvalidCsr | ErrorKind::InvalidRequest
@@ -331,5 +356,43 @@ mod tests {
             SignError::transport(TransportFault::BodyTooLarge, "x").reason(),
             Some("body_too_large")
         );
+    }
+
+    #[test]
+    fn pod_certificate_requests_are_denied_with_the_apis_reasons() {
+        use crate::crypto::KeyError;
+        let rows: Vec<(SignError, (&str, &str))> = vec![
+            (
+                CsrError::Key(KeyError::UnsupportedCurve("P-521".into())).into(),
+                ("Denied", "UnsupportedKeyType"),
+            ),
+            (
+                CsrError::Key(KeyError::RsaTooSmall { bits: 1024 }).into(),
+                ("Denied", "UnsupportedKeyType"),
+            ),
+            (
+                CsrError::TooLarge.into(),
+                ("Denied", "SignetInvalidRequest"),
+            ),
+            (
+                SignError::invalid_request("unverified_user_annotations", "x"),
+                ("Denied", "InvalidUnverifiedUserAnnotations"),
+            ),
+            (
+                SignError::PolicyDenied(PolicyError::CaRequested),
+                ("Denied", "SignetPolicyDenied"),
+            ),
+            (
+                SignError::Unauthenticated("pod UID differs".into()),
+                ("Denied", "SignetPodMismatch"),
+            ),
+            (
+                SignError::BackendRejected("x".into()),
+                ("Failed", "SignetSigningFailed"),
+            ),
+        ];
+        for (e, want) in rows {
+            assert_eq!(e.wire().pod_certificate, want, "{e:?}");
+        }
     }
 }

@@ -37,6 +37,7 @@ pub mod renewal;
 pub mod resilience;
 pub mod revocation;
 pub mod rotation;
+pub mod routing;
 pub mod signer;
 pub mod spiffe;
 pub mod spiffe_bundle;

@@ -22,6 +22,8 @@ use crate::clock::unix_seconds;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub frontend: &'static str,
+    /// The route the request took (`default`: the front-end's authority).
+    pub route: String,
     pub authority: String,
     pub outcome: &'static str,
 }
@@ -29,6 +31,7 @@ pub struct RequestLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LatencyLabels {
     pub frontend: &'static str,
+    pub route: String,
     pub authority: String,
 }
 
@@ -67,7 +70,7 @@ impl Metrics {
         let m = Self::default();
         registry.register(
             "requests",
-            "Signing requests by front-end, authority and outcome (issued or an error code)",
+            "Signing requests by front-end, route, authority and outcome (issued or an error code)",
             m.requests.clone(),
         );
         registry.register(
@@ -82,6 +85,7 @@ impl Metrics {
     pub fn observe(
         &self,
         frontend: &'static str,
+        route: &str,
         authority: &str,
         outcome: &'static str,
         elapsed: Duration,
@@ -89,6 +93,7 @@ impl Metrics {
         self.requests
             .get_or_create(&RequestLabels {
                 frontend,
+                route: route.to_owned(),
                 authority: authority.to_owned(),
                 outcome,
             })
@@ -96,16 +101,30 @@ impl Metrics {
         self.latency
             .get_or_create(&LatencyLabels {
                 frontend,
+                route: route.to_owned(),
                 authority: authority.to_owned(),
             })
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Total requests so far with this outcome (for tests and self-checks).
+    /// Total requests so far with this outcome on the default route (for
+    /// tests and self-checks).
     pub fn count(&self, frontend: &'static str, authority: &str, outcome: &'static str) -> u64 {
+        self.count_routed(frontend, crate::routing::DEFAULT_ROUTE, authority, outcome)
+    }
+
+    /// Total requests so far with this outcome on `route`.
+    pub fn count_routed(
+        &self,
+        frontend: &'static str,
+        route: &str,
+        authority: &str,
+        outcome: &'static str,
+    ) -> u64 {
         self.requests
             .get(&RequestLabels {
                 frontend,
+                route: route.to_owned(),
                 authority: authority.to_owned(),
                 outcome,
             })

@@ -130,7 +130,14 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         ..Authenticators::default()
     };
     let metrics = signet_core::metrics::Metrics::register(&mut Default::default());
-    let istio = IstioCa::new(authority, auth, None, metrics, 16, Duration::from_secs(5));
+    let istio = IstioCa::new(
+        signet_core::routing::Routes::single(authority),
+        auth,
+        None,
+        metrics,
+        16,
+        Duration::from_secs(5),
+    );
     Fixture {
         ca,
         policy,

@@ -32,8 +32,12 @@ fn default_namespace() -> String {
 pub struct IstioConfig {
     /// Listen address, e.g. `0.0.0.0:15012`.
     pub listen: SocketAddr,
-    /// Name of an entry under `authorities`.
+    /// Name of an entry under `authorities`: the default route.
     pub authority: String,
+    /// Other authorities, by namespace, service account, trust domain or
+    /// `CertSigner` (first match wins; no match: `authority`).
+    #[serde(default)]
+    pub routes: Vec<signet_core::routing::RouteConfig>,
     /// Namespace signet runs in (for the default server name
     /// `signet.<namespace>.svc`); default `$POD_NAMESPACE`, else `signet`.
     #[serde(default = "default_namespace")]

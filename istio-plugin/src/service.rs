@@ -14,6 +14,7 @@ use signet_core::envelope::{Envelope, Handled};
 use signet_core::error::SignError;
 use signet_core::metrics::Metrics;
 use signet_core::policy::{Grant, IssuanceRequest, Profile, TtlOverflow};
+use signet_core::routing::{RouteSubject, Routes};
 use signet_core::spiffe::SpiffeId;
 use signet_core::{Authority, VerifiedCsr};
 use tonic::{Request, Response, Status};
@@ -30,6 +31,8 @@ const FRONTEND: &str = "istio";
 /// istio-agent's default `clusterid`.
 pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+/// The request metadata istio-agent fills from `ISTIO_META_CERT_SIGNER`.
+const CERT_SIGNER: &str = "CertSigner";
 
 /// A pipeline error as a gRPC status, by the one table ([`SignError::wire`]).
 pub fn to_status(e: &SignError) -> Status {
@@ -56,38 +59,39 @@ pub fn malformed_request_status(code: tonic::Code) -> Option<tonic::Code> {
 /// The Istio CA service.
 #[derive(Debug)]
 pub struct IstioCa {
-    authority: Arc<Authority>,
+    routes: Routes,
     auth: Authenticators,
     impersonation: Option<Impersonation>,
     envelope: Envelope,
-    /// Whether certificates are marked renewable (an in-process signer).
-    marks_renewals: bool,
 }
 
 impl IstioCa {
+    /// `routes`: the authority (or authorities, by route) that sign.
     pub fn new(
-        authority: Arc<Authority>,
+        routes: Routes,
         auth: Authenticators,
         impersonation: Option<Impersonation>,
         metrics: Metrics,
         max_concurrent: usize,
         timeout: Duration,
     ) -> Self {
-        let marks_renewals = authority.backend().capabilities.in_process;
         let envelope = Envelope::new(
             FRONTEND,
-            authority.name(),
+            routes.default_authority().name(),
             Some(max_concurrent),
             timeout,
             metrics,
         );
         Self {
-            authority,
+            routes,
             auth,
             impersonation,
             envelope,
-            marks_renewals,
         }
+    }
+
+    fn authority(&self) -> &Arc<Authority> {
+        self.routes.default_authority()
     }
 
     /// The tonic service, with a message size cap.
@@ -119,37 +123,64 @@ impl IstioCa {
                 return Handled::anonymous(Err(SignError::BackendUnavailable(d)));
             }
         };
-        Handled::by(identity.to_string(), self.issue(&identity, req).await)
+        let mut route = None;
+        let result = self.issue(&identity, peer, req, &mut route).await;
+        let handled = Handled::by(identity.to_string(), result);
+        match route {
+            Some((r, a)) => handled.routed(r, a),
+            None => handled,
+        }
     }
 
     async fn issue(
         &self,
         identity: &Identity,
+        peer: Option<&PeerInfo>,
         req: IstioCertificateRequest,
+        route: &mut Option<(String, String)>,
     ) -> Result<IstioCertificateResponse, SignError> {
-        let td = self.authority.policy().trust_domain();
+        let td = self.authority().policy().trust_domain();
         let own = identity.spiffe_id(td).map_err(|e| {
             SignError::Unauthenticated(format!("identity is not a valid SPIFFE ID: {e}"))
         })?;
         let target = self.target(identity, &own, &req).await?;
+        let cert_signer = metadata_string(&req, CERT_SIGNER)?;
+        let account = crate::identity::spiffe_account(&target);
+        let subject = RouteSubject {
+            namespace: account.as_ref().map(|(ns, _)| ns.as_str()),
+            service_account: account.as_ref().map(|(_, sa)| sa.as_str()),
+            trust_domain: Some(target.trust_domain()),
+            cert_signer: cert_signer.as_deref(),
+            signer_name: None,
+        };
+        let chosen = self.routes.choose(&subject)?;
+        let authority = chosen.authority;
+        if self.routes.is_routed() {
+            *route = Some((chosen.route.to_owned(), authority.name().to_owned()));
+        }
         let renewal = match identity {
-            Identity::Renewal { lifetime, .. } => Some(*lifetime),
+            Identity::Renewal { lifetime, .. } => {
+                if self.routes.is_routed() {
+                    renewed_under(peer, authority).await?;
+                }
+                Some(*lifetime)
+            }
             _ => None,
         };
-        let (caller, grant, request) = workload_request(
+        let (mut caller, grant, request) = workload_request(
             &own,
             target,
             auth_method(identity),
             renewal,
-            self.authority.policy().config().backdate.get(),
+            authority.policy().config().backdate.get(),
             req.validity_duration,
-            self.marks_renewals,
+            authority.backend().capabilities.in_process,
         )?;
+        if self.routes.is_routed() {
+            caller = caller.on_route(chosen.route);
+        }
         let csr = VerifiedCsr::from_pem(req.csr.as_bytes())?;
-        let chain = self
-            .authority
-            .issue(&caller, &grant, &csr, &request)
-            .await?;
+        let chain = authority.issue(&caller, &grant, &csr, &request).await?;
         let mut cert_chain = Vec::with_capacity(chain.intermediates().len() + 2);
         cert_chain.push(chain.leaf_pem());
         cert_chain.extend(chain.intermediate_pems());
@@ -166,19 +197,8 @@ impl IstioCa {
         own: &SpiffeId,
         req: &IstioCertificateRequest,
     ) -> Result<SpiffeId, SignError> {
-        let td = self.authority.policy().trust_domain();
-        let impersonated = req
-            .metadata
-            .as_ref()
-            .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
-            .map(|v| match &v.kind {
-                Some(prost_types::value::Kind::StringValue(s)) => Ok(s.clone()),
-                _ => Err(SignError::invalid_request(
-                    "invalid_metadata",
-                    "ImpersonatedIdentity must be a string",
-                )),
-            })
-            .transpose()?;
+        let td = self.authority().policy().trust_domain();
+        let impersonated = metadata_string(req, IMPERSONATED_IDENTITY)?;
         let Some(s) = impersonated.filter(|s| s != own.as_str()) else {
             return Ok(own.clone());
         };
@@ -207,6 +227,44 @@ impl IstioCa {
             });
         }
         Ok(id)
+    }
+}
+
+/// A string field of the request's metadata (absent: `None`).
+fn metadata_string(req: &IstioCertificateRequest, key: &str) -> Result<Option<String>, SignError> {
+    req.metadata
+        .as_ref()
+        .and_then(|m| m.fields.get(key))
+        .map(|v| match &v.kind {
+            Some(prost_types::value::Kind::StringValue(s)) => Ok(s.clone()),
+            _ => Err(SignError::invalid_request(
+                "invalid_metadata",
+                format!("{key} must be a string"),
+            )),
+        })
+        .transpose()
+}
+
+/// With routes, the TLS handshake accepts certificates under the roots of
+/// every routed authority; a renewal must come from under the roots of the
+/// authority its identity routes to, so that one tenant's CA cannot renew
+/// into another's.
+async fn renewed_under(peer: Option<&PeerInfo>, authority: &Authority) -> Result<(), SignError> {
+    let top = peer
+        .and_then(|p| p.client_chain_top.as_deref())
+        .ok_or_else(|| SignError::Unauthenticated("no client certificate".into()))?;
+    let bundle = authority.trust_bundle().await?;
+    if bundle
+        .roots()
+        .iter()
+        .any(|r| signet_core::chain::anchored_by(top, r.as_ref()) || top == r.as_ref())
+    {
+        Ok(())
+    } else {
+        Err(SignError::Unauthenticated(format!(
+            "client certificate is not under the roots of authority {}, where its identity is routed",
+            authority.name()
+        )))
     }
 }
 

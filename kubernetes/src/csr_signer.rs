@@ -20,8 +20,9 @@ use serde::Deserialize;
 use signet_core::caller::{AuthMethod, Caller, Principal};
 use signet_core::envelope::{Envelope, Handled};
 use signet_core::metrics::Metrics;
-use signet_core::names::SanPattern;
+use signet_core::names::{San, SanPattern};
 use signet_core::policy::{Grant, IssuanceRequest, Profile, TtlOverflow};
+use signet_core::routing::{RouteSubject, Routes};
 use signet_core::{Authority, SignError, VerifiedCsr};
 use tokio::sync::watch;
 
@@ -37,7 +38,12 @@ fn default_allowed_sans() -> Option<Vec<SanPattern>> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CsrSignerConfig {
+    /// Name of an entry under `authorities`: the default route.
     pub authority: String,
+    /// Other authorities, by signer name, or by the namespace and service
+    /// account of the SPIFFE ID requested (first match wins).
+    #[serde(default)]
+    pub routes: Vec<signet_core::routing::RouteConfig>,
     /// Signer names to act for, e.g. `signet.dev/mesh`
     /// (istiod: `K8S_SIGNER` / `ISTIO_META_CERT_SIGNER`).
     pub signer_names: Vec<String>,
@@ -57,7 +63,7 @@ pub struct CsrSignerConfig {
 pub struct CsrSigner {
     client: Client,
     config: CsrSignerConfig,
-    authority: Arc<Authority>,
+    routes: Routes,
     grant: Grant,
     leader: watch::Receiver<bool>,
     /// Certificates signed but not yet written (uid → PEM), so a retried
@@ -69,12 +75,24 @@ pub struct CsrSigner {
 }
 
 impl CsrSigner {
+    /// One authority for every request (no routes).
     pub fn new(
         client: Client,
         config: CsrSignerConfig,
         authority: Arc<Authority>,
         leader: watch::Receiver<bool>,
     ) -> Self {
+        Self::routed(client, config, Routes::single(authority), leader)
+    }
+
+    /// Requests routed among authorities.
+    pub fn routed(
+        client: Client,
+        config: CsrSignerConfig,
+        routes: Routes,
+        leader: watch::Receiver<bool>,
+    ) -> Self {
+        let authority = routes.default_authority().clone();
         let td = authority.policy().trust_domain().clone();
         let authority_name = authority.name().to_owned();
         let allowed = config
@@ -90,7 +108,7 @@ impl CsrSigner {
         Self {
             client,
             config,
-            authority,
+            routes,
             grant,
             leader,
             pending: Mutex::new(HashMap::new()),
@@ -109,7 +127,7 @@ impl CsrSigner {
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.envelope = Envelope::new(
             "kubernetes_csr",
-            self.authority.name(),
+            self.routes.default_authority().name(),
             None,
             CONTROLLER_DEADLINE,
             metrics,
@@ -170,7 +188,12 @@ impl CsrSigner {
                 let signed = self
                     .envelope
                     .serve(&name, async {
-                        Handled::by(requester, self.sign(&fresh).await)
+                        let mut route = None;
+                        let h = Handled::by(requester, self.sign(&fresh, &mut route).await);
+                        match route {
+                            Some((r, a)) => h.routed(r, a),
+                            None => h,
+                        }
                     })
                     .await;
                 match signed {
@@ -210,7 +233,11 @@ impl CsrSigner {
         has("Approved") && !has("Denied") && !has("Failed")
     }
 
-    async fn sign(&self, csr: &CertificateSigningRequest) -> Result<String, SignError> {
+    async fn sign(
+        &self,
+        csr: &CertificateSigningRequest,
+        route: &mut Option<(String, String)>,
+    ) -> Result<String, SignError> {
         let requester = csr.spec.username.clone().unwrap_or_default();
         if !self.config.allowed_requesters.contains(&requester) {
             return Err(SignError::PolicyDenied(
@@ -229,13 +256,33 @@ impl CsrSigner {
             renewable: false,
             request_id: None,
         };
-        let caller = Caller::new(
+        let mut caller = Caller::new(
             Principal::Kubernetes(requester),
             AuthMethod::KubernetesToken {
                 cluster: "local".into(),
             },
         );
-        let chain = self
+        // The workload's namespace and account, from the SPIFFE ID asked for.
+        let account = verified.requested_sans().iter().find_map(|s| match s {
+            San::Uri(id) => id
+                .mesh_identity()
+                .ok()
+                .flatten()
+                .map(|(ns, sa)| (ns.to_owned(), sa.to_owned(), id.trust_domain().to_owned())),
+            _ => None,
+        });
+        let chosen = self.routes.choose(&RouteSubject {
+            namespace: account.as_ref().map(|a| a.0.as_str()),
+            service_account: account.as_ref().map(|a| a.1.as_str()),
+            trust_domain: account.as_ref().map(|a| a.2.as_str()),
+            cert_signer: None,
+            signer_name: Some(&csr.spec.signer_name),
+        })?;
+        if self.routes.is_routed() {
+            *route = Some((chosen.route.to_owned(), chosen.authority.name().to_owned()));
+            caller = caller.on_route(chosen.route);
+        }
+        let chain = chosen
             .authority
             .issue(&caller, &self.grant, &verified, &request)
             .await?;
@@ -306,11 +353,11 @@ impl CsrSigner {
                 reason: Some(reason.into()),
                 message: Some(e.to_string()),
                 last_update_time: Some(Time(
-                    jiff::Timestamp::try_from(self.authority.clock().now())
+                    jiff::Timestamp::try_from(self.routes.default_authority().clock().now())
                         .unwrap_or(jiff::Timestamp::UNIX_EPOCH),
                 )),
                 last_transition_time: Some(Time(
-                    jiff::Timestamp::try_from(self.authority.clock().now())
+                    jiff::Timestamp::try_from(self.routes.default_authority().clock().now())
                         .unwrap_or(jiff::Timestamp::UNIX_EPOCH),
                 )),
             });

@@ -8,6 +8,8 @@
 
 pub mod csr_signer;
 pub mod leader;
+pub mod namespaces;
+pub mod pod_certificates;
 pub mod trust_bundles;
 
 use std::fmt::Debug;

@@ -12,6 +12,7 @@ use signet_core::delegated::Delegated;
 use signet_core::layout::{Layout, Needs};
 use signet_core::metrics::{AuthorityCollector, Metrics};
 use signet_core::policy::AuthorityPolicy;
+use signet_core::routing::{NamespaceLabels, RouteConfig, Routes};
 use signet_core::{Authority, Clock, Signer, SystemClock};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -177,10 +178,19 @@ impl App {
             rest_addr = Some(addr);
             tasks.push(task);
         }
+        let labels: Option<Arc<dyn NamespaceLabels>> = if config.routes_by_labels() {
+            let client = crate::kubernetes::client(&config.kubernetes).await?;
+            let (watched, task) = signet_kubernetes::namespaces::WatchedNamespaces::start(client);
+            writers.push(task);
+            Some(watched)
+        } else {
+            None
+        };
         let mut istio_addr = None;
         if let Some(ic) = &config.frontends.istio {
-            let authority = authorities[&ic.authority].clone();
-            let (addr, task) = start_istio(ic, authority, &metrics, &clock, &shutdown_rx).await?;
+            let routes = routes(&ic.authority, &ic.routes, &authorities, labels.clone())
+                .context("frontends.istio.routes")?;
+            let (addr, task) = start_istio(ic, routes, &metrics, &clock, &shutdown_rx).await?;
             istio_addr = Some(addr);
             tasks.push(task);
         }
@@ -197,6 +207,7 @@ impl App {
                 crate::kubernetes::start(
                     &config,
                     &authorities,
+                    labels,
                     &backends,
                     clock.clone(),
                     &metrics,
@@ -280,17 +291,32 @@ async fn build_authorities(
     Ok((authorities, delegated))
 }
 
-/// The REST signing endpoint: its serving certificate (files, or issued by
-/// its authority), client verification, and the listener.
+/// A front-end's routes over the running authorities (`default`: its own
+/// `authority`).
+pub fn routes(
+    default: &str,
+    routes: &[RouteConfig],
+    authorities: &BTreeMap<String, Arc<Authority>>,
+    labels: Option<Arc<dyn NamespaceLabels>>,
+) -> anyhow::Result<Routes> {
+    let resolved = routes
+        .iter()
+        .map(|r| (r.clone(), authorities[&r.authority].clone()))
+        .collect();
+    Routes::new(resolved, authorities[default].clone(), labels).map_err(anyhow::Error::msg)
+}
+
+/// The Istio CA gRPC service: its serving certificate, client verification,
+/// and the listener.
 async fn start_istio(
     ic: &signet_istio::config::IstioConfig,
-    authority: Arc<Authority>,
+    routes: Routes,
     metrics: &Metrics,
     clock: &Arc<dyn Clock>,
     shutdown_rx: &watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let (router, tls_config) =
-        crate::istio::build(ic, authority, metrics.clone(), clock.clone()).await?;
+        crate::istio::build(ic, routes, metrics.clone(), clock.clone()).await?;
     bind_and_serve(
         ic.listen,
         tls_config,

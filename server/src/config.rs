@@ -133,6 +133,9 @@ pub struct FrontendsConfig {
     /// Authorities' roots as certificates.k8s.io ClusterTrustBundles.
     #[serde(default)]
     pub cluster_trust_bundles: Option<signet_kubernetes::trust_bundles::ClusterTrustBundlesConfig>,
+    /// The PodCertificateRequest signer (pods' `podCertificate` volumes).
+    #[serde(default)]
+    pub pod_certificates: Option<signet_kubernetes::pod_certificates::PodCertificatesConfig>,
 }
 
 impl FrontendsConfig {
@@ -150,6 +153,7 @@ impl FrontendsConfig {
                 "cluster_trust_bundles",
                 self.cluster_trust_bundles.is_some(),
             ),
+            ("pod_certificates", self.pod_certificates.is_some()),
         ]
         .into_iter()
         .filter_map(|(n, on)| on.then_some(n))
@@ -164,6 +168,7 @@ impl FrontendsConfig {
             || self.istiod_tls.is_some()
             || self.cert_manager.is_some()
             || self.cluster_trust_bundles.is_some()
+            || self.pod_certificates.is_some()
     }
 }
 
@@ -360,6 +365,7 @@ impl Config {
         self.validate_kubernetes(at)?;
         if let Some(istio) = &self.frontends.istio {
             self.authority_ref(at, "frontends.istio.authority", &istio.authority)?;
+            self.routes(at, "frontends.istio.routes", &istio.routes)?;
             istio.validate().map_err(|(k, m)| at.invalid(k, m))?;
             dns_names(
                 at,
@@ -430,11 +436,33 @@ impl Config {
         let f = &self.frontends;
         if let Some(k) = &f.kubernetes_csr {
             self.authority_ref(at, "frontends.kubernetes_csr.authority", &k.authority)?;
+            self.routes(at, "frontends.kubernetes_csr.routes", &k.routes)?;
             if k.signer_names.is_empty() || k.allowed_requesters.is_empty() {
                 return Err(at.invalid(
                     "frontends.kubernetes_csr",
                     "signer_names and allowed_requesters must not be empty",
                 ));
+            }
+        }
+        if let Some(p) = &f.pod_certificates {
+            self.authority_ref(at, "frontends.pod_certificates.authority", &p.authority)?;
+            self.routes(at, "frontends.pod_certificates.routes", &p.routes)?;
+            p.validate()
+                .map_err(|m| at.invalid("frontends.pod_certificates", m))?;
+            // The API takes no certificate shorter than an hour.
+            let min = signet_kubernetes::pod_certificates::MIN_LIFETIME;
+            let used = std::iter::once(&p.authority).chain(p.routes.iter().map(|r| &r.authority));
+            for name in used {
+                let policy = &self.authorities[name].policy;
+                if policy.max_ttl.get() + policy.backdate.get() < min {
+                    return Err(at.invalid(
+                        format!("authorities.{name}.policy.max_ttl"),
+                        format!(
+                            "{} is too short for frontends.pod_certificates: Kubernetes accepts no pod certificate shorter than 1h",
+                            policy.max_ttl
+                        ),
+                    ));
+                }
             }
         }
         if let Some(r) = &f.istio_root_cert {
@@ -522,6 +550,41 @@ impl Config {
             return Err(at.invalid(key("limits"), "limits must be positive"));
         }
         Ok(())
+    }
+
+    /// A front-end's routes: known authorities, unique names, well formed.
+    fn routes(
+        &self,
+        at: At<'_>,
+        key: &str,
+        routes: &[signet_core::routing::RouteConfig],
+    ) -> Result<(), ConfigError> {
+        let mut names = BTreeSet::new();
+        for (i, r) in routes.iter().enumerate() {
+            let k = format!("{key}[{i}]");
+            self.authority_ref(at, &format!("{k}.authority"), &r.authority)?;
+            r.validate().map_err(|m| at.invalid(&k, m))?;
+            if !names.insert(r.name.as_str()) {
+                return Err(at.invalid(&k, format!("route name {:?} is used twice", r.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any front-end routes by namespace labels (signet then
+    /// watches Namespaces).
+    pub fn routes_by_labels(&self) -> bool {
+        let f = &self.frontends;
+        let lists = [
+            f.istio.as_ref().map(|c| &c.routes),
+            f.kubernetes_csr.as_ref().map(|c| &c.routes),
+            f.pod_certificates.as_ref().map(|c| &c.routes),
+        ];
+        lists
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|r| r.needs_labels())
     }
 
     fn authority_ref(&self, at: At<'_>, key: &str, name: &str) -> Result<(), ConfigError> {

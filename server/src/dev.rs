@@ -210,6 +210,7 @@ fn dev_istio(
     let istio = signet_istio::config::IstioConfig {
         listen: grpc_addr,
         authority: "dev".into(),
+        routes: Vec::new(),
         namespace: "signet".into(),
         server_names: None,
         auth: signet_istio::config::IstioAuthConfig {

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use rustls::server::danger::ClientCertVerifier;
+use signet_core::Clock;
 use signet_core::metrics::Metrics;
+use signet_core::routing::Routes;
 use signet_core::worker::{Next, Worker};
-use signet_core::{Authority, Clock};
 use signet_istio::auth::Authenticators;
 use signet_istio::auth::jwt::JwtAuthenticator;
 use signet_istio::auth::token_review::{Clusters, TokenReviewer};
@@ -20,14 +21,17 @@ use crate::tls::{self, BundleClientVerifier, ServingNames};
 /// Builds the router and TLS configuration of `frontends.istio`.
 pub async fn build(
     ic: &IstioConfig,
-    authority: Arc<Authority>,
+    routes: Routes,
     metrics: Metrics,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<(axum::Router, rustls::ServerConfig)> {
+    let authority = routes.default_authority().clone();
     let names = ServingNames::for_listener(ic.listen.ip(), &ic.server_names())?;
     let serving = tls::issued_by_authority(authority.clone(), names, "istio-serving").await?;
+    // Renewals come from under any routed authority's roots (the service
+    // then checks the one the identity routes to).
     let verifier: Option<Arc<dyn ClientCertVerifier>> = if ic.auth.mtls {
-        Some(BundleClientVerifier::start(authority.clone()))
+        Some(BundleClientVerifier::start(routes.authorities()))
     } else {
         None
     };
@@ -61,7 +65,7 @@ pub async fn build(
     };
     let authority_for_health = authority.clone();
     let ca = IstioCa::new(
-        authority,
+        routes,
         auth,
         impersonation,
         metrics,

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use signet_core::routing::NamespaceLabels;
 use signet_core::{Authority, Clock, Signer};
 use signet_istio::cacerts::Cacerts;
 use signet_istio::k8s::{CacertsKeeper, IstiodTlsKeeper, RootDistributor};
 use signet_kubernetes::csr_signer::CsrSigner;
+use signet_kubernetes::pod_certificates::PodCertificateSigner;
 use signet_kubernetes::trust_bundles::TrustBundlePublisher;
 
 use crate::config::{Config, KubernetesConfig};
@@ -38,6 +40,7 @@ pub async fn client(config: &KubernetesConfig) -> anyhow::Result<Client> {
 pub async fn start(
     config: &Config,
     authorities: &BTreeMap<String, Arc<Authority>>,
+    labels: Option<Arc<dyn NamespaceLabels>>,
     backends: &BTreeMap<String, Arc<dyn Signer>>,
     clock: Arc<dyn Clock>,
     metrics: &signet_core::metrics::Metrics,
@@ -52,17 +55,27 @@ pub async fn start(
     tracing::info!(identity = elector.identity(), lease = %config.leader_election.lease_name, "campaigning for leadership of the Kubernetes writers");
     let f = &config.frontends;
     if let Some(c) = &f.kubernetes_csr {
+        let routes = crate::app::routes(&c.authority, &c.routes, authorities, labels.clone())
+            .context("frontends.kubernetes_csr.routes")?;
         let signer = Arc::new(
-            CsrSigner::new(
-                client.clone(),
-                c.clone(),
-                authorities[&c.authority].clone(),
-                elector.subscribe(),
-            )
-            .with_metrics(metrics.clone()),
+            CsrSigner::routed(client.clone(), c.clone(), routes, elector.subscribe())
+                .with_metrics(metrics.clone()),
         );
         tasks.push(tokio::spawn(signer.run()));
         tracing::info!(signers = ?c.signer_names, "Kubernetes CSR signer started");
+    }
+    if let Some(c) = &f.pod_certificates {
+        let routes = crate::app::routes(&c.authority, &c.routes, authorities, labels.clone())
+            .context("frontends.pod_certificates.routes")?;
+        let signer = Arc::new(PodCertificateSigner::new(
+            client.clone(),
+            c.clone(),
+            routes,
+            elector.subscribe(),
+            metrics.clone(),
+        ));
+        tasks.push(tokio::spawn(signer.run()));
+        tracing::info!(signers = ?c.signer_names, "PodCertificateRequest signer started");
     }
     start_istio_writers(
         config,

@@ -202,13 +202,18 @@ impl Connection {
                     return;
                 }
             };
-        let client_cert = tls
-            .get_ref()
-            .1
-            .peer_certificates()
+        let presented = tls.get_ref().1.peer_certificates();
+        let client_cert = presented
             .and_then(|c| c.first())
             .map(|c| Arc::<[u8]>::from(c.as_ref()));
-        let peer = PeerInfo { addr, client_cert };
+        let client_chain_top = presented
+            .and_then(|c| c.last())
+            .map(|c| Arc::<[u8]>::from(c.as_ref()));
+        let peer = PeerInfo {
+            addr,
+            client_cert,
+            client_chain_top,
+        };
         let activity = Arc::new(Activity::new());
         let seen = activity.clone();
         let router = self.router.clone();

@@ -3,7 +3,9 @@
 //! REST front-end's grants, the Istio front-end's workload request, the
 //! authority's policy), without contacting any backend.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
@@ -13,6 +15,7 @@ use signet_core::duration::HumanDuration;
 use signet_core::key::{KeyAlgorithm, PrivateKey};
 use signet_core::names::{DnsName, San};
 use signet_core::policy::{AuthorityPolicy, Grant, IssuanceDecision, IssuanceRequest, Profile};
+use signet_core::routing::{DEFAULT_ROUTE, FixedLabels, RouteConfig, RouteSubject, Routes};
 use signet_core::{Clock, SignError, VerifiedCsr};
 
 use crate::config::Config;
@@ -24,6 +27,10 @@ pub enum Frontend {
     Rest,
     /// `frontends.istio`: the caller is a workload (`--namespace`, `--service-account`).
     Istio,
+    /// `frontends.pod_certificates`: a pod (`--namespace`,
+    /// `--service-account`, `--pod`) asking through `--signer-name`; the
+    /// key is `--key` (the kubelet's stub CSR names nothing).
+    PodCertificates,
 }
 
 /// `signet policy test` arguments.
@@ -54,28 +61,57 @@ pub struct PolicyTestArgs {
     /// REST: the profile asked for (workload, server, client, mtls).
     #[arg(long)]
     pub profile: Option<String>,
-    /// The lifetime asked for (REST `ttl`; Istio `validity_duration`).
+    /// The lifetime asked for (REST `ttl`; Istio `validity_duration`;
+    /// a PodCertificateRequest's `maxExpirationSeconds`).
     #[arg(long)]
     pub ttl: Option<HumanDuration>,
+    /// Istio: the `CertSigner` metadata sent (for routes by `cert_signers`).
+    #[arg(long)]
+    pub cert_signer: Option<String>,
+    /// A label of `--namespace`, `key=value` (for routes by
+    /// `namespace_labels`; repeat for several).
+    #[arg(long)]
+    pub namespace_label: Vec<String>,
+    /// Pod certificates: the signer name the pod asks.
+    #[arg(long)]
+    pub signer_name: Option<String>,
+    /// Pod certificates: the pod's name.
+    #[arg(long, default_value = "pod")]
+    pub pod: String,
 }
 
 /// Prints the decision (exit 0) or the refusal with its code (an error).
 pub fn run(args: PolicyTestArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let now = signet_core::SystemClock.now();
-    let (authority, caller, grant, request) = inputs(&config, &args)?;
+    let Inputs {
+        route,
+        authority,
+        caller,
+        grant,
+        request,
+        sans,
+    } = inputs(&config, &args)?;
+    let route = match route {
+        Ok(r) => r,
+        Err(e) => return refused(&args, &e),
+    };
     let a = &config.authorities[&authority];
     println!(
-        "front-end {}: authority {authority} (backend {}, not contacted)",
+        "front-end {}: route {route}, authority {authority} (backend {}, not contacted)",
         match args.frontend {
             Frontend::Rest => "rest",
             Frontend::Istio => "istio",
+            Frontend::PodCertificates => "pod_certificates",
         },
         a.backend
     );
     println!("caller: {}", caller.principal());
     let decided = (|| -> Result<IssuanceDecision, SignError> {
-        let csr = csr(&args)?;
+        let mut csr = csr(&args)?;
+        if let Some(sans) = sans {
+            csr = csr.naming(sans);
+        }
         let policy = AuthorityPolicy::new(config.trust_domain.clone(), a.policy.clone())
             .map_err(SignError::Internal)?;
         Ok(policy.decide(&caller, &grant?, &csr, &request?, now)?)
@@ -85,27 +121,81 @@ pub fn run(args: PolicyTestArgs) -> anyhow::Result<()> {
             print_decision(&d);
             Ok(())
         }
-        Err(e) => {
-            let wire = e.wire();
-            println!(
-                "refused: {}{} (HTTP {}, gRPC {:?}): {}",
-                e.kind().code(),
-                e.reason().map(|r| format!("/{r}")).unwrap_or_default(),
-                wire.http_status,
-                wire.grpc,
-                e.public_message()
-            );
-            anyhow::bail!("refused: {}", e.kind().code())
-        }
+        Err(e) => refused(&args, &e),
     }
 }
 
-type Inputs = (
-    String,
-    Caller,
-    Result<Grant, SignError>,
-    Result<IssuanceRequest, SignError>,
-);
+/// Prints a refusal the way the front-end's wire says it; an error.
+fn refused(args: &PolicyTestArgs, e: &SignError) -> anyhow::Result<()> {
+    let wire = e.wire();
+    let on_wire = match args.frontend {
+        Frontend::PodCertificates => format!(
+            "PodCertificateRequest {} {}",
+            wire.pod_certificate.0, wire.pod_certificate.1
+        ),
+        _ => format!("HTTP {}, gRPC {:?}", wire.http_status, wire.grpc),
+    };
+    println!(
+        "refused: {}{} ({on_wire}): {}",
+        e.kind().code(),
+        e.reason().map(|r| format!("/{r}")).unwrap_or_default(),
+        e.public_message()
+    );
+    anyhow::bail!("refused: {}", e.kind().code())
+}
+
+/// What the front-end would use: the route (or why none can be chosen),
+/// its authority, the caller, grant and request, and the names it chooses
+/// itself (pod certificates) instead of the CSR's.
+struct Inputs {
+    route: Result<String, SignError>,
+    authority: String,
+    caller: Caller,
+    grant: Result<Grant, SignError>,
+    request: Result<IssuanceRequest, SignError>,
+    sans: Option<Vec<San>>,
+}
+
+/// `routes` over authority names, with `--namespace-label` as the labels.
+fn routes_of(
+    default: &str,
+    routes: &[RouteConfig],
+    args: &PolicyTestArgs,
+) -> anyhow::Result<Routes<String>> {
+    let mut labels = BTreeMap::new();
+    for l in &args.namespace_label {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--namespace-label {l:?}: write key=value"))?;
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    let fixed = args
+        .namespace
+        .clone()
+        .map(|ns| FixedLabels(BTreeMap::from([(ns, labels)])))
+        .unwrap_or_default();
+    Routes::new(
+        routes
+            .iter()
+            .map(|r| (r.clone(), r.authority.clone()))
+            .collect(),
+        default.to_owned(),
+        Some(Arc::new(fixed)),
+    )
+    .map_err(anyhow::Error::msg)
+}
+
+/// The route's name and authority, or why none can be chosen (the
+/// front-end's default authority stands in for printing).
+fn choose(
+    routes: &Routes<String>,
+    subject: &RouteSubject<'_>,
+) -> (Result<String, SignError>, String) {
+    match routes.choose(subject) {
+        Ok(c) => (Ok(c.route.to_owned()), c.authority.clone()),
+        Err(e) => (Err(e), routes.default_authority().clone()),
+    }
+}
 
 /// The authority, caller, grant and request the front-end would use.
 fn inputs(config: &Config, args: &PolicyTestArgs) -> anyhow::Result<Inputs> {
@@ -134,12 +224,14 @@ fn inputs(config: &Config, args: &PolicyTestArgs) -> anyhow::Result<Inputs> {
             let grants = crate::rest::Grants::new(&rc.principals);
             let grant = grants.require(&principal).cloned();
             let request = rest_request(args);
-            Ok((
-                rc.authority.clone(),
-                Caller::new(principal, method),
+            Ok(Inputs {
+                route: Ok(DEFAULT_ROUTE.to_owned()),
+                authority: rc.authority.clone(),
+                caller: Caller::new(principal, method),
                 grant,
                 request,
-            ))
+                sans: None,
+            })
         }
         Frontend::Istio => {
             let ic = config
@@ -153,7 +245,18 @@ fn inputs(config: &Config, args: &PolicyTestArgs) -> anyhow::Result<Inputs> {
                 );
             };
             let own = config.trust_domain.service_account_id(ns, sa)?;
-            let a = &config.authorities[&ic.authority];
+            let routes = routes_of(&ic.authority, &ic.routes, args)?;
+            let (route, authority) = choose(
+                &routes,
+                &RouteSubject {
+                    namespace: Some(ns),
+                    service_account: Some(sa),
+                    trust_domain: Some(config.trust_domain.as_str()),
+                    cert_signer: args.cert_signer.as_deref(),
+                    signer_name: None,
+                },
+            );
+            let a = &config.authorities[&authority];
             let ttl = args.ttl.map_or(0, |t| t.get().as_secs() as i64);
             let built = signet_istio::service::workload_request(
                 &own,
@@ -166,7 +269,7 @@ fn inputs(config: &Config, args: &PolicyTestArgs) -> anyhow::Result<Inputs> {
                 ttl,
                 false,
             );
-            let (caller, grant, request) = match built {
+            let (mut caller, grant, request) = match built {
                 Ok((c, g, r)) => (c, Ok(g), Ok(r)),
                 Err(e) => (
                     Caller::new(Principal::Workload(own.to_string()), AuthMethod::Internal),
@@ -175,9 +278,95 @@ fn inputs(config: &Config, args: &PolicyTestArgs) -> anyhow::Result<Inputs> {
                     Err(SignError::Internal(String::new())),
                 ),
             };
-            Ok((ic.authority.clone(), caller, grant, request))
+            if let (true, Ok(r)) = (routes.is_routed(), &route) {
+                caller = caller.on_route(r.clone());
+            }
+            Ok(Inputs {
+                route,
+                authority,
+                caller,
+                grant,
+                request,
+                sans: None,
+            })
         }
+        Frontend::PodCertificates => pod_inputs(config, args),
     }
+}
+
+/// What the PodCertificateRequest signer would ask for a pod it found as
+/// the request says (the server checks the pod, node and service account
+/// against the cluster first).
+fn pod_inputs(config: &Config, args: &PolicyTestArgs) -> anyhow::Result<Inputs> {
+    use signet_kubernetes::pod_certificates::{PodFacts, pod_request, route_subject};
+    let pc = config
+        .frontends
+        .pod_certificates
+        .as_ref()
+        .context("the configuration has no frontends.pod_certificates")?;
+    let (Some(ns), Some(sa)) = (&args.namespace, &args.service_account) else {
+        anyhow::bail!(
+            "--namespace and --service-account are required for --frontend pod-certificates"
+        );
+    };
+    let signer = args
+        .signer_name
+        .as_deref()
+        .context("--signer-name is required for --frontend pod-certificates")?;
+    anyhow::ensure!(
+        pc.signer_names.iter().any(|s| s == signer),
+        "signet does not sign for {signer:?} (frontends.pod_certificates.signer_names)"
+    );
+    anyhow::ensure!(
+        args.san.is_empty() && args.csr.is_none(),
+        "pod certificates take no --san or --csr: the kubelet's CSR names nothing, signet names the pod"
+    );
+    let routes = routes_of(&pc.authority, &pc.routes, args)?;
+    let (route, authority) = choose(
+        &routes,
+        &route_subject(ns, sa, signer, &config.trust_domain),
+    );
+    let a = &config.authorities[&authority];
+    let max = args
+        .ttl
+        .map(|t| i32::try_from(t.get().as_secs()).unwrap_or(i32::MAX));
+    let built = pod_request(
+        pc,
+        &config.trust_domain,
+        a.policy.backdate.get(),
+        &PodFacts {
+            namespace: ns,
+            service_account: sa,
+            pod: &args.pod,
+            max_expiration_seconds: max,
+        },
+    );
+    Ok(match built {
+        Ok(mut p) => {
+            if let (true, Ok(r)) = (routes.is_routed(), &route) {
+                p.caller = p.caller.on_route(r.clone());
+            }
+            Inputs {
+                route,
+                authority,
+                caller: p.caller,
+                grant: Ok(p.grant),
+                request: Ok(p.request),
+                sans: Some(p.sans),
+            }
+        }
+        Err(e) => Inputs {
+            route,
+            authority,
+            caller: Caller::new(
+                Principal::Kubernetes(format!("system:serviceaccount:{ns}:{sa}")),
+                AuthMethod::Internal,
+            ),
+            grant: Err(e),
+            request: Err(SignError::Internal(String::new())),
+            sans: None,
+        },
+    })
 }
 
 /// What a REST body with `profile` and `ttl` asks for (the server's own

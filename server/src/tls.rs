@@ -313,7 +313,8 @@ pub struct BundleClientVerifier {
 }
 
 impl BundleClientVerifier {
-    pub fn start(authority: Arc<Authority>) -> Arc<Self> {
+    /// Trusts the roots of every authority in `authorities`, kept current.
+    pub fn start(authorities: Vec<Arc<Authority>>) -> Arc<Self> {
         let this = Arc::new(Self {
             inner: ArcSwapOption::empty(),
         });
@@ -324,19 +325,29 @@ impl BundleClientVerifier {
                 Duration::from_secs(60),
             ))
             .spawn_for(&this, move |this| {
-                let (authority, held) = (authority.clone(), held.clone());
+                let (authorities, held) = (authorities.clone(), held.clone());
                 async move {
-                    let bundle = authority.trust_bundle().await.map_err(|e| {
-                        format!("trust bundle for client certificates not available: {e}")
-                    })?;
+                    let mut roots = Vec::new();
+                    for authority in &authorities {
+                        let bundle = authority.trust_bundle().await.map_err(|e| {
+                            format!(
+                                "trust bundle of {} for client certificates not available: {e}",
+                                authority.name()
+                            )
+                        })?;
+                        for r in bundle.roots() {
+                            if !roots.contains(r) {
+                                roots.push(r.clone());
+                            }
+                        }
+                    }
                     let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
-                    if bundle.roots() != held.as_slice() {
-                        let verifier =
-                            static_client_verifier(bundle.roots().to_vec()).map_err(|e| {
-                                format!("trust bundle unusable for client certificates: {e}")
-                            })?;
+                    if roots != *held {
+                        let verifier = static_client_verifier(roots.clone()).map_err(|e| {
+                            format!("trust bundle unusable for client certificates: {e}")
+                        })?;
                         this.inner.store(Some(Arc::new(verifier)));
-                        *held = bundle.roots().to_vec();
+                        *held = roots;
                         tracing::info!(roots = held.len(), "client certificate roots loaded");
                     }
                     Ok::<_, String>(Next::In(Duration::from_secs(60)))

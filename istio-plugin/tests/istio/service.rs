@@ -213,7 +213,7 @@ async fn setup(
         Box::new(KubePods::new(kube_clusters)),
     );
     let ca = IstioCa::new(
-        authority,
+        signet_core::routing::Routes::single(authority),
         auth,
         Some(imp),
         Metrics::default(),
@@ -567,6 +567,7 @@ fn peer_with(cert: &[u8]) -> PeerInfo {
     PeerInfo {
         addr: "127.0.0.1:4000".parse().unwrap(),
         client_cert: Some(Arc::from(cert)),
+        client_chain_top: Some(Arc::from(cert)),
     }
 }
 
