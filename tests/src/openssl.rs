@@ -8,6 +8,7 @@ use std::process::Command;
 pub enum Key {
     EcP256,
     EcP384,
+    EcP521,
     Rsa(u32),
     Ed25519,
 }
@@ -38,6 +39,7 @@ pub fn csr(dir: &Path, name: &str, key: Key, san: Option<&str>, extra: &[&str]) 
     match key {
         Key::EcP256 => cmd.args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]),
         Key::EcP384 => cmd.args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"]),
+        Key::EcP521 => cmd.args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-521"]),
         Key::Rsa(bits) => cmd.args(["-newkey".to_owned(), format!("rsa:{bits}")]),
         Key::Ed25519 => cmd.args(["-newkey", "ed25519"]),
     };

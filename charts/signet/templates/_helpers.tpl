@@ -48,7 +48,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* The front-ends that write to the Kubernetes API (and so elect a leader). */}}
 {{- define "signet.writesToKubernetes" -}}
 {{- $f := (include "signet.config" . | fromYaml).frontends | default dict -}}
-{{- if or $f.kubernetes_csr $f.istio_cacerts $f.istio_root_cert $f.istiod_tls $f.cert_manager -}}
+{{- if or $f.kubernetes_csr $f.istio_cacerts $f.istio_root_cert $f.istiod_tls $f.cert_manager $f.cluster_trust_bundles $f.pod_certificates -}}
 true
 {{- end -}}
 {{- end -}}

@@ -138,6 +138,14 @@ fn sections() -> Vec<(&'static str, Base)> {
             Box::new(|inner| json!({ "frontends": { "istio": inner } })),
         ),
         (
+            "## `routes[]`",
+            Box::new(|inner| json!({ "frontends": { "istio": { "routes": [inner] } } })),
+        ),
+        (
+            "### `frontends.pod_certificates`",
+            Box::new(|inner| json!({ "frontends": { "pod_certificates": inner } })),
+        ),
+        (
             "### `kubernetes`",
             Box::new(|inner| json!({ "kubernetes": inner })),
         ),

@@ -344,6 +344,44 @@ fn check(label: &str, values: &Value, r: &Rendered, bin: &Path, tmp: &Path) {
             "{label}: sign only for the configured signers"
         );
     }
+    let pods = present("pod_certificates");
+    assert_eq!(
+        has_rule(&cluster, "podcertificaterequests", "watch"),
+        pods,
+        "{label}"
+    );
+    assert_eq!(
+        has_rule(&cluster, "podcertificaterequests/status", "patch"),
+        pods,
+        "{label}"
+    );
+    if pods {
+        let signs: BTreeSet<&str> = cluster
+            .iter()
+            .filter(|(_, r)| r.verbs.contains(&"sign".to_owned()))
+            .flat_map(|(_, r)| r.resource_names.iter().flatten().map(String::as_str))
+            .collect();
+        for s in frontends["pod_certificates"]["signer_names"]
+            .as_array()
+            .unwrap()
+        {
+            assert!(signs.contains(s.as_str().unwrap()), "{label}: sign {s}");
+        }
+        assert!(has_rule(&cluster, "nodes", "get"), "{label}: nodes");
+    }
+    let by_labels = ["istio", "kubernetes_csr", "pod_certificates"]
+        .iter()
+        .any(|k| {
+            frontends[*k]["routes"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["namespace_labels"].is_object()))
+        });
+    if by_labels {
+        assert!(
+            has_rule(&cluster, "namespaces", "watch"),
+            "{label}: namespaces"
+        );
+    }
     assert_eq!(
         has_rule(&cluster, "configmaps", "create"),
         present("istio_root_cert"),
@@ -415,6 +453,8 @@ fn check(label: &str, values: &Value, r: &Rendered, bin: &Path, tmp: &Path) {
         "istio_root_cert",
         "istiod_tls",
         "cert_manager",
+        "cluster_trust_bundles",
+        "pod_certificates",
     ]
     .iter()
     .any(|k| present(k));

@@ -41,6 +41,19 @@ pub async fn admin(cp: &ControlPlane) -> Client {
     client_from(&cp.admin_kubeconfig()).await
 }
 
+/// A client acting as `user` in `groups` only (impersonated by the admin),
+/// so the API server authorizes and admits its requests as that user's:
+/// `system:node:<name>` in `system:nodes` is a kubelet.
+pub async fn client_as(cp: &ControlPlane, user: &str, groups: &[&str]) -> Client {
+    let kc = Kubeconfig::read_from(cp.admin_kubeconfig()).unwrap();
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    cfg.auth_info.impersonate = Some(user.to_owned());
+    cfg.auth_info.impersonate_groups = Some(groups.iter().map(|g| (*g).to_owned()).collect());
+    Client::try_from(cfg).unwrap()
+}
+
 pub async fn namespace(c: &Client, name: &str) {
     let api: Api<Namespace> = Api::all(c.clone());
     let ns = Namespace {
