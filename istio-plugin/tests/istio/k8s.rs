@@ -106,6 +106,7 @@ const WITHIN: Duration = Duration::from_secs(10);
 fn csr_config(include_root: bool) -> CsrSignerConfig {
     CsrSignerConfig {
         authority: "mesh".into(),
+        routes: Vec::new(),
         signer_names: vec!["signet.dev/mesh".into()],
         allowed_requesters: vec![ISTIOD.into()],
         allowed_sans: None,
