@@ -204,7 +204,7 @@ async fn dev_server_signs_an_openssl_csr_that_openssl_verifies() {
         .unwrap();
     assert!(
         metrics.contains(
-            r#"signet_requests_total{frontend="rest",authority="dev",outcome="issued"} 6"#
+            r#"signet_requests_total{frontend="rest",route="default",authority="dev",outcome="issued"} 6"#
         ),
         "{metrics}"
     );
