@@ -76,6 +76,22 @@ pub async fn start(
         ));
         tasks.push(tokio::spawn(signer.run()));
         tracing::info!(signers = ?c.signer_names, "PodCertificateRequest signer started");
+        // Pods verify with the signer's ClusterTrustBundles: say which
+        // authority's roots no bundle publishes for a signer name.
+        let published: Vec<(&str, &str)> = f
+            .cluster_trust_bundles
+            .iter()
+            .flat_map(|b| &b.bundles)
+            .filter_map(|b| Some((b.signer_name.as_deref()?, b.authority.as_str())))
+            .collect();
+        let used = std::iter::once(&c.authority).chain(c.routes.iter().map(|r| &r.authority));
+        for authority in used {
+            for signer in &c.signer_names {
+                if !published.contains(&(signer.as_str(), authority.as_str())) {
+                    tracing::warn!(signer = %signer, authority = %authority, "no frontends.cluster_trust_bundles entry publishes this authority's roots for this signer name; pods selecting the signer's ClusterTrustBundles will not trust its certificates");
+                }
+            }
+        }
     }
     start_istio_writers(
         config,

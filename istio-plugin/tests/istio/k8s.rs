@@ -126,6 +126,7 @@ async fn file(cluster: &Cluster, csr: &CertificateSigningRequest) {
 
 signet_tests::cluster_tests!(both:
     the_csr_signer_signs_only_what_it_should,
+    the_csr_signer_routes_by_signer_name_and_namespace,
     followers_do_not_write_and_a_new_leader_catches_up,
     cacerts_are_created_rotated_and_never_broken,
     the_tls_layout_works_too,
@@ -161,6 +162,81 @@ fn start_csr_signer(
         leader,
     ));
     tokio::spawn(signer.run());
+}
+
+/// Two authorities behind one CSR signer: a request for the second signer
+/// name, or for an identity in the routed namespace, is signed under the
+/// second root; anything else under the first.
+async fn the_csr_signer_routes_by_signer_name_and_namespace(cluster: Cluster) {
+    let c = cluster.client().await;
+    let now = SystemTime::now();
+    let (mesh_up, pay_up) = (
+        CaSigner::root(now, 365 * DAY),
+        CaSigner::root(now, 365 * DAY),
+    );
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let pay = Arc::new(Authority::new(
+        "payments",
+        pay_up.clone(),
+        AuthorityPolicy::new(td(), PolicyConfig::default()).unwrap(),
+        clock.clone(),
+    ));
+    let routes: Vec<signet_core::routing::RouteConfig> = serde_json::from_value(json!([
+        { "name": "by-signer", "authority": "payments", "signer_names": ["signet.dev/payments"] },
+        { "name": "by-namespace", "authority": "payments", "namespaces": ["payments"] },
+    ]))
+    .unwrap();
+    let mut config = csr_config(false);
+    config.signer_names.push("signet.dev/payments".into());
+    config.routes = routes.clone();
+    let (_tx, leader) = watch::channel(true);
+    let routed = signet_core::routing::Routes::new(
+        routes.into_iter().map(|r| (r, pay.clone())).collect(),
+        authority(mesh_up.clone(), clock),
+        None,
+    )
+    .unwrap();
+    tokio::spawn(Arc::new(CsrSigner::routed(c.clone(), config, routed, leader)).run());
+    let api: Api<CertificateSigningRequest> = Api::all(c);
+    let in_ns = |ns: &str| {
+        vec![San::Uri(
+            format!("spiffe://cluster.local/ns/{ns}/sa/web")
+                .parse()
+                .unwrap(),
+        )]
+    };
+    for (name, signer, sans, up) in [
+        ("plain", "signet.dev/mesh", workload("demo"), &mesh_up),
+        (
+            "by-signer",
+            "signet.dev/payments",
+            workload("demo"),
+            &pay_up,
+        ),
+        (
+            "by-namespace",
+            "signet.dev/mesh",
+            in_ns("payments"),
+            &pay_up,
+        ),
+    ] {
+        file(&cluster, &k8s_csr(name, signer, ISTIOD, &sans, None)).await;
+        approve(&api, name, "Approved").await;
+        let cert = eventually(name, WITHIN, async || {
+            api.get(name)
+                .await
+                .unwrap()
+                .status
+                .and_then(|s| s.certificate)
+        })
+        .await;
+        let leaf = &pem::certificates(&cert.0).unwrap()[0];
+        let root = up.trust_bundle().await.unwrap().roots()[0].clone();
+        assert!(
+            signet_core::chain::anchored_by(leaf, root.as_ref()),
+            "{name}: signed under the routed authority's root"
+        );
+    }
 }
 
 async fn the_csr_signer_signs_only_what_it_should(cluster: Cluster) {
