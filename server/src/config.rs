@@ -453,7 +453,20 @@ impl Config {
             let min = signet_kubernetes::pod_certificates::MIN_LIFETIME;
             let used = std::iter::once(&p.authority).chain(p.routes.iter().map(|r| &r.authority));
             for name in used {
-                let policy = &self.authorities[name].policy;
+                let a = &self.authorities[name];
+                // AWS PCA's end-entity template takes names from the CSR, and
+                // the kubelet's stub CSR names nothing.
+                let pca = self
+                    .backends
+                    .get(&a.backend)
+                    .is_some_and(|b| b.kind() == signet_backends::BackendKind::AwsPca);
+                if pca && a.mode == Mode::Direct {
+                    return Err(at.invalid(
+                        format!("authorities.{name}.mode"),
+                        "frontends.pod_certificates needs mode: delegated over aws_pca (PCA takes a leaf's names from the CSR, and the kubelet's names nothing)",
+                    ));
+                }
+                let policy = &a.policy;
                 if policy.max_ttl.get() + policy.backdate.get() < min {
                     return Err(at.invalid(
                         format!("authorities.{name}.policy.max_ttl"),
@@ -769,6 +782,48 @@ frontends:
             err.contains("trust_domain") && err.contains("line 2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn routes_and_pod_certificates_are_checked() {
+        let with = |frontends: &str| {
+            let text = GOOD.replace("frontends:\n", &format!("frontends:\n{frontends}"));
+            parse(&text).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let pods = |extra: &str| {
+            format!(
+                "  pod_certificates:\n    signer_names: [signet.dev/pods]\n    authority: mesh\n{extra}"
+            )
+        };
+        with(&pods("")).unwrap();
+        let e = with(&pods("    routes: [{ name: t, authority: nope }]\n")).unwrap_err();
+        assert!(
+            e.contains("frontends.pod_certificates.routes[0].authority"),
+            "{e}"
+        );
+        let e = with(&pods(
+            "    routes: [{ name: t, authority: mesh }, { name: t, authority: mesh }]\n",
+        ))
+        .unwrap_err();
+        assert!(e.contains("used twice"), "{e}");
+        let e = with(&pods("    routes: [{ name: default, authority: mesh }]\n")).unwrap_err();
+        assert!(e.contains("reserved"), "{e}");
+        let e = with(
+            "  pod_certificates: { signer_names: [kubernetes.io/kube-apiserver-client-pod], authority: mesh }\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("reserved for the Kubernetes project"), "{e}");
+        // Kubernetes takes no pod certificate under an hour.
+        let short = GOOD.replace(
+            "{ default_ttl: 1h, max_ttl: 24h }",
+            "{ default_ttl: 30m, max_ttl: 30m }",
+        );
+        let e = parse(&short.replace("frontends:\n", &format!("frontends:\n{}", pods(""))))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("authorities.mesh.policy.max_ttl"), "{e}");
+        let e = with(&pods("    dns_names: [\"{pod}..bad\"]\n")).unwrap_err();
+        assert!(e.contains("dns_names"), "{e}");
     }
 
     #[test]
