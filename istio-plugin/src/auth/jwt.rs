@@ -9,6 +9,14 @@
 //! must be valid Kubernetes names. The JWKS comes from a
 //! file or a URL, cached, refreshed periodically and (rate-limited) when a
 //! token names an unknown key.
+//!
+//! A token that verified is remembered (by its SHA-256) with what it proved
+//! and its `nbf`/`exp`: the same token again — an agent reusing its token
+//! per connection, a restart storm of identical tokens — costs a hash and a
+//! lookup instead of a signature check and two JSON parses. The time checks
+//! are made again on every use, and a change of the issuer's keys forgets
+//! every remembered token (one signed by a withdrawn key is never accepted
+//! from memory).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -29,6 +37,19 @@ use crate::identity::{Identity, PodRef, parse_service_account_username};
 
 /// The least time between two JWKS fetches triggered by unknown key IDs.
 const REFETCH_MIN_INTERVAL: Duration = Duration::from_secs(30);
+/// Most verified tokens remembered; beyond it, expired ones are dropped,
+/// then all.
+const MAX_VERIFIED: usize = 65_536;
+
+/// What a verified token proved, and while when.
+#[derive(Debug, Clone)]
+struct Verified {
+    identity: Identity,
+    nbf: Option<i64>,
+    exp: i64,
+    /// The key set that verified it ([`JwtAuthenticator::generation`]).
+    generation: u64,
+}
 
 #[derive(Debug, Deserialize)]
 struct KubernetesClaims {
@@ -99,6 +120,11 @@ fn pinned_algorithm(jwk: &Jwk) -> Option<Vec<Algorithm>> {
 pub struct JwtAuthenticator {
     config: JwtIssuerConfig,
     keys: ArcSwap<JwkSet>,
+    /// Bumped whenever the key set changes.
+    generation: std::sync::atomic::AtomicU64,
+    /// SHA-256 of the JWKS last loaded (to tell a change from a re-fetch).
+    keys_digest: std::sync::Mutex<[u8; 32]>,
+    verified: std::sync::RwLock<std::collections::HashMap<[u8; 32], Verified>>,
     last_fetch: Mutex<Option<tokio::time::Instant>>,
     http: reqwest::Client,
     clock: Arc<dyn Clock>,
@@ -114,6 +140,9 @@ impl JwtAuthenticator {
         let this = Arc::new(Self {
             config,
             keys: ArcSwap::from_pointee(JwkSet { keys: vec![] }),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            keys_digest: std::sync::Mutex::new([0; 32]),
+            verified: std::sync::RwLock::new(std::collections::HashMap::new()),
             last_fetch: Mutex::new(None),
             http,
             clock,
@@ -157,8 +186,50 @@ impl JwtAuthenticator {
         };
         let set: JwkSet =
             serde_json::from_slice(&bytes).map_err(|e| format!("invalid JWKS: {e}"))?;
+        let digest = signet_core::crypto::sha256(&bytes);
+        let mut held = self.keys_digest.lock().unwrap_or_else(|e| e.into_inner());
         self.keys.store(Arc::new(set));
+        if *held != digest {
+            *held = digest;
+            // Tokens verified by the old keys are checked again.
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.verified
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
         Ok(())
+    }
+
+    /// The identity `token` (whose SHA-256 is `digest`) proved before, when
+    /// the keys that verified it are still the issuer's and it is within its
+    /// validity now; `None` means: verify it.
+    pub fn remembered(&self, digest: &[u8; 32]) -> Option<Identity> {
+        let v = self
+            .verified
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+            .cloned()?;
+        let now = unix_seconds(self.clock.now());
+        let leeway = self.config.leeway.get().as_secs() as i64;
+        let current = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let in_time = now <= v.exp + leeway && v.nbf.is_none_or(|nbf| now + leeway >= nbf);
+        (v.generation == current && in_time).then_some(v.identity)
+    }
+
+    fn remember(&self, digest: [u8; 32], v: Verified) {
+        let now = unix_seconds(self.clock.now());
+        let leeway = self.config.leeway.get().as_secs() as i64;
+        let mut map = self.verified.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_VERIFIED {
+            map.retain(|_, v| now <= v.exp + leeway);
+            if map.len() >= MAX_VERIFIED {
+                map.clear();
+            }
+        }
+        map.insert(digest, v);
     }
 
     /// Re-fetches a URL-based JWKS when a token names an unknown key, at
@@ -175,8 +246,32 @@ impl JwtAuthenticator {
         due && self.refresh().await.is_ok()
     }
 
-    /// Verifies `token`, returning the service account it names.
+    /// Verifies `token`, returning the service account it names (from
+    /// memory when it verified before; see the module doc).
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let digest = signet_core::crypto::sha256(token.as_bytes());
+        if let Some(id) = self.remembered(&digest) {
+            return Ok(id);
+        }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let (identity, nbf, exp) = self.verify_signature(token).await?;
+        self.remember(
+            digest,
+            Verified {
+                identity: identity.clone(),
+                nbf,
+                exp,
+                generation,
+            },
+        );
+        Ok(identity)
+    }
+
+    /// The full check: signature by a current key, then the claims.
+    async fn verify_signature(
+        &self,
+        token: &str,
+    ) -> Result<(Identity, Option<i64>, i64), AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::invalid("malformed token", e))?;
         if matches!(
@@ -208,7 +303,12 @@ impl JwtAuthenticator {
         let mut last = None;
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, &key, &validation) {
-                Ok(data) => return self.identity(data.claims),
+                Ok(data) => {
+                    let (nbf, exp) = (data.claims.nbf, data.claims.exp);
+                    let identity = self.identity(data.claims)?;
+                    // `identity` refused a token without `exp`.
+                    return Ok((identity, nbf, exp.unwrap_or_default()));
+                }
                 Err(e) => last = Some(e),
             }
         }

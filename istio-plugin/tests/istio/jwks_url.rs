@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use signet_core::SystemClock;
+use signet_core::clock::ManualClock;
 use signet_core::duration::HumanDuration;
 use signet_istio::auth::jwt::JwtAuthenticator;
 use signet_istio::config::JwtIssuerConfig;
@@ -89,6 +90,12 @@ async fn keys_are_refetched_when_the_issuer_rotates() {
         .unwrap();
     auth.verify(&t2).await.expect("new key fetched");
     assert_eq!(*fetches.lock().unwrap(), 2);
+    // The old key is gone: its token, verified (and remembered) before, is
+    // checked again and refused.
+    assert!(
+        auth.verify(&t).await.is_err(),
+        "a withdrawn key's token is not accepted from memory"
+    );
     // Unknown kids do not hammer the issuer: within 30 s no new fetch.
     let stranger_dir = tempfile::tempdir().unwrap();
     let stranger = DevIssuer::ensure(stranger_dir.path()).unwrap();
@@ -103,4 +110,45 @@ async fn keys_are_refetched_when_the_issuer_rotates() {
     assert!(auth.verify(&t3).await.is_err());
     assert!(auth.verify(&t3).await.is_err());
     assert_eq!(*fetches.lock().unwrap(), 2, "rate-limited re-fetch");
+}
+
+/// A verified token is remembered, and the time checks are made again on
+/// every use: past its `exp` (and the leeway) it is refused as expired.
+#[tokio::test]
+async fn a_remembered_token_still_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = DevIssuer::ensure(dir.path()).unwrap();
+    let start = SystemTime::now();
+    let clock = Arc::new(ManualClock::new(start));
+    let auth = JwtAuthenticator::new(
+        JwtIssuerConfig {
+            issuer: "signet-dev".into(),
+            cluster: "east".into(),
+            jwks_file: Some(issuer.jwks.clone()),
+            jwks_url: None,
+            audiences: vec!["istio-ca".into()],
+            jwks_refresh: HumanDuration::from_secs(3600),
+            leeway: HumanDuration::from_secs(60),
+        },
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    let t = issuer
+        .mint("default", "demo", Duration::from_secs(600), start)
+        .unwrap();
+    let digest = signet_core::crypto::sha256(t.as_bytes());
+    assert!(auth.remembered(&digest).is_none());
+    auth.verify(&t).await.unwrap();
+    assert!(auth.remembered(&digest).is_some(), "remembered");
+    clock.advance(Duration::from_secs(600 + 30));
+    auth.verify(&t).await.expect("within the leeway");
+    clock.advance(Duration::from_secs(60));
+    assert!(auth.remembered(&digest).is_none());
+    match auth.verify(&t).await {
+        Err(signet_istio::auth::AuthError::Invalid { public, .. }) => {
+            assert_eq!(public, "token expired")
+        }
+        other => panic!("{other:?}"),
+    }
 }
