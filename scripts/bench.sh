@@ -202,8 +202,8 @@ frontends:
     authority: mesh
     auth: { tokens_file: $WORK/tokens.yaml }
     principals:
-      - name: bench
-        allowed_sans: ["spiffe://cluster.local/*"]
+      - name: "token:bench"
+        allowed_sans: ["spiffe://cluster.local/**"]
   istio:
     listen: 127.0.0.1:$3
     authority: mesh
