@@ -1,6 +1,7 @@
 //! Decorators that make any [`Signer`] safe to lean on: timeout, retry with
-//! jittered exponential backoff, token-bucket rate limit, circuit breaker and
-//! concurrency limit. Each wraps an `Arc<dyn Signer>` and is itself a signer.
+//! jittered exponential backoff, token-bucket rate limit, circuit breaker,
+//! concurrency limit, and coalescing of identical in-flight requests. Each
+//! wraps an `Arc<dyn Signer>` and is itself a signer.
 //!
 //! What is worth retrying is decided once, by [`ErrorKind::is_retryable`]:
 //! an unreachable, slow or throttling backend is; a refusal, a bad CSR or a
@@ -559,6 +560,142 @@ impl Signer for ConcurrencyLimit {
     }
 }
 
+// === Coalesce ===
+
+/// Joins identical requests in flight into one upstream call: the same
+/// public key asking for the same certificate (names, profile, CA-ness,
+/// lifetime to the second, renewal mark). A storm of agents retrying the
+/// same CSR, or replicas of one workload restarting with one key, costs
+/// the upstream one certificate; every caller gets it. Only requests in
+/// flight are joined: a request after the answer is a new call.
+///
+/// A joined caller gets the leader's certificate, or its failure as
+/// `backend_unavailable` when retrying may help and `backend_rejected`
+/// otherwise (the leader's own error keeps its exact kind).
+#[derive(Debug)]
+pub struct Coalesce {
+    inner: Arc<dyn Signer>,
+    in_flight: Mutex<std::collections::HashMap<[u8; 32], Arc<Joined>>>,
+    joined: std::sync::atomic::AtomicU64,
+}
+
+type Joined = tokio::sync::OnceCell<Result<IssuedChain, (bool, String)>>;
+
+impl Coalesce {
+    pub fn new(inner: Arc<dyn Signer>) -> Self {
+        Self {
+            inner,
+            in_flight: Mutex::new(std::collections::HashMap::new()),
+            joined: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Requests answered by another request's upstream call so far.
+    pub fn joined(&self) -> u64 {
+        self.joined.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What makes two requests the same certificate request.
+    fn key(d: &IssuanceDecision, csr: &VerifiedCsr) -> [u8; 32] {
+        let mut b = Vec::with_capacity(512);
+        let mut field = |x: &[u8]| {
+            b.extend_from_slice(&(x.len() as u64).to_be_bytes());
+            b.extend_from_slice(x);
+        };
+        field(csr.spki_der());
+        for san in d.sans() {
+            field(san.to_string().as_bytes());
+        }
+        field(d.profile().map_or("ca", |p| p.as_str()).as_bytes());
+        field(d.common_name().unwrap_or_default().as_bytes());
+        field(&d.ttl().as_secs().to_be_bytes());
+        field(&[u8::from(d.renewable())]);
+        field(
+            &d.ca()
+                .map_or([0, 0], |c| [1, c.path_len.map_or(255, |p| p)]),
+        );
+        for url in d.crl_distribution_points() {
+            field(url.as_bytes());
+        }
+        crate::crypto::sha256(&b)
+    }
+}
+
+#[async_trait]
+impl Signer for Coalesce {
+    async fn sign(
+        &self,
+        d: &IssuanceDecision,
+        csr: &VerifiedCsr,
+    ) -> Result<IssuedChain, SignError> {
+        let key = Self::key(d, csr);
+        let cell = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        let mut own = None;
+        let shared = cell
+            .get_or_init(|| async {
+                let r = self.inner.sign(d, csr).await;
+                let shared = match &r {
+                    Ok(c) => Ok(c.clone()),
+                    Err(e) => Err((e.kind().is_retryable(), e.to_string())),
+                };
+                own = Some(r);
+                shared
+            })
+            .await;
+        if let Some(r) = own {
+            // This call made the upstream call: the next identical request
+            // after this answer is a new one.
+            let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            if map.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                map.remove(&key);
+            }
+            return r;
+        }
+        self.joined
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match shared {
+            Ok(c) => Ok(c.clone()),
+            Err((true, m)) => Err(SignError::BackendUnavailable(format!(
+                "an identical request in flight failed: {m}"
+            ))),
+            Err((false, m)) => Err(SignError::BackendRejected(format!(
+                "an identical request in flight was refused: {m}"
+            ))),
+        }
+    }
+    async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {
+        self.inner.trust_bundle().await
+    }
+    fn describe(&self) -> BackendInfo {
+        self.inner.describe()
+    }
+    fn holds_ca_key(&self, spki_der: &[u8]) -> bool {
+        self.inner.holds_ca_key(spki_der)
+    }
+    async fn layout(&self) -> Result<crate::layout::Layout, SignError> {
+        self.inner.layout().await
+    }
+    fn issuing_ca(&self) -> Option<Arc<crate::issuer::LocalCa>> {
+        self.inner.issuing_ca()
+    }
+    fn issuer_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.issuer_changes()
+    }
+    async fn revoke(
+        &self,
+        serial_hex: &str,
+        reason: crate::revocation::Reason,
+    ) -> Result<bool, SignError> {
+        self.inner.revoke(serial_hex, reason).await
+    }
+}
+
 // === config ===
 
 fn default_timeout() -> HumanDuration {
@@ -675,7 +812,8 @@ impl ResilienceConfig {
         if let Some(cb) = &self.circuit_breaker {
             s = Arc::new(CircuitBreaker::new(s, cb.failures, cb.open_for.get()));
         }
-        s
+        // Outermost: joined requests take no retry, rate or breaker budget.
+        Arc::new(Coalesce::new(s))
     }
 }
 

@@ -11,7 +11,7 @@ use signet_core::caller::Caller;
 use signet_core::error::{ErrorKind, SignError};
 use signet_core::policy::{AuthorityPolicy, IssuanceDecision, PolicyConfig, Profile};
 use signet_core::resilience::{
-    CircuitBreaker, ConcurrencyLimit, RateLimit, ResilienceConfig, Retry, Timeout,
+    CircuitBreaker, Coalesce, ConcurrencyLimit, RateLimit, ResilienceConfig, Retry, Timeout,
 };
 use signet_core::spiffe::TrustDomain;
 use signet_core::testing::{self, CaSigner, Fault};
@@ -181,4 +181,51 @@ async fn the_configured_stack_recovers_from_a_short_outage() {
         .sign(&d, &csr)
         .await
         .expect("a hung attempt times out and the retry succeeds");
+}
+
+/// Identical requests in flight cost the upstream one call and all get its
+/// certificate; another key is its own call; after the answer, the same
+/// request is a new call; a failure reaches every joined caller.
+#[tokio::test(start_paused = true)]
+async fn identical_requests_in_flight_make_one_upstream_call() {
+    let up = CaSigner::root(SystemTime::now(), DAY);
+    let co = Arc::new(Coalesce::new(up.clone()));
+    let (d, csr) = request();
+    let (d2, csr2) = request();
+    up.set_fault(Fault::Slow(Duration::from_millis(500)), 2);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (co, d, csr, d2, csr2) = (co.clone(), d.clone(), csr.clone(), d2.clone(), csr2.clone());
+        tasks.push(tokio::spawn(async move {
+            if i == 19 {
+                co.sign(&d2, &csr2).await
+            } else {
+                co.sign(&d, &csr).await
+            }
+        }));
+    }
+    let mut serials = std::collections::BTreeSet::new();
+    for t in tasks {
+        serials.insert(t.await.unwrap().unwrap().serial_hex().to_owned());
+    }
+    assert_eq!(up.calls(), 2, "one call per distinct request");
+    assert_eq!(serials.len(), 2);
+    assert_eq!(co.joined(), 18);
+    co.sign(&d, &csr).await.unwrap();
+    assert_eq!(up.calls(), 3, "answered requests are not remembered");
+
+    // A slow upstream cut by the timeout: one call, both callers fail retryably.
+    let timed = Coalesce::new(Arc::new(Timeout::new(
+        up.clone(),
+        Duration::from_millis(100),
+    )));
+    up.set_fault(Fault::Slow(Duration::from_secs(1)), 1);
+    let (a, b) = tokio::join!(timed.sign(&d, &csr), timed.sign(&d, &csr));
+    let kinds = [a.unwrap_err().kind(), b.unwrap_err().kind()];
+    assert_eq!(
+        kinds,
+        [ErrorKind::BackendUnavailable; 2],
+        "both see the failure"
+    );
+    assert_eq!(up.calls(), 4);
 }
