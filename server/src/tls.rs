@@ -314,11 +314,21 @@ pub struct BundleClientVerifier {
 
 impl BundleClientVerifier {
     /// Trusts the roots of every authority in `authorities`, kept current.
+    /// An authority whose bundle cannot be read keeps the roots last read
+    /// for it (one tenant's outage does not stop the others' renewals);
+    /// the loop then retries sooner.
     pub fn start(authorities: Vec<Arc<Authority>>) -> Arc<Self> {
         let this = Arc::new(Self {
             inner: ArcSwapOption::empty(),
         });
-        let held = Arc::new(std::sync::Mutex::new(Vec::<CertificateDer<'static>>::new()));
+        type Held = (
+            Vec<Vec<CertificateDer<'static>>>,
+            Vec<CertificateDer<'static>>,
+        );
+        let held: Arc<std::sync::Mutex<Held>> = Arc::new(std::sync::Mutex::new((
+            vec![Vec::new(); authorities.len()],
+            Vec::new(),
+        )));
         Worker::new("client certificate roots")
             .backoff(Backoff::new(
                 Duration::from_secs(1),
@@ -327,30 +337,46 @@ impl BundleClientVerifier {
             .spawn_for(&this, move |this| {
                 let (authorities, held) = (authorities.clone(), held.clone());
                 async move {
-                    let mut roots = Vec::new();
+                    let mut failed = Vec::new();
+                    let mut read = Vec::with_capacity(authorities.len());
                     for authority in &authorities {
-                        let bundle = authority.trust_bundle().await.map_err(|e| {
-                            format!(
-                                "trust bundle of {} for client certificates not available: {e}",
-                                authority.name()
-                            )
-                        })?;
-                        for r in bundle.roots() {
-                            if !roots.contains(r) {
-                                roots.push(r.clone());
+                        match authority.trust_bundle().await {
+                            Ok(b) => read.push(Some(b.roots().to_vec())),
+                            Err(e) => {
+                                failed.push(format!("{}: {e}", authority.name()));
+                                read.push(None);
                             }
                         }
                     }
                     let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
-                    if roots != *held {
+                    for (slot, fresh) in held.0.iter_mut().zip(read) {
+                        if let Some(r) = fresh {
+                            *slot = r;
+                        }
+                    }
+                    let mut roots: Vec<CertificateDer<'static>> = Vec::new();
+                    for r in held.0.iter().flatten() {
+                        if !roots.contains(r) {
+                            roots.push(r.clone());
+                        }
+                    }
+                    if !roots.is_empty() && roots != held.1 {
                         let verifier = static_client_verifier(roots.clone()).map_err(|e| {
                             format!("trust bundle unusable for client certificates: {e}")
                         })?;
                         this.inner.store(Some(Arc::new(verifier)));
-                        *held = roots;
-                        tracing::info!(roots = held.len(), "client certificate roots loaded");
+                        tracing::info!(roots = roots.len(), "client certificate roots loaded");
+                        held.1 = roots;
                     }
-                    Ok::<_, String>(Next::In(Duration::from_secs(60)))
+                    drop(held);
+                    if failed.is_empty() {
+                        Ok::<_, String>(Next::In(Duration::from_secs(60)))
+                    } else {
+                        Err(format!(
+                            "trust bundle for client certificates not available: {}",
+                            failed.join("; ")
+                        ))
+                    }
                 }
             });
         this
