@@ -219,10 +219,10 @@ pub struct PeerInfo {
     pub addr: std::net::SocketAddr,
     /// The verified client certificate (the leaf).
     pub client_cert: Option<Arc<[u8]>>,
-    /// The last certificate the client presented (the leaf itself when it
-    /// sent no intermediates): the one a root issued, which tells a routed
-    /// front-end whose roots the handshake verified it against.
-    pub client_chain_top: Option<Arc<[u8]>>,
+    /// Every certificate the client presented, leaf first: a routed
+    /// front-end verifies the chain again against the roots of the one
+    /// authority the identity routes to.
+    pub client_chain: Option<Arc<[Vec<u8>]>>,
 }
 
 /// The principal a verified client certificate names: its URI SAN, else its

@@ -883,6 +883,44 @@ pub fn order_path(
     path
 }
 
+/// Verifies a presented client chain (leaf first, then the intermediates
+/// the client sent) for client authentication at `now`, trusting only
+/// `roots`: signatures, validity, constraints and the path, by webpki.
+pub fn verify_client_chain(
+    presented: &[Vec<u8>],
+    roots: &[CertificateDer<'_>],
+    now: SystemTime,
+) -> Result<(), String> {
+    let (leaf, rest) = presented
+        .split_first()
+        .ok_or_else(|| "no client certificate".to_owned())?;
+    let anchors = roots
+        .iter()
+        .map(|r| webpki::anchor_from_trusted_cert(r).map(|a| a.to_owned()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("unusable root: {e}"))?;
+    let leaf = CertificateDer::from(leaf.as_slice());
+    let ee = webpki::EndEntityCert::try_from(&leaf).map_err(|e| e.to_string())?;
+    let intermediates: Vec<CertificateDer<'_>> = rest
+        .iter()
+        .map(|c| CertificateDer::from(c.as_slice()))
+        .collect();
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?;
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        &intermediates,
+        rustls_pki_types::UnixTime::since_unix_epoch(since),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
 /// Whether a DER certificate's subject and issuer names are the same.
 /// Whether `root` is the certificate `top` chains to: its subject is
 /// `top`'s issuer, and its key identifier matches `top`'s authority key

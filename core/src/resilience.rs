@@ -570,16 +570,40 @@ impl Signer for ConcurrencyLimit {
 /// flight are joined: a request after the answer is a new call.
 ///
 /// A joined caller gets the leader's certificate, or its failure as
-/// `backend_unavailable` when retrying may help and `backend_rejected`
-/// otherwise (the leader's own error keeps its exact kind).
+/// `backend_unavailable` when the same request may succeed later and
+/// `backend_rejected` otherwise (the leader's own error keeps its exact
+/// kind).
 #[derive(Debug)]
 pub struct Coalesce {
     inner: Arc<dyn Signer>,
-    in_flight: Mutex<std::collections::HashMap<[u8; 32], Arc<Joined>>>,
+    in_flight: InFlightMap,
     joined: std::sync::atomic::AtomicU64,
 }
 
 type Joined = tokio::sync::OnceCell<Result<IssuedChain, (bool, String)>>;
+type InFlightMap = Mutex<std::collections::HashMap<[u8; 32], Arc<Joined>>>;
+
+/// One caller's hold on an in-flight entry (see [`Coalesce::sign`]).
+struct InFlight<'a> {
+    map: &'a InFlightMap,
+    key: [u8; 32],
+    cell: Arc<Joined>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        // Held by the map and this guard only: nobody else waits on it.
+        let last = Arc::strong_count(&self.cell) <= 2;
+        if map
+            .get(&self.key)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.cell))
+            && (self.cell.initialized() || last)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
 
 impl Coalesce {
     pub fn new(inner: Arc<dyn Signer>) -> Self {
@@ -593,6 +617,14 @@ impl Coalesce {
     /// Requests answered by another request's upstream call so far.
     pub fn joined(&self) -> u64 {
         self.joined.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Entries in flight (for tests: a cancelled request leaves none).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// What makes two requests the same certificate request.
@@ -636,25 +668,28 @@ impl Signer for Coalesce {
             .entry(key)
             .or_default()
             .clone();
+        // Removes the entry once answered, or when the last caller waiting
+        // on it gives up (a cancelled request must not leave it behind).
+        let guard = InFlight {
+            map: &self.in_flight,
+            key,
+            cell,
+        };
         let mut own = None;
-        let shared = cell
+        let shared = guard
+            .cell
             .get_or_init(|| async {
                 let r = self.inner.sign(d, csr).await;
                 let shared = match &r {
                     Ok(c) => Ok(c.clone()),
-                    Err(e) => Err((e.kind().is_retryable(), e.to_string())),
+                    Err(e) => Err((e.kind().may_succeed_later(), e.to_string())),
                 };
                 own = Some(r);
                 shared
             })
             .await;
         if let Some(r) = own {
-            // This call made the upstream call: the next identical request
-            // after this answer is a new one.
-            let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            if map.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                map.remove(&key);
-            }
+            // This call made the upstream call; its own error keeps its kind.
             return r;
         }
         self.joined

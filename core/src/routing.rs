@@ -67,6 +67,18 @@ impl RouteConfig {
                 self.name
             ));
         }
+        // The workload names its CertSigner itself: alone, it would let any
+        // workload take another tenant's authority for its identity.
+        if !self.cert_signers.is_empty()
+            && self.namespaces.is_empty()
+            && self.namespace_labels.is_empty()
+            && self.service_accounts.is_empty()
+        {
+            return Err(format!(
+                "route {:?}: cert_signers is chosen by the workload; combine it with namespaces, namespace_labels or service_accounts",
+                self.name
+            ));
+        }
         for sa in &self.service_accounts {
             let ok = sa.split_once('/').is_some_and(|(ns, name)| {
                 !ns.is_empty() && !name.is_empty() && !name.contains('/')

@@ -825,3 +825,47 @@ fn leaves_carry_the_configured_crl_distribution_point() {
         assert!(config.validate().is_err(), "{bad}");
     }
 }
+
+/// A presented client chain verifies only under the roots asked for: a leaf
+/// from one hierarchy does not pass under another's root, not even with
+/// that root appended to what the client sends, nor with the issuer's name
+/// copied by a self-made CA.
+#[test]
+fn client_chains_verify_only_under_the_roots_given() {
+    use signet_core::chain::verify_client_chain;
+    let now = SystemTime::now();
+    let (root_a, inter_a) = hierarchy(now, KeyAlgorithm::EcdsaP256);
+    let (root_b, _) = hierarchy(now, KeyAlgorithm::EcdsaP256);
+    let c = csr(KeyAlgorithm::EcdsaP256, &[DEMO]);
+    let d = policy()
+        .decide(
+            &Caller::internal("t"),
+            &grant(&[DEMO], &[Profile::Workload]),
+            &c,
+            &request(Profile::Workload, None),
+            now,
+        )
+        .unwrap();
+    let chain = inter_a.sign(&d, c.public_key()).unwrap();
+    let leaf = chain.leaf().to_vec();
+    let inter = inter_a.certificate().to_vec();
+    let roots_a = root_a.trust_bundle().roots().to_vec();
+    let roots_b = root_b.trust_bundle().roots().to_vec();
+    verify_client_chain(&[leaf.clone(), inter.clone()], &roots_a, now).expect("under A");
+    assert!(verify_client_chain(&[leaf.clone(), inter.clone()], &roots_b, now).is_err());
+    let b_root = roots_b[0].to_vec();
+    assert!(
+        verify_client_chain(&[leaf.clone(), inter.clone(), b_root], &roots_b, now).is_err(),
+        "appending B's root does not help"
+    );
+    assert!(
+        verify_client_chain(&[leaf], &roots_a, now).is_err(),
+        "the intermediate is needed"
+    );
+    // Both test hierarchies share names ("test root", "test intermediate"):
+    // B's root has A's root's name, and still does not verify A's chain.
+    assert_eq!(
+        signet_core::chain::subject_name(&roots_a[0]),
+        signet_core::chain::subject_name(&roots_b[0])
+    );
+}

@@ -248,24 +248,21 @@ fn metadata_string(req: &IstioCertificateRequest, key: &str) -> Result<Option<St
 /// With routes, the TLS handshake accepts certificates under the roots of
 /// every routed authority; a renewal must come from under the roots of the
 /// authority its identity routes to, so that one tenant's CA cannot renew
-/// into another's.
+/// into another's. The presented chain is verified again (signatures,
+/// validity, path) against that authority's roots alone.
 async fn renewed_under(peer: Option<&PeerInfo>, authority: &Authority) -> Result<(), SignError> {
-    let top = peer
-        .and_then(|p| p.client_chain_top.as_deref())
+    let presented = peer
+        .and_then(|p| p.client_chain.as_deref())
         .ok_or_else(|| SignError::Unauthenticated("no client certificate".into()))?;
     let bundle = authority.trust_bundle().await?;
-    if bundle
-        .roots()
-        .iter()
-        .any(|r| signet_core::chain::anchored_by(top, r.as_ref()) || top == r.as_ref())
-    {
-        Ok(())
-    } else {
-        Err(SignError::Unauthenticated(format!(
-            "client certificate is not under the roots of authority {}, where its identity is routed",
-            authority.name()
-        )))
-    }
+    signet_core::chain::verify_client_chain(presented, bundle.roots(), authority.clock().now())
+        .map_err(|e| {
+            tracing::info!(authority = authority.name(), error = %e, "renewal certificate not under the routed authority's roots");
+            SignError::Unauthenticated(format!(
+                "client certificate is not under the roots of authority {}, where its identity is routed",
+                authority.name()
+            ))
+        })
 }
 
 fn auth_method(identity: &Identity) -> AuthMethod {

@@ -43,6 +43,8 @@ use crate::{
 const FRONTEND: &str = "pod_certificates";
 /// The shortest lifetime the API accepts for an issued certificate.
 pub const MIN_LIFETIME: Duration = Duration::from_secs(3600);
+/// How far `notBefore` may lie from the API server's clock.
+pub const MAX_BACKDATE: Duration = Duration::from_secs(300);
 /// `beginRefreshAt` must lie this far inside the certificate's lifetime.
 const REFRESH_MARGIN: Duration = Duration::from_secs(600);
 
@@ -580,6 +582,24 @@ impl PodCertificateSigner {
                 spec.pod_name, spec.node_name
             ));
         }
+        // The pod must ask for this signer in a podCertificate volume (what
+        // NodeRestriction checks for the kubelet; a request someone else
+        // filed for a pod that never asked is denied).
+        let asks = pod_spec.volumes.iter().flatten().any(|v| {
+            v.projected.iter().any(|p| {
+                p.sources.iter().flatten().any(|src| {
+                    src.pod_certificate
+                        .as_ref()
+                        .is_some_and(|pc| pc.signer_name == spec.signer_name)
+                })
+            })
+        });
+        if !asks {
+            return mismatch(format!(
+                "pod {namespace}/{} has no podCertificate volume for signer {}",
+                spec.pod_name, spec.signer_name
+            ));
+        }
         let account = pod_spec
             .service_account_name
             .unwrap_or_else(|| "default".to_owned());
@@ -699,6 +719,26 @@ impl PodCertificateSigner {
                 Ok(Action::await_change())
             }
             Err(e) if is_conflict(&e) => Err(ReconcileError::Conflict),
+            Err(kube::Error::Api(s))
+                if s.code == 422 && matches!(outcome, Outcome::Issued { .. }) =>
+            {
+                // The API will not take this certificate (e.g. its notBefore
+                // is no longer within 5 minutes of the server's clock after
+                // failed writes): fail the request instead of signing again.
+                tracing::error!(request = %name, error = %s.message, "the API refused the issued status; failing the request");
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        uid.to_owned(),
+                        Outcome::Refused {
+                            type_: "Failed",
+                            reason: "SignetSigningFailed",
+                            message: "the API refused the issued certificate's status; delete the request to retry".into(),
+                        },
+                    );
+                Err(ReconcileError::Kube(s.message))
+            }
             Err(e) => Err(ReconcileError::Kube(kube_err(e))),
         }
     }

@@ -467,6 +467,15 @@ impl Config {
                     ));
                 }
                 let policy = &a.policy;
+                if policy.backdate.get() > signet_kubernetes::pod_certificates::MAX_BACKDATE {
+                    return Err(at.invalid(
+                        format!("authorities.{name}.policy.backdate"),
+                        format!(
+                            "{} is too far back for frontends.pod_certificates: Kubernetes wants notBefore within 5m of its clock",
+                            policy.backdate
+                        ),
+                    ));
+                }
                 if policy.max_ttl.get() + policy.backdate.get() < min {
                     return Err(at.invalid(
                         format!("authorities.{name}.policy.max_ttl"),
@@ -824,6 +833,20 @@ frontends:
         assert!(e.contains("authorities.mesh.policy.max_ttl"), "{e}");
         let e = with(&pods("    dns_names: [\"{pod}..bad\"]\n")).unwrap_err();
         assert!(e.contains("dns_names"), "{e}");
+        let far = GOOD.replace(
+            "{ default_ttl: 1h, max_ttl: 24h }",
+            "{ default_ttl: 1h, max_ttl: 24h, backdate: 10m }",
+        );
+        let e = parse(&far.replace("frontends:\n", &format!("frontends:\n{}", pods(""))))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("authorities.mesh.policy.backdate"), "{e}");
+        // CertSigner is the workload's own say: never a route by itself.
+        let e = with(&pods(
+            "    routes: [{ name: t, authority: mesh, cert_signers: [x] }]\n",
+        ))
+        .unwrap_err();
+        assert!(e.contains("cert_signers"), "{e}");
     }
 
     #[test]

@@ -206,13 +206,15 @@ impl Connection {
         let client_cert = presented
             .and_then(|c| c.first())
             .map(|c| Arc::<[u8]>::from(c.as_ref()));
-        let client_chain_top = presented
-            .and_then(|c| c.last())
-            .map(|c| Arc::<[u8]>::from(c.as_ref()));
+        let client_chain = presented.map(|c| {
+            c.iter()
+                .map(|d| d.as_ref().to_vec())
+                .collect::<Arc<[Vec<u8>]>>()
+        });
         let peer = PeerInfo {
             addr,
             client_cert,
-            client_chain_top,
+            client_chain,
         };
         let activity = Arc::new(Activity::new());
         let seen = activity.clone();

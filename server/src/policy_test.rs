@@ -129,6 +129,10 @@ pub fn run(args: PolicyTestArgs) -> anyhow::Result<()> {
 fn refused(args: &PolicyTestArgs, e: &SignError) -> anyhow::Result<()> {
     let wire = e.wire();
     let on_wire = match args.frontend {
+        // The signer writes nothing for these and tries again later.
+        Frontend::PodCertificates if e.kind().may_succeed_later() => {
+            "PodCertificateRequest: no condition, retried".to_owned()
+        }
         Frontend::PodCertificates => format!(
             "PodCertificateRequest {} {}",
             wire.pod_certificate.0, wire.pod_certificate.1

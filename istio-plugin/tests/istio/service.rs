@@ -567,7 +567,7 @@ fn peer_with(cert: &[u8]) -> PeerInfo {
     PeerInfo {
         addr: "127.0.0.1:4000".parse().unwrap(),
         client_cert: Some(Arc::from(cert)),
-        client_chain_top: Some(Arc::from(cert)),
+        client_chain: Some(Arc::from(vec![cert.to_vec()])),
     }
 }
 

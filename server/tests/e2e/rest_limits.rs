@@ -162,7 +162,7 @@ async fn call(rest: &Arc<Rest>) -> (u16, Option<String>, Value) {
     req.extensions_mut().insert(PeerInfo {
         addr,
         client_cert: None,
-        client_chain_top: None,
+        client_chain: None,
     });
     let resp = rest.clone().router().oneshot(req).await.unwrap();
     let status = resp.status().as_u16();

@@ -469,11 +469,34 @@ frontends:
         node_uid: &node2,
         ..good
     };
+    // A pod that never asked for a certificate (no podCertificate volume).
+    let plain: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "plain-0" },
+        "spec": { "serviceAccountName": "web", "nodeName": "node-1",
+                  "containers": [{ "name": "app", "image": "example.invalid/app" }] }
+    }))
+    .unwrap();
+    let plain_uid = Api::<Pod>::namespaced(c.clone(), "shop")
+        .create(&PostParams::default(), &plain)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let never_asked = Facts {
+        pod: "plain-0",
+        pod_uid: &plain_uid,
+        ..good
+    };
     for (i, (what, f)) in [
         ("a pod UID the pod does not have", &stale_uid),
         ("a node the pod does not run on", &other_node),
         ("a service account the pod does not run as", &other_account),
         ("another node's UID", &wrong_node_uid),
+        (
+            "a pod with no podCertificate volume for the signer",
+            &never_asked,
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -526,6 +549,6 @@ frontends:
     );
     drop(signet);
     println!(
-        "proved: on kube-apiserver v1.37 (certificates.k8s.io/v1), a PodCertificateRequest the kubelet files (Node authorization, NodeRestriction) gets the pod's SPIFFE ID and DNS name within maxExpirationSeconds, notBefore/notAfter/beginRefreshAt accepted by the API, verifying to the signer's ClusterTrustBundles; a namespace routed to another authority gets that root and its policy; P-521 is Denied UnsupportedKeyType, unknown annotations InvalidUnverifiedUserAnnotations, a too-short lifetime SignetPolicyDenied (as signet policy test prints), and four forged pod/node/account facts SignetPodMismatch; one signature per issued request"
+        "proved: on kube-apiserver v1.37 (certificates.k8s.io/v1), a PodCertificateRequest the kubelet files (Node authorization, NodeRestriction) gets the pod's SPIFFE ID and DNS name within maxExpirationSeconds, notBefore/notAfter/beginRefreshAt accepted by the API, verifying to the signer's ClusterTrustBundles; a namespace routed to another authority gets that root and its policy; P-521 is Denied UnsupportedKeyType, unknown annotations InvalidUnverifiedUserAnnotations, a too-short lifetime SignetPolicyDenied (as signet policy test prints), and five forged pod/node/account facts (one a pod that never asked) SignetPodMismatch; one signature per issued request"
     );
 }

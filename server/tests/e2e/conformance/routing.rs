@@ -158,7 +158,7 @@ frontends:
     authority: tenant-a
     routes:
       - {{ name: labelled-b, authority: tenant-b, namespace_labels: {{ tenant: b }} }}
-      - {{ name: asks-for-b, authority: tenant-b, cert_signers: [tenant-b] }}
+      - {{ name: asks-for-b, authority: tenant-b, cert_signers: [tenant-b], namespaces: [team-a] }}
     auth:
       token_review:
         clusters:
