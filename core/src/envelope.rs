@@ -48,9 +48,10 @@ impl<T> Handled<T> {
         }
     }
 
-    /// The same result, on `route` to `authority`.
-    pub fn routed(mut self, route: impl Into<String>, authority: impl Into<String>) -> Self {
-        self.route = Some((route.into(), authority.into()));
+    /// The same result, on the `(route, authority)` the work chose, if it
+    /// chose one.
+    pub fn routed(mut self, route: Option<(String, String)>) -> Self {
+        self.route = route;
         self
     }
 

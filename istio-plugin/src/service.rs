@@ -126,10 +126,7 @@ impl IstioCa {
         let mut route = None;
         let result = self.issue(&identity, peer, req, &mut route).await;
         let handled = Handled::by(identity.to_string(), result);
-        match route {
-            Some((r, a)) => handled.routed(r, a),
-            None => handled,
-        }
+        handled.routed(route)
     }
 
     async fn issue(

@@ -190,10 +190,7 @@ impl CsrSigner {
                     .serve(&name, async {
                         let mut route = None;
                         let h = Handled::by(requester, self.sign(&fresh, &mut route).await);
-                        match route {
-                            Some((r, a)) => h.routed(r, a),
-                            None => h,
-                        }
+                        h.routed(route)
                     })
                     .await;
                 match signed {

@@ -440,10 +440,7 @@ impl PodCertificateSigner {
                     .serve(&peer, async {
                         let r = self.sign(&fresh, &mut route).await;
                         let h = Handled::by(principal, r);
-                        match route.take() {
-                            Some((r, a)) => h.routed(r, a),
-                            None => h,
-                        }
+                        h.routed(route.take())
                     })
                     .await;
                 let outcome = match signed {

@@ -250,9 +250,15 @@ impl JwtAuthenticator {
     /// memory when it verified before; see the module doc).
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let digest = signet_core::crypto::sha256(token.as_bytes());
-        if let Some(id) = self.remembered(&digest) {
-            return Ok(id);
+        match self.remembered(&digest) {
+            Some(id) => Ok(id),
+            None => self.verify_new(token, digest).await,
         }
+    }
+
+    /// Verifies a token not remembered (`digest` is its SHA-256), and
+    /// remembers it.
+    pub async fn verify_new(&self, token: &str, digest: [u8; 32]) -> Result<Identity, AuthError> {
         let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let (identity, nbf, exp) = self.verify_signature(token).await?;
         self.remember(

@@ -100,17 +100,17 @@ impl Authenticators {
                 "neither a client certificate nor a bearer token",
             ));
         };
-        // A token one of the issuers verified before skips the parse.
         if !self.jwt.is_empty() {
+            // A token one of the issuers verified before skips the parse.
             let digest = signet_core::crypto::sha256(token.as_bytes());
             if let Some(id) = self.jwt.iter().find_map(|j| j.remembered(&digest)) {
                 return Ok(id);
             }
-        }
-        if let Some(iss) = JwtAuthenticator::unverified_issuer(token)
-            && let Some(j) = self.jwt.iter().find(|j| j.issuer() == iss)
-        {
-            return j.verify(token).await;
+            if let Some(iss) = JwtAuthenticator::unverified_issuer(token)
+                && let Some(j) = self.jwt.iter().find(|j| j.issuer() == iss)
+            {
+                return j.verify_new(token, digest).await;
+            }
         }
         #[cfg(feature = "kube")]
         if let Some(tr) = &self.token_review {

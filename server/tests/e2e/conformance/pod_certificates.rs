@@ -518,12 +518,7 @@ frontends:
     }
 
     // Two certificates issued, one per issued request, never more.
-    let metrics = reqwest::get(format!("http://{}/metrics", signet.admin_addr.unwrap()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_metrics(&signet).await;
     let issued_total: f64 = metrics
         .lines()
         .filter(|l| {

@@ -17,7 +17,7 @@ use signet_tests::istio_client::istio_certificate_service_client::IstioCertifica
 use signet_tests::openssl::{self, Key};
 use signet_tests::process::Signet;
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::{Channel, Identity};
 
 use super::support::*;
 
@@ -28,22 +28,6 @@ async fn labelled_namespace(c: &Client, name: &str, labels: serde_json::Value) {
         .create(&PostParams::default(), &ns)
         .await
         .unwrap();
-}
-
-async fn channel(signet: &Signet, root: &Path, identity: Option<Identity>) -> Channel {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(root).unwrap()))
-        .domain_name("istiod.istio-system.svc");
-    if let Some(id) = identity {
-        tls = tls.identity(id);
-    }
-    Channel::from_shared(format!("https://{}", signet.grpc_addr.unwrap()))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 fn request(
@@ -119,15 +103,7 @@ async fn two_namespaces_routed_to_two_authorities_get_two_roots_over_istio_grpc(
     let (b_cert, b_key, b_root) = local_ca(&db);
 
     // signet's identity: TokenReview, and Namespaces to watch (routes by label).
-    service_account(&c, "signet", "signet").await;
-    bind_cluster_role(
-        &c,
-        "signet-auth-delegator",
-        "system:auth-delegator",
-        "signet",
-        "signet",
-    )
-    .await;
+    let kc = reviewer_kubeconfig(&cp, "signet").await;
     grant_cluster(
         &c,
         "signet-namespaces",
@@ -136,8 +112,6 @@ async fn two_namespaces_routed_to_two_authorities_get_two_roots_over_istio_grpc(
         "signet",
     )
     .await;
-    let own = token(&c, "signet", "signet", &[], None).await;
-    let kc = cp.kubeconfig_with_token("signet", &own);
 
     let cfg = d.join("signet.yaml");
     std::fs::write(
@@ -181,7 +155,7 @@ frontends:
     let signet = Signet::start(&bin(), &["serve", "--config", cfg.to_str().unwrap()])
         .expect("signet starts");
     // The serving certificate is the default authority's.
-    let mut istio = IstioCertificateServiceClient::new(channel(&signet, &a_root, None).await);
+    let mut istio = IstioCertificateServiceClient::new(istio_channel(&signet, &a_root, None).await);
     let id_a = "spiffe://cluster.local/ns/team-a/sa/web";
     let id_b = "spiffe://cluster.local/ns/team-b/sa/web";
     let tok_a = token(&c, "team-a", "web", &["istio-ca"], None).await;
@@ -242,7 +216,7 @@ frontends:
         Identity::from_pem(pem, std::fs::read(d.join(format!("{name}.key"))).unwrap())
     };
     let mut renew_b = IstioCertificateServiceClient::new(
-        channel(&signet, &a_root, Some(identity("b1", &b_leaf, &b_chain))).await,
+        istio_channel(&signet, &a_root, Some(identity("b1", &b_leaf, &b_chain))).await,
     );
     let got = ask(&mut renew_b, request(&csr(d, "b2", id_b), None, None))
         .await
@@ -252,7 +226,7 @@ frontends:
     // team-a's certificate from B (via CertSigner) cannot renew without it:
     // team-a routes to A, and B's roots are not A's.
     let mut renew_a2 = IstioCertificateServiceClient::new(
-        channel(&signet, &a_root, Some(identity("a2", &a2_leaf, &a2_chain))).await,
+        istio_channel(&signet, &a_root, Some(identity("a2", &a2_leaf, &a2_chain))).await,
     );
     let err = ask(&mut renew_a2, request(&csr(d, "a3", id_a), None, None))
         .await
@@ -265,12 +239,7 @@ frontends:
     );
 
     // Metrics name the route.
-    let metrics = reqwest::get(format!("http://{}/metrics", signet.admin_addr.unwrap()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_metrics(&signet).await;
     for want in [
         "frontend=\"istio\",route=\"default\",authority=\"tenant-a\",outcome=\"issued\"",
         "frontend=\"istio\",route=\"labelled-b\",authority=\"tenant-b\",outcome=\"issued\"",

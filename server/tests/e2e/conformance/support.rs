@@ -310,3 +310,53 @@ pub async fn mesh_namespaces(c: &Client) {
             .unwrap();
     }
 }
+
+/// signet's identity on `cp`: a service account allowed TokenReview (and
+/// nothing else); returns a kubeconfig with its token.
+pub async fn reviewer_kubeconfig(cp: &ControlPlane, name: &str) -> PathBuf {
+    let c = admin(cp).await;
+    service_account(&c, "signet", "signet").await;
+    bind_cluster_role(
+        &c,
+        "signet-auth-delegator",
+        "system:auth-delegator",
+        "signet",
+        "signet",
+    )
+    .await;
+    let own = token(&c, "signet", "signet", &[], None).await;
+    cp.kubeconfig_with_token(name, &own)
+}
+
+/// A channel to signet's Istio gRPC service, trusting `root`, presenting
+/// `identity` (a client certificate) when given.
+pub async fn istio_channel(
+    signet: &signet_tests::process::Signet,
+    root: &Path,
+    identity: Option<tonic::transport::Identity>,
+) -> tonic::transport::Channel {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(root).unwrap()))
+        .domain_name("istiod.istio-system.svc");
+    if let Some(id) = identity {
+        tls = tls.identity(id);
+    }
+    Channel::from_shared(format!("https://{}", signet.grpc_addr.unwrap()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// What signet's admin listener serves at `/metrics`.
+pub async fn admin_metrics(signet: &signet_tests::process::Signet) -> String {
+    reqwest::get(format!("http://{}/metrics", signet.admin_addr.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}

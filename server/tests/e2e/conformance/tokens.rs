@@ -18,7 +18,6 @@ use signet_tests::istio_client::istio_certificate_service_client::IstioCertifica
 use signet_tests::openssl;
 use signet_tests::process::Signet;
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 use super::support::*;
 
@@ -36,19 +35,6 @@ async fn pod(c: &Client, ns: &str, name: &str, sa: &str, node: &str) -> String {
         .unwrap()
         .metadata
         .uid
-        .unwrap()
-}
-
-async fn channel(signet: &Signet, root: &Path) -> Channel {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(root).unwrap()))
-        .domain_name("istiod.istio-system.svc");
-    Channel::from_shared(format!("https://{}", signet.grpc_addr.unwrap()))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
         .unwrap()
 }
 
@@ -168,7 +154,7 @@ frontends:
         &["serve", "--config", d.join("signet.yaml").to_str().unwrap()],
     )
     .expect("signet starts");
-    let mut istio = IstioCertificateServiceClient::new(channel(&signet, &root).await);
+    let mut istio = IstioCertificateServiceClient::new(istio_channel(&signet, &root, None).await);
     let demo = "spiffe://cluster.local/ns/default/sa/demo";
 
     // A real TokenRequest token for istio-ca: the workload's own identity.
@@ -281,23 +267,6 @@ frontends:
     );
 }
 
-/// signet's identity on `cp`: a service account allowed TokenReview (and
-/// nothing else); returns a kubeconfig with its token.
-async fn reviewer_kubeconfig(cp: &ControlPlane, name: &str) -> std::path::PathBuf {
-    let c = admin(cp).await;
-    service_account(&c, "signet", "signet").await;
-    bind_cluster_role(
-        &c,
-        "signet-auth-delegator",
-        "system:auth-delegator",
-        "signet",
-        "signet",
-    )
-    .await;
-    let own = token(&c, "signet", "signet", &[], None).await;
-    cp.kubeconfig_with_token(name, &own)
-}
-
 /// TokenReviews the API server has answered, from its own metrics.
 async fn token_reviews(c: &Client) -> u64 {
     let text = c
@@ -357,7 +326,7 @@ frontends:
         &["serve", "--config", d.join("signet.yaml").to_str().unwrap()],
     )
     .expect("signet starts");
-    let mut istio = IstioCertificateServiceClient::new(channel(&signet, &root).await);
+    let mut istio = IstioCertificateServiceClient::new(istio_channel(&signet, &root, None).await);
     let demo = "spiffe://cluster.local/ns/default/sa/demo";
     service_account(&pc, "default", "demo").await;
     service_account(&rc, "default", "demo").await;
