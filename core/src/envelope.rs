@@ -101,7 +101,7 @@ impl Envelope {
                     return self.finish(
                         started,
                         peer,
-                        Handled::anonymous(Err(SignError::Overloaded)),
+                        Handled::anonymous(Err(SignError::Overloaded { retry_after: None })),
                     );
                 }
             },

@@ -36,8 +36,10 @@ pub enum SignError {
     PolicyDenied(#[from] PolicyError),
     #[error("rate limited")]
     RateLimited { retry_after: Option<Duration> },
+    /// signet shed the request to protect itself or an upstream (a full
+    /// queue, the upstream call budget spent); the caller retries.
     #[error("server is overloaded; retry later")]
-    Overloaded,
+    Overloaded { retry_after: Option<Duration> },
     #[error("request timed out")]
     Timeout,
     /// The backend could not be reached or is failing; retrying may work.
@@ -183,7 +185,7 @@ impl SignError {
             SignError::Unauthenticated(_) => ErrorKind::Unauthenticated,
             SignError::PolicyDenied(_) => ErrorKind::PolicyDenied,
             SignError::RateLimited { .. } => ErrorKind::RateLimited,
-            SignError::Overloaded => ErrorKind::Overloaded,
+            SignError::Overloaded { .. } => ErrorKind::Overloaded,
             SignError::Timeout => ErrorKind::Timeout,
             SignError::BackendUnavailable(_) => ErrorKind::BackendUnavailable,
             SignError::BackendRejected(_) => ErrorKind::BackendRejected,
@@ -332,7 +334,7 @@ mod tests {
             (SignError::PolicyDenied(PolicyError::CaRequested), 403, GrpcCode::PermissionDenied, "SignetPolicyDenied", false),
             (ttl(60, 300), 403, GrpcCode::InvalidArgument, "SignetPolicyDenied", false),
             (SignError::RateLimited { retry_after: None }, 429, GrpcCode::ResourceExhausted, "SignetSigningFailed", false),
-            (SignError::Overloaded, 503, GrpcCode::Unavailable, "SignetSigningFailed", false),
+            (SignError::Overloaded { retry_after: None }, 503, GrpcCode::Unavailable, "SignetSigningFailed", false),
             (SignError::Timeout, 503, GrpcCode::DeadlineExceeded, "SignetSigningFailed", false),
             (SignError::BackendUnavailable("x".into()), 503, GrpcCode::Unavailable, "SignetSigningFailed", false),
             (SignError::NotReady("x".into()), 503, GrpcCode::Unavailable, "SignetSigningFailed", false),

@@ -132,6 +132,162 @@ impl Metrics {
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabel {
+    backend: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    backend: String,
+    /// `ok`, or the error code of the failed call.
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabels {
+    backend: String,
+    /// `budget` (the upstream call budget), `queue_full` (the fair queue)
+    /// or `circuit_open`.
+    reason: &'static str,
+}
+
+/// What reaches each upstream backend and what signet keeps from it: every
+/// call made (each retry attempt is a call), requests answered by another
+/// request's call (coalesced), requests shed before any call, and requests
+/// waiting in the fair queue. `upstream_calls_total{outcome="ok"}` over
+/// `requests_total{outcome="issued"}` is the upstream calls per issued
+/// certificate.
+///
+/// One set per process ([`UpstreamMetrics::global`]): backends are rebuilt on
+/// reload and the counters must survive that. Tests that count give each
+/// stack its own set ([`crate::resilience::ResilienceConfig::wrap_with`]).
+#[derive(Debug, Clone)]
+pub struct UpstreamMetrics {
+    calls: Family<CallLabels, Counter>,
+    duration: Family<BackendLabel, Histogram, fn() -> Histogram>,
+    coalesced: Family<BackendLabel, Counter>,
+    shed: Family<ShedLabels, Counter>,
+    queued: Family<BackendLabel, Gauge>,
+}
+
+impl Default for UpstreamMetrics {
+    fn default() -> Self {
+        Self {
+            calls: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            coalesced: Family::default(),
+            shed: Family::default(),
+            queued: Family::default(),
+        }
+    }
+}
+
+impl UpstreamMetrics {
+    /// The process's set.
+    pub fn global() -> &'static UpstreamMetrics {
+        static GLOBAL: std::sync::OnceLock<UpstreamMetrics> = std::sync::OnceLock::new();
+        GLOBAL.get_or_init(UpstreamMetrics::default)
+    }
+
+    /// Registers this set (prefix `signet_`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "upstream_calls",
+            "Calls made to each upstream backend (each retry attempt is one), by outcome (ok or an error code)",
+            self.calls.clone(),
+        );
+        registry.register(
+            "upstream_call_duration_seconds",
+            "Time each upstream call took",
+            self.duration.clone(),
+        );
+        registry.register(
+            "upstream_coalesced",
+            "Requests answered by an identical request's upstream call instead of their own",
+            self.coalesced.clone(),
+        );
+        registry.register(
+            "upstream_shed",
+            "Requests refused before any upstream call to protect the backend (budget, queue_full, circuit_open)",
+            self.shed.clone(),
+        );
+        registry.register(
+            "upstream_queued",
+            "Requests waiting in the backend's fair queue",
+            self.queued.clone(),
+        );
+    }
+
+    pub(crate) fn call(&self, backend: &str, outcome: &'static str, elapsed: Duration) {
+        self.calls
+            .get_or_create(&CallLabels {
+                backend: backend.to_owned(),
+                outcome,
+            })
+            .inc();
+        self.duration
+            .get_or_create(&BackendLabel {
+                backend: backend.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn coalesced(&self, backend: &str) {
+        self.coalesced
+            .get_or_create(&BackendLabel {
+                backend: backend.to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn shed(&self, backend: &str, reason: &'static str) {
+        self.shed
+            .get_or_create(&ShedLabels {
+                backend: backend.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub(crate) fn set_queued(&self, backend: &str, n: usize) {
+        self.queued
+            .get_or_create(&BackendLabel {
+                backend: backend.to_owned(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Calls to `backend` so far with this outcome (`ok` or an error code).
+    pub fn calls(&self, backend: &str, outcome: &'static str) -> u64 {
+        self.calls
+            .get(&CallLabels {
+                backend: backend.to_owned(),
+                outcome,
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Requests to `backend` shed so far for `reason`.
+    pub fn shed_count(&self, backend: &str, reason: &'static str) -> u64 {
+        self.shed
+            .get(&ShedLabels {
+                backend: backend.to_owned(),
+                reason,
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Requests to `backend` answered by another request's call so far.
+    pub fn coalesced_count(&self, backend: &str) -> u64 {
+        self.coalesced
+            .get(&BackendLabel {
+                backend: backend.to_owned(),
+            })
+            .map_or(0, |c| c.get())
+    }
+}
+
 /// Exposes each authority's CA expiry and readiness at scrape time.
 #[derive(Debug)]
 pub struct AuthorityCollector {

@@ -1,13 +1,18 @@
-//! Decorators that make any [`Signer`] safe to lean on: timeout, retry with
-//! jittered exponential backoff, token-bucket rate limit, circuit breaker,
-//! concurrency limit, and coalescing of identical in-flight requests. Each
-//! wraps an `Arc<dyn Signer>` and is itself a signer.
+//! Decorators that make any [`Signer`] safe to lean on, and keep the
+//! upstream safe from signet: timeout, retry with jittered exponential
+//! backoff, a token-bucket call budget, a fair queue in front of a
+//! concurrency limit, a circuit breaker, and coalescing of identical
+//! in-flight requests. Each wraps an `Arc<dyn Signer>` and is itself a
+//! signer.
 //!
 //! What is worth retrying is decided once, by [`ErrorKind::is_retryable`]:
 //! an unreachable, slow or throttling backend is; a refusal, a bad CSR or a
-//! bad chain is not. [`ResilienceConfig::wrap`] stacks them in the order that
-//! makes sense: the breaker outermost (fail fast without queueing), then the
-//! retry loop, then per-attempt rate limit, concurrency limit and timeout.
+//! bad chain is not, and neither is signet's own shedding (`overloaded`),
+//! which goes straight back to the caller to retry. [`ResilienceConfig::wrap`]
+//! stacks them in the order that makes sense: coalescing outermost (a joined
+//! request costs nothing below), the breaker (fail fast without queueing),
+//! the retry loop, then per attempt the fair queue, the budget and the
+//! timeout, where each upstream call is counted ([`UpstreamMetrics`]).
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -15,15 +20,24 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::chain::{IssuedChain, TrustBundle};
 use crate::csr::VerifiedCsr;
 use crate::duration::HumanDuration;
-use crate::error::SignError;
+use crate::error::{ErrorKind, SignError};
+use crate::metrics::UpstreamMetrics;
+use crate::names::San;
 use crate::policy::IssuanceDecision;
 use crate::signer::{BackendInfo, Signer};
+
+/// `ok`, or the error code: the outcome label of an upstream call.
+fn outcome<T>(r: &Result<T, SignError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(e) => e.kind().code(),
+    }
+}
 
 /// A random duration in `[d/2, d]` ("equal jitter"), so that many replicas
 /// retrying the same outage do not retry in step.
@@ -43,15 +57,35 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
 // === Timeout ===
 
 /// Fails an attempt that takes longer than `limit` with `backend_unavailable`.
+/// Innermost of the stack, so each upstream call is counted here.
 #[derive(Debug)]
 pub struct Timeout {
     inner: Arc<dyn Signer>,
     limit: Duration,
+    backend: Arc<str>,
+    metrics: UpstreamMetrics,
 }
 
 impl Timeout {
     pub fn new(inner: Arc<dyn Signer>, limit: Duration) -> Self {
-        Self { inner, limit }
+        let backend = inner.describe().name.into();
+        Self {
+            inner,
+            limit,
+            backend,
+            metrics: UpstreamMetrics::global().clone(),
+        }
+    }
+
+    /// Counts calls in `metrics` instead of the process's set.
+    pub fn with_metrics(mut self, metrics: &UpstreamMetrics) -> Self {
+        self.metrics = metrics.clone();
+        self
+    }
+
+    fn count<T>(&self, r: &Result<T, SignError>, started: Instant) {
+        self.metrics
+            .call(&self.backend, outcome(r), started.elapsed());
     }
 
     async fn run<T>(&self, f: impl Future<Output = Result<T, SignError>>) -> Result<T, SignError> {
@@ -117,8 +151,9 @@ impl Signer for Timeout {
         d: &IssuanceDecision,
         csr: &VerifiedCsr,
     ) -> Result<IssuedChain, SignError> {
+        let started = Instant::now();
         let sans: Arc<Vec<String>> = Arc::new(d.sans().iter().map(ToString::to_string).collect());
-        let backend: Arc<str> = self.inner.describe().name.into();
+        let backend = self.backend.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<Answer>();
         let mut pending = Pending {
             rx,
@@ -141,7 +176,7 @@ impl Signer for Timeout {
                 audit_undelivered(&chain, &sans, &backend);
             }
         });
-        match tokio::time::timeout(self.limit, &mut pending.rx).await {
+        let r = match tokio::time::timeout(self.limit, &mut pending.rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(SignError::Internal(
                 "the signing task ended without an answer".into(),
@@ -150,10 +185,15 @@ impl Signer for Timeout {
                 "no answer within {}",
                 HumanDuration(self.limit)
             ))),
-        }
+        };
+        self.count(&r, started);
+        r
     }
     async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {
-        self.run(self.inner.trust_bundle()).await
+        let started = Instant::now();
+        let r = self.run(self.inner.trust_bundle()).await;
+        self.count(&r, started);
+        r
     }
     fn describe(&self) -> BackendInfo {
         self.inner.describe()
@@ -181,7 +221,9 @@ impl Signer for Timeout {
 
 // === Retry ===
 
-/// Retries retryable failures with jittered exponential backoff.
+/// Retries retryable failures with jittered exponential backoff. A request
+/// signet itself shed (`overloaded`) is not retried here: waiting is the
+/// caller's to do, and a shed request must not keep holding a caller.
 #[derive(Debug)]
 pub struct Retry {
     inner: Arc<dyn Signer>,
@@ -207,7 +249,10 @@ macro_rules! retrying {
         let mut attempt = 0;
         loop {
             match $call.await {
-                Err(e) if e.kind().is_retryable() && attempt + 1 < $self.attempts => {
+                Err(e) if e.kind().is_retryable()
+                    && e.kind() != ErrorKind::Overloaded
+                    && attempt + 1 < $self.attempts =>
+                {
                     let wait = match &e {
                         SignError::RateLimited { retry_after: Some(d) } => (*d).min($self.max),
                         _ => backoff($self.base, $self.max, attempt),
@@ -266,8 +311,11 @@ struct Bucket {
     last: Instant,
 }
 
-/// A token bucket: `rate` requests per second, bursts of `burst`. A caller
-/// waits up to `max_wait` for a token, else gets `rate_limited`.
+/// The upstream call budget, a token bucket: `rate` calls per second,
+/// bursts of `burst`. A caller waits up to `max_wait` for a token; when the
+/// wait would be longer it is shed at once with `overloaded` and the time
+/// until a token is free, which istio-agent, kubelet and HTTP clients retry
+/// (the budget is never overspent: a shed call takes no token).
 #[derive(Debug)]
 pub struct RateLimit {
     inner: Arc<dyn Signer>,
@@ -275,11 +323,14 @@ pub struct RateLimit {
     burst: f64,
     max_wait: Duration,
     bucket: Mutex<Bucket>,
+    backend: Arc<str>,
+    metrics: UpstreamMetrics,
 }
 
 impl RateLimit {
     pub fn new(inner: Arc<dyn Signer>, per_second: f64, burst: u32, max_wait: Duration) -> Self {
         let burst = f64::from(burst.max(1));
+        let backend = inner.describe().name.into();
         Self {
             inner,
             rate: per_second.max(0.001),
@@ -289,7 +340,15 @@ impl RateLimit {
                 tokens: burst,
                 last: crate::clock::monotonic(),
             }),
+            backend,
+            metrics: UpstreamMetrics::global().clone(),
         }
+    }
+
+    /// Counts sheds in `metrics` instead of the process's set.
+    pub fn with_metrics(mut self, metrics: &UpstreamMetrics) -> Self {
+        self.metrics = metrics.clone();
+        self
     }
 
     /// Takes a token now, or says how long until one is free (reserving it).
@@ -316,7 +375,8 @@ impl RateLimit {
         let wait = self.reserve();
         if wait > self.max_wait {
             self.unreserve();
-            return Err(SignError::RateLimited {
+            self.metrics.shed(&self.backend, "budget");
+            return Err(SignError::Overloaded {
                 retry_after: Some(wait),
             });
         }
@@ -387,38 +447,61 @@ pub struct CircuitBreaker {
     threshold: u32,
     open_for: Duration,
     state: Mutex<BreakerState>,
+    backend: Arc<str>,
+    metrics: UpstreamMetrics,
 }
 
 impl CircuitBreaker {
     pub fn new(inner: Arc<dyn Signer>, threshold: u32, open_for: Duration) -> Self {
+        let backend = inner.describe().name.into();
         Self {
             inner,
             threshold: threshold.max(1),
             open_for,
             state: Mutex::new(BreakerState::Closed { failures: 0 }),
+            backend,
+            metrics: UpstreamMetrics::global().clone(),
         }
+    }
+
+    /// Counts sheds in `metrics` instead of the process's set.
+    pub fn with_metrics(mut self, metrics: &UpstreamMetrics) -> Self {
+        self.metrics = metrics.clone();
+        self
     }
 
     fn admit(&self) -> Result<(), SignError> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match *s {
-            BreakerState::Closed { .. } => Ok(()),
+        let refused = match *s {
+            BreakerState::Closed { .. } => return Ok(()),
             BreakerState::Open { until } if crate::clock::monotonic() >= until => {
                 *s = BreakerState::HalfOpen;
-                Ok(())
+                return Ok(());
             }
-            BreakerState::Open { until } => Err(SignError::BackendUnavailable(format!(
+            BreakerState::Open { until } => SignError::BackendUnavailable(format!(
                 "circuit open after repeated failures; next attempt in {}",
                 HumanDuration(until.saturating_duration_since(crate::clock::monotonic()))
-            ))),
-            BreakerState::HalfOpen => Err(SignError::BackendUnavailable(
-                "circuit half-open; waiting for a probe".into(),
             )),
-        }
+            BreakerState::HalfOpen => {
+                SignError::BackendUnavailable("circuit half-open; waiting for a probe".into())
+            }
+        };
+        self.metrics.shed(&self.backend, "circuit_open");
+        Err(refused)
     }
 
     fn record<T>(&self, result: &Result<T, SignError>) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        // signet's own shedding says nothing about the backend's health; a
+        // probe that was shed lets the next call probe instead.
+        if matches!(result, Err(e) if e.kind() == ErrorKind::Overloaded) {
+            if *s == BreakerState::HalfOpen {
+                *s = BreakerState::Open {
+                    until: crate::clock::monotonic(),
+                };
+            }
+            return;
+        }
         let failed = matches!(result, Err(e) if e.kind().is_retryable());
         let next = match (*s, failed) {
             (_, false) => BreakerState::Closed { failures: 0 },
@@ -495,45 +578,328 @@ impl Signer for CircuitBreaker {
     }
 }
 
-// === ConcurrencyLimit ===
+// === FairQueue ===
 
-/// At most `limit` calls in flight to the backend; others wait their turn
-/// (their wait is bounded by the front-end's request timeout).
-#[derive(Debug)]
-pub struct ConcurrencyLimit {
-    inner: Arc<dyn Signer>,
-    permits: Semaphore,
+/// Whose request it is, for fair queueing: the namespace (or, for a name
+/// outside a mesh namespace, the requesting principal) and the identity.
+fn tenant(d: &IssuanceDecision) -> (String, String) {
+    let uri = d.sans().iter().find_map(|s| match s {
+        San::Uri(id) => Some(id),
+        _ => None,
+    });
+    match uri {
+        Some(id) => match id.mesh_identity() {
+            Ok(Some((ns, _))) => (
+                format!("{}/ns/{ns}", id.trust_domain()),
+                id.as_str().to_owned(),
+            ),
+            _ => (d.requested_by().to_owned(), id.as_str().to_owned()),
+        },
+        None => (
+            d.requested_by().to_owned(),
+            d.sans()
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        ),
+    }
 }
 
-impl ConcurrencyLimit {
-    pub fn new(inner: Arc<dyn Signer>, limit: usize) -> Self {
+/// What a waiting request is told.
+#[derive(Debug)]
+enum Turn {
+    /// A slot is yours.
+    Go,
+    /// The queue overflowed and your namespace had the most waiting.
+    Shed,
+}
+
+type Waiter = tokio::sync::oneshot::Sender<Turn>;
+
+/// Keyed queues served in turn: each key is visited once per round.
+#[derive(Debug)]
+struct RoundRobin<V> {
+    order: std::collections::VecDeque<String>,
+    queues: std::collections::HashMap<String, V>,
+}
+
+impl<V> Default for RoundRobin<V> {
+    fn default() -> Self {
+        Self {
+            order: std::collections::VecDeque::new(),
+            queues: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl<V: Default> RoundRobin<V> {
+    fn entry(&mut self, key: &str) -> &mut V {
+        if !self.queues.contains_key(key) {
+            self.order.push_back(key.to_owned());
+        }
+        self.queues.entry(key.to_owned()).or_default()
+    }
+
+    /// Takes an item from the key whose turn it is; `take` says whether
+    /// that key's queue is left empty.
+    fn next<T>(&mut self, take: impl FnOnce(&mut V) -> (Option<T>, bool)) -> Option<T> {
+        let key = self.order.pop_front()?;
+        let q = self.queues.get_mut(&key)?;
+        let (item, empty) = take(q);
+        if empty {
+            self.queues.remove(&key);
+        } else {
+            self.order.push_back(key);
+        }
+        item
+    }
+}
+
+/// One namespace's waiting requests, by identity.
+#[derive(Debug, Default)]
+struct Namespace {
+    identities: RoundRobin<std::collections::VecDeque<Waiter>>,
+    len: usize,
+}
+
+impl Namespace {
+    fn pop(&mut self) -> Option<Waiter> {
+        let w = self.identities.next(|q| {
+            let w = q.pop_front();
+            (w, q.is_empty())
+        });
+        self.len -= usize::from(w.is_some());
+        w
+    }
+
+    /// The newest request of the identity with the most waiting.
+    fn pop_newest(&mut self) -> Option<Waiter> {
+        let (id, _) = self.identities.queues.iter().max_by_key(|(_, q)| q.len())?;
+        let id = id.clone();
+        let q = self.identities.queues.get_mut(&id)?;
+        let w = q.pop_back();
+        if q.is_empty() {
+            self.identities.queues.remove(&id);
+            self.identities.order.retain(|k| *k != id);
+        }
+        self.len -= usize::from(w.is_some());
+        w
+    }
+
+    /// Drops requests whose caller has gone.
+    fn purge(&mut self) {
+        for q in self.identities.queues.values_mut() {
+            q.retain(|w| !w.is_closed());
+        }
+        self.identities.queues.retain(|_, q| !q.is_empty());
+        let queues = &self.identities.queues;
+        self.identities.order.retain(|k| queues.contains_key(k));
+        self.len = queues.values().map(std::collections::VecDeque::len).sum();
+    }
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    free: usize,
+    waiting: RoundRobin<Namespace>,
+    queued: usize,
+}
+
+impl Slots {
+    fn pop(&mut self) -> Option<Waiter> {
+        let w = self.waiting.next(|ns| {
+            let w = ns.pop();
+            (w, ns.len == 0)
+        });
+        self.queued -= usize::from(w.is_some());
+        w
+    }
+
+    fn purge(&mut self) {
+        for ns in self.waiting.queues.values_mut() {
+            ns.purge();
+        }
+        self.waiting.queues.retain(|_, ns| ns.len > 0);
+        let queues = &self.waiting.queues;
+        self.waiting.order.retain(|k| queues.contains_key(k));
+        self.queued = queues.values().map(|ns| ns.len).sum();
+    }
+}
+
+/// At most `limit` calls in flight to the backend. The others wait in a
+/// fair queue: namespaces take turns, and within a namespace identities
+/// take turns, so one tenant restarting thousands of pods cannot starve
+/// another. At most `max_queued` wait; past that the namespace with the
+/// most waiting loses its newest request (`overloaded`, the caller
+/// retries), so a quiet tenant's request still gets in.
+#[derive(Debug)]
+pub struct FairQueue {
+    inner: Arc<dyn Signer>,
+    max_queued: usize,
+    fair: bool,
+    slots: Mutex<Slots>,
+    backend: Arc<str>,
+    metrics: UpstreamMetrics,
+}
+
+/// A slot in use; handed to the next waiter when dropped.
+struct Slot<'a>(&'a FairQueue);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// A request waiting for a slot. If it is cancelled after its turn came,
+/// the slot passes on.
+struct Waiting<'a> {
+    rx: tokio::sync::oneshot::Receiver<Turn>,
+    queue: &'a FairQueue,
+    done: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.rx.close();
+        if let Ok(Turn::Go) = self.rx.try_recv() {
+            self.queue.release();
+        }
+    }
+}
+
+impl FairQueue {
+    /// `fair: false` serves one queue, first come first served.
+    pub fn new(inner: Arc<dyn Signer>, limit: usize, max_queued: usize, fair: bool) -> Self {
+        let backend = inner.describe().name.into();
         Self {
             inner,
-            permits: Semaphore::new(limit.max(1)),
+            max_queued,
+            fair,
+            slots: Mutex::new(Slots {
+                free: limit.max(1),
+                ..Slots::default()
+            }),
+            backend,
+            metrics: UpstreamMetrics::global().clone(),
+        }
+    }
+
+    /// Counts sheds and the queue in `metrics` instead of the process's set.
+    pub fn with_metrics(mut self, metrics: &UpstreamMetrics) -> Self {
+        self.metrics = metrics.clone();
+        self
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Requests waiting now.
+    pub fn queued(&self) -> usize {
+        self.lock().queued
+    }
+
+    fn release(&self) {
+        let mut s = self.lock();
+        while let Some(w) = s.pop() {
+            if w.send(Turn::Go).is_ok() {
+                self.metrics.set_queued(&self.backend, s.queued);
+                return;
+            }
+        }
+        s.free += 1;
+        self.metrics.set_queued(&self.backend, s.queued);
+    }
+
+    fn shed(&self) -> SignError {
+        self.metrics.shed(&self.backend, "queue_full");
+        SignError::Overloaded {
+            retry_after: Some(Duration::from_secs(1)),
+        }
+    }
+
+    async fn acquire(&self, (ns, id): (String, String)) -> Result<Slot<'_>, SignError> {
+        let (ns, id) = if self.fair {
+            (ns, id)
+        } else {
+            (String::new(), String::new())
+        };
+        let rx = {
+            let mut s = self.lock();
+            if s.free > 0 && s.queued == 0 {
+                s.free -= 1;
+                return Ok(Slot(self));
+            }
+            if s.queued >= self.max_queued {
+                s.purge();
+            }
+            if s.queued >= self.max_queued {
+                // The namespace with the most waiting pays for the overflow:
+                // its newest request, or this one if it is that namespace.
+                let longest = s
+                    .waiting
+                    .queues
+                    .iter()
+                    .max_by_key(|(_, n)| n.len)
+                    .map(|(k, n)| (k.clone(), n.len));
+                let own = s.waiting.queues.get(&ns).map_or(0, |n| n.len);
+                match longest {
+                    Some((k, len)) if len > own + 1 => {
+                        let evicted = s.waiting.queues.get_mut(&k).and_then(Namespace::pop_newest);
+                        if let Some(w) = evicted {
+                            s.queued -= 1;
+                            self.metrics.shed(&self.backend, "queue_full");
+                            // Its caller may be gone already; either way it
+                            // no longer waits.
+                            let _ = w.send(Turn::Shed);
+                        }
+                    }
+                    _ => return Err(self.shed()),
+                }
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            s.waiting.entry(&ns).identities.entry(&id).push_back(tx);
+            s.waiting.entry(&ns).len += 1;
+            s.queued += 1;
+            self.metrics.set_queued(&self.backend, s.queued);
+            rx
+        };
+        let mut waiting = Waiting {
+            rx,
+            queue: self,
+            done: false,
+        };
+        let turn = (&mut waiting.rx).await;
+        waiting.done = true;
+        match turn {
+            Ok(Turn::Go) => Ok(Slot(self)),
+            // Counted by whoever evicted it.
+            Ok(Turn::Shed) => Err(SignError::Overloaded {
+                retry_after: Some(Duration::from_secs(1)),
+            }),
+            Err(_) => Err(SignError::Internal(
+                "the fair queue dropped a request".into(),
+            )),
         }
     }
 }
 
 #[async_trait]
-impl Signer for ConcurrencyLimit {
+impl Signer for FairQueue {
     async fn sign(
         &self,
         d: &IssuanceDecision,
         csr: &VerifiedCsr,
     ) -> Result<IssuedChain, SignError> {
-        let _p = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| SignError::Internal("semaphore closed".into()))?;
+        let _slot = self.acquire(tenant(d)).await?;
         self.inner.sign(d, csr).await
     }
     async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {
-        let _p = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| SignError::Internal("semaphore closed".into()))?;
+        let _slot = self.acquire((String::new(), String::new())).await?;
         self.inner.trust_bundle().await
     }
     fn describe(&self) -> BackendInfo {
@@ -578,6 +944,8 @@ pub struct Coalesce {
     inner: Arc<dyn Signer>,
     in_flight: InFlightMap,
     joined: std::sync::atomic::AtomicU64,
+    backend: Arc<str>,
+    metrics: UpstreamMetrics,
 }
 
 type Joined = tokio::sync::OnceCell<Result<IssuedChain, (bool, String)>>;
@@ -607,11 +975,20 @@ impl Drop for InFlight<'_> {
 
 impl Coalesce {
     pub fn new(inner: Arc<dyn Signer>) -> Self {
+        let backend = inner.describe().name.into();
         Self {
             inner,
             in_flight: Mutex::new(std::collections::HashMap::new()),
             joined: std::sync::atomic::AtomicU64::new(0),
+            backend,
+            metrics: UpstreamMetrics::global().clone(),
         }
+    }
+
+    /// Counts joined requests in `metrics` instead of the process's set.
+    pub fn with_metrics(mut self, metrics: &UpstreamMetrics) -> Self {
+        self.metrics = metrics.clone();
+        self
     }
 
     /// Requests answered by another request's upstream call so far.
@@ -694,6 +1071,7 @@ impl Signer for Coalesce {
         }
         self.joined
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.coalesced(&self.backend);
         match shared {
             Ok(c) => Ok(c.clone()),
             Err((true, m)) => Err(SignError::BackendUnavailable(format!(
@@ -748,6 +1126,12 @@ fn default_max_backoff() -> HumanDuration {
 fn default_concurrency() -> usize {
     64
 }
+fn default_max_queued() -> usize {
+    2048
+}
+fn yes() -> bool {
+    true
+}
 
 /// Token-bucket settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -799,7 +1183,8 @@ pub struct ResilienceConfig {
     pub backoff: HumanDuration,
     #[serde(default = "default_max_backoff")]
     pub max_backoff: HumanDuration,
-    /// Protects upstream quotas (e.g. AWS PCA ~25/s, GCP CAS 7–25/s per CA).
+    /// The upstream call budget: protects upstream quotas (e.g. AWS PCA
+    /// ~25/s, GCP CAS 7–25/s per CA); past it requests are shed.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
     #[serde(default = "default_breaker")]
@@ -807,6 +1192,14 @@ pub struct ResilienceConfig {
     /// Calls in flight to the backend at once.
     #[serde(default = "default_concurrency")]
     pub max_concurrency: usize,
+    /// Requests waiting for one of the `max_concurrency` slots; past it the
+    /// namespace with the most waiting is shed.
+    #[serde(default = "default_max_queued")]
+    pub max_queued: usize,
+    /// Namespaces, then identities, take turns for the slots (`false`: one
+    /// queue, first come first served).
+    #[serde(default = "yes")]
+    pub fair_queue: bool,
 }
 
 impl Default for ResilienceConfig {
@@ -819,23 +1212,38 @@ impl Default for ResilienceConfig {
             rate_limit: None,
             circuit_breaker: default_breaker(),
             max_concurrency: default_concurrency(),
+            max_queued: default_max_queued(),
+            fair_queue: true,
         }
     }
 }
 
 impl ResilienceConfig {
-    /// Wraps `backend` in the configured decorators.
+    /// Wraps `backend` in the configured decorators, counting in the
+    /// process's [`UpstreamMetrics`].
     pub fn wrap(&self, backend: Arc<dyn Signer>) -> Arc<dyn Signer> {
-        let mut s: Arc<dyn Signer> = Arc::new(Timeout::new(backend, self.timeout.get()));
-        s = Arc::new(ConcurrencyLimit::new(s, self.max_concurrency));
+        self.wrap_with(backend, UpstreamMetrics::global())
+    }
+
+    /// [`Self::wrap`], counting in `metrics`.
+    pub fn wrap_with(
+        &self,
+        backend: Arc<dyn Signer>,
+        metrics: &UpstreamMetrics,
+    ) -> Arc<dyn Signer> {
+        let mut s: Arc<dyn Signer> =
+            Arc::new(Timeout::new(backend, self.timeout.get()).with_metrics(metrics));
         if let Some(rl) = &self.rate_limit {
-            s = Arc::new(RateLimit::new(
-                s,
-                rl.per_second,
-                rl.burst,
-                rl.max_wait.get(),
-            ));
+            s = Arc::new(
+                RateLimit::new(s, rl.per_second, rl.burst, rl.max_wait.get()).with_metrics(metrics),
+            );
         }
+        // Slots are taken in turn before the budget's tokens, so the tokens
+        // go out in the queue's fair order.
+        s = Arc::new(
+            FairQueue::new(s, self.max_concurrency, self.max_queued, self.fair_queue)
+                .with_metrics(metrics),
+        );
         if self.attempts > 1 {
             s = Arc::new(Retry::new(
                 s,
@@ -845,10 +1253,12 @@ impl ResilienceConfig {
             ));
         }
         if let Some(cb) = &self.circuit_breaker {
-            s = Arc::new(CircuitBreaker::new(s, cb.failures, cb.open_for.get()));
+            s = Arc::new(
+                CircuitBreaker::new(s, cb.failures, cb.open_for.get()).with_metrics(metrics),
+            );
         }
-        // Outermost: joined requests take no retry, rate or breaker budget.
-        Arc::new(Coalesce::new(s))
+        // Outermost: joined requests take no retry, budget or breaker share.
+        Arc::new(Coalesce::new(s).with_metrics(metrics))
     }
 }
 

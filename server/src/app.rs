@@ -147,6 +147,7 @@ impl App {
 
         let mut registry = Registry::with_prefix("signet");
         let metrics = Metrics::register(&mut registry);
+        signet_core::metrics::UpstreamMetrics::global().register(&mut registry);
         registry.register_collector(Box::new(AuthorityCollector::new(
             authorities.values().cloned().collect(),
         )));

@@ -84,6 +84,9 @@ impl IntoResponse for ApiError {
                 let secs = match &self.0 {
                     SignError::RateLimited {
                         retry_after: Some(d),
+                    }
+                    | SignError::Overloaded {
+                        retry_after: Some(d),
                     } => d.as_secs().max(1),
                     _ => 1,
                 };
