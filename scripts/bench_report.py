@@ -101,6 +101,26 @@ def cpu_used(before, after, n):
     return total
 
 
+pinned = {name: rounds_of(name) for name in ("openbao-pinned", "direct-pinned")}
+has_pinned = all(pinned.values())
+if has_pinned:
+    rp = {name: sorted(v, key=lambda x: x["throughput"])[(len(v) - 1) // 2] for name, v in pinned.items()}
+replica_rounds = [(a["throughput"] + b["throughput"], a, b)
+                  for a, b in zip(rounds_of("replica-a"), rounds_of("replica-b"))]
+budget = load("budget")
+protected = {}
+for mode in ("fair", "fifo"):
+    protected[mode] = {
+        "noisy": load("protected-%s-noisy" % mode),
+        "quiet": load("protected-%s-quiet" % mode),
+        "upstream": load("protected-%s-upstream" % mode),
+    }
+replicas_budget = {
+    "a": load("replicas-budget-a"),
+    "b": load("replicas-budget-b"),
+    "upstream": load("replicas-budget-upstream"),
+}
+
 bao_cpu = cpu_used("openbao-cpu0", "openbao-cpu1", n_rounds)[0]
 direct_bao_cpu, direct_signet_cpu = cpu_used("direct-cpu0", "direct-cpu1", n_rounds)
 idle = {m: load(m + "-idle")["rss_kb"] / 1024 for m in ("local", "direct", "delegated")}
@@ -194,6 +214,15 @@ for name, title in runs.items():
         ratio(x["throughput"], cfssl), ratio(x["throughput"], bao),
         lat(x, "p50"), lat(x, "p90"), lat(x, "p99"), lat(x, "max"),
         ", ".join(errors(y) for y in rounds[name])))
+if has_pinned:
+    for name, title in (("openbao-pinned", "OpenBao alone, pinned to core 0"),
+                        ("direct-pinned", "signet direct → OpenBao, signet on core 1, OpenBao on core 0")):
+        x = rp[name]
+        w("| %s | %.0f | %s | %.2f | %.2f | %s | %s | %s | %s | %s |" % (
+            title, x["throughput"], ", ".join("%.0f" % y["throughput"] for y in pinned[name]),
+            ratio(x["throughput"], cfssl), ratio(x["throughput"], bao),
+            lat(x, "p50"), lat(x, "p90"), lat(x, "p99"), lat(x, "max"),
+            ", ".join(errors(y) for y in pinned[name])))
 w("")
 w("## Restart storms (%d CSRs from %d gRPC clients, each its own TLS connection)" % (
     storm.get("requests") or 0, storm["connections"]))
@@ -210,34 +239,72 @@ for title, x, rss in (
         lat(x, "max"), errors(x), rss))
 w("")
 
-best_fast = max(r["local-rest"]["throughput"], r["delegated-rest"]["throughput"])
-best_name = "local" if r["local-rest"]["throughput"] >= r["delegated-rest"]["throughput"] else "delegated"
+local_rest = r["local-rest"]["throughput"]
+local_grpc = r["local-grpc"]["throughput"]
+deleg_rest = r["delegated-rest"]["throughput"]
+deleg_grpc = r["delegated-grpc"]["throughput"]
+best_rest = max(local_rest, deleg_rest)
+best_grpc = max(local_grpc, deleg_grpc)
 direct_ratio = ratio(r["direct-rest"]["throughput"], bao)
 storm_errors = sum((storm.get("errors") or {}).values())
 retryable = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
 direct_codes = set((direct_storm.get("errors") or {}).keys())
 startup_ms = statistics.median(startups) if startups else float("nan")
 
+
+def served_all(run):
+    return run["ok"] == run.get("requests") and not run.get("errors")
+
+
+def bound(per_second, burst):
+    return per_second + burst
+
+
+fair_up = protected["fair"]["upstream"]
+fifo_up = protected["fifo"]["upstream"]
+protect_ok = all(served_all(protected[m][t]) for m in protected for t in ("noisy", "quiet")) and \
+    max(fair_up["max_per_1s_window"], fifo_up["max_per_1s_window"]) <= bound(budget["budget"], 20)
+quiet_fair, quiet_fifo = protected["fair"]["quiet"], protected["fifo"]["quiet"]
+
 w("## Targets")
 w("")
 w("| target | required | measured | |")
 w("|---|---|---|---|")
-w("| local or delegated vs cfssl serve | ≥ 1.5× | %.2f× (%s REST, %.0f vs %.0f/s) | %s |" % (
-    ratio(best_fast, cfssl), best_name, best_fast, cfssl, verdict(ratio(best_fast, cfssl) >= 1.5)))
-w("| local or delegated vs OpenBao `pki/sign` | ≥ 5× | %.2f× (%.0f vs %.0f/s) | %s |" % (
-    ratio(best_fast, bao), best_fast, bao, verdict(ratio(best_fast, bao) >= 5)))
-w("| direct → OpenBao vs OpenBao alone | ≥ 0.85× | %.2f× (%.0f vs %.0f/s) | %s |" % (
-    direct_ratio, r["direct-rest"]["throughput"], bao, verdict(direct_ratio >= 0.85)))
+w("| REST vs cfssl serve | ≥ 2× | %.2f× (%.0f vs %.0f/s) | %s |" % (
+    ratio(best_rest, cfssl), best_rest, cfssl, verdict(ratio(best_rest, cfssl) >= 2)))
+w("| gRPC vs cfssl serve | ≥ 2× | %.2f× (%.0f vs %.0f/s) | %s |" % (
+    ratio(best_grpc, cfssl), best_grpc, cfssl, verdict(ratio(best_grpc, cfssl) >= 2)))
+w("| REST vs OpenBao `pki/sign` | ≥ 6× | %.2f× (%.0f vs %.0f/s) | %s |" % (
+    ratio(best_rest, bao), best_rest, bao, verdict(ratio(best_rest, bao) >= 6)))
+w("| gRPC vs OpenBao `pki/sign` | ≥ 6× | %.2f× (%.0f vs %.0f/s) | %s |" % (
+    ratio(best_grpc, bao), best_grpc, bao, verdict(ratio(best_grpc, bao) >= 6)))
+w("| gRPC vs REST (local) | ≥ 0.9× | %.2f× (%.0f vs %.0f/s) | %s |" % (
+    ratio(local_grpc, local_rest), local_grpc, local_rest, verdict(ratio(local_grpc, local_rest) >= 0.9)))
+if has_pinned:
+    pinned_ratio = ratio(rp["direct-pinned"]["throughput"], rp["openbao-pinned"]["throughput"])
+    w("| direct → OpenBao vs OpenBao alone, each pinned to its own core | ≥ 0.85× | %.2f× (%.0f vs %.0f/s); unpinned %.2f× (%.0f vs %.0f/s) | %s |" % (
+        pinned_ratio, rp["direct-pinned"]["throughput"], rp["openbao-pinned"]["throughput"],
+        direct_ratio, r["direct-rest"]["throughput"], bao, verdict(pinned_ratio >= 0.85)))
+else:
+    w("| direct → OpenBao vs OpenBao alone | ≥ 0.85× | %.2f× unpinned (one core: no pinned run) | %s |" % (
+        direct_ratio, verdict(direct_ratio >= 0.85)))
 half_errors = sum(sum((h.get("errors") or {}).values()) for h in halves)
 w("| p99 at half of maximum throughput (local REST, %.0f/s offered, median of 3 windows) | < 20 ms | %s ms (windows: %s ms; p50 %s ms; %d errors) | %s |" % (
     half["rate"], lat(half, "p99"), ", ".join(lat(h, "p99") for h in halves), lat(half, "p50"), half_errors,
     verdict(half.get("latency_ms") and half["latency_ms"]["p99"] < 20 and not half_errors)))
-w("| delegated storm: %d CSRs, %d clients | all answered, 0 errors, ≤ 3 s | %d answered, %d errors, %.2f s | %s |" % (
+w("| delegated storm: %d CSRs, %d clients | all answered, 0 errors, ≤ 1.5 s | %d answered, %d errors, %.2f s | %s |" % (
     storm.get("requests") or 0, storm["connections"], storm["ok"], storm_errors, storm["elapsed_s"],
-    verdict(storm_errors == 0 and storm["ok"] == storm.get("requests") and storm["elapsed_s"] <= 3)))
+    verdict(storm_errors == 0 and storm["ok"] == storm.get("requests") and storm["elapsed_s"] <= 1.5)))
 w("| direct storm degrades gracefully | only retryable codes, no crash | %s; process %s | %s |" % (
     errors(direct_storm), "alive" if direct_alive else "**gone**",
     verdict(direct_alive and direct_codes <= retryable)))
+w("| storm against a %d calls/s budget | every workload served, upstream never above budget + burst | %d + %d served (fair), %d + %d (FIFO); most calls in 1 s: %d and %d (bound %d) | %s |" % (
+    budget["budget"], protected["fair"]["noisy"]["ok"], quiet_fair["ok"], protected["fifo"]["noisy"]["ok"],
+    quiet_fifo["ok"], fair_up["max_per_1s_window"], fifo_up["max_per_1s_window"], bound(budget["budget"], 20),
+    verdict(protect_ok)))
+w("| fair queue: the quiet tenant during the noisy tenant's storm | served well before the storm ends | quiet done in %.2f s (fair) vs %.2f s (FIFO); noisy done in %.2f s | %s |" % (
+    quiet_fair["elapsed_s"], quiet_fifo["elapsed_s"], protected["fair"]["noisy"]["elapsed_s"],
+    verdict(quiet_fair["elapsed_s"] < 0.5 * protected["fair"]["noisy"]["elapsed_s"])))
 w("| RSS idle | ≤ 25 MB | local %.1f MB, direct %.1f MB, delegated %.1f MB | %s |" % (
     idle["local"], idle["direct"], idle["delegated"], verdict(max(idle.values()) <= 25)))
 w("| RSS peak in the storm | ≤ 150 MB | %.1f MB (delegated), %.1f MB (local) | %s |" % (
@@ -246,6 +313,72 @@ w("| start-up to ready with existing keys | ≤ 100 ms | median %.1f ms of %d (%
     startup_ms, len(startups), ", ".join("%.1f" % s for s in startups), verdict(startup_ms <= 100)))
 w("")
 w("For scale: OpenBao's own peak RSS over the whole run was %.0f MB." % bao_rss)
+w("")
+w("## Upstream protection")
+w("")
+w("A restart storm against signet direct → a second OpenBao with a file audit")
+w("device, signet's backend configured with `resilience: { max_concurrency: 16,")
+w("max_queued: 256, rate_limit: { per_second: %d, burst: 20, max_wait: 500ms } }`." % budget["budget"])
+w("Two tenants start together: 900 gRPC clients of namespace `noisy` ask for")
+w("3,000 certificates, 100 clients of namespace `quiet` for 300. Every client")
+w("retries `UNAVAILABLE`/`RESOURCE_EXHAUSTED` as istio-agent does (100 ms doubling")
+w("to 3.2 s, ±10%); latency is the workload's, from its first attempt to its")
+w("certificate. Upstream calls are OpenBao's own count (its audit log); the")
+w("budget allows at most rate + burst = %d calls in any one-second window." % bound(budget["budget"], 20))
+w("")
+w("| queue | tenant | served | errors | answers retried | done in s | p50 ms | p99 ms | max ms |")
+w("|---|---|---:|---|---:|---:|---:|---:|---:|")
+for mode, title in (("fair", "fair (`fair_queue: true`)"), ("fifo", "FIFO (`fair_queue: false`)")):
+    for tenant in ("noisy", "quiet"):
+        x = protected[mode][tenant]
+        w("| %s | %s | %d | %s | %d | %.2f | %s | %s | %s |" % (
+            title, tenant, x["ok"], errors(x), sum((x.get("retried") or {}).values()), x["elapsed_s"],
+            lat(x, "p50"), lat(x, "p99"), lat(x, "max")))
+w("")
+w("| queue | upstream calls | certificates | calls per certificate | most calls in any 1 s | bound |")
+w("|---|---:|---:|---:|---:|---:|")
+for mode in ("fair", "fifo"):
+    up = protected[mode]["upstream"]
+    n = protected[mode]["noisy"]["ok"] + protected[mode]["quiet"]["ok"]
+    w("| %s | %d | %d | %.2f | %d | %d |" % (
+        mode, up["calls"], n, ratio(up["calls"], n), up["max_per_1s_window"], bound(budget["budget"], 20)))
+w("")
+w("## Scaling out")
+w("")
+w("Two signet processes (local mode, the same CA) on this %d-core machine," % os.cpu_count())
+w("each driven by its own load generator with half of the %s connections," % args.connections)
+w("against one process with all of them (the local REST row above):")
+w("")
+w("| | signs/s (median round) | rounds |")
+w("|---|---:|---|")
+w("| one replica | %.0f | %s |" % (local_rest, ", ".join("%.0f" % y["throughput"] for y in rounds["local-rest"])))
+if replica_rounds:
+    med = sorted(replica_rounds, key=lambda x: x[0])[(len(replica_rounds) - 1) // 2]
+    w("| two replicas (sum) | %.0f (%.0f + %.0f) | %s |" % (
+        med[0], med[1]["throughput"], med[2]["throughput"], ", ".join("%.0f" % x[0] for x in replica_rounds)))
+w("")
+rb = replicas_budget
+rb_n = rb["a"]["ok"] + rb["b"]["ok"]
+per_replica = budget["budget"] // budget["replicas"]
+w("The call budget is per replica. Two direct replicas, each with")
+w("`rate_limit: { per_second: %d, burst: 10 }`, under a storm of 1,500 CSRs each" % per_replica)
+w("(500 clients each): %d certificates served (errors: %s / %s), %d upstream calls, at most %d in" % (
+    rb_n, errors(rb["a"]), errors(rb["b"]), rb["upstream"]["calls"], rb["upstream"]["max_per_1s_window"]))
+w("any one second against a combined bound of %d; done in %.2f s and %.2f s." % (
+    budget["replicas"] * (per_replica + 10), rb["a"]["elapsed_s"], rb["b"]["elapsed_s"]))
+w("")
+w("Sizing for a 50,000-pod cluster restart, from this run's figures:")
+w("")
+w("- **Delegated or local mode** is CPU-bound: one replica on this machine")
+w("  answered the 10,000-CSR storm at %.0f/s, so 50,000 certificates take about" % storm["throughput"])
+w("  %.0f s of one such replica; N replicas on their own cores divide that by N." % (50000 / max(storm["throughput"], 1)))
+w("  Two replicas sharing these %d cores do not add capacity (the table above)." % os.cpu_count())
+w("- **Direct mode** is bound by the upstream: the storm lasts at least")
+w("  50,000 / budget seconds however many replicas run (%.0f s at %d calls/s)," % (
+    50000 / budget["budget"], budget["budget"]))
+w("  so give each of N replicas `per_second` = the upstream quota / N, and expect")
+w("  agents to wait and retry; or use delegated mode, which asks the upstream")
+w("  once per intermediate.")
 w("")
 w("## Where direct mode's time goes")
 w("")

@@ -39,6 +39,12 @@ pub enum Target {
     Vault,
     /// `cfssl serve`'s `POST /api/v1/cfssl/sign`.
     Cfssl,
+    /// smallstep step-ca's `POST /1.0/sign`, each request with a fresh
+    /// one-time token of a JWK provisioner.
+    StepCa,
+    /// The SPIRE server's `SVID/MintX509SVID` on its TCP API, over mutual
+    /// TLS with an admin X509-SVID.
+    Spire,
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,12 +95,38 @@ pub struct Args {
     /// development issuer in this directory (`signet serve --dev`'s data dir).
     #[arg(long, conflicts_with = "token_file")]
     dev_issuer: Option<PathBuf>,
+    /// step-ca: the JWK provisioner's private key (EC P-256, PKCS#8 PEM).
+    #[arg(long)]
+    provisioner_key: Option<PathBuf>,
+    /// step-ca: the provisioner's name (the token's issuer).
+    #[arg(long, default_value = "bench")]
+    provisioner: String,
+    /// step-ca: the provisioner key's `kid`.
+    #[arg(long, default_value = "bench")]
+    kid: String,
+    /// SPIRE: the admin X509-SVID (PEM chain) and its key.
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
     /// Vault: the signing path after /v1/.
     #[arg(long, default_value = "pki/sign/bench")]
     vault_path: String,
     /// Per-request timeout.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     timeout: Duration,
+    /// Retry an answer that says "later" (gRPC UNAVAILABLE,
+    /// RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED; HTTP 429, 503) the way
+    /// istio-agent does — exponential backoff from 100 ms, doubling to
+    /// 3.2 s, with jitter — until this long after the first attempt. The
+    /// latency is then the workload's: from the first attempt to the
+    /// certificate.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    retry_for: Option<Duration>,
+    /// Start the load at this Unix time (seconds), after the preparation:
+    /// several load generators (one per tenant) then start together.
+    #[arg(long)]
+    start_at: Option<f64>,
     /// A name for the run, copied into the report.
     #[arg(long)]
     label: Option<String>,
@@ -111,6 +143,10 @@ struct Prepared {
     csr: String,
     /// gRPC: `Bearer <token>` for this identity.
     grpc_auth: Option<AsciiMetadataValue>,
+    /// step-ca: the identity its token names.
+    spiffe_id: String,
+    /// SPIRE: the DER CSR.
+    der: Vec<u8>,
 }
 
 enum Plan {
@@ -126,6 +162,8 @@ struct Shared {
     origin: Option<Origin>,
     grpc_tls: Option<ClientTlsConfig>,
     http_auth: Option<(http::HeaderName, http::HeaderValue)>,
+    step_ca: Option<crate::peers::StepCaTokens>,
+    spire_tls: Option<Arc<rustls::ClientConfig>>,
     path: http::uri::PathAndQuery,
     plan: Plan,
     t0: Instant,
@@ -135,6 +173,7 @@ struct Shared {
 enum Conn {
     Http(SendRequest<Full<Bytes>>),
     Grpc(IstioCertificateServiceClient<Channel>),
+    Spire(tonic::client::Grpc<Channel>),
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -158,6 +197,39 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (origin, grpc_tls) = transport(&args)?;
     let http_auth = http_auth(&args)?;
     let path = target_path(&args);
+    let step_ca = match (args.target, &args.provisioner_key) {
+        (Target::StepCa, Some(key)) => {
+            let origin = origin.as_ref().context("step-ca needs an https URL")?;
+            let host = origin.server_name.to_str();
+            Some(crate::peers::StepCaTokens::new(
+                key,
+                &args.kid,
+                &args.provisioner,
+                &format!("https://{host}/1.0/sign"),
+            )?)
+        }
+        (Target::StepCa, None) => anyhow::bail!("step-ca needs --provisioner-key"),
+        _ => None,
+    };
+    let spire_tls = match (args.target, &args.ca, &args.client_cert, &args.client_key) {
+        (Target::Spire, Some(ca), Some(cert), Some(key)) => {
+            Some(crate::peers::spire_tls(ca, cert, key)?)
+        }
+        (Target::Spire, ..) => anyhow::bail!("SPIRE needs --ca, --client-cert and --client-key"),
+        _ => None,
+    };
+    if let Some(at) = args.start_at {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)?
+            .as_secs_f64();
+        if now > at {
+            eprintln!(
+                "signet-bench: started {:.2} s after --start-at (slow preparation)",
+                now - at
+            );
+        }
+        tokio::time::sleep(Duration::from_secs_f64((at - now).max(0.0))).await;
+    }
     let t0 = Instant::now();
     let plan = match args.requests {
         Some(total) => Plan::Count { total },
@@ -170,6 +242,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let shared = Arc::new(Shared {
+        step_ca,
+        spire_tls,
         path: path.parse()?,
         prepared,
         origin,
@@ -222,6 +296,7 @@ fn transport(args: &Args) -> anyhow::Result<(Option<Origin>, Option<ClientTlsCon
             }
             (None, Some(tls))
         }
+        Target::Spire => (None, None),
         _ => {
             let tls = match &args.ca {
                 Some(ca) => Some(client::tls_config(ca, &[b"http/1.1"])?),
@@ -259,7 +334,8 @@ fn target_path(args: &Args) -> String {
         Target::SignetRest => "/v1/sign".to_owned(),
         Target::Vault => format!("/v1/{}", args.vault_path.trim_start_matches('/')),
         Target::Cfssl => "/api/v1/cfssl/sign".to_owned(),
-        Target::SignetGrpc => "/".to_owned(),
+        Target::StepCa => "/1.0/sign".to_owned(),
+        Target::SignetGrpc | Target::Spire => "/".to_owned(),
     }
 }
 
@@ -288,7 +364,7 @@ fn prepare(args: &Args, csrs: &[Csr]) -> anyhow::Result<Vec<Prepared>> {
                     json!({ "csr": c.pem, "uri_sans": c.spiffe_id, "ttl": format!("{ttl}s") })
                 }
                 Target::Cfssl => json!({ "certificate_request": c.pem }),
-                Target::SignetGrpc => serde_json::Value::Null,
+                Target::SignetGrpc | Target::StepCa | Target::Spire => serde_json::Value::Null,
             };
             let grpc_auth = match (&issuer, args.target) {
                 (Some(issuer), Target::SignetGrpc) => {
@@ -308,6 +384,8 @@ fn prepare(args: &Args, csrs: &[Csr]) -> anyhow::Result<Vec<Prepared>> {
                 body: Bytes::from(serde_json::to_vec(&body)?),
                 csr: c.pem.clone(),
                 grpc_auth,
+                spiffe_id: c.spiffe_id.clone(),
+                der: c.der.clone(),
             })
         })
         .collect()
@@ -361,12 +439,29 @@ async fn worker(w: usize, shared: Arc<Shared>) -> Recorder {
             Plan::Count { .. } => true,
         };
         let req = &shared.prepared[(seq % shared.prepared.len() as u64) as usize];
-        let outcome = tokio::time::timeout(shared.args.timeout, once(&shared, &mut conn, req))
-            .await
-            .unwrap_or_else(|_| {
-                conn = None;
-                Err("timeout".to_owned())
-            });
+        let mut attempt = 0u32;
+        let outcome = loop {
+            let outcome = tokio::time::timeout(shared.args.timeout, once(&shared, &mut conn, req))
+                .await
+                .unwrap_or_else(|_| {
+                    conn = None;
+                    Err("timeout".to_owned())
+                });
+            match (&outcome, shared.args.retry_for) {
+                (Err(code), Some(limit)) if retryable(code) => {
+                    let wait = agent_backoff(attempt, seq);
+                    if start.elapsed() + wait > limit {
+                        break outcome;
+                    }
+                    if measured {
+                        rec.retried(code.clone());
+                    }
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                _ => break outcome,
+            }
+        };
         let done = Instant::now();
         previous_done = done;
         if measured {
@@ -377,6 +472,23 @@ async fn worker(w: usize, shared: Arc<Shared>) -> Recorder {
         }
     }
     rec
+}
+
+/// Whether an answer means "try again later".
+fn retryable(code: &str) -> bool {
+    matches!(
+        code,
+        "UNAVAILABLE" | "RESOURCE_EXHAUSTED" | "DEADLINE_EXCEEDED" | "timeout" | "connect_error"
+    ) || code.starts_with("http_429")
+        || code.starts_with("http_503")
+}
+
+/// istio-agent's wait before retry `attempt`: 100 ms doubling, at most
+/// 3.2 s, with ±10% jitter (from the request's number: no RNG needed).
+fn agent_backoff(attempt: u32, seq: u64) -> Duration {
+    let base = 100.0 * f64::from(1u32 << attempt.min(5));
+    let spread = ((seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % 2001) as f64 / 10_000.0 - 0.1;
+    Duration::from_secs_f64(base * (1.0 + spread) / 1000.0)
 }
 
 /// One request on the worker's connection, connecting first if needed.
@@ -399,9 +511,15 @@ async fn once(shared: &Shared, conn: &mut Option<Conn>, req: &Prepared) -> Resul
             if let Some((name, value)) = &shared.http_auth {
                 builder = builder.header(name, value);
             }
-            let request = builder
-                .body(Full::new(req.body.clone()))
-                .map_err(|e| e.to_string())?;
+            // step-ca: a token of its own for every request.
+            let body = match &shared.step_ca {
+                Some(tokens) => {
+                    let ott = tokens.mint(&req.spiffe_id).map_err(|e| e.to_string())?;
+                    Bytes::from(json!({ "csr": req.csr, "ott": ott }).to_string())
+                }
+                None => req.body.clone(),
+            };
+            let request = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
             match client::send(sender, request).await {
                 Ok((status, body)) if status.is_success() && has_certificate(&body) => Ok(()),
                 Ok((status, body)) => Err(http_code(status, &body)),
@@ -426,10 +544,46 @@ async fn once(shared: &Shared, conn: &mut Option<Conn>, req: &Prepared) -> Resul
                 Err(status) => Err(grpc_code(status.code())),
             }
         }
+        Conn::Spire(grpc) => {
+            if grpc.ready().await.is_err() {
+                *conn = None;
+                return Err("io_error".to_owned());
+            }
+            let request = tonic::Request::new(crate::peers::MintX509SvidRequest {
+                csr: req.der.clone(),
+                ttl: i32::try_from(shared.args.ttl.as_secs()).unwrap_or(i32::MAX),
+            });
+            let answer: Result<tonic::Response<crate::peers::MintX509SvidResponse>, _> = grpc
+                .unary(
+                    request,
+                    http::uri::PathAndQuery::from_static(crate::peers::MINT_X509_SVID),
+                    tonic_prost::ProstCodec::default(),
+                )
+                .await;
+            match answer {
+                Ok(resp)
+                    if resp
+                        .get_ref()
+                        .svid
+                        .as_ref()
+                        .is_some_and(|s| !s.cert_chain.is_empty()) =>
+                {
+                    Ok(())
+                }
+                Ok(_) => Err("short_chain".to_owned()),
+                Err(status) => Err(grpc_code(status.code())),
+            }
+        }
     }
 }
 
 async fn connect(shared: &Shared) -> anyhow::Result<Conn> {
+    if let Some(tls) = &shared.spire_tls {
+        let uri: http::Uri = shared.args.url.parse()?;
+        let authority = uri.authority().context("SPIRE URL without host:port")?;
+        let channel = crate::peers::spire_channel(authority.as_str(), tls.clone()).await?;
+        return Ok(Conn::Spire(tonic::client::Grpc::new(channel)));
+    }
     match &shared.grpc_tls {
         Some(tls) => {
             let endpoint = Endpoint::from_shared(shared.args.url.clone())?

@@ -17,6 +17,7 @@
 mod ceiling;
 mod client;
 mod load;
+mod peers;
 mod pool;
 mod report;
 mod startup;

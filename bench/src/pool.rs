@@ -11,6 +11,7 @@ pub struct Csr {
     pub service_account: String,
     pub spiffe_id: String,
     pub pem: String,
+    pub der: Vec<u8>,
 }
 
 /// `n` CSRs for `spiffe://<trust_domain>/ns/<namespace>/sa/w<i>`, made on
@@ -47,11 +48,12 @@ fn one(i: usize, trust_domain: &str, namespace: &str) -> anyhow::Result<Csr> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params.subject_alt_names = vec![SanType::URI(spiffe_id.as_str().try_into()?)];
-    let pem = params.serialize_request(&key)?.pem()?;
+    let csr = params.serialize_request(&key)?;
     Ok(Csr {
         namespace: namespace.to_owned(),
         service_account,
         spiffe_id,
-        pem,
+        pem: csr.pem()?,
+        der: csr.der().to_vec(),
     })
 }

@@ -13,6 +13,8 @@ pub struct Recorder {
     /// Latencies of successful requests, in microseconds.
     latencies_us: Vec<u32>,
     errors: BTreeMap<String, u64>,
+    /// Answers that were retried (`--retry-for`), by code.
+    retried: BTreeMap<String, u64>,
     pub last_done: Option<Instant>,
 }
 
@@ -28,6 +30,11 @@ impl Recorder {
         self.done(done);
     }
 
+    /// An answer the worker retried.
+    pub fn retried(&mut self, code: String) {
+        *self.retried.entry(code).or_default() += 1;
+    }
+
     fn done(&mut self, at: Instant) {
         self.last_done = Some(self.last_done.map_or(at, |d| d.max(at)));
     }
@@ -36,6 +43,9 @@ impl Recorder {
         self.latencies_us.extend(other.latencies_us);
         for (code, n) in other.errors {
             *self.errors.entry(code).or_default() += n;
+        }
+        for (code, n) in other.retried {
+            *self.retried.entry(code).or_default() += n;
         }
         if let Some(at) = other.last_done {
             self.done(at);
@@ -68,6 +78,9 @@ pub struct Report {
     pub elapsed_s: f64,
     pub ok: u64,
     pub errors: BTreeMap<String, u64>,
+    /// Answers retried before the final one (`--retry-for`), by code.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub retried: BTreeMap<String, u64>,
     /// Successful signings per second.
     pub throughput: f64,
     pub latency_ms: Option<Latency>,
@@ -108,6 +121,7 @@ impl Report {
             elapsed_s: secs,
             ok,
             errors: rec.errors,
+            retried: rec.retried,
             throughput: if secs > 0.0 { ok as f64 / secs } else { 0.0 },
             latency_ms,
         }
@@ -122,8 +136,9 @@ impl Report {
             )
         });
         let errors: u64 = self.errors.values().sum();
+        let retried: u64 = self.retried.values().sum();
         format!(
-            "{}: {} ok in {:.2} s = {:.0}/s; {lat}; {errors} errors {:?}",
+            "{}: {} ok in {:.2} s = {:.0}/s; {lat}; {errors} errors {:?}; {retried} retried",
             self.label.as_deref().unwrap_or(&self.url),
             self.ok,
             self.elapsed_s,
