@@ -172,6 +172,7 @@ server {
   data_dir = "$SPIRE/data"
   log_level = "WARN"
   ca_key_type = "ec-p256"
+  ca_ttl = "168h"
   default_x509_svid_ttl = "24h"
   admin_ids = ["spiffe://cluster.local/bench-admin"]
 }
@@ -196,6 +197,7 @@ for _ in $(seq 300); do
   "$SIGNET_SPIRE_SERVER" healthcheck -socketPath "$SPIRE/api.sock" >/dev/null 2>&1 && break
   sleep 0.1
 done
+mkdir -p "$SPIRE/admin"
 "$SIGNET_SPIRE_SERVER" x509 mint -socketPath "$SPIRE/api.sock" -spiffeID spiffe://cluster.local/bench-admin \
   -write "$SPIRE/admin" >/dev/null
 SPIRE_URL="https://127.0.0.1:$SPIRE_PORT"
