@@ -349,6 +349,10 @@ stop_signet() {
 }
 
 COMMON=(--connections "$CONNS" --duration "$DURATION" --warmup "$WARMUP")
+# gRPC as istio-agent sends it: each connection is one workload with its own
+# token (2,016 CSRs over $CONNS identities); the "fresh token" rows are the
+# worst case, a new identity and token on every request.
+AGENT=(--identities "$CONNS" --csrs $((2016 / CONNS * CONNS)))
 # rest_load NAME MODE ARGS... / grpc_load NAME MODE ARGS...
 rest_load() {
   load "$1" --target signet-rest --url "${REST_URL[$2]}" --ca "${SERVER_CA[$2]}" --token-file "$WORK/rest-token" "${@:3}"
@@ -384,12 +388,13 @@ for round in $(seq "$ROUNDS"); do
     --vault-path pki/sign/bench "${COMMON[@]}"
   cpu_json "$RESULTS/openbao-cpu1-r$round.json" "$BAO_PID"
   rest_load "local-rest-r$round" local "${COMMON[@]}"
-  grpc_load "local-grpc-r$round" local "${COMMON[@]}"
+  grpc_load "local-grpc-r$round" local "${COMMON[@]}" "${AGENT[@]}"
+  grpc_load "local-grpc-fresh-r$round" local "${COMMON[@]}"
   cpu_json "$RESULTS/direct-cpu0-r$round.json" "$BAO_PID" "${SIGNET_PID[direct]}"
   rest_load "direct-rest-r$round" direct "${COMMON[@]}"
   cpu_json "$RESULTS/direct-cpu1-r$round.json" "$BAO_PID" "${SIGNET_PID[direct]}"
   rest_load "delegated-rest-r$round" delegated "${COMMON[@]}"
-  grpc_load "delegated-grpc-r$round" delegated "${COMMON[@]}"
+  grpc_load "delegated-grpc-r$round" delegated "${COMMON[@]}" "${AGENT[@]}"
 done
 
 # The bridge's own cost: OpenBao on core 0 and signet on core 1 (the load

@@ -58,10 +58,11 @@ runs = {
     "step-ca": "step-ca `/1.0/sign` (JWK provisioner, a token per request)",
     "spire": "SPIRE server `MintX509SVID` (mutual TLS, admin SVID)",
     "local-rest": "signet local, REST",
-    "local-grpc": "signet local, Istio gRPC",
+    "local-grpc": "signet local, Istio gRPC (a token per connection, as agents send)",
+    "local-grpc-fresh": "signet local, Istio gRPC (a fresh token every request: worst case)",
     "direct-rest": "signet direct → OpenBao, REST",
     "delegated-rest": "signet delegated over OpenBao, REST",
-    "delegated-grpc": "signet delegated over OpenBao, Istio gRPC",
+    "delegated-grpc": "signet delegated over OpenBao, Istio gRPC (a token per connection)",
 }
 
 
@@ -187,10 +188,14 @@ w("  on the TCP API over mutual TLS (the server's SVID is checked against the bu
 w("  it names no host).")
 w("- Load generator: `signet-bench load` on the same machine as the server, "
   "%s connections, %s measured after a warm-up, TLS 1.3 (HTTP/1.1 keep-alive, "
-  "or one gRPC channel per connection), a pool of distinct EC P-256 CSRs with "
-  "one SPIFFE ID each, 24 h certificates. gRPC requests carry a per-identity "
-  "service-account JWT; REST requests a bearer token; OpenBao requests a Vault token."
-  % (args.connections, args.duration))
+  "or one HTTP/2 connection per gRPC client), a pool of EC P-256 CSRs with a "
+  "key each, 24 h certificates. gRPC requests carry a per-identity "
+  "service-account JWT: one identity per connection (2,016 CSRs over %s identities, "
+  "as each istio-agent keeps its connection and token), or, in the \"fresh token\" row, "
+  "a new identity and token on every request; REST requests a bearer token; OpenBao "
+  "requests a Vault token. The gRPC client is hyper's HTTP/2 connection with tonic's "
+  "codec, the REST client hyper's HTTP/1.1 connection."
+  % (args.connections, args.duration, args.connections))
 w("- Command: `%s`; raw reports in `target/bench/*.json`." % args.command.strip())
 w("")
 w("## Crypto ceiling (one core, ECDSA P-256)")

@@ -21,7 +21,7 @@ use serde_json::json;
 use signet_istio::pb::IstioCertificateRequest;
 use signet_istio::pb::istio_certificate_service_client::IstioCertificateServiceClient;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 
 use crate::client::{self, Origin};
 use crate::pool::{self, Csr};
@@ -78,6 +78,13 @@ pub struct Args {
     /// `--requests` when given, else 2000.
     #[arg(long)]
     csrs: Option<usize>,
+    /// Identities the CSRs belong to, in turn (default: one per CSR). With
+    /// `--identities` equal to `--connections`, each connection is one
+    /// workload sending its own token every time, as istio-agent does (HPACK
+    /// then sends the token as an index after the first request); with one
+    /// identity per CSR every request carries a new token (the worst case).
+    #[arg(long)]
+    identities: Option<usize>,
     /// Trust domain of the CSRs' SPIFFE IDs.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
@@ -160,7 +167,6 @@ struct Shared {
     args: Args,
     prepared: Vec<Prepared>,
     origin: Option<Origin>,
-    grpc_tls: Option<ClientTlsConfig>,
     http_auth: Option<(http::HeaderName, http::HeaderValue)>,
     step_ca: Option<crate::peers::StepCaTokens>,
     spire_tls: Option<Arc<rustls::ClientConfig>>,
@@ -172,7 +178,7 @@ struct Shared {
 
 enum Conn {
     Http(SendRequest<Full<Bytes>>),
-    Grpc(IstioCertificateServiceClient<Channel>),
+    Grpc(IstioCertificateServiceClient<client::H2>),
     Spire(tonic::client::Grpc<Channel>),
 }
 
@@ -186,7 +192,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| args.requests.map_or(2000, |r| r.min(100_000) as usize))
         .max(1);
     let started = Instant::now();
-    let csrs = pool::generate(n, &args.trust_domain, &args.namespace)?;
+    if let Some(ids) = args.identities {
+        anyhow::ensure!(ids > 0, "--identities must be positive");
+        anyhow::ensure!(
+            n % ids == 0,
+            "--csrs ({n}) must be a multiple of --identities ({ids}), so that each connection keeps its identity"
+        );
+    }
+    let csrs = pool::generate(
+        n,
+        args.identities.unwrap_or(n),
+        &args.trust_domain,
+        &args.namespace,
+    )?;
     let prepared = prepare(&args, &csrs)?;
     eprintln!(
         "signet-bench: {} CSRs and requests prepared in {:.1?}",
@@ -194,7 +212,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         started.elapsed()
     );
 
-    let (origin, grpc_tls) = transport(&args)?;
+    let origin = transport(&args)?;
     let http_auth = http_auth(&args)?;
     let path = target_path(&args);
     let step_ca = match (args.target, &args.provisioner_key) {
@@ -247,7 +265,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         path: path.parse()?,
         prepared,
         origin,
-        grpc_tls,
         http_auth,
         plan,
         t0,
@@ -285,26 +302,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where and how the load connects: an HTTP origin, or gRPC's TLS.
-fn transport(args: &Args) -> anyhow::Result<(Option<Origin>, Option<ClientTlsConfig>)> {
-    Ok(match args.target {
-        Target::SignetGrpc => {
-            let mut tls = ClientTlsConfig::new();
-            if let Some(ca) = &args.ca {
-                let pem = std::fs::read(ca).with_context(|| ca.display().to_string())?;
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
-            }
-            (None, Some(tls))
-        }
-        Target::Spire => (None, None),
-        _ => {
-            let tls = match &args.ca {
-                Some(ca) => Some(client::tls_config(ca, &[b"http/1.1"])?),
-                None => None,
-            };
-            (Some(Origin::parse(&args.url, tls)?), None)
-        }
-    })
+/// Where the load connects: an HTTPS origin (HTTP/1.1, or HTTP/2 for
+/// gRPC), or none for SPIRE, which has its own transport.
+fn transport(args: &Args) -> anyhow::Result<Option<Origin>> {
+    let alpn: &[u8] = match args.target {
+        Target::Spire => return Ok(None),
+        Target::SignetGrpc => b"h2",
+        _ => b"http/1.1",
+    };
+    let tls = match &args.ca {
+        Some(ca) => Some(client::tls_config(ca, &[alpn])?),
+        None => None,
+    };
+    Ok(Some(Origin::parse(&args.url, tls)?))
 }
 
 /// The header that carries the token on HTTP targets.
@@ -584,21 +594,14 @@ async fn connect(shared: &Shared) -> anyhow::Result<Conn> {
         let channel = crate::peers::spire_channel(authority.as_str(), tls.clone()).await?;
         return Ok(Conn::Spire(tonic::client::Grpc::new(channel)));
     }
-    match &shared.grpc_tls {
-        Some(tls) => {
-            let endpoint = Endpoint::from_shared(shared.args.url.clone())?
-                .tcp_nodelay(true)
-                .tls_config(tls.clone())?;
-            let channel = endpoint.connect().await?;
-            Ok(Conn::Grpc(
-                IstioCertificateServiceClient::new(channel)
-                    .max_decoding_message_size(4 * 1024 * 1024),
-            ))
-        }
-        None => Ok(Conn::Http(
-            shared.origin.as_ref().expect("origin").connect().await?,
-        )),
+    let origin = shared.origin.as_ref().expect("origin");
+    if shared.args.target == Target::SignetGrpc {
+        return Ok(Conn::Grpc(
+            IstioCertificateServiceClient::new(origin.connect_h2().await?)
+                .max_decoding_message_size(4 * 1024 * 1024),
+        ));
     }
+    Ok(Conn::Http(origin.connect().await?))
 }
 
 /// Connection failures are counted, and the first few are shown.

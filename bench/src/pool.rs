@@ -14,9 +14,15 @@ pub struct Csr {
     pub der: Vec<u8>,
 }
 
-/// `n` CSRs for `spiffe://<trust_domain>/ns/<namespace>/sa/w<i>`, made on
+/// `n` CSRs, each with its own key, for
+/// `spiffe://<trust_domain>/ns/<namespace>/sa/w<i mod identities>`, made on
 /// every core.
-pub fn generate(n: usize, trust_domain: &str, namespace: &str) -> anyhow::Result<Vec<Csr>> {
+pub fn generate(
+    n: usize,
+    identities: usize,
+    trust_domain: &str,
+    namespace: &str,
+) -> anyhow::Result<Vec<Csr>> {
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
     let per = n.div_ceil(threads).max(1);
     std::thread::scope(|s| {
@@ -25,7 +31,7 @@ pub fn generate(n: usize, trust_domain: &str, namespace: &str) -> anyhow::Result
             .map(|start| {
                 s.spawn(move || {
                     (start..(start + per).min(n))
-                        .map(|i| one(i, trust_domain, namespace))
+                        .map(|i| one(i % identities.max(1), trust_domain, namespace))
                         .collect::<anyhow::Result<Vec<_>>>()
                 })
             })
