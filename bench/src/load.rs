@@ -195,7 +195,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(ids) = args.identities {
         anyhow::ensure!(ids > 0, "--identities must be positive");
         anyhow::ensure!(
-            n % ids == 0,
+            n.is_multiple_of(ids),
             "--csrs ({n}) must be a multiple of --identities ({ids}), so that each connection keeps its identity"
         );
     }

@@ -85,7 +85,7 @@ impl Timeout {
 
     fn count<T>(&self, r: &Result<T, SignError>, started: Instant) {
         self.metrics
-            .call(&self.backend, outcome(r), started.elapsed());
+            .call(&self.backend, outcome(r), crate::clock::elapsed(started));
     }
 
     async fn run<T>(&self, f: impl Future<Output = Result<T, SignError>>) -> Result<T, SignError> {
@@ -151,7 +151,7 @@ impl Signer for Timeout {
         d: &IssuanceDecision,
         csr: &VerifiedCsr,
     ) -> Result<IssuedChain, SignError> {
-        let started = Instant::now();
+        let started = crate::clock::monotonic();
         let sans: Arc<Vec<String>> = Arc::new(d.sans().iter().map(ToString::to_string).collect());
         let backend = self.backend.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<Answer>();
@@ -190,7 +190,7 @@ impl Signer for Timeout {
         r
     }
     async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {
-        let started = Instant::now();
+        let started = crate::clock::monotonic();
         let r = self.run(self.inner.trust_bundle()).await;
         self.count(&r, started);
         r
