@@ -186,3 +186,124 @@ async fn direct_and_delegated_over_openbao_survive_an_outage() {
         .unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+/// The upstream call budget with the real binary and a real OpenBao: a burst
+/// of distinct requests past `rate_limit` is answered at once with 503
+/// `overloaded` and a Retry-After for the shed part, OpenBao issues exactly
+/// as many certificates as were delivered (a shed request never reaches
+/// it), the callers that wait as told are all served, and the metrics count
+/// each call and each shed.
+#[tokio::test]
+async fn a_call_budget_sheds_what_the_upstream_would_not_get() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let bao = OpenBao::persistent();
+    bao.enable_pki("pki");
+    let root = write(dir, "openbao-root.pem", &bao.generate_root("pki", "budget root"));
+    bao.create_role("pki", "mesh");
+    bao.write_policy("signet", &OpenBao::signet_policy("pki", "mesh"));
+    let path = config(dir, &bao, "direct");
+    let yaml = std::fs::read_to_string(&path).unwrap().replace(
+        "    auth:\n      token:",
+        "    resilience: { rate_limit: { per_second: 2, burst: 2, max_wait: 10ms } }\n    auth:\n      token:",
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let signet = Signet::start(&bin(), &["serve", "--config", path.to_str().unwrap()]).unwrap();
+    let client = signet_tests::http::client(&root);
+    let csrs: Vec<String> = (0..10)
+        .map(|i| {
+            std::fs::read_to_string(openssl::csr(
+                dir,
+                &format!("w{i}"),
+                Key::EcP256,
+                Some(&format!("URI:spiffe://cluster.local/ns/default/sa/w{i}")),
+                &[],
+            ))
+            .unwrap()
+        })
+        .collect();
+    // Start-up's own calls (the CA, the bundle) have spent the burst.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = bao.issued_serials("pki").len();
+
+    let url = signet.url();
+    let tasks: Vec<_> = csrs
+        .iter()
+        .map(|csr| {
+            let (client, url, csr) = (client.clone(), url.clone(), csr.clone());
+            tokio::spawn(async move {
+                let r = client
+                    .post(format!("{url}/v1/sign"))
+                    .json(&json!({ "csr": csr }))
+                    .send()
+                    .await
+                    .expect("answer");
+                let status = r.status().as_u16();
+                let retry_after = r
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+                (status, retry_after, r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut served = 0;
+    let mut waits = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (status, retry_after, body) = t.await.unwrap();
+        match status {
+            200 => {
+                verify(dir, &root, &body, &format!("budget-{i}"));
+                served += 1;
+            }
+            503 => {
+                assert_eq!(body["error"]["code"], "overloaded", "{body}");
+                waits.push((i, retry_after.expect("Retry-After on a shed request")));
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(served <= 3, "past the budget: {served} served at once");
+    assert!(!waits.is_empty(), "nothing was shed");
+    assert_eq!(
+        bao.issued_serials("pki").len() - before,
+        served,
+        "OpenBao issued only what was delivered"
+    );
+    let metrics = client
+        .get(format!("{}/metrics", signet.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |line: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in\n{metrics}"))
+    };
+    assert_eq!(
+        value(r#"signet_upstream_shed_total{backend="openbao",reason="budget"} "#),
+        waits.len() as u64
+    );
+    assert!(value(r#"signet_upstream_calls_total{backend="openbao",outcome="ok"} "#) >= served as u64);
+
+    // Callers that wait as told (as istio-agent retries) are all served.
+    for (i, mut wait) in waits {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            let (status, body) = sign(&client, &signet, &csrs[i]).await;
+            if status == 200 {
+                verify(dir, &root, &body, &format!("budget-retry-{i}"));
+                break;
+            }
+            assert_eq!(body["error"]["code"], "overloaded", "{body}");
+            assert!(Instant::now() < deadline, "w{i} never served");
+            wait = 1;
+        }
+    }
+}
