@@ -309,13 +309,19 @@ impl Signer for Retry {
 struct Bucket {
     tokens: f64,
     last: Instant,
+    /// Callers waiting for a token.
+    waiting: usize,
 }
 
 /// The upstream call budget, a token bucket: `rate` calls per second,
-/// bursts of `burst`. A caller waits up to `max_wait` for a token; when the
-/// wait would be longer it is shed at once with `overloaded` and the time
-/// until a token is free, which istio-agent, kubelet and HTTP clients retry
-/// (the budget is never overspent: a shed call takes no token).
+/// bursts of `burst`. A token is taken at the moment the call goes out, never
+/// reserved ahead: a caller woken late cannot send a backlog of calls that
+/// were due earlier, so in any window of T seconds at most burst + rate × T
+/// calls start. A caller whose estimated wait (the callers ahead of it, at
+/// `rate`) is longer than `max_wait` is shed at once with `overloaded` and
+/// that estimate, which istio-agent, kubelet and HTTP clients retry; one that
+/// has waited `max_wait` without a token is shed too. A shed call takes no
+/// token, so the budget is never overspent.
 #[derive(Debug)]
 pub struct RateLimit {
     inner: Arc<dyn Signer>,
@@ -325,6 +331,15 @@ pub struct RateLimit {
     bucket: Mutex<Bucket>,
     backend: Arc<str>,
     metrics: UpstreamMetrics,
+}
+
+/// A caller waiting for a token (counted in [`Bucket::waiting`] until dropped).
+struct TokenWait<'a>(&'a RateLimit);
+
+impl Drop for TokenWait<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
+    }
 }
 
 impl RateLimit {
@@ -339,6 +354,7 @@ impl RateLimit {
             bucket: Mutex::new(Bucket {
                 tokens: burst,
                 last: crate::clock::monotonic(),
+                waiting: 0,
             }),
             backend,
             metrics: UpstreamMetrics::global().clone(),
@@ -351,39 +367,61 @@ impl RateLimit {
         self
     }
 
-    /// Takes a token now, or says how long until one is free (reserving it).
-    fn reserve(&self) -> Duration {
-        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+    fn lock(&self) -> std::sync::MutexGuard<'_, Bucket> {
+        self.bucket.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a token now, or says how long until the next one.
+    fn take(&self) -> Option<Duration> {
+        let mut b = self.lock();
         let now = crate::clock::monotonic();
         let refill = now.duration_since(b.last).as_secs_f64() * self.rate;
         b.tokens = (b.tokens + refill).min(self.burst);
         b.last = now;
-        b.tokens -= 1.0;
-        if b.tokens >= 0.0 {
-            Duration::ZERO
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            None
         } else {
-            Duration::from_secs_f64(-b.tokens / self.rate)
+            Some(Duration::from_secs_f64((1.0 - b.tokens) / self.rate))
         }
     }
 
-    fn unreserve(&self) {
-        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        b.tokens = (b.tokens + 1.0).min(self.burst);
+    fn shed(&self, retry_after: Duration) -> SignError {
+        self.metrics.shed(&self.backend, "budget");
+        SignError::Overloaded {
+            retry_after: Some(retry_after),
+        }
     }
 
     async fn admit(&self) -> Result<(), SignError> {
-        let wait = self.reserve();
-        if wait > self.max_wait {
-            self.unreserve();
-            self.metrics.shed(&self.backend, "budget");
-            return Err(SignError::Overloaded {
-                retry_after: Some(wait),
-            });
+        if self.take().is_none() {
+            return Ok(());
         }
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+        // The callers already waiting go first, one token each.
+        let estimate = {
+            let mut b = self.lock();
+            b.waiting += 1;
+            Duration::from_secs_f64(((b.waiting as f64) - b.tokens).max(0.0) / self.rate)
+        };
+        let _waiter = TokenWait(self);
+        if estimate > self.max_wait {
+            return Err(self.shed(estimate));
         }
-        Ok(())
+        let started = crate::clock::monotonic();
+        loop {
+            let Some(next) = self.take() else {
+                return Ok(());
+            };
+            let waited = crate::clock::elapsed(started);
+            if waited >= self.max_wait {
+                return Err(self.shed(next.max(Duration::from_millis(1))));
+            }
+            tokio::time::sleep(
+                next.min(self.max_wait - waited)
+                    .max(Duration::from_millis(1)),
+            )
+            .await;
+        }
     }
 }
 

@@ -199,7 +199,11 @@ async fn a_call_budget_sheds_what_the_upstream_would_not_get() {
     let dir = tmp.path();
     let bao = OpenBao::persistent();
     bao.enable_pki("pki");
-    let root = write(dir, "openbao-root.pem", &bao.generate_root("pki", "budget root"));
+    let root = write(
+        dir,
+        "openbao-root.pem",
+        &bao.generate_root("pki", "budget root"),
+    );
     bao.create_role("pki", "mesh");
     bao.write_policy("signet", &OpenBao::signet_policy("pki", "mesh"));
     let path = config(dir, &bao, "direct");
@@ -289,7 +293,9 @@ async fn a_call_budget_sheds_what_the_upstream_would_not_get() {
         value(r#"signet_upstream_shed_total{backend="openbao",reason="budget"} "#),
         waits.len() as u64
     );
-    assert!(value(r#"signet_upstream_calls_total{backend="openbao",outcome="ok"} "#) >= served as u64);
+    assert!(
+        value(r#"signet_upstream_calls_total{backend="openbao",outcome="ok"} "#) >= served as u64
+    );
 
     // Callers that wait as told (as istio-agent retries) are all served.
     for (i, mut wait) in waits {
