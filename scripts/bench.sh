@@ -475,6 +475,18 @@ protected_run() {
 protected_run protected-fair true
 protected_run protected-fifo false
 
+# Coalescing: 1,000 clients ask for 3,000 certificates made from 300 CSRs,
+# so each CSR is in flight from about ten clients at once (replicas of one
+# workload restarting with one key, or agents retrying while their first
+# request still waits); identical requests in flight cost one upstream call.
+SIGNET_BAO=audited SIGNET_RESILIENCE="      max_concurrency: 16
+      rate_limit: { per_second: $BUDGET, burst: 20, max_wait: 2s }" start_signet coalesce direct
+from=$(wc -l <"$AUDIT")
+grpc_load coalesce coalesce --connections 1000 --requests 3000 --csrs 300 --retry-for 120s
+curl -sf "${ADMIN_URL[coalesce]}/metrics" | grep '^signet_upstream' >"$RESULTS/coalesce-metrics.txt" || true
+stop_signet coalesce
+upstream_count coalesce "$from"
+
 log "scaling out: two replicas"
 # Throughput: two local replicas, each with half of the connections.
 start_signet replica-a local

@@ -118,6 +118,22 @@ for mode in ("fair", "fifo"):
         "quiet": load("protected-%s-quiet" % mode),
         "upstream": load("protected-%s-upstream" % mode),
     }
+coalesce = load("coalesce")
+coalesce_up = load("coalesce-upstream")
+
+
+def metric(name, path):
+    """The value of one line of a saved /metrics excerpt, 0 when absent."""
+    try:
+        with open(os.path.join(args.results, path)) as f:
+            for line in f:
+                if line.startswith(name + " ") or line.startswith(name + "{"):
+                    return float(line.rsplit(" ", 1)[1])
+    except OSError:
+        pass
+    return 0.0
+
+
 replicas_budget = {
     "a": load("replicas-budget-a"),
     "b": load("replicas-budget-b"),
@@ -326,6 +342,9 @@ w("| storm against a %d calls/s budget (burst 20) | every workload served, upstr
     quiet_fifo["ok"], fair_up["max_per_5s_window"], fifo_up["max_per_5s_window"], 5 * budget["budget"] + 20,
     fair_up["max_per_1s_window"], fifo_up["max_per_1s_window"], bound(budget["budget"], 20),
     verdict(protect_ok)))
+w("| coalescing: 3,000 requests from 300 CSRs, ~10 in flight per CSR | fewer upstream calls than certificates | %.2f calls per certificate (%d calls, %d certificates) | %s |" % (
+    ratio(coalesce_up["calls"], coalesce["ok"]), coalesce_up["calls"], coalesce["ok"],
+    verdict(coalesce_up["calls"] < coalesce["ok"] and served_all(coalesce))))
 w("| fair queue: the quiet tenant during the noisy tenant's storm | served well before the storm ends | quiet done in %.2f s (fair) vs %.2f s (FIFO); noisy done in %.2f s | %s |" % (
     quiet_fair["elapsed_s"], quiet_fifo["elapsed_s"], protected["fair"]["noisy"]["elapsed_s"],
     verdict(quiet_fair["elapsed_s"] < 0.5 * protected["fair"]["noisy"]["elapsed_s"])))
@@ -374,6 +393,15 @@ for mode in ("fair", "fifo"):
         mode, up["calls"], n, ratio(up["calls"], n), ratio(up["calls"] - 1, span),
         up["max_per_1s_window"], bound(budget["budget"], 20),
         up["max_per_5s_window"], 5 * budget["budget"] + 20))
+w("")
+w("**Coalescing.** 1,000 clients ask for 3,000 certificates made from 300 CSRs,")
+w("so each CSR is in flight from about ten clients at once, against the same")
+w("direct signet (budget %d calls/s, `max_wait: 2s`): %d certificates delivered" % (budget["budget"], coalesce["ok"]))
+w("(errors: %s), %d upstream calls counted by OpenBao = **%.2f calls per certificate**;" % (
+    errors(coalesce), coalesce_up["calls"], ratio(coalesce_up["calls"], coalesce["ok"])))
+w("signet counted %d requests answered by another's call (`signet_upstream_coalesced_total`)," % (
+    metric("signet_upstream_coalesced_total", "coalesce-metrics.txt")))
+w("done in %.2f s." % coalesce["elapsed_s"])
 w("")
 w("## Scaling out")
 w("")
