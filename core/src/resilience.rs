@@ -57,7 +57,9 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
 // === Timeout ===
 
 /// Fails an attempt that takes longer than `limit` with `backend_unavailable`.
-/// Innermost of the stack, so each upstream call is counted here.
+/// Innermost of the stack, so each upstream call is counted here, with what
+/// the backend finally answered (a call whose caller stopped waiting still
+/// cost the upstream a call).
 #[derive(Debug)]
 pub struct Timeout {
     inner: Arc<dyn Signer>,
@@ -163,6 +165,7 @@ impl Signer for Timeout {
         let inner = self.inner.clone();
         let (decision, request) = (d.clone(), csr.clone());
         let cap = self.limit * LATE_ANSWER_FACTOR;
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let answer = tokio::time::timeout(cap, inner.sign(&decision, &request))
                 .await
@@ -172,11 +175,12 @@ impl Signer for Timeout {
                         HumanDuration(cap)
                     )))
                 });
+            metrics.call(&backend, outcome(&answer), crate::clock::elapsed(started));
             if let Err(Ok(chain)) = tx.send(answer) {
                 audit_undelivered(&chain, &sans, &backend);
             }
         });
-        let r = match tokio::time::timeout(self.limit, &mut pending.rx).await {
+        match tokio::time::timeout(self.limit, &mut pending.rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(SignError::Internal(
                 "the signing task ended without an answer".into(),
@@ -185,9 +189,7 @@ impl Signer for Timeout {
                 "no answer within {}",
                 HumanDuration(self.limit)
             ))),
-        };
-        self.count(&r, started);
-        r
+        }
     }
     async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {
         let started = crate::clock::monotonic();

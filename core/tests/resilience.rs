@@ -434,4 +434,15 @@ async fn upstream_calls_and_coalesced_requests_are_counted() {
     b.unwrap();
     assert_eq!(m.calls("test-ca", "ok"), 2);
     assert_eq!(m.coalesced_count("test-ca"), 1);
+
+    // A call whose caller stopped waiting still cost the upstream a call,
+    // counted with what the backend finally answered.
+    let hurried = Timeout::new(up.clone(), Duration::from_millis(100)).with_metrics(&m);
+    up.set_fault(Fault::Slow(Duration::from_millis(150)), 1);
+    let (d2, csr2) = request();
+    let e = hurried.sign(&d2, &csr2).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::BackendUnavailable);
+    assert_eq!(m.calls("test-ca", "ok"), 2, "not answered yet");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(m.calls("test-ca", "ok"), 3, "the late answer is counted");
 }
