@@ -862,18 +862,23 @@ impl FairQueue {
         }
     }
 
-    async fn acquire(&self, (ns, id): (String, String)) -> Result<Slot<'_>, SignError> {
-        let (ns, id) = if self.fair {
-            (ns, id)
-        } else {
-            (String::new(), String::new())
-        };
+    /// A slot, at once when one is free; `tenant` is only asked when the
+    /// request has to queue (no allocation on the uncontended path).
+    async fn acquire(
+        &self,
+        tenant: impl FnOnce() -> (String, String),
+    ) -> Result<Slot<'_>, SignError> {
         let rx = {
             let mut s = self.lock();
             if s.free > 0 && s.queued == 0 {
                 s.free -= 1;
                 return Ok(Slot(self));
             }
+            let (ns, id) = if self.fair {
+                tenant()
+            } else {
+                (String::new(), String::new())
+            };
             if s.queued >= self.max_queued {
                 s.purge();
             }
@@ -935,11 +940,11 @@ impl Signer for FairQueue {
         d: &IssuanceDecision,
         csr: &VerifiedCsr,
     ) -> Result<IssuedChain, SignError> {
-        let _slot = self.acquire(tenant(d)).await?;
+        let _slot = self.acquire(|| tenant(d)).await?;
         self.inner.sign(d, csr).await
     }
     async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {
-        let _slot = self.acquire((String::new(), String::new())).await?;
+        let _slot = self.acquire(|| (String::new(), String::new())).await?;
         self.inner.trust_bundle().await
     }
     fn describe(&self) -> BackendInfo {
