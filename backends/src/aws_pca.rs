@@ -186,33 +186,6 @@ fn unix(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-/// Credentials from `access_key_id_file` / `secret_access_key_file`, if set.
-fn static_credentials(
-    config: &AwsPcaConfig,
-) -> Result<Option<aws_sdk_acmpca::config::Credentials>, AwsPcaError> {
-    let read = |p: &PathBuf| {
-        std::fs::read_to_string(p)
-            .map(|s| zeroize::Zeroizing::new(s.trim().to_owned()))
-            .map_err(|e| AwsPcaError::Credentials(format!("{}: {e}", p.display())))
-    };
-    match (&config.access_key_id_file, &config.secret_access_key_file) {
-        (None, None) if config.session_token_file.is_none() => Ok(None),
-        (Some(id), Some(secret)) => {
-            let token = config.session_token_file.as_ref().map(read).transpose()?;
-            Ok(Some(aws_sdk_acmpca::config::Credentials::new(
-                read(id)?.as_str(),
-                read(secret)?.as_str(),
-                token.map(|t| t.to_string()),
-                None,
-                "signet-config",
-            )))
-        }
-        _ => Err(AwsPcaError::Credentials(
-            "access_key_id_file and secret_access_key_file go together".into(),
-        )),
-    }
-}
-
 /// Maps an SDK error to signet's vocabulary by PCA's error code.
 fn map_err<E: ProvideErrorMetadata + fmt::Debug>(what: &str, e: SdkError<E>) -> SignError {
     let code = e.code().map(str::to_owned);
@@ -227,29 +200,14 @@ fn map_err<E: ProvideErrorMetadata + fmt::Debug>(what: &str, e: SdkError<E>) -> 
             .unwrap_or_default()
     );
     match (&e, code.as_deref()) {
-        (
-            _,
-            Some(
-                "ThrottlingException"
-                | "LimitExceededException"
-                | "TooManyRequestsException"
-                | "RequestLimitExceeded",
-            ),
-        ) => {
+        (_, Some(c)) if crate::aws::THROTTLED.contains(&c) => {
             tracing::debug!(error = %detail, "AWS PCA throttled");
             SignError::RateLimited { retry_after: None }
         }
         (_, Some("InvalidStateException")) => SignError::NotReady(detail),
-        (
-            _,
-            Some(
-                "ServiceUnavailable"
-                | "ServiceUnavailableException"
-                | "InternalFailure"
-                | "InternalServerError"
-                | "InternalServerException",
-            ),
-        ) => SignError::BackendUnavailable(detail),
+        (_, Some(c)) if crate::aws::UNAVAILABLE.contains(&c) => {
+            SignError::BackendUnavailable(detail)
+        }
         (SdkError::ServiceError(_), _) => SignError::BackendRejected(detail),
         // Timeouts, connection failures, unreadable responses.
         _ => SignError::BackendUnavailable(detail),
@@ -284,15 +242,16 @@ impl AwsPcaBackend {
             }
             None => Vec::new(),
         };
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(config.region.clone()));
-        if let Some(url) = &config.endpoint_url {
-            loader = loader.endpoint_url(url);
+        let sdk = crate::aws::AwsAccess {
+            region: &config.region,
+            endpoint_url: config.endpoint_url.as_deref(),
+            access_key_id_file: config.access_key_id_file.as_ref(),
+            secret_access_key_file: config.secret_access_key_file.as_ref(),
+            session_token_file: config.session_token_file.as_ref(),
         }
-        if let Some(credentials) = static_credentials(&config)? {
-            loader = loader.credentials_provider(credentials);
-        }
-        let sdk = loader.load().await;
+        .sdk_config()
+        .await
+        .map_err(AwsPcaError::Credentials)?;
         Ok(Self::with_sdk_config(name, config, &sdk, supplemental))
     }
 

@@ -12,12 +12,15 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use signet_core::{Clock, Signer};
 
+#[cfg(any(feature = "aws_pca", feature = "aws_kms"))]
+mod aws;
 #[cfg(feature = "aws_pca")]
 pub mod aws_pca;
 #[cfg(feature = "cert_manager")]
 pub mod cert_manager;
 #[cfg(feature = "gcp_cas")]
 pub mod gcp_cas;
+pub mod keys;
 #[cfg(feature = "local")]
 pub mod local;
 #[cfg(feature = "vault")]
@@ -109,9 +112,14 @@ pub async fn build(
     match config {
         #[cfg(feature = "local")]
         BackendConfig::Local(c) => {
-            let backend = Arc::new(local::LocalBackend::load(name, c.clone(), clock)?);
+            let backend = Arc::new(local::LocalBackend::load(name, c.clone(), clock).await?);
             local::LocalBackend::spawn_reloader(&backend);
-            Ok(backend)
+            if backend.key_is_remote() {
+                // Every certificate is a call to the key store.
+                Ok(c.resilience.wrap(backend))
+            } else {
+                Ok(backend)
+            }
         }
         #[cfg(feature = "vault")]
         BackendConfig::Vault(c) => {

@@ -1,9 +1,12 @@
-//! The `local` backend: a CA certificate and key from PEM files.
+//! The `local` backend: a CA certificate from a PEM file and its key, from
+//! a PEM file or in a key store (`key:`, see [`crate::keys`]).
 //!
 //! The files are re-read every `reload_interval`; a changed, valid set
 //! replaces the CA without a restart, a changed but invalid set is logged and
 //! ignored (the previous CA keeps signing). The key must match the
 //! certificate and the certificate must be a CA, at start-up and on reload.
+//! A key in a store is opened once at start; every certificate is then a
+//! call to the store, protected by the backend's `resilience` settings.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,10 +21,13 @@ use signet_core::clock::rfc3339;
 use signet_core::crypto::sha256;
 use signet_core::duration::HumanDuration;
 use signet_core::issuer::{CaError, LocalCa};
-use signet_core::key::{KeyLoadError, PrivateKey};
+use signet_core::key::{CaKey, KeyHandle};
 use signet_core::pem::{self, PemError};
+use signet_core::resilience::ResilienceConfig;
 use signet_core::signer::Capabilities;
 use signet_core::worker::{Backoff, Next, Worker};
+
+use crate::keys::{KeyConfig, KeyOpenError};
 use signet_core::{BackendInfo, Clock, IssuanceDecision, SignError, Signer, VerifiedCsr};
 
 fn default_reload_interval() -> HumanDuration {
@@ -29,13 +35,18 @@ fn default_reload_interval() -> HumanDuration {
 }
 
 /// `backends.<name>` with `type: local`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalConfig {
     /// PEM with the CA certificate first, optionally followed by the chain above it.
     pub cert_file: PathBuf,
-    /// PEM private key (PKCS#8, SEC1 or PKCS#1) of the CA certificate.
-    pub key_file: PathBuf,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1) of the CA certificate:
+    /// short for `key: { type: file, path: ... }`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Where the CA certificate's key is (exactly one of `key_file`, `key`).
+    #[serde(default)]
+    pub key: Option<KeyConfig>,
     /// Optional PEM with the certificates above the CA, up to and including the root.
     #[serde(default)]
     pub chain_file: Option<PathBuf>,
@@ -45,6 +56,20 @@ pub struct LocalConfig {
     /// How often the files are checked for changes.
     #[serde(default = "default_reload_interval")]
     pub reload_interval: HumanDuration,
+    /// How calls to a key store are protected (unused for a key file).
+    #[serde(default)]
+    pub resilience: ResilienceConfig,
+}
+
+impl LocalConfig {
+    /// The key, `key_file` read as its shorthand.
+    pub fn key(&self) -> Result<KeyConfig, LocalError> {
+        match (&self.key_file, &self.key) {
+            (Some(path), None) => Ok(KeyConfig::File { path: path.clone() }),
+            (None, Some(key)) => Ok(key.clone()),
+            _ => Err(LocalError::KeySource),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,19 +84,24 @@ pub enum LocalError {
     Pem { path: PathBuf, source: PemError },
     #[error("{path}: no CERTIFICATE block")]
     NoCertificate { path: PathBuf },
-    #[error("{path}: {source}")]
-    Key { path: PathBuf, source: KeyLoadError },
+    #[error(transparent)]
+    Key(#[from] KeyOpenError),
+    #[error("exactly one of key_file and key")]
+    KeySource,
     #[error("{cert}: {source}")]
     Ca { cert: PathBuf, source: CaError },
     #[error("reload_interval must be at least 1s")]
     ReloadInterval,
 }
 
-/// A CA held in process, reloaded from its files.
+/// A CA whose certificate signet holds, reloaded from its files.
 #[derive(Debug)]
 pub struct LocalBackend {
     name: String,
     config: LocalConfig,
+    /// The key when it is in a store (opened once); `None` for a key file,
+    /// which is read with the certificate.
+    store_key: Option<Arc<dyn KeyHandle>>,
     clock: Arc<dyn Clock>,
     ca: ArcSwap<LocalCa>,
     /// SHA-256 over the files' contents at the last successful load.
@@ -80,6 +110,7 @@ pub struct LocalBackend {
 
 struct Files {
     cert: Vec<u8>,
+    /// The key file's bytes (none for a key in a store).
     key: zeroize::Zeroizing<Vec<u8>>,
     chain: Option<Vec<u8>>,
     roots: Option<Vec<u8>>,
@@ -167,8 +198,9 @@ fn own_groups() -> Vec<u32> {
 fn warn_if_readable_by_others(_: &Path) {}
 
 impl LocalBackend {
-    /// Loads the CA from its files, refusing anything unusable.
-    pub fn load(
+    /// Loads the CA from its files (and opens its key, when in a store),
+    /// refusing anything unusable.
+    pub async fn load(
         name: &str,
         config: LocalConfig,
         clock: Arc<dyn Clock>,
@@ -176,30 +208,52 @@ impl LocalBackend {
         if config.reload_interval.get() < Duration::from_secs(1) {
             return Err(LocalError::ReloadInterval);
         }
-        warn_if_readable_by_others(&config.key_file);
+        let key = config.key()?;
+        let store_key = match &key {
+            KeyConfig::File { path } => {
+                warn_if_readable_by_others(path);
+                None
+            }
+            remote => Some(crate::keys::open(remote).await?),
+        };
         let files = Self::read_files(&config)?;
         let fingerprint = files.fingerprint();
-        let ca = Self::build(&config, files, clock.as_ref())?;
-        tracing::info!(backend = name, subject = ca.subject(), not_after = %rfc3339(ca.not_after()), "local CA loaded");
+        let ca = Self::build(&config, store_key.as_ref(), files, clock.as_ref())?;
+        tracing::info!(backend = name, subject = ca.subject(), not_after = %rfc3339(ca.not_after()), key = %ca.key().handle().describe(), "local CA loaded");
         Ok(Self {
             name: name.to_owned(),
             config,
+            store_key,
             clock,
             ca: ArcSwap::from_pointee(ca),
             fingerprint: Mutex::new(fingerprint),
         })
     }
 
+    /// Whether the key is in a store (every certificate is a call to it).
+    pub fn key_is_remote(&self) -> bool {
+        self.store_key.is_some()
+    }
+
     fn read_files(config: &LocalConfig) -> Result<Files, LocalError> {
+        let key = match &config.key_file {
+            Some(path) => read(path)?,
+            None => Vec::new(),
+        };
         Ok(Files {
             cert: read(&config.cert_file)?,
-            key: zeroize::Zeroizing::new(read(&config.key_file)?),
+            key: zeroize::Zeroizing::new(key),
             chain: config.chain_file.as_deref().map(read).transpose()?,
             roots: config.roots_file.as_deref().map(read).transpose()?,
         })
     }
 
-    fn build(config: &LocalConfig, files: Files, clock: &dyn Clock) -> Result<LocalCa, LocalError> {
+    fn build(
+        config: &LocalConfig,
+        store_key: Option<&Arc<dyn KeyHandle>>,
+        files: Files,
+        clock: &dyn Clock,
+    ) -> Result<LocalCa, LocalError> {
         let mut cert_and_chain = certs(&config.cert_file, &files.cert)?;
         if cert_and_chain.is_empty() {
             return Err(LocalError::NoCertificate {
@@ -221,10 +275,18 @@ impl LocalBackend {
             }
             _ => None,
         };
-        let key = PrivateKey::from_pem(&files.key).map_err(|source| LocalError::Key {
-            path: config.key_file.clone(),
-            source,
-        })?;
+        let key = match (store_key, &config.key_file) {
+            (Some(handle), _) => CaKey::new(handle.clone()),
+            (None, Some(path)) => {
+                CaKey::from(signet_core::key::PrivateKey::from_pem(&files.key).map_err(
+                    |source| KeyOpenError::File {
+                        path: path.clone(),
+                        source,
+                    },
+                )?)
+            }
+            (None, None) => return Err(LocalError::KeySource),
+        };
         LocalCa::new(cert, key, chain, roots, clock.now()).map_err(|source| LocalError::Ca {
             cert: config.cert_file.clone(),
             source,
@@ -240,7 +302,12 @@ impl LocalBackend {
         if *current == fingerprint {
             return Ok(false);
         }
-        let ca = Self::build(&self.config, files, self.clock.as_ref())?;
+        let ca = Self::build(
+            &self.config,
+            self.store_key.as_ref(),
+            files,
+            self.clock.as_ref(),
+        )?;
         tracing::info!(backend = %self.name, subject = ca.subject(), not_after = %rfc3339(ca.not_after()), "local CA reloaded");
         self.ca.store(Arc::new(ca));
         *current = fingerprint;
@@ -275,7 +342,10 @@ impl Signer for LocalBackend {
         decision: &IssuanceDecision,
         csr: &VerifiedCsr,
     ) -> Result<IssuedChain, SignError> {
-        self.ca.load().sign(decision, csr.public_key())
+        // The CA is held across the call: a reload meanwhile changes the
+        // next certificate, not this one.
+        let ca = self.ca.load_full();
+        ca.sign(decision, csr.public_key()).await
     }
 
     async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {

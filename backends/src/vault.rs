@@ -346,6 +346,289 @@ struct CaChain {
     certificate: Option<String>,
 }
 
+/// Where a Vault server is and how signet logs in to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VaultAccess {
+    pub address: String,
+    pub namespace: Option<String>,
+    pub ca_cert_file: Option<PathBuf>,
+    pub auth: VaultAuth,
+}
+
+/// A logged-in client of one Vault server, shared by whatever calls it
+/// (the PKI backend, a Transit key): logs in lazily, again on a 403 and
+/// before the lease ends, and renews a renewable token.
+pub(crate) struct VaultSession {
+    /// Who uses it, for logs.
+    name: String,
+    access: VaultAccess,
+    /// The per-attempt deadline of the caller's resilience layer.
+    timeout: Duration,
+    clock: Arc<dyn Clock>,
+    client: ArcSwapOption<VaultClient>,
+    lease: Mutex<Option<Lease>>,
+    login_lock: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for VaultSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultSession")
+            .field("name", &self.name)
+            .field("address", &self.access.address)
+            .field("auth", &self.access.auth.method())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VaultSession {
+    /// Validates the address and reads the files the login needs. No
+    /// network call happens here: Vault may be down when signet starts.
+    pub(crate) fn new(
+        name: &str,
+        access: VaultAccess,
+        timeout: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, VaultError> {
+        if !(access.address.starts_with("http://") || access.address.starts_with("https://")) {
+            return Err(VaultError::Address(access.address.clone()));
+        }
+        match &access.auth {
+            VaultAuth::Token {
+                token_file,
+                token_env,
+            } => match (token_file, token_env) {
+                (Some(f), None) => {
+                    read(f)?;
+                }
+                (None, Some(v)) => {
+                    std::env::var(v).map_err(|_| VaultError::Env(v.clone()))?;
+                }
+                _ => return Err(VaultError::TokenSource),
+            },
+            VaultAuth::Approle { secret_id_file, .. } => {
+                read(secret_id_file)?;
+            }
+            VaultAuth::Kubernetes { token_file, .. } => {
+                read(token_file)?;
+            }
+        }
+        if let Some(ca) = &access.ca_cert_file {
+            read(ca)?;
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            access,
+            timeout,
+            clock,
+            client: ArcSwapOption::empty(),
+            lease: Mutex::new(None),
+            login_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub(crate) fn address(&self) -> &str {
+        &self.access.address
+    }
+
+    /// Keeps the token fresh until the session is dropped: looked at when
+    /// the lease is due, or every `every` without a lease.
+    pub(crate) fn spawn_upkeep(this: &Arc<Self>, every: Duration) {
+        Worker::new(format!("vault token of {}", this.name))
+            .clock(this.clock.clone())
+            .spawn_for(this, move |this| async move {
+                this.maintain_token().await?;
+                let due = this
+                    .lease
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .and_then(|l| l.due());
+                // A token without a lease is looked at again every period
+                // (a login may have given it one).
+                Ok::<_, SignError>(due.map_or(Next::In(every), Next::At))
+            });
+    }
+
+    fn client_with_token(&self, token: &str) -> Result<VaultClient, SignError> {
+        let mut settings = VaultClientSettingsBuilder::default();
+        settings
+            .address(&self.access.address)
+            .token(token)
+            .verify(true)
+            .ca_certs(
+                self.access
+                    .ca_cert_file
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
+            )
+            // Longer than the per-attempt deadline, so that an answer that
+            // comes late is still read and its certificate audited
+            // (`signet_core::resilience::Timeout`).
+            .timeout(Some(
+                self.timeout * signet_core::resilience::LATE_ANSWER_FACTOR,
+            ));
+        if let Some(ns) = &self.access.namespace {
+            settings.namespace(Some(ns.clone()));
+        }
+        let settings = settings
+            .build()
+            .map_err(|e| SignError::Internal(format!("vault client settings: {e}")))?;
+        VaultClient::new(settings).map_err(|e| SignError::Internal(format!("vault client: {e}")))
+    }
+
+    /// Logs in (or re-reads the token) and installs a fresh client.
+    async fn login(&self, stale: Option<&Arc<VaultClient>>) -> Result<Arc<VaultClient>, SignError> {
+        let _guard = self.login_lock.lock().await;
+        // Someone else logged in while we waited.
+        if let (Some(current), Some(stale)) = (self.client.load_full(), stale)
+            && !Arc::ptr_eq(&current, stale)
+        {
+            return Ok(current);
+        }
+        let now = self.clock.now();
+        let (client, lease) = match &self.access.auth {
+            VaultAuth::Token {
+                token_file,
+                token_env,
+            } => {
+                let token = match (token_file, token_env) {
+                    (Some(f), _) => read(f).map_err(|e| SignError::Internal(e.to_string()))?,
+                    (None, Some(v)) => Zeroizing::new(
+                        std::env::var(v)
+                            .map_err(|_| SignError::Internal(format!("{v} is not set")))?,
+                    ),
+                    (None, None) => return Err(SignError::Internal("no token source".into())),
+                };
+                let client = self.client_with_token(token.trim())?;
+                let info = vaultrs::token::lookup_self(&client)
+                    .await
+                    .map_err(sign_error)?;
+                let lease = Lease {
+                    obtained: now,
+                    ttl: (info.ttl > 0).then(|| Duration::from_secs(info.ttl)),
+                    renewable: info.renewable.unwrap_or(false),
+                };
+                (client, lease)
+            }
+            VaultAuth::Approle {
+                mount,
+                role_id,
+                secret_id_file,
+            } => {
+                let secret =
+                    read(secret_id_file).map_err(|e| SignError::Internal(e.to_string()))?;
+                let anon = self.client_with_token("")?;
+                let info = vaultrs::auth::approle::login(&anon, mount, role_id, secret.trim())
+                    .await
+                    .map_err(sign_error)?;
+                (
+                    self.client_with_token(&info.client_token)?,
+                    Lease::from_auth(&info, now),
+                )
+            }
+            VaultAuth::Kubernetes {
+                mount,
+                role,
+                token_file,
+            } => {
+                let jwt = read(token_file).map_err(|e| SignError::Internal(e.to_string()))?;
+                let anon = self.client_with_token("")?;
+                let info = vaultrs::auth::kubernetes::login(&anon, mount, role, jwt.trim())
+                    .await
+                    .map_err(sign_error)?;
+                (
+                    self.client_with_token(&info.client_token)?,
+                    Lease::from_auth(&info, now),
+                )
+            }
+        };
+        tracing::info!(
+            vault = %self.name,
+            method = self.access.auth.method(),
+            ttl = ?lease.ttl.map(HumanDuration),
+            renewable = lease.renewable,
+            "logged in to vault"
+        );
+        let client = Arc::new(client);
+        self.client.store(Some(client.clone()));
+        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
+        Ok(client)
+    }
+
+    async fn client(&self) -> Result<Arc<VaultClient>, SignError> {
+        let expired = self
+            .lease
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|l| l.expired(self.clock.now()));
+        match self.client.load_full() {
+            Some(c) if !expired => Ok(c),
+            stale => self.login(stale.as_ref()).await,
+        }
+    }
+
+    /// Runs `op` with a logged-in client; on 403 logs in again and retries once.
+    pub(crate) async fn call<T, F, Fut>(&self, op: F) -> Result<T, SignError>
+    where
+        F: Fn(Arc<VaultClient>) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let client = self.client().await?;
+        match op(client.clone()).await {
+            Err(e) if is_forbidden(&e) => {
+                tracing::info!(vault = %self.name, "vault answered 403; logging in again");
+                let client = self.login(Some(&client)).await?;
+                op(client).await.map_err(sign_error)
+            }
+            other => other.map_err(sign_error),
+        }
+    }
+
+    /// Logs in if nobody has yet; renews the token if it is renewable and
+    /// due; logs in again if it is not renewable and due, or if renewal
+    /// fails.
+    pub(crate) async fn maintain_token(&self) -> Result<(), SignError> {
+        let lease = *self.lease.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(lease) = lease else {
+            // Not logged in yet: do it now so the lease (and its renewal
+            // time) is known without waiting for the first request.
+            return self.client().await.map(|_| ());
+        };
+        let Some(due) = lease.due() else {
+            return Ok(());
+        };
+        if self.clock.now() < due {
+            return Ok(());
+        }
+        let stale = self.client.load_full();
+        if lease.renewable
+            && let Some(client) = &stale
+        {
+            match vaultrs::token::renew_self(client.as_ref(), None).await {
+                Ok(info) => {
+                    let renewed = Lease {
+                        obtained: self.clock.now(),
+                        ttl: (info.lease_duration > 0)
+                            .then(|| Duration::from_secs(info.lease_duration)),
+                        renewable: info.renewable,
+                    };
+                    // Vault caps renewals at the token's max TTL: when it
+                    // stops granting time, log in again instead.
+                    if renewed.ttl.is_some_and(|t| t > Duration::from_secs(5)) {
+                        tracing::debug!(vault = %self.name, ttl = ?renewed.ttl, "vault token renewed");
+                        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(renewed);
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(vault = %self.name, error = %sign_error(e), "renewing the vault token failed; logging in again")
+                }
+            }
+        }
+        self.login(stale.as_ref()).await.map(|_| ())
+    }
+}
+
 // === impl VaultBackend ===
 
 /// How long the current token lives and whether it can be renewed.
@@ -386,9 +669,7 @@ pub struct VaultBackend {
     name: String,
     config: VaultConfig,
     clock: Arc<dyn Clock>,
-    client: ArcSwapOption<VaultClient>,
-    lease: Mutex<Option<Lease>>,
-    login_lock: tokio::sync::Mutex<()>,
+    session: Arc<VaultSession>,
     bundle: ArcSwapOption<TrustBundle>,
     extra_roots: Vec<CertificateDer<'static>>,
     last_error: ArcSwap<Option<String>>,
@@ -480,32 +761,17 @@ impl VaultBackend {
         config: VaultConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, VaultError> {
-        if !(config.address.starts_with("http://") || config.address.starts_with("https://")) {
-            return Err(VaultError::Address(config.address.clone()));
-        }
-        match &config.auth {
-            VaultAuth::Token {
-                token_file,
-                token_env,
-            } => match (token_file, token_env) {
-                (Some(f), None) => {
-                    read(f)?;
-                }
-                (None, Some(v)) => {
-                    std::env::var(v).map_err(|_| VaultError::Env(v.clone()))?;
-                }
-                _ => return Err(VaultError::TokenSource),
+        let session = Arc::new(VaultSession::new(
+            name,
+            VaultAccess {
+                address: config.address.clone(),
+                namespace: config.namespace.clone(),
+                ca_cert_file: config.ca_cert_file.clone(),
+                auth: config.auth.clone(),
             },
-            VaultAuth::Approle { secret_id_file, .. } => {
-                read(secret_id_file)?;
-            }
-            VaultAuth::Kubernetes { token_file, .. } => {
-                read(token_file)?;
-            }
-        }
-        if let Some(ca) = &config.ca_cert_file {
-            read(ca)?;
-        }
+            config.resilience.timeout.get(),
+            clock.clone(),
+        )?);
         let extra_roots = match &config.roots_file {
             Some(path) => {
                 let pem = read(path)?;
@@ -520,193 +786,11 @@ impl VaultBackend {
             name: name.to_owned(),
             config,
             clock,
-            client: ArcSwapOption::empty(),
-            lease: Mutex::new(None),
-            login_lock: tokio::sync::Mutex::new(()),
+            session,
             bundle: ArcSwapOption::empty(),
             extra_roots,
             last_error: ArcSwap::from_pointee(None),
         }))
-    }
-
-    fn client_with_token(&self, token: &str) -> Result<VaultClient, SignError> {
-        let mut settings = VaultClientSettingsBuilder::default();
-        settings
-            .address(&self.config.address)
-            .token(token)
-            .verify(true)
-            .ca_certs(
-                self.config
-                    .ca_cert_file
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect(),
-            )
-            // Longer than the per-attempt deadline, so that an answer that
-            // comes late is still read and its certificate audited
-            // (`signet_core::resilience::Timeout`).
-            .timeout(Some(
-                self.config.resilience.timeout.get() * signet_core::resilience::LATE_ANSWER_FACTOR,
-            ));
-        if let Some(ns) = &self.config.namespace {
-            settings.namespace(Some(ns.clone()));
-        }
-        let settings = settings
-            .build()
-            .map_err(|e| SignError::Internal(format!("vault client settings: {e}")))?;
-        VaultClient::new(settings).map_err(|e| SignError::Internal(format!("vault client: {e}")))
-    }
-
-    /// Logs in (or re-reads the token) and installs a fresh client.
-    async fn login(&self, stale: Option<&Arc<VaultClient>>) -> Result<Arc<VaultClient>, SignError> {
-        let _guard = self.login_lock.lock().await;
-        // Someone else logged in while we waited.
-        if let (Some(current), Some(stale)) = (self.client.load_full(), stale)
-            && !Arc::ptr_eq(&current, stale)
-        {
-            return Ok(current);
-        }
-        let now = self.clock.now();
-        let (client, lease) = match &self.config.auth {
-            VaultAuth::Token {
-                token_file,
-                token_env,
-            } => {
-                let token = match (token_file, token_env) {
-                    (Some(f), _) => read(f).map_err(|e| SignError::Internal(e.to_string()))?,
-                    (None, Some(v)) => Zeroizing::new(
-                        std::env::var(v)
-                            .map_err(|_| SignError::Internal(format!("{v} is not set")))?,
-                    ),
-                    (None, None) => return Err(SignError::Internal("no token source".into())),
-                };
-                let client = self.client_with_token(token.trim())?;
-                let info = vaultrs::token::lookup_self(&client)
-                    .await
-                    .map_err(sign_error)?;
-                let lease = Lease {
-                    obtained: now,
-                    ttl: (info.ttl > 0).then(|| Duration::from_secs(info.ttl)),
-                    renewable: info.renewable.unwrap_or(false),
-                };
-                (client, lease)
-            }
-            VaultAuth::Approle {
-                mount,
-                role_id,
-                secret_id_file,
-            } => {
-                let secret =
-                    read(secret_id_file).map_err(|e| SignError::Internal(e.to_string()))?;
-                let anon = self.client_with_token("")?;
-                let info = vaultrs::auth::approle::login(&anon, mount, role_id, secret.trim())
-                    .await
-                    .map_err(sign_error)?;
-                (
-                    self.client_with_token(&info.client_token)?,
-                    Lease::from_auth(&info, now),
-                )
-            }
-            VaultAuth::Kubernetes {
-                mount,
-                role,
-                token_file,
-            } => {
-                let jwt = read(token_file).map_err(|e| SignError::Internal(e.to_string()))?;
-                let anon = self.client_with_token("")?;
-                let info = vaultrs::auth::kubernetes::login(&anon, mount, role, jwt.trim())
-                    .await
-                    .map_err(sign_error)?;
-                (
-                    self.client_with_token(&info.client_token)?,
-                    Lease::from_auth(&info, now),
-                )
-            }
-        };
-        tracing::info!(
-            backend = %self.name,
-            method = self.config.auth.method(),
-            ttl = ?lease.ttl.map(HumanDuration),
-            renewable = lease.renewable,
-            "logged in to vault"
-        );
-        let client = Arc::new(client);
-        self.client.store(Some(client.clone()));
-        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
-        Ok(client)
-    }
-
-    async fn client(&self) -> Result<Arc<VaultClient>, SignError> {
-        let expired = self
-            .lease
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|l| l.expired(self.clock.now()));
-        match self.client.load_full() {
-            Some(c) if !expired => Ok(c),
-            stale => self.login(stale.as_ref()).await,
-        }
-    }
-
-    /// Runs `op` with a logged-in client; on 403 logs in again and retries once.
-    async fn call<T, F, Fut>(&self, op: F) -> Result<T, SignError>
-    where
-        F: Fn(Arc<VaultClient>) -> Fut,
-        Fut: Future<Output = Result<T, ClientError>>,
-    {
-        let client = self.client().await?;
-        match op(client.clone()).await {
-            Err(e) if is_forbidden(&e) => {
-                tracing::info!(backend = %self.name, "vault answered 403; logging in again");
-                let client = self.login(Some(&client)).await?;
-                op(client).await.map_err(sign_error)
-            }
-            other => other.map_err(sign_error),
-        }
-    }
-
-    /// Logs in if nobody has yet; renews the token if it is renewable and
-    /// due; logs in again if it is not renewable and due, or if renewal
-    /// fails.
-    async fn maintain_token(&self) -> Result<(), SignError> {
-        let lease = *self.lease.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(lease) = lease else {
-            // Not logged in yet: do it now so the lease (and its renewal
-            // time) is known without waiting for the first request.
-            return self.client().await.map(|_| ());
-        };
-        let Some(due) = lease.due() else {
-            return Ok(());
-        };
-        if self.clock.now() < due {
-            return Ok(());
-        }
-        let stale = self.client.load_full();
-        if lease.renewable
-            && let Some(client) = &stale
-        {
-            match vaultrs::token::renew_self(client.as_ref(), None).await {
-                Ok(info) => {
-                    let renewed = Lease {
-                        obtained: self.clock.now(),
-                        ttl: (info.lease_duration > 0)
-                            .then(|| Duration::from_secs(info.lease_duration)),
-                        renewable: info.renewable,
-                    };
-                    // Vault caps renewals at the token's max TTL: when it
-                    // stops granting time, log in again instead.
-                    if renewed.ttl.is_some_and(|t| t > Duration::from_secs(5)) {
-                        tracing::debug!(backend = %self.name, ttl = ?renewed.ttl, "vault token renewed");
-                        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(renewed);
-                        return Ok(());
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(backend = %self.name, error = %sign_error(e), "renewing the vault token failed; logging in again")
-                }
-            }
-        }
-        self.login(stale.as_ref()).await.map(|_| ())
     }
 
     /// Reads the roots from the mount's issuers (falling back to its CA chain)
@@ -716,13 +800,14 @@ impl VaultBackend {
         let listed = match &self.config.issuer {
             Some(_) => Ok(IssuerList { keys: Vec::new() }),
             None => {
-                self.call(|c| {
-                    let mount = mount.clone();
-                    async move {
-                        vaultrs::api::exec_with_result(c.as_ref(), ListIssuers { mount }).await
-                    }
-                })
-                .await
+                self.session
+                    .call(|c| {
+                        let mount = mount.clone();
+                        async move {
+                            vaultrs::api::exec_with_result(c.as_ref(), ListIssuers { mount }).await
+                        }
+                    })
+                    .await
             }
         };
         let mut chains: Vec<Vec<CertificateDer<'static>>> = Vec::new();
@@ -741,6 +826,7 @@ impl VaultBackend {
                 for id in list.keys {
                     let mount = mount.clone();
                     let issuer = self
+                        .session
                         .call(|c| {
                             let (mount, issuer) = (mount.clone(), id.clone());
                             async move {
@@ -762,6 +848,7 @@ impl VaultBackend {
             // Vault before 1.11 has no issuers API.
             Err(SignError::BackendRejected(_)) => {
                 let chain = self
+                    .session
                     .call(|c| {
                         let mount = mount.clone();
                         async move {
@@ -808,6 +895,7 @@ impl VaultBackend {
         let mount = self.config.mount.clone();
         let role_ref = match &self.config.role {
             Some(role) => self
+                .session
                 .call(|c| {
                     let (mount, role) = (mount.clone(), role.clone());
                     async move {
@@ -825,17 +913,19 @@ impl VaultBackend {
             .clone()
             .or_else(|| role_ref.clone())
             .unwrap_or_else(|| "default".to_owned());
-        let issuers = self
-            .call(|c| {
-                let mount = mount.clone();
-                async move {
-                    vaultrs::api::exec_with_result(c.as_ref(), ListIssuers { mount }).await
-                }
-            })
-            .await
-            .map(|l| l.keys.len())
-            .ok();
+        let issuers =
+            self.session
+                .call(|c| {
+                    let mount = mount.clone();
+                    async move {
+                        vaultrs::api::exec_with_result(c.as_ref(), ListIssuers { mount }).await
+                    }
+                })
+                .await
+                .map(|l| l.keys.len())
+                .ok();
         let issuer = self
+            .session
             .call(|c| {
                 let (mount, issuer) = (mount.clone(), signing.clone());
                 async move {
@@ -899,19 +989,7 @@ impl VaultBackend {
                     }
                 }
             });
-        Worker::new(format!("vault token of backend {}", this.name))
-            .clock(this.clock.clone())
-            .spawn_for(this, move |this| async move {
-                this.maintain_token().await?;
-                let due = this
-                    .lease
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .and_then(|l| l.due());
-                // A token without a lease is looked at again every refresh
-                // period (a login may have given it one).
-                Ok::<_, SignError>(due.map_or(Next::In(refresh), Next::At))
-            });
+        VaultSession::spawn_upkeep(&this.session, refresh);
     }
 
     fn assemble(&self, resp: &SignResponse, bundle: TrustBundle) -> Result<IssuedChain, SignError> {
@@ -948,14 +1026,15 @@ impl Signer for VaultBackend {
     ) -> Result<bool, SignError> {
         let serial_number = signet_core::revocation::colon_serial(serial_hex);
         let mount = self.config.mount.clone();
-        self.call(|c| {
-            let r = Revoke {
-                mount: mount.clone(),
-                serial_number: serial_number.clone(),
-            };
-            async move { vaultrs::api::exec_with_empty_result(c.as_ref(), r).await }
-        })
-        .await?;
+        self.session
+            .call(|c| {
+                let r = Revoke {
+                    mount: mount.clone(),
+                    serial_number: serial_number.clone(),
+                };
+                async move { vaultrs::api::exec_with_empty_result(c.as_ref(), r).await }
+            })
+            .await?;
         tracing::info!(
             target: "signet::audit",
             serial = serial_hex,
@@ -998,11 +1077,12 @@ impl Signer for VaultBackend {
                 exclude_cn_from_sans: true,
                 use_csr_values: false,
             };
-            self.call(|c| {
-                let r = req(path.clone());
-                async move { vaultrs::api::exec_with_result(c.as_ref(), r).await }
-            })
-            .await?
+            self.session
+                .call(|c| {
+                    let r = req(path.clone());
+                    async move { vaultrs::api::exec_with_result(c.as_ref(), r).await }
+                })
+                .await?
         } else {
             let Some(role) = self.config.role.clone() else {
                 return Err(SignError::BackendRejected(format!(
@@ -1022,20 +1102,21 @@ impl Signer for VaultBackend {
                 Some(issuer) => format!("{}/issuer/{issuer}/sign/{role}", self.config.mount),
                 None => format!("{}/sign/{role}", self.config.mount),
             };
-            self.call(|c| {
-                let r = SignLeaf {
-                    path: path.clone(),
-                    csr: csr.to_pem(),
-                    alt_names: alt_names.clone(),
-                    ip_sans: ip_sans.clone(),
-                    uri_sans: uri_sans.clone(),
-                    ttl: format!("{ttl}s"),
-                    format: "pem".into(),
-                    exclude_cn_from_sans: true,
-                };
-                async move { vaultrs::api::exec_with_result(c.as_ref(), r).await }
-            })
-            .await?
+            self.session
+                .call(|c| {
+                    let r = SignLeaf {
+                        path: path.clone(),
+                        csr: csr.to_pem(),
+                        alt_names: alt_names.clone(),
+                        ip_sans: ip_sans.clone(),
+                        uri_sans: uri_sans.clone(),
+                        ttl: format!("{ttl}s"),
+                        format: "pem".into(),
+                        exclude_cn_from_sans: true,
+                    };
+                    async move { vaultrs::api::exec_with_result(c.as_ref(), r).await }
+                })
+                .await?
         };
         let chain = self.assemble(&resp, self.bundle().await?)?;
         if chain

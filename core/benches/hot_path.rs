@@ -12,6 +12,7 @@
     clippy::disallowed_methods,
     reason = "tests and benchmarks run real servers and processes on real time"
 )]
+use signet_core::testing::Ready as _;
 use std::hint::black_box;
 use std::time::{Duration, SystemTime};
 
@@ -57,7 +58,10 @@ fn intermediate(alg: KeyAlgorithm, now: SystemTime) -> LocalCa {
             true,
         )
         .expect("intermediate request");
-    let chain = root.sign(&decision, csr.public_key()).expect("sign");
+    let chain = root
+        .sign(&decision, csr.public_key())
+        .ready()
+        .expect("sign");
     LocalCa::new(
         chain.leaf().clone(),
         key,
@@ -122,13 +126,14 @@ fn pipeline(c: &mut Criterion) {
         c.bench_function(&format!("sign/{name}-ca"), |b| {
             b.iter(|| {
                 ca.sign(black_box(&decision), csr.public_key())
+                    .ready()
                     .expect("sign")
             })
         });
     }
 
     let ca = intermediate(KeyAlgorithm::EcdsaP256, now);
-    let chain = ca.sign(&decision, csr.public_key()).expect("sign");
+    let chain = ca.sign(&decision, csr.public_key()).ready().expect("sign");
     c.bench_function("check/chain", |b| {
         b.iter(|| {
             chain

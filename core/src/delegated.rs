@@ -44,8 +44,8 @@ pub struct IntermediateConfig {
     /// Lifetime asked of the upstream.
     #[serde(default = "default_ttl")]
     pub ttl: HumanDuration,
-    /// Key type signet generates for the intermediate.
-    #[serde(default)]
+    /// Key type signet generates for the intermediate (in memory).
+    #[serde(default, deserialize_with = "intermediate_key")]
     pub key: KeyAlgorithm,
     /// Fraction of the lifetime after which a new intermediate is requested.
     #[serde(default = "default_renew_at")]
@@ -53,6 +53,13 @@ pub struct IntermediateConfig {
     /// Subject CN; default `signet <authority> intermediate`.
     #[serde(default)]
     pub common_name: Option<String>,
+}
+
+fn intermediate_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<KeyAlgorithm, D::Error> {
+    KeyAlgorithm::deserialize_in_process(
+        d,
+        "a delegated authority's intermediate key is generated in memory (a key store for it is not supported yet); to sign every certificate with a key in a store, use mode: direct on a local backend with key: { type: ... }",
+    )
 }
 
 impl Default for IntermediateConfig {
@@ -317,7 +324,7 @@ impl Signer for Delegated {
                 rfc3339(ca.not_after())
             )));
         }
-        ca.sign(decision, csr.public_key())
+        ca.sign(decision, csr.public_key()).await
     }
 
     async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {

@@ -107,6 +107,83 @@ pub(crate) fn elements(content: &[u8]) -> Result<Vec<Tlv<'_>>, DerError> {
     Ok(out)
 }
 
+/// Encodes one TLV with a minimal definite length.
+pub(crate) fn encode(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 6);
+    out.push(tag);
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = (len as u32).to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (4 - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// The parts of a signed structure (Certificate, CertificationRequest,
+/// CertificateList: `SEQUENCE { toBeSigned, AlgorithmIdentifier, BIT
+/// STRING }`): the encoded `toBeSigned` and the encoded algorithm.
+pub(crate) fn split_signed(input: &[u8]) -> Result<(&[u8], &[u8]), DerError> {
+    let outer = single(input)?;
+    if outer.tag != SEQUENCE {
+        return Err(DerError::Malformed("not a SEQUENCE"));
+    }
+    let (tbs, rest) = tlv(outer.content)?;
+    let tbs_raw = &outer.content[..outer.content.len() - rest.len()];
+    let (alg, after) = tlv(rest)?;
+    let alg_raw = &rest[..rest.len() - after.len()];
+    let sig = single(after)?;
+    if tbs.tag != SEQUENCE || alg.tag != SEQUENCE || sig.tag != BIT_STRING {
+        return Err(DerError::Malformed("not a signed structure"));
+    }
+    Ok((tbs_raw, alg_raw))
+}
+
+/// A signed structure from its encoded parts and the signature's bytes.
+pub(crate) fn join_signed(tbs: &[u8], alg: &[u8], signature: &[u8]) -> Vec<u8> {
+    let mut bits = Vec::with_capacity(signature.len() + 1);
+    bits.push(0);
+    bits.extend_from_slice(signature);
+    let bits = encode(BIT_STRING, &bits);
+    let mut content = Vec::with_capacity(tbs.len() + alg.len() + bits.len());
+    content.extend_from_slice(tbs);
+    content.extend_from_slice(alg);
+    content.extend_from_slice(&bits);
+    encode(SEQUENCE, &content)
+}
+
+/// An unsigned big-endian number as a DER INTEGER.
+pub(crate) fn unsigned_integer(bytes: &[u8]) -> Vec<u8> {
+    let skip = bytes
+        .iter()
+        .take_while(|b| **b == 0)
+        .count()
+        .min(bytes.len().saturating_sub(1));
+    let digits = &bytes[skip..];
+    let mut v = Vec::with_capacity(digits.len() + 1);
+    if digits.first().is_none_or(|b| b & 0x80 != 0) {
+        v.push(0);
+    }
+    v.extend_from_slice(digits);
+    encode(INTEGER, &v)
+}
+
+/// An ECDSA signature as PKCS#11 returns it (`r || s`, each the curve's
+/// size) in the DER form X.509 carries (`SEQUENCE { INTEGER r, INTEGER s }`).
+pub(crate) fn ecdsa_raw_to_der(raw: &[u8]) -> Option<Vec<u8>> {
+    if raw.is_empty() || raw.len() % 2 != 0 {
+        return None;
+    }
+    let (r, s) = raw.split_at(raw.len() / 2);
+    let mut content = unsigned_integer(r);
+    content.extend(unsigned_integer(s));
+    Some(encode(SEQUENCE, &content))
+}
+
 /// Checks that `input` is exactly one value in canonical DER, recursively.
 pub(crate) fn check_canonical(input: &[u8]) -> Result<(), DerError> {
     check_tlv(single(input)?, 0)
@@ -192,5 +269,30 @@ mod tests {
         ] {
             assert!(check_canonical(bad).is_err(), "{bad:x?} accepted");
         }
+    }
+
+    #[test]
+    fn signed_structures_split_and_join() {
+        let long = vec![0x42u8; 300];
+        let tbs = encode(SEQUENCE, &encode(OCTET_STRING, &long));
+        let alg = encode(SEQUENCE, &encode(OID, &[0x2a, 0x86, 0x48]));
+        let signed = join_signed(&tbs, &alg, &[1, 2, 3]);
+        assert!(check_canonical(&signed).is_ok());
+        assert_eq!(split_signed(&signed).unwrap(), (&tbs[..], &alg[..]));
+        assert!(split_signed(&tbs).is_err());
+    }
+
+    #[test]
+    fn ecdsa_signatures_become_der() {
+        let mut raw = vec![0u8; 64];
+        raw[0] = 0x80; // r needs a leading zero
+        raw[63] = 0x01; // s is 1 after its zeros
+        let der = ecdsa_raw_to_der(&raw).unwrap();
+        assert!(check_canonical(&der).is_ok());
+        let seq = single(&der).unwrap();
+        let ints = elements(seq.content).unwrap();
+        assert_eq!(ints[0].content.len(), 33);
+        assert_eq!(ints[1].content, [0x01]);
+        assert!(ecdsa_raw_to_der(&[1, 2, 3]).is_none());
     }
 }

@@ -1,9 +1,11 @@
-//! Signing with a CA key held in process.
+//! Signing as a CA whose certificate signet holds.
 //!
-//! [`LocalCa`] is a CA certificate, its private key and the chain above it.
-//! It backs the `local` backend and (later) delegated authorities, which hold
-//! an intermediate obtained from an upstream backend. Loading refuses a key
-//! that does not match the certificate and a certificate that is not a CA.
+//! [`LocalCa`] is a CA certificate, its key and the chain above it. It backs
+//! the `local` backend and delegated authorities, which hold an intermediate
+//! obtained from an upstream backend. The key is a [`CaKey`]: in memory, or
+//! in a key store that signs each certificate remotely. Loading refuses a
+//! key that does not match the certificate and a certificate that is not a
+//! CA.
 
 use std::fmt;
 use std::time::SystemTime;
@@ -19,7 +21,7 @@ use x509_parser::prelude::FromDer;
 use crate::chain::{self, ChainError, IssuedChain, TrustBundle};
 use crate::clock::{from_unix_seconds, rfc3339, unix_seconds};
 use crate::error::SignError;
-use crate::key::PrivateKey;
+use crate::key::{CaKey, PrivateKey};
 use crate::names::rcgen_san;
 use crate::policy::{ExtKeyUsage, IssuanceDecision, KeyUsage};
 
@@ -40,9 +42,9 @@ pub enum CaError {
     Expired(String),
 }
 
-/// A CA that signs in process.
+/// A CA whose certificates signet assembles and signs with its [`CaKey`].
 pub struct LocalCa {
-    issuer: Issuer<'static, PrivateKey>,
+    issuer: Issuer<'static, CaKey>,
     cert: CertificateDer<'static>,
     /// Certificates above `cert`, excluding trust-bundle roots.
     chain: Vec<CertificateDer<'static>>,
@@ -64,7 +66,7 @@ impl fmt::Debug for LocalCa {
             .field("not_after", &rfc3339(self.not_after))
             .field("chain", &self.chain.len())
             .field("trust_bundle", &self.trust_bundle)
-            .field("key", &"[redacted]")
+            .field("key", &self.issuer.key().handle().describe())
             .finish()
     }
 }
@@ -77,7 +79,7 @@ impl LocalCa {
     /// of the chain (or `cert` itself, for a self-signed root) is the anchor.
     pub fn new(
         cert: CertificateDer<'static>,
-        key: PrivateKey,
+        key: impl Into<CaKey>,
         chain: Vec<CertificateDer<'static>>,
         roots: Option<Vec<CertificateDer<'static>>>,
         now: SystemTime,
@@ -99,6 +101,7 @@ impl LocalCa {
         {
             return Err(CaError::NoKeyCertSign);
         }
+        let key = key.into();
         let spki = key.spki_der();
         if parsed.public_key().raw != spki.as_slice() {
             return Err(CaError::KeyMismatch);
@@ -208,21 +211,30 @@ impl LocalCa {
     pub fn subject(&self) -> &str {
         &self.subject
     }
-    pub fn key(&self) -> &PrivateKey {
+    pub fn key(&self) -> &CaKey {
         self.issuer.key()
     }
 
+    /// The key itself, when it is in memory (a development root written
+    /// to disk, a plug-in CA's key written to its Secret).
+    pub fn private_key(&self) -> Option<&PrivateKey> {
+        self.issuer.key().handle().in_memory()
+    }
+
     /// Signs a CRL as this CA (see [`crate::revocation`]); DER.
-    pub fn sign_crl(
+    pub async fn sign_crl(
         &self,
         params: &rcgen::CertificateRevocationListParams,
-    ) -> Result<Vec<u8>, rcgen::Error> {
-        params.signed_by(&self.issuer).map(|crl| crl.der().to_vec())
+    ) -> Result<Vec<u8>, SignError> {
+        let encoded = params
+            .signed_by(&self.issuer)
+            .map_err(|e| SignError::Internal(format!("encoding the CRL: {e}")))?;
+        self.issuer.key().sign_der(encoded.der().to_vec()).await
     }
 
     /// Signs a certificate for `public_key` as `decision` says. NotAfter is
     /// clamped to this CA's NotAfter; NotBefore never precedes the CA's.
-    pub fn sign(
+    pub async fn sign(
         &self,
         decision: &IssuanceDecision,
         public_key: &impl rcgen::PublicKeyData,
@@ -250,15 +262,19 @@ impl LocalCa {
             )));
         }
         let params = certificate_params(decision, not_before, not_after)?;
-        let cert = params
+        let encoded = params
             .signed_by(public_key, &self.issuer)
             .map_err(|e| SignError::Internal(format!("signing: {e}")))?;
+        // A remote key's signature is verified by `sign_der`, an in-memory
+        // key's is the one just computed: either way the leaf is known to
+        // be signed by `spki`.
+        let leaf = self.issuer.key().sign_der(encoded.der().to_vec()).await?;
         let mut intermediates = Vec::with_capacity(self.chain.len() + 1);
         if !self.trust_bundle.contains(&self.cert) {
             intermediates.push(self.cert.clone());
         }
         intermediates.extend(self.chain.iter().cloned());
-        IssuedChain::new(cert.der().clone(), intermediates, self.trust_bundle.clone())
+        IssuedChain::new(leaf.into(), intermediates, self.trust_bundle.clone())
             .map(|c| c.signed_in_process(self.spki.clone()))
             .map_err(SignError::BadChain)
     }

@@ -232,14 +232,14 @@ impl RevocationList {
     }
 
     /// The CRL `ca` signs for this list at `now` (DER).
-    pub fn crl(&self, ca: &LocalCa, now: SystemTime) -> Result<Vec<u8>, RevocationError> {
-        self.crl_valid_for(ca, now, CRL_VALIDITY)
+    pub async fn crl(&self, ca: &LocalCa, now: SystemTime) -> Result<Vec<u8>, RevocationError> {
+        self.crl_valid_for(ca, now, CRL_VALIDITY).await
     }
 
     /// The CRL `ca` signs for this list at `now`, valid for `validity`
     /// (for a CA whose key is about to be discarded: its CRL must last as
     /// long as the certificates it issued).
-    pub fn crl_valid_for(
+    pub async fn crl_valid_for(
         &self,
         ca: &LocalCa,
         now: SystemTime,
@@ -285,6 +285,7 @@ impl RevocationList {
             },
         };
         ca.sign_crl(&params)
+            .await
             .map_err(|e| RevocationError::Sign(e.to_string()))
     }
 }
@@ -438,8 +439,8 @@ mod tests {
         assert!(RevocationList::read(&path).unwrap().contains("abcd"));
     }
 
-    #[test]
-    fn a_stored_crl_matches_only_its_ca_its_list_and_its_validity() {
+    #[tokio::test]
+    async fn a_stored_crl_matches_only_its_ca_its_list_and_its_validity() {
         let now = from_unix_seconds(1_800_001_234);
         let root = |name| {
             LocalCa::self_signed_root(
@@ -453,7 +454,7 @@ mod tests {
         let (ca, other) = (root("crl root"), root("crl root"));
         let mut list = RevocationList::default();
         list.revoke("0a1b", now, None).unwrap();
-        let der = list.crl(&ca, now).unwrap();
+        let der = list.crl(&ca, now).await.unwrap();
         let cert = ca.certificate().as_ref();
         assert!(list.crl_matches(cert, &der, now + Duration::from_secs(3600)));
         assert!(
@@ -469,8 +470,8 @@ mod tests {
         assert!(!list.crl_matches(cert, &der, now), "a serial missing");
     }
 
-    #[test]
-    fn the_crl_is_signed_by_the_ca_and_names_each_serial() {
+    #[tokio::test]
+    async fn the_crl_is_signed_by_the_ca_and_names_each_serial() {
         use x509_parser::prelude::*;
         let now = from_unix_seconds(1_800_001_234);
         let ca = LocalCa::self_signed_root(
@@ -483,7 +484,7 @@ mod tests {
         let mut list = RevocationList::default();
         list.revoke("0a1b", now, Some(Reason::Superseded)).unwrap();
         list.revoke("ff00ff", now, None).unwrap();
-        let der = list.crl(&ca, now).unwrap();
+        let der = list.crl(&ca, now).await.unwrap();
         let (_, crl) = CertificateRevocationList::from_der(&der).unwrap();
         let serials: Vec<String> = crl
             .iter_revoked_certificates()
@@ -495,7 +496,7 @@ mod tests {
             1_800_001_234,
             "thisUpdate is the newest revocation, later than the hour's start"
         );
-        let older = RevocationList::default().crl(&ca, now).unwrap();
+        let older = RevocationList::default().crl(&ca, now).await.unwrap();
         let (_, older) = CertificateRevocationList::from_der(&older).unwrap();
         assert_eq!(
             older.last_update().timestamp(),

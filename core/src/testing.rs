@@ -1,5 +1,6 @@
 //! Test doubles for signet's own tests (feature `testing`).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
@@ -146,7 +147,7 @@ impl Signer for CaSigner {
                 match cached {
                     Some(c) => Ok(c),
                     None => {
-                        let r = self.ca.sign(decision, csr.public_key());
+                        let r = self.ca.sign(decision, csr.public_key()).await;
                         if let Ok(c) = &r {
                             self.issued.fetch_add(1, Ordering::SeqCst);
                             if let Some(id) = decision.request_id() {
@@ -281,6 +282,22 @@ pub fn spiffe_csr(id: &str) -> VerifiedCsr {
 
 /// An intermediate CA on a fresh P-256 key, signed by `root` and held in
 /// process (what a fake upstream issues from).
+/// The output of a future that needs no waiting: signing with an in-memory
+/// key ([`LocalCa::sign`], [`crate::revocation::RevocationList::crl`]) from
+/// a test that is not async. Panics if it would wait.
+pub trait Ready: Future + Sized {
+    fn ready(self) -> Self::Output {
+        let mut future = std::pin::pin!(self);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(out) => out,
+            std::task::Poll::Pending => panic!("the future waits (a remote key?)"),
+        }
+    }
+}
+
+impl<F: Future> Ready for F {}
+
 pub fn intermediate_under(
     root: &LocalCa,
     common_name: &str,
@@ -300,7 +317,7 @@ pub fn intermediate_under(
         backdate,
         "test",
     );
-    let chain = root.sign(&decision, &key).expect("the root signs");
+    let chain = root.sign(&decision, &key).ready().expect("the root signs");
     LocalCa::new(
         chain.leaf().clone(),
         key,

@@ -103,7 +103,7 @@ impl signet_core::Signer for SlowNoBackdate {
             Duration::ZERO,
             "t",
         );
-        self.root.ca().sign(&at_sign_time, csr.public_key())
+        self.root.ca().sign(&at_sign_time, csr.public_key()).await
     }
     async fn trust_bundle(&self) -> Result<signet_core::TrustBundle, signet_core::SignError> {
         self.root.trust_bundle().await
@@ -254,7 +254,8 @@ async fn a_csr_with_a_ca_key_is_refused_before_signing() {
         ("the root's key", upstream.ca().key()),
     ] {
         let csr =
-            VerifiedCsr::from_der(&key.csr_der(None, std::slice::from_ref(&id)).unwrap()).unwrap();
+            VerifiedCsr::from_der(&key.csr_der(None, std::slice::from_ref(&id)).await.unwrap())
+                .unwrap();
         let before = upstream.issued();
         let err = a
             .issue(&Caller::internal("t"), &grant, &csr, &req)

@@ -4,6 +4,7 @@
     clippy::disallowed_methods,
     reason = "tests and benchmarks run real servers and processes on real time"
 )]
+use signet_core::testing::Ready as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -51,7 +52,7 @@ fn hierarchy(now: SystemTime, alg: KeyAlgorithm) -> (LocalCa, LocalCa) {
         Duration::from_secs(60),
         "test",
     );
-    let chain = root.sign(&decision, csr.public_key()).unwrap();
+    let chain = root.sign(&decision, csr.public_key()).ready().unwrap();
     chain.check(&decision, &csr, now, Duration::ZERO).unwrap();
     let inter = LocalCa::new(
         chain.leaf().clone(),
@@ -118,7 +119,7 @@ fn workload_certificate_has_exactly_what_policy_chose() {
                 now,
             )
             .unwrap();
-        let chain = ca.sign(&decision, csr.public_key()).unwrap();
+        let chain = ca.sign(&decision, csr.public_key()).ready().unwrap();
         chain.check(&decision, &csr, now, Duration::ZERO).unwrap();
         webpki_verify(&chain, now, webpki::KeyUsage::server_auth()).unwrap();
         webpki_verify(&chain, now, webpki::KeyUsage::client_auth()).unwrap();
@@ -182,6 +183,7 @@ fn serials_do_not_repeat() {
         assert!(
             seen.insert(
                 ca.sign(&decision, csr.public_key())
+                    .ready()
                     .unwrap()
                     .serial_hex()
                     .to_owned()
@@ -208,7 +210,7 @@ fn server_and_client_profiles() {
             now,
         )
         .unwrap();
-    let chain = ca.sign(&d, server.public_key()).unwrap();
+    let chain = ca.sign(&d, server.public_key()).ready().unwrap();
     chain.check(&d, &server, now, Duration::ZERO).unwrap();
     webpki_verify(&chain, now, webpki::KeyUsage::server_auth()).unwrap();
     assert!(
@@ -224,7 +226,7 @@ fn server_and_client_profiles() {
     let d = policy()
         .decide(&caller(), &g, &server, &request(Profile::Client, None), now)
         .unwrap();
-    let chain = ca.sign(&d, server.public_key()).unwrap();
+    let chain = ca.sign(&d, server.public_key()).ready().unwrap();
     webpki_verify(&chain, now, webpki::KeyUsage::client_auth()).unwrap();
     assert!(webpki_verify(&chain, now, webpki::KeyUsage::server_auth()).is_err());
 }
@@ -363,7 +365,7 @@ fn leaves_never_outlive_their_issuer() {
             now,
         )
         .unwrap();
-    let chain = root.sign(&d, csr.public_key()).unwrap();
+    let chain = root.sign(&d, csr.public_key()).ready().unwrap();
     assert_eq!(chain.not_after(), root.not_after());
     chain.check(&d, &csr, now, Duration::ZERO).unwrap();
     webpki_verify(&chain, now, webpki::KeyUsage::server_auth()).unwrap();
@@ -380,7 +382,7 @@ fn chain_checks_catch_what_a_backend_might_get_wrong() {
     let d = policy()
         .decide(&caller(), &g, &demo, &request(Profile::Workload, None), now)
         .unwrap();
-    let chain = ca.sign(&d, demo.public_key()).unwrap();
+    let chain = ca.sign(&d, demo.public_key()).ready().unwrap();
 
     // Wrong trust bundle.
     let foreign = signet_core::IssuedChain::new(
@@ -439,7 +441,7 @@ fn chain_checks_catch_what_a_backend_might_get_wrong() {
     ));
     // An intermediate where a leaf was decided is refused.
     let inter_d = IssuanceDecision::intermediate("x", &td(), 0, now, DAY, Duration::ZERO, "t");
-    let ca_chain = root.sign(&inter_d, demo.public_key()).unwrap();
+    let ca_chain = root.sign(&inter_d, demo.public_key()).ready().unwrap();
     assert_eq!(
         ca_chain.check_matches(&d, demo.spki_der(), Duration::ZERO),
         Err(ChainError::CaMismatch)
@@ -458,7 +460,7 @@ fn remembered_signatures_never_vouch_for_other_bytes() {
     let d = policy()
         .decide(&caller(), &g, &demo, &request(Profile::Workload, None), now)
         .unwrap();
-    let chain = ca.sign(&d, demo.public_key()).unwrap();
+    let chain = ca.sign(&d, demo.public_key()).ready().unwrap();
     let bundle = root.trust_bundle().clone();
     let rebuilt = |leaf: Vec<u8>, inter: Vec<u8>| {
         signet_core::IssuedChain::new(leaf.into(), vec![inter.into()], bundle.clone()).unwrap()
@@ -492,7 +494,7 @@ fn remembered_signatures_never_vouch_for_other_bytes() {
     // issuer is the one that verified it, and the other is still tried first
     // and refused.
     let (root2, _) = hierarchy(now, KeyAlgorithm::EcdsaP256);
-    let direct = root.sign(&d, demo.public_key()).unwrap();
+    let direct = root.sign(&d, demo.public_key()).ready().unwrap();
     let both = signet_core::TrustBundle::new(
         [root2.trust_bundle().roots(), root.trust_bundle().roots()].concat(),
     )
@@ -517,7 +519,7 @@ fn a_pathlen_zero_ca_cannot_issue_cas() {
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let d = IssuanceDecision::intermediate("sub", &td(), 0, now, DAY, Duration::ZERO, "t");
     assert!(matches!(
-        ca.sign(&d, &key),
+        ca.sign(&d, &key).ready(),
         Err(SignError::BackendRejected(_))
     ));
 }
@@ -550,7 +552,7 @@ fn loading_refuses_non_cas_and_mismatched_keys() {
             now,
         )
         .unwrap();
-    let leaf = ca.sign(&d, csr.public_key()).unwrap();
+    let leaf = ca.sign(&d, csr.public_key()).ready().unwrap();
     let leaf_cert: CertificateDer<'static> = leaf.leaf().clone();
     assert_eq!(
         LocalCa::new(leaf_cert, leaf_key, vec![], roots, now).unwrap_err(),
@@ -563,7 +565,7 @@ fn a_ca_prints_without_its_key() {
     let now = SystemTime::now();
     let (root, inter) = hierarchy(now, KeyAlgorithm::EcdsaP256);
     for ca in [&root, &inter] {
-        let pem = ca.key().to_pem();
+        let pem = ca.private_key().unwrap().to_pem();
         let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
         let shown = format!("{ca:?} {:?}", ca.key());
         assert!(shown.contains("redacted"), "{shown}");
@@ -672,7 +674,7 @@ fn only_policy_marks_a_certificate_renewable() {
     };
     let d = p.decide(&caller(), &g, &c, &renewable, now).unwrap();
     assert!(d.renewable());
-    let chain = inter.sign(&d, c.public_key()).unwrap();
+    let chain = inter.sign(&d, c.public_key()).ready().unwrap();
     chain.check(&d, &c, now, Duration::ZERO).unwrap();
     let r = signet_core::renewal::renewal_certificate(chain.leaf()).unwrap();
     assert_eq!(r.id.as_str(), DEMO);
@@ -696,7 +698,7 @@ fn only_policy_marks_a_certificate_renewable() {
     let plain = p
         .decide(&caller(), &g, &c, &request(Profile::Workload, None), now)
         .unwrap();
-    let unmarked = inter.sign(&plain, c.public_key()).unwrap();
+    let unmarked = inter.sign(&plain, c.public_key()).ready().unwrap();
     assert_eq!(
         signet_core::renewal::renewal_certificate(unmarked.leaf()),
         Err(signet_core::renewal::RenewalRefused::NotRenewable)
@@ -745,6 +747,7 @@ fn the_root_a_chain_leads_to_goes_last_for_consumers_that_take_the_last_as_the_r
                 .unwrap(),
             &PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
         )
+        .ready()
         .unwrap();
     let current_der = current.trust_bundle().roots()[0].clone();
     let next_der = next.trust_bundle().roots()[0].clone();
@@ -788,7 +791,7 @@ fn leaves_carry_the_configured_crl_distribution_point() {
                 now,
             )
             .unwrap();
-        let chain = inter.sign(&decision, csr.public_key()).unwrap();
+        let chain = inter.sign(&decision, csr.public_key()).ready().unwrap();
         chain.check(&decision, &csr, now, Duration::ZERO).unwrap();
         let (_, cert) = X509Certificate::from_der(chain.leaf()).unwrap();
         let points: Vec<String> = cert
@@ -846,7 +849,7 @@ fn client_chains_verify_only_under_the_roots_given() {
             now,
         )
         .unwrap();
-    let chain = inter_a.sign(&d, c.public_key()).unwrap();
+    let chain = inter_a.sign(&d, c.public_key()).ready().unwrap();
     let leaf = chain.leaf().to_vec();
     let inter = inter_a.certificate().to_vec();
     let roots_a = root_a.trust_bundle().roots().to_vec();

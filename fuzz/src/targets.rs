@@ -7,6 +7,7 @@
 //! is accepted is signed exactly as decided and only for the names the grant
 //! allows; whatever is refused is refused as the caller's fault.
 
+use signet_core::testing::Ready as _;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
@@ -189,6 +190,7 @@ pub fn csr_policy(data: &[u8]) {
             assert!(decision.not_after() <= now + PolicyConfig::default().max_ttl.get());
             let chain =
                 f.ca.sign(&decision, csr.public_key())
+                    .ready()
                     .expect("a decided certificate must sign");
             chain
                 .check(&decision, &csr, now, Duration::ZERO)

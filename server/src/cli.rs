@@ -28,6 +28,23 @@ pub struct Cli {
     pub command: Command,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// A CSR for a `local` backend's key, signed where the key is, for your
+    /// root CA to certify (PEM on standard output). The certificate it
+    /// returns becomes the backend's `cert_file`.
+    Csr {
+        #[arg(long)]
+        config: PathBuf,
+        /// The `local` backend whose `key` to use.
+        #[arg(long)]
+        backend: String,
+        /// The CA's subject common name.
+        #[arg(long)]
+        common_name: String,
+    },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -126,6 +143,9 @@ pub enum Command {
     /// Policy helpers.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// CA keys held in key stores (PKCS#11, AWS KMS, Vault Transit).
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Root rotation: `rotate` begins one and moves it through its phases
     /// (publish, issue, done), `status` shows where each stands.
     #[command(subcommand)]
@@ -275,7 +295,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             exit_with_stdin,
         } => {
             let termination = app::Termination::install()?;
-            let config = serve_config(config, dev, &data_dir, rest_addr, grpc_addr)?;
+            let config = serve_config(config, dev, &data_dir, rest_addr, grpc_addr).await?;
             let app = App::start(config).await?;
             tracing::info!("ready");
             if exit_with_stdin {
@@ -329,6 +349,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Trust(TrustCommand::Status { config }) => crate::trust::status(&config).await,
         Command::Policy(PolicyCommand::Test(args)) => crate::policy_test::run(args),
+        Command::Key(KeyCommand::Csr {
+            config,
+            backend,
+            common_name,
+        }) => key_csr(&config, &backend, &common_name).await,
         Command::Crds => {
             print!("{}", signet_cert_manager::crds_yaml());
             Ok(())
@@ -362,6 +387,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn key_csr(path: &Path, backend: &str, common_name: &str) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let local = match config.backends.get(backend) {
+        Some(signet_backends::BackendConfig::Local(c)) => c,
+        Some(_) => anyhow::bail!("backends.{backend} is not a local backend"),
+        None => anyhow::bail!("no backends.{backend}"),
+    };
+    let key = signet_backends::keys::open(&local.key()?)
+        .await
+        .with_context(|| format!("backends.{backend}.key"))?;
+    let sans = [signet_core::names::San::Uri(config.trust_domain.id())];
+    let csr = signet_core::key::CaKey::new(key)
+        .csr_der(Some(common_name), &sans)
+        .await?;
+    print!("{}", signet_core::pem::encode("CERTIFICATE REQUEST", &csr));
+    Ok(())
 }
 
 async fn check(path: &Path, offline: bool) -> anyhow::Result<()> {
@@ -512,7 +555,7 @@ async fn doctor(config: &Path, warn_within: std::time::Duration) -> anyhow::Resu
 
 /// The configuration `serve` runs: the file, or dev mode's (creating its
 /// PKI in `data_dir` the first time).
-fn serve_config(
+async fn serve_config(
     config: Option<PathBuf>,
     dev: bool,
     data_dir: &Path,
@@ -520,7 +563,8 @@ fn serve_config(
     grpc_addr: SocketAddr,
 ) -> anyhow::Result<Config> {
     if dev {
-        let pki = dev::ensure_pki(data_dir, signet_core::Clock::now(&signet_core::SystemClock))?;
+        let pki =
+            dev::ensure_pki(data_dir, signet_core::Clock::now(&signet_core::SystemClock)).await?;
         tracing::warn!(
             root = %pki.root.display(),
             "DEVELOPMENT MODE: signing with a self-signed development root, unauthenticated, on loopback only. \

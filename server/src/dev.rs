@@ -79,7 +79,7 @@ fn load_ca(
 }
 
 /// Creates or reuses the development root and intermediate in `dir`.
-pub fn ensure_pki(dir: &Path, now: SystemTime) -> anyhow::Result<DevPki> {
+pub async fn ensure_pki(dir: &Path, now: SystemTime) -> anyhow::Result<DevPki> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     #[cfg(unix)]
     {
@@ -99,7 +99,14 @@ pub fn ensure_pki(dir: &Path, now: SystemTime) -> anyhow::Result<DevPki> {
             now,
             ROOT_TTL,
         )?;
-        write_file(&pki.root_key, root.key().to_pem().as_bytes(), 0o600)?;
+        write_file(
+            &pki.root_key,
+            root.private_key()
+                .expect("a generated root")
+                .to_pem()
+                .as_bytes(),
+            0o600,
+        )?;
         write_file(
             &pki.root,
             pem::encode_certificate(root.certificate()).as_bytes(),
@@ -129,7 +136,7 @@ pub fn ensure_pki(dir: &Path, now: SystemTime) -> anyhow::Result<DevPki> {
         };
         let IntermediateRequest { key, csr, decision } =
             IntermediateRequest::new(&spec, now, true)?;
-        let chain = root.sign(&decision, csr.public_key())?;
+        let chain = root.sign(&decision, csr.public_key()).await?;
         chain.check(&decision, &csr, now, Duration::ZERO)?;
         write_file(&pki.intermediate_key, key.to_pem().as_bytes(), 0o600)?;
         write_file(&pki.intermediate, chain.leaf_pem().as_bytes(), 0o644)?;
@@ -160,10 +167,12 @@ pub fn config(
         "dev".to_owned(),
         BackendConfig::Local(LocalConfig {
             cert_file: pki.intermediate.clone(),
-            key_file: pki.intermediate_key.clone(),
+            key_file: Some(pki.intermediate_key.clone()),
+            key: None,
             chain_file: Some(pki.root.clone()),
             roots_file: None,
             reload_interval: HumanDuration::from_secs(10),
+            resilience: Default::default(),
         }),
     );
     let mut authorities = BTreeMap::new();

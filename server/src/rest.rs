@@ -585,7 +585,11 @@ async fn crl(
     };
     let now = rest.authority.clock().now();
     let list = signet_core::revocation::RevocationList::read(file);
-    let der = match list.and_then(|l| l.crl(&ca, now)) {
+    let crl = match list {
+        Ok(l) => l.crl(&ca, now).await,
+        Err(e) => Err(e),
+    };
+    let der = match crl {
         Ok(der) => der,
         Err(e) => {
             tracing::warn!(authority = %authority, error = %e, "cannot serve the CRL");

@@ -480,7 +480,7 @@ mod tests {
             d: &IssuanceDecision,
             csr: &signet_core::VerifiedCsr,
         ) -> Result<IssuedChain, SignError> {
-            self.0.sign(d, csr.public_key())
+            self.0.sign(d, csr.public_key()).await
         }
         async fn trust_bundle(&self) -> Result<TrustBundle, SignError> {
             Ok(self.0.trust_bundle().clone())

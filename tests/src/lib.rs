@@ -15,6 +15,7 @@
 //! - [`helm`]: the chart linted and rendered by Helm's own library.
 //! - [`hostile`]: hostile CSRs and what signet must answer to each.
 //! - [`secrets`]: finds keys and tokens in logs (every launched process is scanned).
+//! - [`softhsm`]: SoftHSM2 tokens with keys made by `pkcs11-tool`.
 
 #![allow(
     clippy::disallowed_methods,
@@ -33,6 +34,7 @@ pub mod openbao;
 pub mod openssl;
 pub mod process;
 pub mod secrets;
+pub mod softhsm;
 
 /// Polls `f` every 50 ms until it yields a value; panics naming `what`
 /// when `within` has passed (what a controller converges to, not how fast).

@@ -108,18 +108,45 @@ impl Moto {
 
     /// One ACM PCA JSON 1.1 call (moto does not check signatures).
     pub fn call(&self, operation: &str, body: Value) -> Value {
+        self.call_service("ACMPrivateCA", "acm-pca", operation, body)
+    }
+
+    /// An asymmetric `SIGN_VERIFY` KMS key (`ECC_NIST_P256`,
+    /// `ECC_NIST_P384`, `RSA_2048`, ...); returns its key ID.
+    pub fn kms_key(&self, key_spec: &str) -> String {
+        let out = self.call_service(
+            "TrentService",
+            "kms",
+            "CreateKey",
+            json!({ "KeySpec": key_spec, "KeyUsage": "SIGN_VERIFY", "Description": "signet test CA key" }),
+        );
+        out["KeyMetadata"]["KeyId"]
+            .as_str()
+            .expect("a key ID")
+            .to_owned()
+    }
+
+    /// One JSON 1.1 call to `service` (its `X-Amz-Target` prefix) as
+    /// `signing_name` (the credential scope's service).
+    pub fn call_service(
+        &self,
+        target_prefix: &str,
+        signing_name: &str,
+        operation: &str,
+        body: Value,
+    ) -> Value {
         let url = self.endpoint();
         let body = body.to_string();
         let (status, text) = std::thread::scope(|s| {
             s.spawn(|| {
                 let r = reqwest::blocking::Client::new()
                     .post(&url)
-                    .header("X-Amz-Target", format!("ACMPrivateCA.{operation}"))
+                    .header("X-Amz-Target", format!("{target_prefix}.{operation}"))
                     .header("Content-Type", "application/x-amz-json-1.1")
                     .header(
                         "Authorization",
                         format!(
-                            "AWS4-HMAC-SHA256 Credential=testing/20260101/{REGION}/acm-pca/aws4_request, SignedHeaders=host, Signature=0"
+                            "AWS4-HMAC-SHA256 Credential=testing/20260101/{REGION}/{signing_name}/aws4_request, SignedHeaders=host, Signature=0"
                         ),
                     )
                     .body(body)

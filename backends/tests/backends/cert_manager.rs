@@ -8,6 +8,7 @@
 //! own CRDs (`cert_manager::conformance::…`).
 #![cfg(feature = "cert_manager")]
 
+use signet_core::testing::Ready as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -282,9 +283,12 @@ impl SimCertManager {
         };
         let chain = if mode == Mode::WrongKey {
             let other = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-            self.issuing.sign(&decision, &other).unwrap()
+            self.issuing.sign(&decision, &other).ready().unwrap()
         } else {
-            self.issuing.sign(&decision, csr.public_key()).unwrap()
+            self.issuing
+                .sign(&decision, csr.public_key())
+                .ready()
+                .unwrap()
         };
         let mut certificate = chain.leaf_pem();
         match *self.answer.lock().unwrap() {

@@ -6,6 +6,7 @@
 //! reported (a chain element holding several PEMs with CRLF line ends).
 #![cfg(feature = "gcp_cas")]
 
+use signet_core::testing::Ready as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -228,7 +229,7 @@ impl FakeCas {
                 Profile::Mtls
             };
             let d = testing::upstream_decision(&csr, profile, lifetime, Duration::ZERO, now, "cas");
-            ca.ca.sign(&d, csr.public_key())
+            ca.ca.sign(&d, csr.public_key()).ready()
         } else {
             let c = &body["config"];
             let key_pem = base64::engine::general_purpose::STANDARD
@@ -262,7 +263,7 @@ impl FakeCas {
                 Duration::ZERO,
                 "cas",
             );
-            ca.ca.sign(&d, &spki)
+            ca.ca.sign(&d, &spki).ready()
         };
         let chain = signed.unwrap();
         let mut pems = ca.chain.clone();

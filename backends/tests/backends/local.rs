@@ -1,5 +1,6 @@
 //! The local backend against real files: load, sign, refuse, reload.
 
+use signet_core::testing::Ready as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -36,16 +37,18 @@ fn write_ca(dir: &Path, root: &LocalCa, cn: &str, alg: KeyAlgorithm) -> LocalCon
         Duration::from_secs(60),
         "test",
     );
-    let chain = root.sign(&d, csr.public_key()).unwrap();
+    let chain = root.sign(&d, csr.public_key()).ready().unwrap();
     std::fs::write(dir.join("ca.pem"), pem::encode_certificate(chain.leaf())).unwrap();
     std::fs::write(dir.join("ca-key.pem"), key.to_pem().as_bytes()).unwrap();
     std::fs::write(dir.join("root.pem"), root.trust_bundle().to_pem()).unwrap();
     LocalConfig {
         cert_file: dir.join("ca.pem"),
-        key_file: dir.join("ca-key.pem"),
+        key_file: Some(dir.join("ca-key.pem")),
         chain_file: Some(dir.join("root.pem")),
         roots_file: None,
         reload_interval: HumanDuration::from_secs(1),
+        key: None,
+        resilience: Default::default(),
     }
 }
 
@@ -95,7 +98,11 @@ async fn signs_with_every_ca_key_type() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let config = write_ca(dir.path(), &root(), "inter", alg);
-        let backend = Arc::new(LocalBackend::load("local", config, Arc::new(SystemClock)).unwrap());
+        let backend = Arc::new(
+            LocalBackend::load("local", config, Arc::new(SystemClock))
+                .await
+                .unwrap(),
+        );
         let chain = issue(
             &authority(backend.clone()),
             "spiffe://cluster.local/ns/a/sa/b",
@@ -153,12 +160,18 @@ async fn accepts_sec1_and_pkcs1_keys_and_bundled_chains() {
     );
     let config = LocalConfig {
         cert_file: dir.path().join("c.pem"),
-        key_file: dir.path().join("k1.pem"),
+        key_file: Some(dir.path().join("k1.pem")),
         chain_file: None,
         roots_file: None,
         reload_interval: HumanDuration::from_secs(10),
+        key: None,
+        resilience: Default::default(),
     };
-    let backend = Arc::new(LocalBackend::load("rsa", config, Arc::new(SystemClock)).unwrap());
+    let backend = Arc::new(
+        LocalBackend::load("rsa", config, Arc::new(SystemClock))
+            .await
+            .unwrap(),
+    );
     let chain = issue(&authority(backend), "spiffe://cluster.local/x").await;
     assert!(chain.intermediates().is_empty());
 
@@ -184,11 +197,15 @@ async fn accepts_sec1_and_pkcs1_keys_and_bundled_chains() {
     std::fs::write(dir.path().join("bundle.pem"), bundle).unwrap();
     let config = LocalConfig {
         cert_file: dir.path().join("bundle.pem"),
-        key_file: dir.path().join("sec1.pem"),
+        key_file: Some(dir.path().join("sec1.pem")),
         chain_file: None,
         ..config
     };
-    let backend = Arc::new(LocalBackend::load("ec", config, Arc::new(SystemClock)).unwrap());
+    let backend = Arc::new(
+        LocalBackend::load("ec", config, Arc::new(SystemClock))
+            .await
+            .unwrap(),
+    );
     issue(&authority(backend), "spiffe://cluster.local/y").await;
 }
 
@@ -199,10 +216,12 @@ async fn refuses_mismatched_keys_and_non_cas() {
     let other = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
     std::fs::write(dir.path().join("other-key.pem"), other.to_pem().as_bytes()).unwrap();
     let bad = LocalConfig {
-        key_file: dir.path().join("other-key.pem"),
+        key_file: Some(dir.path().join("other-key.pem")),
         ..config.clone()
     };
-    let err = LocalBackend::load("x", bad, Arc::new(SystemClock)).unwrap_err();
+    let err = LocalBackend::load("x", bad, Arc::new(SystemClock))
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -215,14 +234,20 @@ async fn refuses_mismatched_keys_and_non_cas() {
     );
 
     // A leaf certificate is not a CA.
-    let backend = Arc::new(LocalBackend::load("x", config.clone(), Arc::new(SystemClock)).unwrap());
+    let backend = Arc::new(
+        LocalBackend::load("x", config.clone(), Arc::new(SystemClock))
+            .await
+            .unwrap(),
+    );
     let leaf = issue(&authority(backend), "spiffe://cluster.local/leaf").await;
     std::fs::write(dir.path().join("leaf.pem"), leaf.leaf_pem()).unwrap();
     let not_ca = LocalConfig {
         cert_file: dir.path().join("leaf.pem"),
         ..config.clone()
     };
-    let err = LocalBackend::load("x", not_ca, Arc::new(SystemClock)).unwrap_err();
+    let err = LocalBackend::load("x", not_ca, Arc::new(SystemClock))
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -239,7 +264,9 @@ async fn refuses_mismatched_keys_and_non_cas() {
         ..config
     };
     assert!(matches!(
-        LocalBackend::load("x", missing, Arc::new(SystemClock)).unwrap_err(),
+        LocalBackend::load("x", missing, Arc::new(SystemClock))
+            .await
+            .unwrap_err(),
         LocalError::Io { .. }
     ));
 }
@@ -249,7 +276,11 @@ async fn reloads_changed_files_and_keeps_the_old_ca_on_bad_ones() {
     let dir = tempfile::tempdir().unwrap();
     let r = root();
     let config = write_ca(dir.path(), &r, "first", KeyAlgorithm::EcdsaP256);
-    let backend = Arc::new(LocalBackend::load("x", config, Arc::new(SystemClock)).unwrap());
+    let backend = Arc::new(
+        LocalBackend::load("x", config, Arc::new(SystemClock))
+            .await
+            .unwrap(),
+    );
     assert!(
         !backend.reload_if_changed().unwrap(),
         "unchanged files are not reloaded"
@@ -284,7 +315,11 @@ async fn the_reloader_picks_up_changes_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let r = root();
     let config = write_ca(dir.path(), &r, "first", KeyAlgorithm::EcdsaP256);
-    let backend = Arc::new(LocalBackend::load("x", config, Arc::new(SystemClock)).unwrap());
+    let backend = Arc::new(
+        LocalBackend::load("x", config, Arc::new(SystemClock))
+            .await
+            .unwrap(),
+    );
     let task = LocalBackend::spawn_reloader(&backend);
     write_ca(dir.path(), &r, "rotated", KeyAlgorithm::EcdsaP256);
     for _ in 0..5 {

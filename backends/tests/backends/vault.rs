@@ -496,7 +496,7 @@ mod fake {
                 SystemTime::now(),
             )
             .unwrap();
-        let chain = f.inter.sign(&d, csr.public_key()).unwrap();
+        let chain = f.inter.sign(&d, csr.public_key()).await.unwrap();
         let leaf = chain.leaf_pem();
         let inter = pem::encode_certificate(f.inter.certificate());
         let root = f.root.trust_bundle().to_pem();

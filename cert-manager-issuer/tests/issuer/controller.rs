@@ -118,7 +118,7 @@ fn fixed(signer: Arc<CaSigner>) -> BackendFactory {
 
 async fn ca_secret(cluster: &Cluster, ns: &str, name: &str, ca: &LocalCa) {
     let cert = pem::encode("CERTIFICATE", ca.certificate());
-    let key = ca.key().to_pem();
+    let key = ca.private_key().unwrap().to_pem();
     cluster
         .apply(json!({
             "apiVersion": "v1", "kind": "Secret",

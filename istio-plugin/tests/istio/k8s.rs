@@ -3,6 +3,7 @@
 //! (`k8s::fake::…`) and on a real kube-apiserver (`k8s::conformance::…`);
 //! conflict storms and dropped watches are the fake's alone.
 
+use signet_core::testing::Ready as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -618,7 +619,7 @@ impl Signer for Switchable {
                 Duration::ZERO,
                 "t",
             );
-            return self.current.load().ca().sign(&bad, csr.public_key());
+            return self.current.load().ca().sign(&bad, csr.public_key()).await;
         }
         self.current.load().sign(d, csr).await
     }
@@ -899,6 +900,7 @@ async fn cacerts_carry_a_crl_of_the_revocation_file() {
                 "X509 CRL",
                 &RevocationList::default()
                     .crl(root.ca(), clock.now())
+                    .ready()
                     .unwrap(),
             ),
         )

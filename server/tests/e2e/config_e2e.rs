@@ -1,6 +1,7 @@
 //! `signet serve --config`: bearer tokens, client certificates, per-principal
 //! policy, and `signet check`.
 
+use signet_core::testing::Ready as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -54,7 +55,7 @@ fn setup(dir: &Path, listen: &str) -> PathBuf {
         Duration::from_secs(60),
         "test",
     );
-    let inter = root.sign(&d, csr.public_key()).unwrap();
+    let inter = root.sign(&d, csr.public_key()).ready().unwrap();
     std::fs::write(dir.join("root.pem"), root.trust_bundle().to_pem()).unwrap();
     std::fs::write(dir.join("ca.pem"), inter.leaf_pem()).unwrap();
     std::fs::write(dir.join("ca-key.pem"), key.to_pem().as_bytes()).unwrap();
@@ -81,7 +82,7 @@ fn setup(dir: &Path, listen: &str) -> PathBuf {
     let d = policy
         .decide(&Caller::internal("t"), &grant, &admin_csr, &req, now)
         .unwrap();
-    let admin = clients.sign(&d, admin_csr.public_key()).unwrap();
+    let admin = clients.sign(&d, admin_csr.public_key()).ready().unwrap();
     std::fs::write(
         dir.join("admin-identity.pem"),
         format!("{}{}", admin.leaf_pem(), admin_key.to_pem().as_str()),
@@ -95,7 +96,7 @@ fn setup(dir: &Path, listen: &str) -> PathBuf {
         30 * DAY,
     )
     .unwrap();
-    let rogue_cert = rogue.sign(&d, admin_csr.public_key()).unwrap();
+    let rogue_cert = rogue.sign(&d, admin_csr.public_key()).ready().unwrap();
     std::fs::write(
         dir.join("rogue-identity.pem"),
         format!("{}{}", rogue_cert.leaf_pem(), admin_key.to_pem().as_str()),

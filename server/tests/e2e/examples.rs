@@ -177,7 +177,7 @@ async fn the_cert_manager_example_issues(cluster: signet_tests::cluster::Cluster
     let ca_pem = signet_core::pem::encode_certificate(ca.certificate());
     cluster.apply(json!({ "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
         "metadata": { "name": "team-ca", "namespace": "apps" },
-        "data": { "tls.crt": b64.encode(&ca_pem), "tls.key": b64.encode(ca.key().to_pem().as_bytes()) } }))
+        "data": { "tls.crt": b64.encode(&ca_pem), "tls.key": b64.encode(ca.private_key().unwrap().to_pem().as_bytes()) } }))
         .await;
     for doc in yaml_docs(&std::fs::read_to_string(example.join("issuers.yaml")).unwrap()) {
         cluster.apply(doc).await;

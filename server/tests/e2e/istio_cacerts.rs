@@ -26,7 +26,11 @@ fn signet_istio_cacerts_writes_what_istiod_needs() {
         pem::encode_certificate(root.certificate()),
     )
     .unwrap();
-    std::fs::write(dir.join("root-key.pem"), root.key().to_pem().as_bytes()).unwrap();
+    std::fs::write(
+        dir.join("root-key.pem"),
+        root.private_key().unwrap().to_pem().as_bytes(),
+    )
+    .unwrap();
     let config = format!(
         "trust_domain: cluster.local\nbackends:\n  offline-root:\n    type: local\n    cert_file: {d}/root.pem\n    key_file: {d}/root-key.pem\nfrontends:\n  istio_cacerts:\n    backend: offline-root\n    ttl: 720h\n",
         d = dir.display()

@@ -2,6 +2,7 @@
 //! writes (CSR signer, root ConfigMaps, cacerts), the other stays silent, and
 //! takes over when the leader stops.
 
+use signet_core::testing::Ready as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -41,13 +42,17 @@ fn write_pki(dir: &Path) {
         Duration::from_secs(60),
         "t",
     );
-    let inter = root.sign(&d, csr.public_key()).unwrap();
+    let inter = root.sign(&d, csr.public_key()).ready().unwrap();
     std::fs::write(
         dir.join("root.pem"),
         pem::encode_certificate(root.certificate()),
     )
     .unwrap();
-    std::fs::write(dir.join("root-key.pem"), root.key().to_pem().as_bytes()).unwrap();
+    std::fs::write(
+        dir.join("root-key.pem"),
+        root.private_key().unwrap().to_pem().as_bytes(),
+    )
+    .unwrap();
     std::fs::write(dir.join("int.pem"), inter.leaf_pem()).unwrap();
     std::fs::write(dir.join("int-key.pem"), key.to_pem().as_bytes()).unwrap();
 }

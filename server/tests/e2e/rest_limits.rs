@@ -49,7 +49,7 @@ impl Signer for Misbehaving {
         match self.behaviour {
             Behaviour::Slow(d) => {
                 tokio::time::sleep(d).await;
-                self.ca.sign(decision, csr.public_key())
+                self.ca.sign(decision, csr.public_key()).await
             }
             Behaviour::Down => Err(SignError::BackendUnavailable(
                 "connection refused to 10.1.2.3:8200 (secret detail)".into(),
@@ -65,7 +65,7 @@ impl Signer for Misbehaving {
                     Duration::ZERO,
                     "x",
                 );
-                self.ca.sign(&d, csr.public_key())
+                self.ca.sign(&d, csr.public_key()).await
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Shared set-up for the conformance tests: an admin client, namespaces,
 //! service accounts and their tokens, RBAC, and a local CA for signet.
 
+use signet_core::testing::Ready as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -157,7 +158,7 @@ pub fn self_signed_root(dir: &Path, name: &str) -> PathBuf {
     let ca = LocalCa::self_signed_root(name, key, SystemTime::now(), 365 * DAY).unwrap();
     std::fs::write(
         dir.join(format!("{name}-key.pem")),
-        ca.key().to_pem().as_bytes(),
+        ca.private_key().unwrap().to_pem().as_bytes(),
     )
     .unwrap();
     let cert = dir.join(format!("{name}.pem"));
@@ -189,7 +190,7 @@ pub fn local_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         Duration::from_secs(60),
         "test",
     );
-    let inter = root.sign(&d, csr.public_key()).unwrap();
+    let inter = root.sign(&d, csr.public_key()).ready().unwrap();
     let paths = (
         dir.join("ca.pem"),
         dir.join("ca-key.pem"),
@@ -198,7 +199,11 @@ pub fn local_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(&paths.0, inter.leaf_pem()).unwrap();
     std::fs::write(&paths.1, key.to_pem().as_bytes()).unwrap();
     std::fs::write(&paths.2, root.trust_bundle().to_pem()).unwrap();
-    std::fs::write(dir.join("root-key.pem"), root.key().to_pem().as_bytes()).unwrap();
+    std::fs::write(
+        dir.join("root-key.pem"),
+        root.private_key().unwrap().to_pem().as_bytes(),
+    )
+    .unwrap();
     paths
 }
 

@@ -1,0 +1,98 @@
+//! Where a CA's key lives: `key:` of a backend.
+//!
+//! A file (the key is read into memory, as `key_file` always did), or a key
+//! store that signs for signet and never gives the key out: a PKCS#11 token
+//! ([`pkcs11`]), AWS KMS ([`aws_kms`]) or a Vault/OpenBao Transit engine
+//! ([`transit`]). Each store becomes a [`KeyHandle`] that
+//! [`signet_core::issuer::LocalCa`] signs through.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use signet_core::key::{KeyHandle, KeyLoadError, PrivateKey};
+
+#[cfg(feature = "aws_kms")]
+pub mod aws_kms;
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;
+#[cfg(feature = "vault_transit")]
+pub mod transit;
+
+/// `key:` — one of `type: file | pkcs11 | aws_kms | vault_transit`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum KeyConfig {
+    /// A PEM private key file (PKCS#8, SEC1 or PKCS#1), held in memory.
+    File { path: PathBuf },
+    #[cfg(feature = "pkcs11")]
+    Pkcs11(pkcs11::Pkcs11KeyConfig),
+    #[cfg(feature = "aws_kms")]
+    AwsKms(aws_kms::KmsKeyConfig),
+    #[cfg(feature = "vault_transit")]
+    VaultTransit(Box<transit::TransitKeyConfig>),
+}
+
+impl KeyConfig {
+    /// `file`, `pkcs11`, `aws_kms` or `vault_transit`.
+    pub fn store(&self) -> &'static str {
+        match self {
+            KeyConfig::File { .. } => "file",
+            #[cfg(feature = "pkcs11")]
+            KeyConfig::Pkcs11(_) => "pkcs11",
+            #[cfg(feature = "aws_kms")]
+            KeyConfig::AwsKms(_) => "aws_kms",
+            #[cfg(feature = "vault_transit")]
+            KeyConfig::VaultTransit(_) => "vault_transit",
+        }
+    }
+
+    /// Whether the key stays in a store and every signature is a call to it.
+    pub fn is_remote(&self) -> bool {
+        !matches!(self, KeyConfig::File { .. })
+    }
+}
+
+/// Why a key could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyOpenError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    File { path: PathBuf, source: KeyLoadError },
+    /// The store's configuration, or what it answered about the key.
+    #[error("{store} key: {detail}")]
+    Store { store: &'static str, detail: String },
+}
+
+/// Reads a key file into memory.
+pub fn read_file(path: &std::path::Path) -> Result<PrivateKey, KeyOpenError> {
+    let pem = zeroize::Zeroizing::new(std::fs::read(path).map_err(|source| KeyOpenError::Io {
+        path: path.to_owned(),
+        source,
+    })?);
+    PrivateKey::from_pem(&pem).map_err(|source| KeyOpenError::File {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Opens the key `config` names: reads a file, or connects to the store
+/// and reads the key's public half (so that a wrong label, ID or
+/// permission is an error at start, not at the first request).
+pub async fn open(config: &KeyConfig) -> Result<Arc<dyn KeyHandle>, KeyOpenError> {
+    match config {
+        KeyConfig::File { path } => Ok(Arc::new(read_file(path)?)),
+        #[cfg(feature = "pkcs11")]
+        KeyConfig::Pkcs11(c) => Ok(pkcs11::Pkcs11Key::open(c.clone()).await?),
+        #[cfg(feature = "aws_kms")]
+        KeyConfig::AwsKms(c) => Ok(aws_kms::KmsKey::open(c.clone()).await?),
+        #[cfg(feature = "vault_transit")]
+        KeyConfig::VaultTransit(c) => Ok(transit::TransitKey::open((**c).clone()).await?),
+    }
+}

@@ -1,0 +1,245 @@
+//! A CA key in a Vault or OpenBao Transit engine.
+//!
+//! At start signet reads the key (`GET <mount>/keys/<name>`), checks its
+//! type (`ecdsa-p256`, `ecdsa-p384`, `rsa-2048`/`3072`/`4096`) and takes
+//! the public key of the version it will sign with: `key_version`, or the
+//! latest at start. The version is pinned because the CA certificate
+//! certifies one public key; after a Transit rotation, the new version
+//! signs only once signet is pointed at it (with the new certificate).
+//! Each signature is `POST <mount>/sign/<name>` with the digest signet
+//! computed (`prehashed`), `marshaling_algorithm: asn1` for ECDSA and
+//! `signature_algorithm: pkcs1v15` for RSA, the forms X.509 carries. Login
+//! (token, AppRole, Kubernetes) is the `vault` backend's.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use rustify_derive::Endpoint;
+use serde::Deserialize;
+use signet_core::crypto::KeyKind;
+use signet_core::key::{
+    DigestName, KeyDescription, KeyHandle, KeyStoreError, PublicKey, SignatureAlgorithm,
+};
+use signet_core::{SignError, SystemClock};
+
+use super::KeyOpenError;
+use crate::vault::{VaultAccess, VaultAuth, VaultSession};
+
+fn default_mount() -> String {
+    "transit".to_owned()
+}
+
+/// `key: { type: vault_transit, ... }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransitKeyConfig {
+    /// `https://vault.example:8200`.
+    pub address: String,
+    /// Vault Enterprise / OpenBao namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// PEM CA bundle to verify Vault's TLS certificate (default: system roots).
+    #[serde(default)]
+    pub ca_cert_file: Option<PathBuf>,
+    /// As the `vault` backend's `auth`.
+    pub auth: VaultAuth,
+    /// Mount path of the Transit engine.
+    #[serde(default = "default_mount")]
+    pub mount: String,
+    /// The key's name.
+    pub name: String,
+    /// The version that signs; default: the latest when signet starts.
+    #[serde(default)]
+    pub key_version: Option<u64>,
+}
+
+#[derive(Debug, Default, Endpoint)]
+#[endpoint(path = "{self.mount}/keys/{self.name}", response = "KeyInfo")]
+struct ReadKey {
+    #[endpoint(skip)]
+    mount: String,
+    #[endpoint(skip)]
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct KeyInfo {
+    #[serde(rename = "type")]
+    key_type: String,
+    latest_version: u64,
+    keys: std::collections::BTreeMap<String, KeyVersion>,
+}
+
+#[derive(Debug, Deserialize)]
+struct KeyVersion {
+    #[serde(default)]
+    public_key: Option<String>,
+}
+
+#[derive(Debug, Default, Endpoint)]
+#[endpoint(
+    path = "{self.mount}/sign/{self.name}",
+    method = "POST",
+    response = "Signed"
+)]
+struct Sign {
+    #[endpoint(skip)]
+    mount: String,
+    #[endpoint(skip)]
+    name: String,
+    input: String,
+    prehashed: bool,
+    hash_algorithm: String,
+    key_version: u64,
+    signature_algorithm: Option<String>,
+    marshaling_algorithm: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Signed {
+    signature: String,
+}
+
+/// A key in a Transit engine.
+#[derive(Debug)]
+pub struct TransitKey {
+    session: Arc<VaultSession>,
+    mount: String,
+    name: String,
+    version: u64,
+    public: PublicKey,
+}
+
+fn store_err(detail: impl Into<String>) -> KeyOpenError {
+    KeyOpenError::Store {
+        store: "vault_transit",
+        detail: detail.into(),
+    }
+}
+
+/// The Vault client's verdict in the key's vocabulary.
+fn key_err(e: SignError) -> KeyStoreError {
+    if e.kind().is_retryable() {
+        KeyStoreError::Unavailable(e.to_string())
+    } else {
+        KeyStoreError::Refused(e.to_string())
+    }
+}
+
+impl TransitKey {
+    /// Logs in and reads the key's public half.
+    pub async fn open(config: TransitKeyConfig) -> Result<Arc<Self>, KeyOpenError> {
+        let id = format!("{}/{}", config.mount, config.name);
+        let session = Arc::new(
+            VaultSession::new(
+                &format!("transit key {id}"),
+                VaultAccess {
+                    address: config.address.clone(),
+                    namespace: config.namespace.clone(),
+                    ca_cert_file: config.ca_cert_file.clone(),
+                    auth: config.auth.clone(),
+                },
+                signet_core::resilience::ResilienceConfig::default()
+                    .timeout
+                    .get(),
+                Arc::new(SystemClock),
+            )
+            .map_err(|e| store_err(e.to_string()))?,
+        );
+        let (mount, name) = (config.mount.clone(), config.name.clone());
+        let info = session
+            .call(|c| {
+                let r = ReadKey {
+                    mount: mount.clone(),
+                    name: name.clone(),
+                };
+                async move { vaultrs::api::exec_with_result(c.as_ref(), r).await }
+            })
+            .await
+            .map_err(|e| store_err(format!("reading {id}: {e}")))?;
+        if !matches!(
+            info.key_type.as_str(),
+            "ecdsa-p256" | "ecdsa-p384" | "rsa-2048" | "rsa-3072" | "rsa-4096"
+        ) {
+            return Err(store_err(format!(
+                "{id} is a {} key (use ecdsa-p256, ecdsa-p384 or rsa-2048/3072/4096)",
+                info.key_type
+            )));
+        }
+        let version = config.key_version.unwrap_or(info.latest_version);
+        let pem = info
+            .keys
+            .get(&version.to_string())
+            .and_then(|v| v.public_key.as_deref())
+            .ok_or_else(|| store_err(format!("{id} has no version {version}")))?;
+        let spki = signet_core::pem::parse_lenient(pem.as_bytes())
+            .ok()
+            .and_then(|blocks| blocks.into_iter().find(|b| b.label == "PUBLIC KEY"))
+            .ok_or_else(|| store_err(format!("{id}: unreadable public key")))?;
+        let public =
+            PublicKey::from_spki_der(&spki.der).map_err(|e| store_err(format!("{id}: {e}")))?;
+        VaultSession::spawn_upkeep(&session, std::time::Duration::from_secs(300));
+        tracing::info!(key = %id, version, algorithm = %public.kind(), address = session.address(), "Vault Transit key opened");
+        Ok(Arc::new(Self {
+            session,
+            mount: config.mount,
+            name: config.name,
+            version,
+            public,
+        }))
+    }
+}
+
+#[async_trait]
+impl KeyHandle for TransitKey {
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.public.algorithm()
+    }
+    fn public_key(&self) -> &[u8] {
+        self.public.bits()
+    }
+    fn describe(&self) -> KeyDescription {
+        KeyDescription {
+            store: "vault_transit",
+            id: format!("{}/{} v{}", self.mount, self.name, self.version),
+        }
+    }
+    async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        let digest = self.public.digest(message)?;
+        let ec = matches!(self.public.kind(), KeyKind::EcdsaP256 | KeyKind::EcdsaP384);
+        let input = base64::engine::general_purpose::STANDARD.encode(&digest.bytes);
+        let hash = match digest.name {
+            DigestName::Sha256 => "sha2-256",
+            DigestName::Sha384 => "sha2-384",
+        };
+        let signed = self
+            .session
+            .call(|c| {
+                let r = Sign {
+                    mount: self.mount.clone(),
+                    name: self.name.clone(),
+                    input: input.clone(),
+                    prehashed: true,
+                    hash_algorithm: hash.to_owned(),
+                    key_version: self.version,
+                    signature_algorithm: (!ec).then(|| "pkcs1v15".to_owned()),
+                    marshaling_algorithm: ec.then(|| "asn1".to_owned()),
+                };
+                async move { vaultrs::api::exec_with_result(c.as_ref(), r).await }
+            })
+            .await
+            .map_err(key_err)?;
+        // `vault:v<version>:<base64>`
+        let encoded = signed
+            .signature
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| KeyStoreError::Refused("Transit returned an unreadable signature".into()))
+    }
+}

@@ -1,0 +1,131 @@
+//! SoftHSM2 (Debian's `softhsm2`) as a PKCS#11 token, with keys made by
+//! OpenSC's `pkcs11-tool`: someone else's tools set the token up, signet
+//! only uses it.
+//!
+//! Tokens live where `$SOFTHSM2_CONF` says (`scripts/setup` points it at
+//! `.tools/softhsm2.conf`); each [`Token`] has a label of its own and is
+//! deleted when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The user PIN of every test token.
+pub const PIN: &str = "4321-signet";
+const SO_PIN: &str = "so-87654321";
+
+/// SoftHSM2's PKCS#11 module: `$SIGNET_SOFTHSM_MODULE` or Debian's path.
+pub fn module() -> PathBuf {
+    if let Ok(p) = std::env::var("SIGNET_SOFTHSM_MODULE") {
+        return PathBuf::from(p);
+    }
+    [
+        "/usr/lib/softhsm/libsofthsm2.so",
+        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+        "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .expect("SoftHSM2 is not installed (Debian: apt-get install softhsm2 opensc); scripts/setup installs it")
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?}: {text}");
+    text
+}
+
+/// An initialised token with a user PIN.
+#[derive(Debug)]
+pub struct Token {
+    pub label: String,
+    /// A file holding [`PIN`].
+    pub pin_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Token {
+    pub fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let label = format!(
+            "signet-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        run(Command::new("softhsm2-util").args([
+            "--init-token",
+            "--free",
+            "--label",
+            &label,
+            "--pin",
+            PIN,
+            "--so-pin",
+            SO_PIN,
+        ]));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pin_file = dir.path().join("pin");
+        std::fs::write(&pin_file, format!("{PIN}\n")).expect("pin file");
+        Self {
+            label,
+            pin_file,
+            _dir: dir,
+        }
+    }
+
+    /// Generates a key pair in the token (`EC:prime256v1`, `EC:secp384r1`,
+    /// `rsa:2048`), private key not extractable, labelled `key_label` with
+    /// ID `id` (hex).
+    pub fn generate(&self, key_type: &str, key_label: &str, id: &str) {
+        run(Command::new("pkcs11-tool").args([
+            "--module",
+            module().to_str().expect("UTF-8 path"),
+            "--token-label",
+            &self.label,
+            "--login",
+            "--pin",
+            PIN,
+            "--keypairgen",
+            "--key-type",
+            key_type,
+            "--label",
+            key_label,
+            "--id",
+            id,
+            "--usage-sign",
+        ]));
+    }
+
+    /// The `key:` entry of a backend for `key_label` (YAML flow mapping).
+    pub fn key_yaml(&self, key_label: &str) -> String {
+        format!(
+            "{{ type: pkcs11, module: {}, token_label: {}, pin_file: {}, key_label: {key_label} }}",
+            module().display(),
+            self.label,
+            self.pin_file.display()
+        )
+    }
+
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+}
+
+impl Default for Token {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        let _ = Command::new("softhsm2-util")
+            .args(["--delete-token", "--token", &self.label])
+            .output();
+    }
+}
