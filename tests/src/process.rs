@@ -13,7 +13,6 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct Signet {
     child: Child,
-    /// Where the REST endpoint listens.
     /// The REST listener (`None` for a configuration without one).
     pub rest_addr: Option<SocketAddr>,
     /// Where the Istio CA gRPC service listens, if it does.

@@ -21,6 +21,7 @@ mod hostile_bodies;
 mod hostile_csrs;
 mod istio_cacerts;
 mod istio_e2e;
+mod keys_e2e;
 mod kubernetes_e2e;
 mod leader;
 mod readme;
