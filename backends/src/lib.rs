@@ -54,7 +54,7 @@ impl BackendKind {
 #[non_exhaustive]
 pub enum BackendConfig {
     #[cfg(feature = "local")]
-    Local(local::LocalConfig),
+    Local(Box<local::LocalConfig>),
     #[cfg(feature = "vault")]
     Vault(Box<vault::VaultConfig>),
     #[cfg(feature = "cert_manager")]
@@ -112,7 +112,7 @@ pub async fn build(
     match config {
         #[cfg(feature = "local")]
         BackendConfig::Local(c) => {
-            let backend = Arc::new(local::LocalBackend::load(name, c.clone(), clock).await?);
+            let backend = Arc::new(local::LocalBackend::load(name, (**c).clone(), clock).await?);
             local::LocalBackend::spawn_reloader(&backend);
             if backend.key_is_remote() {
                 // Every certificate is a call to the key store.
@@ -163,7 +163,9 @@ struct BackendVisitor;
 fn variant<'de, D: Deserializer<'de>>(kind: BackendKind, d: D) -> Result<BackendConfig, D::Error> {
     match kind {
         #[cfg(feature = "local")]
-        BackendKind::Local => local::LocalConfig::deserialize(d).map(BackendConfig::Local),
+        BackendKind::Local => {
+            local::LocalConfig::deserialize(d).map(|c| BackendConfig::Local(Box::new(c)))
+        }
         #[cfg(feature = "vault")]
         BackendKind::Vault => {
             vault::VaultConfig::deserialize(d).map(|c| BackendConfig::Vault(Box::new(c)))

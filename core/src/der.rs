@@ -175,7 +175,7 @@ pub(crate) fn unsigned_integer(bytes: &[u8]) -> Vec<u8> {
 /// An ECDSA signature as PKCS#11 returns it (`r || s`, each the curve's
 /// size) in the DER form X.509 carries (`SEQUENCE { INTEGER r, INTEGER s }`).
 pub(crate) fn ecdsa_raw_to_der(raw: &[u8]) -> Option<Vec<u8>> {
-    if raw.is_empty() || raw.len() % 2 != 0 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) {
         return None;
     }
     let (r, s) = raw.split_at(raw.len() / 2);

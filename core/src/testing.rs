@@ -388,3 +388,70 @@ pub async fn eventually_changes<T>(get: impl Fn() -> Arc<T>, from: &Arc<T>) -> A
     }
     panic!("the value did not change within 5 s");
 }
+
+/// A key that signs the way a key store does: rcgen does not see it in
+/// memory, so every signature is an async call; calls are counted and
+/// faults injected. `impostor` signs with another key (a store that answers
+/// for the wrong key).
+#[derive(Debug)]
+pub struct StoreKey {
+    key: PrivateKey,
+    impostor: Option<PrivateKey>,
+    fault: Mutex<Option<crate::key::KeyStoreError>>,
+    calls: AtomicU32,
+}
+
+impl StoreKey {
+    pub fn new(alg: KeyAlgorithm) -> Arc<Self> {
+        Arc::new(Self {
+            key: PrivateKey::generate(alg).expect("a key"),
+            impostor: None,
+            fault: Mutex::new(None),
+            calls: AtomicU32::new(0),
+        })
+    }
+
+    /// A store that signs with another key than the one it reports.
+    pub fn impostor(alg: KeyAlgorithm) -> Arc<Self> {
+        Arc::new(Self {
+            key: PrivateKey::generate(alg).expect("a key"),
+            impostor: Some(PrivateKey::generate(alg).expect("a key")),
+            fault: Mutex::new(None),
+            calls: AtomicU32::new(0),
+        })
+    }
+
+    /// Every call fails with `fault` from now on (`None`: none do).
+    pub fn set_fault(&self, fault: Option<crate::key::KeyStoreError>) {
+        *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
+    }
+
+    pub fn calls(&self) -> u32 {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl crate::key::KeyHandle for StoreKey {
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        crate::key::KeyHandle::algorithm(&self.key)
+    }
+    fn public_key(&self) -> &[u8] {
+        crate::key::KeyHandle::public_key(&self.key)
+    }
+    fn describe(&self) -> crate::key::KeyDescription {
+        crate::key::KeyDescription {
+            store: "test",
+            id: "store-key".into(),
+        }
+    }
+    async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, crate::key::KeyStoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(f) = self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Err(f);
+        }
+        tokio::task::yield_now().await;
+        let key = self.impostor.as_ref().unwrap_or(&self.key);
+        crate::key::KeyHandle::sign(key, message).await
+    }
+}

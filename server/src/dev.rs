@@ -165,7 +165,7 @@ pub fn config(
     let mut backends = BTreeMap::new();
     backends.insert(
         "dev".to_owned(),
-        BackendConfig::Local(LocalConfig {
+        BackendConfig::Local(Box::new(LocalConfig {
             cert_file: pki.intermediate.clone(),
             key_file: Some(pki.intermediate_key.clone()),
             key: None,
@@ -173,7 +173,7 @@ pub fn config(
             roots_file: None,
             reload_interval: HumanDuration::from_secs(10),
             resilience: Default::default(),
-        }),
+        })),
     );
     let mut authorities = BTreeMap::new();
     authorities.insert(

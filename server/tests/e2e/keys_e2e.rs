@@ -146,6 +146,36 @@ async fn rest_sign(signet: &Signet, root: &Path, csr: &str) -> (u16, Value) {
     (status, r.json().await.expect("JSON"))
 }
 
+/// webpki's verdict on `leaf` (PEM) with `chain` (PEM) under `root` (PEM),
+/// for a client certificate: a second verifier besides openssl.
+fn webpki_verify(root: &Path, chain: &str, leaf: &str) {
+    let der = |pem: &str| -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        signet_core::pem::certificates(pem.as_bytes())
+            .unwrap()
+            .into_iter()
+            .map(Into::into)
+            .collect()
+    };
+    let roots = der(&std::fs::read_to_string(root).unwrap());
+    let anchors: Vec<_> = roots
+        .iter()
+        .map(|r| webpki::anchor_from_trusted_cert(r).unwrap().to_owned())
+        .collect();
+    let leaf = der(leaf).remove(0);
+    webpki::EndEntityCert::try_from(&leaf)
+        .unwrap()
+        .verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &der(chain),
+            rustls_pki_types::UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .expect("webpki verifies the chain");
+}
+
 async fn istio_channel(signet: &Signet, root: &Path) -> Channel {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(root).unwrap()))
@@ -194,6 +224,7 @@ async fn signs_rest_and_istio(dir: &Path, key_yaml: &str, env: &[(&str, &str)], 
         .iter()
         .map(|c| c.as_str().unwrap())
         .collect();
+    webpki_verify(&root, &chain, body["certificate"].as_str().unwrap());
     let chain = write(dir, "rest-chain.pem", &chain);
     openssl::verify(&root, Some(&chain), &leaf, Some("sslclient")).expect("REST chain");
 
@@ -230,6 +261,7 @@ async fn signs_rest_and_istio(dir: &Path, key_yaml: &str, env: &[(&str, &str)], 
         .into_inner()
         .cert_chain;
     assert_eq!(chain.len(), 3, "leaf, CA, roots");
+    webpki_verify(&root, &chain[1], &chain[0]);
     let leaf = write(dir, "istio-leaf.pem", &chain[0]);
     let middle = write(dir, "istio-chain.pem", &chain[1]);
     openssl::verify(&root, Some(&middle), &leaf, Some("sslclient")).expect("Istio chain");
