@@ -361,6 +361,12 @@ impl Config {
     /// Checks cross-references and safety rules.
     pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
         let at = At { file };
+        for (name, b) in &self.backends {
+            if let BackendConfig::Local(c) = b {
+                c.key()
+                    .map_err(|e| at.invalid(format!("backends.{name}"), e.to_string()))?;
+            }
+        }
         self.validate_authorities(at)?;
         self.validate_kubernetes(at)?;
         if let Some(istio) = &self.frontends.istio {
@@ -751,6 +757,33 @@ frontends:
         let c = Config::parse(s, "test.yaml")?;
         c.validate("test.yaml")?;
         Ok(c)
+    }
+
+    #[test]
+    fn a_ca_key_is_a_file_or_in_a_store_and_the_plug_in_key_is_never_in_one() {
+        let pkcs11 = "key: { type: pkcs11, module: /usr/lib/softhsm/libsofthsm2.so, token_label: ca, pin_env: PIN, key_label: issuing }";
+        let store = GOOD.replace("key_file: /etc/signet/ca-key.pem", pkcs11);
+        let c = parse(&store).unwrap();
+        let BackendConfig::Local(local) = &c.backends["ca"] else {
+            panic!("a local backend")
+        };
+        assert_eq!(local.key().unwrap().store(), "pkcs11");
+
+        let both = GOOD.replace(
+            "key_file: /etc/signet/ca-key.pem",
+            &format!("key_file: /etc/signet/ca-key.pem\n    {pkcs11}"),
+        );
+        let err = parse(&both).unwrap_err().to_string();
+        assert!(
+            err.contains("backends.ca") && err.contains("exactly one of key_file and key"),
+            "{err}"
+        );
+        let neither = GOOD.replace("    key_file: /etc/signet/ca-key.pem\n", "");
+        assert!(parse(&neither).is_err());
+
+        let cacerts = format!("{GOOD}  istio_cacerts:\n    backend: ca\n    {}\n", pkcs11);
+        let err = parse(&cacerts).unwrap_err().to_string();
+        assert!(err.contains("istiod reads ca-key.pem"), "{err}");
     }
 
     #[test]
