@@ -544,7 +544,19 @@ impl CaKey {
         }
         let malformed = |e: der::DerError| SignError::Internal(format!("re-encoding: {e}"));
         let (tbs, alg) = der::split_signed(&encoded).map_err(malformed)?;
-        let signature = self.0.sign(tbs).await?;
+        let started = crate::clock::monotonic();
+        let result = self.0.sign(tbs).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(KeyStoreError::Unavailable(_)) => "unavailable",
+            Err(KeyStoreError::Refused(_)) => "refused",
+        };
+        crate::metrics::UpstreamMetrics::global().key_signature(
+            &self.0.describe(),
+            outcome,
+            crate::clock::elapsed(started),
+        );
+        let signature = result?;
         let signed = der::join_signed(tbs, alg, &signature);
         self.check(tbs, &signature)?;
         Ok(signed)

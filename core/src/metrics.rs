@@ -145,6 +145,22 @@ struct CallLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabels {
+    /// `pkcs11`, `aws_kms`, `vault_transit`.
+    store: &'static str,
+    /// The key in the store (token and label, key ID, mount/name and version).
+    key: String,
+    /// `ok`, `unavailable` or `refused`.
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabel {
+    store: &'static str,
+    key: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ShedLabels {
     backend: String,
     /// `budget` (the upstream call budget), `queue_full` (the fair queue)
@@ -169,6 +185,8 @@ pub struct UpstreamMetrics {
     coalesced: Family<BackendLabel, Counter>,
     shed: Family<ShedLabels, Counter>,
     queued: Family<BackendLabel, Gauge>,
+    key_signatures: Family<KeyLabels, Counter>,
+    key_duration: Family<KeyLabel, Histogram, fn() -> Histogram>,
 }
 
 impl Default for UpstreamMetrics {
@@ -179,6 +197,8 @@ impl Default for UpstreamMetrics {
             coalesced: Family::default(),
             shed: Family::default(),
             queued: Family::default(),
+            key_signatures: Family::default(),
+            key_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
         }
     }
 }
@@ -217,6 +237,49 @@ impl UpstreamMetrics {
             "Requests waiting in the backend's fair queue",
             self.queued.clone(),
         );
+        registry.register(
+            "key_signatures",
+            "Signatures asked of a CA key in a key store (PKCS#11, AWS KMS, Vault Transit), by outcome (ok, unavailable, refused)",
+            self.key_signatures.clone(),
+        );
+        registry.register(
+            "key_signature_duration_seconds",
+            "Time each signature by a CA key in a key store took",
+            self.key_duration.clone(),
+        );
+    }
+
+    /// One signature asked of a key in a store.
+    pub(crate) fn key_signature(
+        &self,
+        key: &crate::key::KeyDescription,
+        outcome: &'static str,
+        elapsed: Duration,
+    ) {
+        self.key_signatures
+            .get_or_create(&KeyLabels {
+                store: key.store,
+                key: key.id.clone(),
+                outcome,
+            })
+            .inc();
+        self.key_duration
+            .get_or_create(&KeyLabel {
+                store: key.store,
+                key: key.id.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Signatures asked of `key` so far with this outcome.
+    pub fn key_signatures(&self, key: &crate::key::KeyDescription, outcome: &'static str) -> u64 {
+        self.key_signatures
+            .get(&KeyLabels {
+                store: key.store,
+                key: key.id.clone(),
+                outcome,
+            })
+            .map_or(0, |c| c.get())
     }
 
     pub(crate) fn call(&self, backend: &str, outcome: &'static str, elapsed: Duration) {

@@ -125,6 +125,12 @@ async fn an_outage_is_retryable_and_a_refusal_is_not() {
 
     store.set_fault(None);
     ca.sign(&d, csr.public_key()).await.expect("signs again");
+    // Each signature asked of the store is counted, by outcome.
+    let metrics = signet_core::metrics::UpstreamMetrics::global();
+    let key = KeyHandle::describe(store.as_ref());
+    assert_eq!(metrics.key_signatures(&key, "unavailable"), 1);
+    assert_eq!(metrics.key_signatures(&key, "refused"), 1);
+    assert!(metrics.key_signatures(&key, "ok") >= 1);
 }
 
 #[test]
