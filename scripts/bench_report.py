@@ -442,6 +442,10 @@ w("  so give each of N replicas `per_second` = the upstream quota / N, and expec
 w("  agents to wait and retry; or use delegated mode, which asks the upstream")
 w("  once per intermediate.")
 w("")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_keys_report  # noqa: E402
+
+out.extend(bench_keys_report.section(args.results))
 w("## Where direct mode's time goes")
 w("")
 w("CPU time per certificate during the throughput runs (user + system, from")
