@@ -27,7 +27,7 @@ use signet_core::resilience::ResilienceConfig;
 use signet_core::signer::Capabilities;
 use signet_core::worker::{Backoff, Next, Worker};
 
-use crate::keys::{KeyConfig, KeyOpenError};
+use crate::keys::{FileKeyConfig, KeyConfig, KeyOpenError};
 use signet_core::{BackendInfo, Clock, IssuanceDecision, SignError, Signer, VerifiedCsr};
 
 fn default_reload_interval() -> HumanDuration {
@@ -65,7 +65,7 @@ impl LocalConfig {
     /// The key, `key_file` read as its shorthand.
     pub fn key(&self) -> Result<KeyConfig, LocalError> {
         match (&self.key_file, &self.key) {
-            (Some(path), None) => Ok(KeyConfig::File { path: path.clone() }),
+            (Some(path), None) => Ok(KeyConfig::File(FileKeyConfig { path: path.clone() })),
             (None, Some(key)) => Ok(key.clone()),
             _ => Err(LocalError::KeySource),
         }
@@ -210,8 +210,8 @@ impl LocalBackend {
         }
         let key = config.key()?;
         let store_key = match &key {
-            KeyConfig::File { path } => {
-                warn_if_readable_by_others(path);
+            KeyConfig::File(f) => {
+                warn_if_readable_by_others(&f.path);
                 None
             }
             remote => Some(crate::keys::open(remote).await?),

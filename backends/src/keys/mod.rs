@@ -25,7 +25,7 @@ pub mod transit;
 #[non_exhaustive]
 pub enum KeyConfig {
     /// A PEM private key file (PKCS#8, SEC1 or PKCS#1), held in memory.
-    File { path: PathBuf },
+    File(FileKeyConfig),
     #[cfg(feature = "pkcs11")]
     Pkcs11(pkcs11::Pkcs11KeyConfig),
     #[cfg(feature = "aws_kms")]
@@ -38,7 +38,7 @@ impl KeyConfig {
     /// `file`, `pkcs11`, `aws_kms` or `vault_transit`.
     pub fn store(&self) -> &'static str {
         match self {
-            KeyConfig::File { .. } => "file",
+            KeyConfig::File(_) => "file",
             #[cfg(feature = "pkcs11")]
             KeyConfig::Pkcs11(_) => "pkcs11",
             #[cfg(feature = "aws_kms")]
@@ -50,8 +50,15 @@ impl KeyConfig {
 
     /// Whether the key stays in a store and every signature is a call to it.
     pub fn is_remote(&self) -> bool {
-        !matches!(self, KeyConfig::File { .. })
+        !matches!(self, KeyConfig::File(_))
     }
+}
+
+/// `key: { type: file, path: ... }` (what `key_file` is short for).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKeyConfig {
+    pub path: PathBuf,
 }
 
 /// Why a key could not be opened.
@@ -87,7 +94,7 @@ pub fn read_file(path: &std::path::Path) -> Result<PrivateKey, KeyOpenError> {
 /// permission is an error at start, not at the first request).
 pub async fn open(config: &KeyConfig) -> Result<Arc<dyn KeyHandle>, KeyOpenError> {
     match config {
-        KeyConfig::File { path } => Ok(Arc::new(read_file(path)?)),
+        KeyConfig::File(f) => Ok(Arc::new(read_file(&f.path)?)),
         #[cfg(feature = "pkcs11")]
         KeyConfig::Pkcs11(c) => Ok(pkcs11::Pkcs11Key::open(c.clone()).await?),
         #[cfg(feature = "aws_kms")]

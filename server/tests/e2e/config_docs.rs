@@ -106,11 +106,21 @@ fn sections() -> Vec<(&'static str, Base)> {
             json!({ "backends": { "x": inner } })
         })
     };
+    let local_key = |kind: &'static str| -> Base {
+        Box::new(move |mut inner: Value| {
+            inner["type"] = json!(kind);
+            json!({ "backends": { "x": { "type": "local", "cert_file": "c", "key": inner } } })
+        })
+    };
     vec![
         ("## Top level", Box::new(|inner| inner)),
         ("## `admin`", Box::new(|inner| json!({ "admin": inner }))),
         ("## `trust`", Box::new(|inner| json!({ "trust": inner }))),
         ("### `type: local`", backend("local")),
+        ("### `key: { type: file }`", local_key("file")),
+        ("### `key: { type: pkcs11 }`", local_key("pkcs11")),
+        ("### `key: { type: aws_kms }`", local_key("aws_kms")),
+        ("### `key: { type: vault_transit }`", local_key("vault_transit")),
         ("### `type: vault`", backend("vault")),
         ("### `type: aws_pca`", backend("aws_pca")),
         ("### `type: gcp_cas`", backend("gcp_cas")),
