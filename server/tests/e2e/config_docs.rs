@@ -120,7 +120,10 @@ fn sections() -> Vec<(&'static str, Base)> {
         ("### `key: { type: file }`", local_key("file")),
         ("### `key: { type: pkcs11 }`", local_key("pkcs11")),
         ("### `key: { type: aws_kms }`", local_key("aws_kms")),
-        ("### `key: { type: vault_transit }`", local_key("vault_transit")),
+        (
+            "### `key: { type: vault_transit }`",
+            local_key("vault_transit"),
+        ),
         ("### `type: vault`", backend("vault")),
         ("### `type: aws_pca`", backend("aws_pca")),
         ("### `type: gcp_cas`", backend("gcp_cas")),
