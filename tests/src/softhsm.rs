@@ -41,12 +41,27 @@ fn run(cmd: &mut Command) -> String {
     text
 }
 
+/// SoftHSM2's token directory (`directories.tokendir` of `$SOFTHSM2_CONF`).
+fn token_dir() -> PathBuf {
+    let conf =
+        std::env::var("SOFTHSM2_CONF").unwrap_or_else(|_| "/etc/softhsm/softhsm2.conf".into());
+    std::fs::read_to_string(&conf)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("directories.tokendir"))
+        .and_then(|v| v.trim().strip_prefix('='))
+        .map(|v| PathBuf::from(v.trim()))
+        .unwrap_or_else(|| panic!("no directories.tokendir in {conf}"))
+}
+
 /// An initialised token with a user PIN.
 #[derive(Debug)]
 pub struct Token {
     pub label: String,
     /// A file holding [`PIN`].
     pub pin_file: PathBuf,
+    /// Where SoftHSM2 keeps this token's objects.
+    store: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -58,6 +73,9 @@ impl Token {
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );
+        let before: Vec<_> = std::fs::read_dir(token_dir())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
         run(Command::new("softhsm2-util").args([
             "--init-token",
             "--free",
@@ -71,9 +89,16 @@ impl Token {
         let dir = tempfile::tempdir().expect("temp dir");
         let pin_file = dir.path().join("pin");
         std::fs::write(&pin_file, format!("{PIN}\n")).expect("pin file");
+        let store = std::fs::read_dir(token_dir())
+            .expect("token directory")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| !before.contains(p))
+            .expect("the new token's directory");
         Self {
             label,
             pin_file,
+            store,
             _dir: dir,
         }
     }
@@ -113,6 +138,27 @@ impl Token {
 
     pub fn dir(&self) -> &Path {
         self._dir.path()
+    }
+
+    /// Where the token's objects wait while it is away: beside the token
+    /// directory (SoftHSM2 takes any directory inside it for a token).
+    fn away(&self) -> PathBuf {
+        let name = self.store.file_name().expect("a token directory");
+        token_dir()
+            .parent()
+            .expect("the token directory's parent")
+            .join(format!("{}.away", name.to_string_lossy()))
+    }
+
+    /// The token disappears, as a removed or failed HSM does (its objects
+    /// are moved out of SoftHSM2's token directory).
+    pub fn go_away(&self) {
+        std::fs::rename(&self.store, self.away()).expect("moving the token away");
+    }
+
+    /// The token is back, with the same keys.
+    pub fn come_back(&self) {
+        std::fs::rename(self.away(), &self.store).expect("bringing the token back");
     }
 }
 

@@ -11,7 +11,9 @@
 //! block, so they run on tokio's blocking pool, on one of `sessions`
 //! sessions. A session the token drops (removed device, closed session,
 //! lost login) is discarded and the next signature logs in and finds the
-//! key again, so a token that comes back is used again without a restart.
+//! key again; a token that is gone is looked for again after finalizing
+//! and initializing the module (at most once a second), so a token that
+//! comes back is used again without a restart.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -141,6 +143,9 @@ struct Token {
     ctx: Pkcs11,
     slot: Mutex<Option<Slot>>,
     pool: Mutex<Pool>,
+    /// When the module was last finalized and initialized again (at most
+    /// once a second).
+    reinitialized: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// A key in a PKCS#11 token.
@@ -204,6 +209,46 @@ impl Token {
         if let Some(slot) = *self.slot.lock().unwrap_or_else(|e| e.into_inner()) {
             return Ok(slot);
         }
+        match self.lookup_slot() {
+            Ok(slot) => Ok(slot),
+            // Modules list their tokens when initialized: one that went
+            // away and came back is seen only after C_Finalize and
+            // C_Initialize.
+            Err(e) if self.reinitialize() => self.lookup_slot().map_err(|_| e),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Finalizes and initializes the module again (its sessions end); false
+    /// if that was done less than a second ago.
+    fn reinitialize(&self) -> bool {
+        let mut last = self.reinitialized.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| signet_core::clock::elapsed(t) < std::time::Duration::from_secs(1))
+        {
+            return false;
+        }
+        *last = Some(signet_core::clock::monotonic());
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .idle
+            .clear();
+        if let Err(e) = self.ctx.clone().finalize() {
+            tracing::debug!(error = %describe(&e), "C_Finalize");
+        }
+        match self
+            .ctx
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => true,
+            Err(e) => {
+                tracing::warn!(error = %describe(&e), "PKCS#11 module: C_Initialize failed");
+                false
+            }
+        }
+    }
+
+    fn lookup_slot(&self) -> Result<Slot, String> {
         let slots = self
             .ctx
             .get_slots_with_token()
@@ -414,6 +459,7 @@ impl Pkcs11Key {
                 ctx,
                 slot: Mutex::new(None),
                 pool: Mutex::new(Pool::default()),
+                reinitialized: Mutex::new(None),
             })
         })
         .await

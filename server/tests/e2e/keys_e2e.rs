@@ -307,6 +307,55 @@ async fn aws_kms_holds_the_issuing_key() {
     }
 }
 
+/// The token goes away under signet (a removed or failed HSM): requests get
+/// 503 with the reason, and when the token is back signet finds it, logs
+/// in and signs again, without a restart.
+#[tokio::test]
+async fn a_token_that_goes_away_and_comes_back_is_used_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let token = Token::new();
+    token.generate("EC:prime256v1", "issuing", "0b01");
+    let cfg = config(dir, &token.key_yaml("issuing"));
+    certify_key(dir, &cfg, &[]);
+    let signet = Signet::start(&bin(), &["serve", "--config", cfg.to_str().unwrap()])
+        .expect("signet starts");
+    let root = dir.join("root.pem");
+    let csr = std::fs::read_to_string(openssl::csr(
+        dir,
+        "hsm",
+        Key::EcP256,
+        Some(&format!("URI:{DEMO}")),
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(rest_sign(&signet, &root, &csr).await.0, 200);
+
+    token.go_away();
+    // SoftHSM2 notices on its next look at the token directory.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rest_sign(&signet, &root, &csr).await.0 == 200 {
+        assert!(Instant::now() < deadline, "still signing without the token");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for _ in 0..3 {
+        let (status, body) = rest_sign(&signet, &root, &csr).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "backend_unavailable", "{body}");
+    }
+
+    token.come_back();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = rest_sign(&signet, &root, &csr).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not recovered: {body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// A Transit engine with `name` of `key_type`, and a token whose policy
 /// allows only reading that key and signing with it.
 fn transit_key(bao: &OpenBao, dir: &Path, name: &str, key_type: &str) -> String {
