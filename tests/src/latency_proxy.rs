@@ -1,6 +1,8 @@
 //! A TCP proxy that makes a healthy server slow: the server's answers
 //! reach the client `delay` late (the server has done its work by then: a
-//! slow answer, not a lost request). It runs on its own thread
+//! slow answer, not a lost request). It can also take the server away
+//! ([`LatencyProxy::set_down`]): connections are cut and new ones closed at
+//! once, as when a server or its network is gone. It runs on its own thread
 //! and runtime, so a test that blocks (killing a server, waiting on a
 //! process) does not stall it. Stops when dropped.
 
@@ -16,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct LatencyProxy {
     port: u16,
     delay_ms: Arc<AtomicU64>,
+    down: tokio::sync::watch::Sender<bool>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -27,6 +30,7 @@ impl LatencyProxy {
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let delay = delay_ms.clone();
+        let (down, down_rx) = tokio::sync::watch::channel(false);
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -43,8 +47,13 @@ impl LatencyProxy {
                         _ = &mut stopped => return,
                         a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
                     };
+                    if *down_rx.borrow() {
+                        drop(client);
+                        continue;
+                    }
                     let upstream = upstream.clone();
                     let delay = delay.clone();
+                    let mut cut = down_rx.clone();
                     tokio::spawn(async move {
                         // Upstream down: the client sees its connection closed.
                         let Ok(server) = TcpStream::connect(&upstream).await else {
@@ -86,7 +95,10 @@ impl LatencyProxy {
                             let _ = cw.shutdown().await;
                         };
                         let down = async { tokio::join!(read, write) };
-                        tokio::join!(up, down);
+                        tokio::select! {
+                            _ = async { tokio::join!(up, down) } => {}
+                            _ = cut.wait_for(|d| *d) => {}
+                        }
                     });
                 }
             });
@@ -97,6 +109,7 @@ impl LatencyProxy {
         Self {
             port,
             delay_ms,
+            down,
             stop: Some(stop),
         }
     }
@@ -104,6 +117,12 @@ impl LatencyProxy {
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Takes the server away (`true`: open connections are cut, new ones
+    /// closed) or brings it back.
+    pub fn set_down(&self, down: bool) {
+        let _ = self.down.send(down);
     }
 
     /// Adds `d` of latency to the server's answers from now on.

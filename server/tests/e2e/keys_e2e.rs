@@ -356,6 +356,66 @@ async fn a_token_that_goes_away_and_comes_back_is_used_again() {
     }
 }
 
+/// KMS goes away under load (its endpoint unreachable, connections cut):
+/// 503 with the reason, and signing resumes when it is back.
+#[tokio::test]
+async fn a_kms_outage_is_retryable_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let moto = Moto::start();
+    let proxy = signet_tests::latency_proxy::LatencyProxy::start(
+        moto.endpoint().trim_start_matches("http://"),
+    );
+    let key_id = moto.kms_key("ECC_NIST_P256");
+    let id = write(dir, "aws-id", "testing");
+    let secret = write(dir, "aws-secret", "testing");
+    let key_yaml = format!(
+        "{{ type: aws_kms, key_id: {key_id}, region: {region}, endpoint_url: {url}, access_key_id_file: {id}, secret_access_key_file: {secret} }}",
+        region = signet_tests::moto::REGION,
+        url = proxy.url(),
+        id = id.display(),
+        secret = secret.display()
+    );
+    let cfg = config(dir, &key_yaml);
+    certify_key(dir, &cfg, &[]);
+    let signet = Signet::start(&bin(), &["serve", "--config", cfg.to_str().unwrap()])
+        .expect("signet starts");
+    let root = dir.join("root.pem");
+    let csr = std::fs::read_to_string(openssl::csr(
+        dir,
+        "kms",
+        Key::EcP256,
+        Some(&format!("URI:{DEMO}")),
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(rest_sign(&signet, &root, &csr).await.0, 200);
+
+    proxy.set_down(true);
+    for _ in 0..3 {
+        let (status, body) = rest_sign(&signet, &root, &csr).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            matches!(
+                body["error"]["code"].as_str(),
+                Some("backend_unavailable" | "overloaded")
+            ),
+            "{body}"
+        );
+    }
+
+    proxy.set_down(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = rest_sign(&signet, &root, &csr).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not recovered: {body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// A Transit engine with `name` of `key_type`, and a token whose policy
 /// allows only reading that key and signing with it.
 fn transit_key(bao: &OpenBao, dir: &Path, name: &str, key_type: &str) -> String {
