@@ -88,8 +88,14 @@ rm -rf "$RESULTS" && mkdir -p "$RESULTS"
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
+  local status=$?
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # A failed run keeps its servers' logs for the post-mortem.
+  if [ "$status" -ne 0 ]; then
+    mkdir -p "$RESULTS/logs" && cp "$WORK"/*.log "$WORK"/*.yaml "$RESULTS/logs/" 2>/dev/null || true
+    log "logs kept in $RESULTS/logs"
+  fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -396,7 +402,7 @@ cpu_json() { local f=$1; shift; local xs=(); for p in "$@"; do xs+=("$(cpu_s "$p
 # has the store sign the CSR, a bench root (openssl) certifies it.
 KEYS="$WORK/keys"
 mkdir -p "$KEYS/softhsm"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
   -subj "/CN=bench key root" -keyout "$KEYS/root-key.pem" -out "$KEYS/root.pem" 2>/dev/null
 printf 'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\nsubjectAltName=URI:spiffe://cluster.local\n' >"$KEYS/ca.ext"
 declare -A KEY_YAML

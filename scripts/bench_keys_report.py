@@ -72,7 +72,8 @@ def section(results):
       " round(s), run round-robin. Calls per certificate are the key's signatures"
       " (`signet_key_signatures_total{outcome=\"ok\"}`) over the certificates issued"
       " (`signet_requests_total{outcome=\"issued\"}`), both from signet's `/metrics`;"
-      " the one extra signature is signet's own serving certificate." % len(rows["key-memory"][1]))
+      " the two signatures beyond one per certificate are signet's own serving"
+      " certificates (the REST and Istio listeners)." % len(rows["key-memory"][1]))
     w("")
     w("| key | signs/s | × in memory | rounds | p50 ms | p99 ms | key calls per certificate | errors |")
     w("|---|---:|---:|---|---:|---:|---:|---|")
