@@ -70,6 +70,16 @@ impl LocalConfig {
             _ => Err(LocalError::KeySource),
         }
     }
+
+    /// The key file, when the key is one (`key_file`, or `key: { type:
+    /// file }`).
+    fn key_path(&self) -> Option<&Path> {
+        match (&self.key_file, &self.key) {
+            (Some(path), _) => Some(path),
+            (None, Some(KeyConfig::File(f))) => Some(&f.path),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,8 +98,10 @@ pub enum LocalError {
     Key(#[from] KeyOpenError),
     #[error("exactly one of key_file and key")]
     KeySource,
-    #[error("{cert}: {source}")]
-    Ca { cert: PathBuf, source: CaError },
+    /// (The reason is in the message, not a `source`: printed as a chain it
+    /// would repeat.)
+    #[error("{cert}: {error}")]
+    Ca { cert: PathBuf, error: CaError },
     #[error("reload_interval must be at least 1s")]
     ReloadInterval,
 }
@@ -209,12 +221,11 @@ impl LocalBackend {
             return Err(LocalError::ReloadInterval);
         }
         let key = config.key()?;
-        let store_key = match &key {
-            KeyConfig::File(f) => {
-                warn_if_readable_by_others(&f.path);
-                None
-            }
-            remote => Some(crate::keys::open(remote).await?),
+        let store_key = if key.is_remote() {
+            Some(crate::keys::open(&key).await?)
+        } else {
+            config.key_path().map(warn_if_readable_by_others);
+            None
         };
         let files = Self::read_files(&config)?;
         let fingerprint = files.fingerprint();
@@ -236,7 +247,7 @@ impl LocalBackend {
     }
 
     fn read_files(config: &LocalConfig) -> Result<Files, LocalError> {
-        let key = match &config.key_file {
+        let key = match config.key_path() {
             Some(path) => read(path)?,
             None => Vec::new(),
         };
@@ -275,21 +286,21 @@ impl LocalBackend {
             }
             _ => None,
         };
-        let key = match (store_key, &config.key_file) {
+        let key = match (store_key, config.key_path()) {
             (Some(handle), _) => CaKey::new(handle.clone()),
             (None, Some(path)) => {
                 CaKey::from(signet_core::key::PrivateKey::from_pem(&files.key).map_err(
                     |source| KeyOpenError::File {
-                        path: path.clone(),
+                        path: path.to_owned(),
                         source,
                     },
                 )?)
             }
             (None, None) => return Err(LocalError::KeySource),
         };
-        LocalCa::new(cert, key, chain, roots, clock.now()).map_err(|source| LocalError::Ca {
+        LocalCa::new(cert, key, chain, roots, clock.now()).map_err(|error| LocalError::Ca {
             cert: config.cert_file.clone(),
-            source,
+            error,
         })
     }
 

@@ -37,9 +37,17 @@ pub enum CaError {
     #[error("the private key does not match the CA certificate")]
     KeyMismatch,
     #[error("the CA chain does not verify: {0}")]
-    Chain(#[from] ChainError),
+    Chain(ChainError),
     #[error("the CA certificate expired at {0}")]
     Expired(String),
+}
+
+// Not `#[from]`: that would make the chain error a `source` as well as
+// part of the message, and a printed error chain would repeat it.
+impl From<ChainError> for CaError {
+    fn from(e: ChainError) -> Self {
+        CaError::Chain(e)
+    }
 }
 
 /// A CA whose certificates signet assembles and signs with its [`CaKey`].

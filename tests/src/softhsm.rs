@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// The user PIN of every test token.
-pub const PIN: &str = "4321-signet";
+/// The user PIN of every test token (registered as a secret no log line
+/// may hold: long enough for [`crate::secrets::register`]).
+pub const PIN: &str = "4321-signet-user-pin";
 const SO_PIN: &str = "so-87654321";
 
 /// SoftHSM2's PKCS#11 module: `$SIGNET_SOFTHSM_MODULE` or Debian's path.
@@ -86,6 +87,7 @@ impl Token {
             "--so-pin",
             SO_PIN,
         ]));
+        crate::secrets::register(PIN);
         let dir = tempfile::tempdir().expect("temp dir");
         let pin_file = dir.path().join("pin");
         std::fs::write(&pin_file, format!("{PIN}\n")).expect("pin file");

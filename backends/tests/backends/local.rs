@@ -89,6 +89,40 @@ async fn issue(a: &Authority, id: &str) -> signet_core::IssuedChain {
 }
 
 #[tokio::test]
+async fn key_file_is_short_for_a_file_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = write_ca(dir.path(), &root(), "inter", KeyAlgorithm::EcdsaP256);
+    let long = LocalConfig {
+        key: Some(signet_backends::keys::KeyConfig::File(
+            signet_backends::keys::FileKeyConfig {
+                path: short.key_file.clone().unwrap(),
+            },
+        )),
+        key_file: None,
+        ..short.clone()
+    };
+    assert_eq!(long.key().unwrap(), short.key().unwrap());
+    let backend = Arc::new(
+        LocalBackend::load("local", long, Arc::new(SystemClock))
+            .await
+            .unwrap(),
+    );
+    assert!(!backend.key_is_remote());
+    issue(&authority(backend), "spiffe://cluster.local/ns/a/sa/b").await;
+    let both = LocalConfig {
+        key: short.key().ok(),
+        ..short
+    };
+    let err = LocalBackend::load("local", both, Arc::new(SystemClock))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("exactly one of key_file and key"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn signs_with_every_ca_key_type() {
     for alg in [
         KeyAlgorithm::EcdsaP256,
@@ -226,7 +260,7 @@ async fn refuses_mismatched_keys_and_non_cas() {
         matches!(
             err,
             LocalError::Ca {
-                source: CaError::KeyMismatch,
+                error: CaError::KeyMismatch,
                 ..
             }
         ),
@@ -252,7 +286,7 @@ async fn refuses_mismatched_keys_and_non_cas() {
         matches!(
             err,
             LocalError::Ca {
-                source: CaError::NotACa | CaError::KeyMismatch,
+                error: CaError::NotACa | CaError::KeyMismatch,
                 ..
             }
         ),
