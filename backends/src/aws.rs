@@ -4,8 +4,12 @@ use std::path::PathBuf;
 
 #[cfg(feature = "aws_pca")]
 use aws_sdk_acmpca::config::Credentials;
+#[cfg(feature = "aws_pca")]
+use aws_sdk_acmpca::error::{ProvideErrorMetadata, SdkError};
 #[cfg(all(feature = "aws_kms", not(feature = "aws_pca")))]
 use aws_sdk_kms::config::Credentials;
+#[cfg(all(feature = "aws_kms", not(feature = "aws_pca")))]
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 
 /// Region, endpoint and credentials of an AWS service.
 #[derive(Debug, Clone, Copy)]
@@ -76,3 +80,23 @@ pub(crate) const UNAVAILABLE: &[&str] = &[
     "KMSInternalException",
     "DependencyTimeoutException",
 ];
+
+/// An SDK error's code, and a line for logs and answers: `<what>: <code>:
+/// <message>` (the error's debug form, cut short, when AWS sent no message).
+pub(crate) fn describe<E: ProvideErrorMetadata + std::fmt::Debug>(
+    what: &str,
+    e: &SdkError<E>,
+) -> (Option<String>, String) {
+    let code = e.code().map(str::to_owned);
+    let message = e
+        .message()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{e:?}").chars().take(300).collect());
+    let detail = format!(
+        "{what}: {}{message}",
+        code.as_deref()
+            .map(|c| format!("{c}: "))
+            .unwrap_or_default()
+    );
+    (code, detail)
+}

@@ -188,17 +188,7 @@ fn unix(t: SystemTime) -> i64 {
 
 /// Maps an SDK error to signet's vocabulary by PCA's error code.
 fn map_err<E: ProvideErrorMetadata + fmt::Debug>(what: &str, e: SdkError<E>) -> SignError {
-    let code = e.code().map(str::to_owned);
-    let message = e
-        .message()
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("{e:?}").chars().take(300).collect());
-    let detail = format!(
-        "{what}: {}{message}",
-        code.as_deref()
-            .map(|c| format!("{c}: "))
-            .unwrap_or_default()
-    );
+    let (code, detail) = crate::aws::describe(what, &e);
     match (&e, code.as_deref()) {
         (_, Some(c)) if crate::aws::THROTTLED.contains(&c) => {
             tracing::debug!(error = %detail, "AWS PCA throttled");

@@ -68,17 +68,7 @@ fn store_err(detail: impl Into<String>) -> KeyOpenError {
 /// worth retrying; a refusal (access, a disabled or missing key, wrong
 /// usage) is not.
 fn map_err<E: ProvideErrorMetadata + std::fmt::Debug>(e: SdkError<E>) -> KeyStoreError {
-    let code = e.code().map(str::to_owned);
-    let message = e
-        .message()
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("{e:?}").chars().take(300).collect());
-    let detail = format!(
-        "KMS {}{message}",
-        code.as_deref()
-            .map(|c| format!("{c}: "))
-            .unwrap_or_default()
-    );
+    let (code, detail) = crate::aws::describe("KMS", &e);
     match (&e, code.as_deref()) {
         (_, Some(c)) if crate::aws::THROTTLED.contains(&c) => KeyStoreError::Unavailable(detail),
         (_, Some(c)) if crate::aws::UNAVAILABLE.contains(&c) => KeyStoreError::Unavailable(detail),
