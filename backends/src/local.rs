@@ -222,7 +222,7 @@ impl LocalBackend {
         }
         let key = config.key()?;
         let store_key = if key.is_remote() {
-            Some(crate::keys::open(&key).await?)
+            Some(crate::keys::open(&key, config.resilience.timeout.get()).await?)
         } else {
             config.key_path().map(warn_if_readable_by_others);
             None

@@ -394,8 +394,16 @@ impl PublicKey {
     /// `CKA_EC_POINT` (the uncompressed point, bare or in a DER OCTET
     /// STRING as the standard says).
     pub fn from_ec(params: &[u8], point: &[u8]) -> Result<Self, KeyLoadError> {
+        // Wrapped: an OCTET STRING holding exactly an uncompressed P-256
+        // or P-384 point (a bare point can begin like an OCTET STRING).
         let point = match der::single(point) {
-            Ok(t) if t.tag == der::OCTET_STRING && t.content.first() == Some(&0x04) => t.content,
+            Ok(t)
+                if t.tag == der::OCTET_STRING
+                    && t.content.first() == Some(&0x04)
+                    && matches!(t.content.len(), 65 | 97) =>
+            {
+                t.content
+            }
             _ => point,
         };
         let algorithm = der::encode(der::SEQUENCE, &[&EC_PUBLIC_KEY_OID[..], params].concat());
@@ -532,6 +540,15 @@ impl CaKey {
             .serialize_request(self)
             .map_err(|e| internal(&e))?;
         self.sign_der(encoded.der().to_vec()).await
+    }
+
+    /// Signs a fixed message (which no certificate, CRL or CSR can be) and
+    /// verifies the signature: a store whose key is not the public key it
+    /// reports is found when the key is opened, not at the first request.
+    pub async fn probe(&self) -> Result<(), SignError> {
+        const MESSAGE: &[u8] = b"signet: a probe of this CA key";
+        let signature = self.0.sign(MESSAGE).await?;
+        self.check(MESSAGE, &signature)
     }
 
     /// Completes what rcgen encoded with this key: an in-memory key has

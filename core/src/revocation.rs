@@ -290,6 +290,48 @@ impl RevocationList {
     }
 }
 
+/// The last CRL signed for an endpoint, by what it was made from: the list,
+/// the CA and the hour. A CRL is the same for those (bar its signature), so
+/// it is signed again only when one of them changes: a CA key in a store
+/// makes every signature a call to it, and CRL endpoints are open to all.
+/// Callers that miss together wait for one signature.
+#[derive(Debug, Default)]
+pub struct CrlCache {
+    last: tokio::sync::Mutex<Option<([u8; 32], Vec<u8>)>>,
+}
+
+impl CrlCache {
+    /// `list`'s CRL from `ca` at `now` (DER), signed at most once an hour
+    /// per list and CA.
+    pub async fn crl(
+        &self,
+        list: &RevocationList,
+        ca: &LocalCa,
+        now: SystemTime,
+    ) -> Result<Vec<u8>, RevocationError> {
+        let text = serde_yaml_ng::to_string(list)
+            .map_err(|e| RevocationError::Sign(format!("the list: {e}")))?;
+        let hour = unix_seconds(now).div_euclid(3600);
+        let key = crate::crypto::sha256(
+            &[
+                text.as_bytes(),
+                ca.certificate().as_ref(),
+                &hour.to_be_bytes(),
+            ]
+            .concat(),
+        );
+        let mut last = self.last.lock().await;
+        if let Some((k, der)) = last.as_ref()
+            && *k == key
+        {
+            return Ok(der.clone());
+        }
+        let der = list.crl(ca, now).await?;
+        *last = Some((key, der.clone()));
+        Ok(der)
+    }
+}
+
 impl RevocationList {
     /// Whether `crl_der` is a CRL issued by `ca_cert` (same issuer name and
     /// key identifier) that lists exactly this list's serials and stays

@@ -280,8 +280,6 @@ pub fn spiffe_csr(id: &str) -> VerifiedCsr {
     VerifiedCsr::from_der(&key.csr_der(None, &[uri]).expect("a CSR")).expect("a valid CSR")
 }
 
-/// An intermediate CA on a fresh P-256 key, signed by `root` and held in
-/// process (what a fake upstream issues from).
 /// The output of a future that needs no waiting: signing with an in-memory
 /// key ([`LocalCa::sign`], [`crate::revocation::RevocationList::crl`]) from
 /// a test that is not async. Panics if it would wait.
@@ -298,6 +296,8 @@ pub trait Ready: Future + Sized {
 
 impl<F: Future> Ready for F {}
 
+/// An intermediate CA on a fresh P-256 key, signed by `root` and held in
+/// process (what a fake upstream issues from).
 pub fn intermediate_under(
     root: &LocalCa,
     common_name: &str,

@@ -133,6 +133,44 @@ async fn an_outage_is_retryable_and_a_refusal_is_not() {
     assert!(metrics.key_signatures(&key, "ok") >= 1);
 }
 
+#[tokio::test]
+async fn an_open_crl_endpoint_costs_the_store_one_signature_per_list_and_hour() {
+    let now = SystemTime::now();
+    let store = StoreKey::new(KeyAlgorithm::EcdsaP256);
+    let ca = ca_with(store.clone(), now);
+    let cache = signet_core::revocation::CrlCache::default();
+    let mut list = RevocationList::default();
+    let before = store.calls();
+    let first = cache.crl(&list, &ca, now).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(cache.crl(&list, &ca, now).await.unwrap(), first);
+    }
+    assert_eq!(store.calls(), before + 1, "one signature for six requests");
+    list.revoke("0a1b", now, None).unwrap();
+    let revoked = cache.crl(&list, &ca, now).await.unwrap();
+    assert_ne!(revoked, first);
+    assert!(list.crl_matches(ca.certificate(), &revoked, now));
+    assert_eq!(store.calls(), before + 2, "a changed list is signed again");
+    cache
+        .crl(&list, &ca, now + Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(store.calls(), before + 3, "so is the next hour's");
+}
+
+#[tokio::test]
+async fn a_probe_finds_a_store_that_signs_with_another_key() {
+    CaKey::new(StoreKey::new(KeyAlgorithm::EcdsaP384))
+        .probe()
+        .await
+        .unwrap();
+    let err = CaKey::new(StoreKey::impostor(KeyAlgorithm::EcdsaP256))
+        .probe()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("does not verify"), "{err}");
+}
+
 #[test]
 fn the_in_memory_key_is_one_handle_among_others() {
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();

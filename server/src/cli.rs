@@ -396,7 +396,7 @@ async fn key_csr(path: &Path, backend: &str, common_name: &str) -> anyhow::Resul
         Some(_) => anyhow::bail!("backends.{backend} is not a local backend"),
         None => anyhow::bail!("no backends.{backend}"),
     };
-    let key = signet_backends::keys::open(&local.key()?)
+    let key = signet_backends::keys::open(&local.key()?, local.resilience.timeout.get())
         .await
         .with_context(|| format!("backends.{backend}.key"))?;
     let sans = [signet_core::names::San::Uri(config.trust_domain.id())];

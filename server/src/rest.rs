@@ -275,6 +275,8 @@ pub struct Rest {
     pub spiffe_refresh_hint: Duration,
     /// The authority's revocation list, for `GET /v1/crl/<authority>`.
     pub revocation_file: Option<PathBuf>,
+    /// Its CRL, signed again only when the list, the CA or the hour changes.
+    pub crl_cache: signet_core::revocation::CrlCache,
 }
 
 impl Rest {
@@ -308,6 +310,7 @@ impl Rest {
             request_timeout: config.limits.request_timeout.get(),
             spiffe_refresh_hint: config.spiffe_refresh_hint.get(),
             revocation_file: None,
+            crl_cache: Default::default(),
         })
     }
 
@@ -586,7 +589,14 @@ async fn crl(
     let now = rest.authority.clock().now();
     let list = signet_core::revocation::RevocationList::read(file);
     let crl = match list {
-        Ok(l) => l.crl(&ca, now).await,
+        // The CA's key may be in a store: bounded like a signing request.
+        Ok(l) => tokio::time::timeout(rest.request_timeout, rest.crl_cache.crl(&l, &ca, now))
+            .await
+            .unwrap_or_else(|_| {
+                Err(signet_core::revocation::RevocationError::Sign(
+                    "signing took too long".into(),
+                ))
+            }),
         Err(e) => Err(e),
     };
     let der = match crl {

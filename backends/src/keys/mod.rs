@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use signet_core::key::{KeyHandle, KeyLoadError, PrivateKey};
+use signet_core::key::{CaKey, KeyHandle, KeyLoadError, PrivateKey};
 
 #[cfg(feature = "aws_kms")]
 pub mod aws_kms;
@@ -89,10 +89,45 @@ pub fn read_file(path: &std::path::Path) -> Result<PrivateKey, KeyOpenError> {
     })
 }
 
-/// Opens the key `config` names: reads a file, or connects to the store
-/// and reads the key's public half (so that a wrong label, ID or
-/// permission is an error at start, not at the first request).
-pub async fn open(config: &KeyConfig) -> Result<Arc<dyn KeyHandle>, KeyOpenError> {
+/// Opens the key `config` names: reads a file, or connects to the store,
+/// reads the key's public half and has it sign a probe (so that a wrong
+/// label, ID, permission or key is an error at start, not at the first
+/// request). `timeout` bounds each call to the store.
+pub async fn open(
+    config: &KeyConfig,
+    timeout: std::time::Duration,
+) -> Result<Arc<dyn KeyHandle>, KeyOpenError> {
+    let handle = tokio::time::timeout(timeout * 3, open_store(config, timeout))
+        .await
+        .map_err(|_| KeyOpenError::Store {
+            store: config.store(),
+            detail: format!("no answer within {}s", (timeout * 3).as_secs()),
+        })??;
+    if handle.in_memory().is_none() {
+        let probe = tokio::time::timeout(timeout, CaKey::new(handle.clone()).probe()).await;
+        let failed = match probe {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!(
+                "the probe signature took over {}s",
+                timeout.as_secs()
+            )),
+        };
+        if let Some(detail) = failed {
+            return Err(KeyOpenError::Store {
+                store: config.store(),
+                detail,
+            });
+        }
+    }
+    Ok(handle)
+}
+
+async fn open_store(
+    config: &KeyConfig,
+    #[cfg_attr(not(feature = "vault_transit"), allow(unused_variables))]
+    timeout: std::time::Duration,
+) -> Result<Arc<dyn KeyHandle>, KeyOpenError> {
     match config {
         KeyConfig::File(f) => Ok(Arc::new(read_file(&f.path)?)),
         #[cfg(feature = "pkcs11")]
@@ -100,6 +135,6 @@ pub async fn open(config: &KeyConfig) -> Result<Arc<dyn KeyHandle>, KeyOpenError
         #[cfg(feature = "aws_kms")]
         KeyConfig::AwsKms(c) => Ok(aws_kms::KmsKey::open(c.clone()).await?),
         #[cfg(feature = "vault_transit")]
-        KeyConfig::VaultTransit(c) => Ok(transit::TransitKey::open((**c).clone()).await?),
+        KeyConfig::VaultTransit(c) => Ok(transit::TransitKey::open((**c).clone(), timeout).await?),
     }
 }

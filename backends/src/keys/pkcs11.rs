@@ -16,7 +16,7 @@
 //! comes back is used again without a restart.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -95,16 +95,20 @@ impl Pkcs11KeyConfig {
             (None, Some(s)) => format!("slot {s}"),
             (None, None) => String::new(),
         };
-        let key = match (&self.key_label, &self.key_id) {
+        format!("{token} {}", self.describe_key())
+    }
+
+    fn describe_key(&self) -> String {
+        match (&self.key_label, &self.key_id) {
             (Some(l), Some(i)) => format!("key {l:?} id {i}"),
             (Some(l), None) => format!("key {l:?}"),
             (None, Some(i)) => format!("key id {i}"),
             (None, None) => String::new(),
-        };
-        format!("{token} {key}")
+        }
     }
 
-    fn pin(&self) -> Result<AuthPin, String> {
+    /// The PIN, and its digest (to recognise one the token refused).
+    fn pin(&self) -> Result<(AuthPin, [u8; 32]), String> {
         let pin = match (&self.pin_file, &self.pin_env) {
             (Some(f), _) => zeroize::Zeroizing::new(
                 std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?,
@@ -114,7 +118,11 @@ impl Pkcs11KeyConfig {
             }
             (None, None) => return Err("no PIN source".into()),
         };
-        Ok(AuthPin::new(pin.trim_end().into()))
+        let pin = pin.trim_end();
+        Ok((
+            AuthPin::new(pin.into()),
+            signet_core::crypto::sha256(pin.as_bytes()),
+        ))
     }
 
     /// Attributes that select the key's objects of `class`.
@@ -141,18 +149,28 @@ struct Pool {
 struct Token {
     config: Pkcs11KeyConfig,
     ctx: Pkcs11,
+    /// Held (read) by every use of the module; written only to finalize
+    /// and initialize it again, which must not overlap any call and leaves
+    /// no session of the old initialization behind.
+    module: RwLock<()>,
     slot: Mutex<Option<Slot>>,
     pool: Mutex<Pool>,
     /// When the module was last finalized and initialized again (at most
     /// once a second).
     reinitialized: Mutex<Option<tokio::time::Instant>>,
+    /// The digest of a PIN the token refused: not tried again until the
+    /// PIN source holds another (each wrong try counts towards the token
+    /// locking the PIN).
+    refused_pin: Mutex<Option<[u8; 32]>>,
 }
 
 /// A key in a PKCS#11 token.
 pub struct Pkcs11Key {
     token: Arc<Token>,
     public: PublicKey,
-    permits: tokio::sync::Semaphore,
+    /// One per session; held by the blocking task that signs, so a caller
+    /// that stops waiting does not free it while the token still works.
+    permits: Arc<tokio::sync::Semaphore>,
     id: String,
 }
 
@@ -209,30 +227,30 @@ impl Token {
         if let Some(slot) = *self.slot.lock().unwrap_or_else(|e| e.into_inner()) {
             return Ok(slot);
         }
-        match self.lookup_slot() {
-            Ok(slot) => Ok(slot),
-            // Modules list their tokens when initialized: one that went
-            // away and came back is seen only after C_Finalize and
-            // C_Initialize.
-            Err(e) if self.reinitialize() => self.lookup_slot().map_err(|_| e),
-            Err(e) => Err(e),
-        }
+        self.lookup_slot()
     }
 
-    /// Finalizes and initializes the module again (its sessions end); false
-    /// if that was done less than a second ago.
-    fn reinitialize(&self) -> bool {
-        let mut last = self.reinitialized.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|t| signet_core::clock::elapsed(t) < std::time::Duration::from_secs(1))
+    /// Finalizes and initializes the module again, waiting for every call
+    /// in progress and closing the sessions first (modules list their
+    /// tokens when initialized: one that went away and came back is seen
+    /// only after this). At most once a second.
+    fn reinitialize(&self) {
         {
-            return false;
+            let mut last = self.reinitialized.lock().unwrap_or_else(|e| e.into_inner());
+            if last
+                .is_some_and(|t| signet_core::clock::elapsed(t) < std::time::Duration::from_secs(1))
+            {
+                return;
+            }
+            *last = Some(signet_core::clock::monotonic());
         }
-        *last = Some(signet_core::clock::monotonic());
-        self.pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .idle
-            .clear();
+        let _exclusive = self.module.write().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            pool.idle.clear();
+            pool.key = None;
+        }
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if let Err(e) = self.ctx.clone().finalize() {
             tracing::debug!(error = %describe(&e), "C_Finalize");
         }
@@ -240,10 +258,9 @@ impl Token {
             .ctx
             .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => true,
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
             Err(e) => {
-                tracing::warn!(error = %describe(&e), "PKCS#11 module: C_Initialize failed");
-                false
+                tracing::warn!(error = %describe(&e), "PKCS#11 module: C_Initialize failed")
             }
         }
     }
@@ -276,17 +293,41 @@ impl Token {
     fn session(&self) -> Result<(Session, ObjectHandle), CkOrConfig> {
         {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            if let (Some(key), Some(session)) = (pool.key, pool.idle.pop()) {
+            if let Some(key) = pool.key
+                && let Some(session) = pool.idle.pop()
+            {
                 return Ok((session, key));
             }
         }
         let slot = self.find_slot().map_err(CkOrConfig::Config)?;
         let session = self.ctx.open_ro_session(slot).map_err(CkOrConfig::Ck)?;
-        let pin = self.config.pin().map_err(CkOrConfig::Config)?;
+        let (pin, pin_digest) = self.config.pin().map_err(CkOrConfig::Config)?;
+        let mut refused = self.refused_pin.lock().unwrap_or_else(|e| e.into_inner());
+        if *refused == Some(pin_digest) {
+            return Err(CkOrConfig::Config(
+                "the token refused this PIN; not trying it again until the PIN source changes"
+                    .into(),
+            ));
+        }
         match session.login(UserType::User, Some(&pin)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => *refused = None,
+            Err(
+                e @ CkError::Pkcs11(
+                    RvError::PinIncorrect
+                    | RvError::PinInvalid
+                    | RvError::PinLenRange
+                    | RvError::PinExpired
+                    | RvError::PinLocked,
+                    _,
+                ),
+            ) => {
+                *refused = Some(pin_digest);
+                tracing::error!(error = %describe(&e), "the PKCS#11 token refused the PIN; not trying it again until it changes");
+                return Err(CkOrConfig::Ck(e));
+            }
             Err(e) => return Err(CkOrConfig::Ck(e)),
         }
+        drop(refused);
         let key = self.find_key(&session)?;
         self.pool.lock().unwrap_or_else(|e| e.into_inner()).key = Some(key);
         Ok((session, key))
@@ -299,11 +340,8 @@ impl Token {
         match found.as_slice() {
             [one] => Ok(*one),
             [] => Err(CkOrConfig::Config(format!(
-                "no private key with{} in the token",
-                self.config
-                    .describe()
-                    .split_once(' ')
-                    .map_or("", |(_, k)| k)
+                "no private {} in the token",
+                self.config.describe_key()
             ))),
             _ => Err(CkOrConfig::Config(
                 "more than one private key matches; name it by key_id too".into(),
@@ -327,10 +365,18 @@ impl Token {
         let public = session
             .find_objects(&self.config.template(ObjectClass::PUBLIC_KEY))
             .map_err(CkOrConfig::Ck)?;
-        let Some(public) = public.first().copied() else {
-            return Err(CkOrConfig::Config(
-                "the token has no public key object with the private key's label/ID".into(),
-            ));
+        let public = match public.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(CkOrConfig::Config(
+                    "the token has no public key object with the private key's label/ID".into(),
+                ));
+            }
+            _ => {
+                return Err(CkOrConfig::Config(
+                    "more than one public key object matches; name the key by key_id too".into(),
+                ));
+            }
         };
         let read = |types: &[AttributeType]| {
             session
@@ -397,16 +443,31 @@ impl Token {
     }
 
     fn sign(&self, mechanism: &Mechanism<'_>, data: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
-        let (session, key) = self.session().map_err(|e| self.classify(e))?;
+        let result = {
+            let _shared = self.module.read().unwrap_or_else(|e| e.into_inner());
+            self.sign_with_session(mechanism, data)
+        };
+        if let Err(CkOrConfig::Config(m)) = &result
+            && m.starts_with("no token")
+        {
+            // Looked for again after the module is initialized anew.
+            self.reinitialize();
+        }
+        result.map_err(|e| self.classify(e))
+    }
+
+    fn sign_with_session(
+        &self,
+        mechanism: &Mechanism<'_>,
+        data: &[u8],
+    ) -> Result<Vec<u8>, CkOrConfig> {
+        let (session, key) = self.session()?;
         match session.sign(mechanism, key, data) {
             Ok(sig) => {
                 self.give_back(session);
                 Ok(sig)
             }
-            Err(e) => {
-                drop(session);
-                Err(self.classify(CkOrConfig::Ck(e)))
-            }
+            Err(e) => Err(CkOrConfig::Ck(e)),
         }
     }
 
@@ -457,19 +518,24 @@ impl Pkcs11Key {
             Ok(Token {
                 config,
                 ctx,
+                module: RwLock::new(()),
                 slot: Mutex::new(None),
                 pool: Mutex::new(Pool::default()),
                 reinitialized: Mutex::new(None),
+                refused_pin: Mutex::new(None),
             })
         })
         .await
         .map_err(|e| store_err(e.to_string()))??;
         let token = Arc::new(token);
         let t = token.clone();
-        let public = tokio::task::spawn_blocking(move || t.public_key())
-            .await
-            .map_err(|e| store_err(e.to_string()))?
-            .map_err(CkOrConfig::into_open_error)?;
+        let public = tokio::task::spawn_blocking(move || {
+            let _shared = t.module.read().unwrap_or_else(|e| e.into_inner());
+            t.public_key()
+        })
+        .await
+        .map_err(|e| store_err(e.to_string()))?
+        .map_err(CkOrConfig::into_open_error)?;
         if matches!(public.kind(), KeyKind::Ed25519) {
             return Err(store_err(
                 "Ed25519 keys are not supported in PKCS#11 tokens",
@@ -479,7 +545,7 @@ impl Pkcs11Key {
         Ok(Arc::new(Self {
             token,
             public,
-            permits: tokio::sync::Semaphore::new(sessions),
+            permits: Arc::new(tokio::sync::Semaphore::new(sessions)),
             id,
         }))
     }
@@ -507,13 +573,15 @@ impl KeyHandle for Pkcs11Key {
         } else {
             digest.digest_info()
         };
-        let _permit = self
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| KeyStoreError::Unavailable("closing".into()))?;
         let token = self.token.clone();
         let signature = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let mechanism = if ec {
                 Mechanism::Ecdsa
             } else {

@@ -129,8 +129,12 @@ fn key_err(e: SignError) -> KeyStoreError {
 }
 
 impl TransitKey {
-    /// Logs in and reads the key's public half.
-    pub async fn open(config: TransitKeyConfig) -> Result<Arc<Self>, KeyOpenError> {
+    /// Logs in and reads the key's public half; `timeout` is the deadline of
+    /// each call (the backend's `resilience.timeout`).
+    pub async fn open(
+        config: TransitKeyConfig,
+        timeout: std::time::Duration,
+    ) -> Result<Arc<Self>, KeyOpenError> {
         let id = format!("{}/{}", config.mount, config.name);
         let session = Arc::new(
             VaultSession::new(
@@ -141,9 +145,7 @@ impl TransitKey {
                     ca_cert_file: config.ca_cert_file.clone(),
                     auth: config.auth.clone(),
                 },
-                signet_core::resilience::ResilienceConfig::default()
-                    .timeout
-                    .get(),
+                timeout,
                 Arc::new(SystemClock),
             )
             .map_err(|e| store_err(e.to_string()))?,
