@@ -1,13 +1,22 @@
 //! A delegated authority: signet holds an intermediate CA issued by an
 //! upstream backend and signs leaves itself.
 //!
-//! [`Delegated`] generates a key, asks the upstream for an intermediate
-//! (CA:TRUE, pathLen 0, the trust domain's SPIFFE ID), checks what comes back,
-//! and signs every leaf in process. A rotation task renews the intermediate at
+//! [`Delegated`] has a key made (in memory, or inside a key store through a
+//! [`KeyFactory`]), asks the upstream for an intermediate (CA:TRUE, pathLen
+//! 0, the trust domain's SPIFFE ID) with a CSR signed by that key, checks
+//! what comes back, and signs every leaf with it. A rotation task renews the intermediate at
 //! `renew_at` of its lifetime with jittered backoff; while renewal fails the
 //! current intermediate keeps signing. Until the first intermediate is held the
 //! authority reports not ready. Leaves never outlive the intermediate (the
 //! in-process CA clamps NotAfter).
+//!
+//! A key is used for one intermediate. One made for a request the upstream
+//! did not answer is tried again (for up to [`PENDING_KEY_REUSE`]) rather
+//! than a key being made per attempt; a replaced or withdrawn one is
+//! retired (destroyed in its store) once no signature still uses it. Keys a
+//! stopped process left in a store are swept after each installation: by
+//! their name's time, those made over `ttl` + [`PENDING_KEY_REUSE`] + the
+//! clock tolerance ago can certify nothing valid, on any replica.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,14 +26,14 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::chain::{IssuedChain, TrustBundle};
+use crate::chain::{BACKEND_CLOCK_TOLERANCE, IssuedChain, TrustBundle};
 use crate::clock::{Clock, rfc3339};
 use crate::csr::VerifiedCsr;
 use crate::duration::HumanDuration;
 use crate::error::SignError;
 use crate::issuer::LocalCa;
-use crate::key::KeyAlgorithm;
-use crate::mint::{IntermediateSpec, Minted, mint_intermediate};
+use crate::key::{CaKey, GeneratedKey, InMemoryKeys, KeyAlgorithm, KeyFactory};
+use crate::mint::{IntermediateSpec, certify_intermediate};
 use crate::policy::IssuanceDecision;
 use crate::signer::{BackendInfo, Capabilities, Signer};
 use crate::spiffe::TrustDomain;
@@ -37,16 +46,22 @@ fn default_renew_at() -> f64 {
     crate::clock::RENEW_AT
 }
 
-/// `authorities.<name>.intermediate`.
+/// How long a key made for an intermediate the upstream has not certified
+/// yet is offered again before a new one is made.
+pub const PENDING_KEY_REUSE: Duration = Duration::from_secs(6 * 3600);
+
+/// `authorities.<name>.intermediate`. `K` is what `key:` says: the
+/// algorithm of a key made in memory, or (in the server's configuration) a
+/// key store and the algorithm it makes keys of.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IntermediateConfig {
+pub struct IntermediateConfig<K = KeyAlgorithm> {
     /// Lifetime asked of the upstream.
     #[serde(default = "default_ttl")]
     pub ttl: HumanDuration,
-    /// Key type signet generates for the intermediate (in memory).
-    #[serde(default, deserialize_with = "intermediate_key")]
-    pub key: KeyAlgorithm,
+    /// The intermediate's key.
+    #[serde(default)]
+    pub key: K,
     /// Fraction of the lifetime after which a new intermediate is requested.
     #[serde(default = "default_renew_at")]
     pub renew_at: f64,
@@ -55,25 +70,28 @@ pub struct IntermediateConfig {
     pub common_name: Option<String>,
 }
 
-fn intermediate_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<KeyAlgorithm, D::Error> {
-    KeyAlgorithm::deserialize_in_process(
-        d,
-        "a delegated authority's intermediate key is generated in memory (a key store for it is not supported yet); to sign every certificate with a key in a store, use mode: direct on a local backend with key: { type: ... }",
-    )
-}
-
-impl Default for IntermediateConfig {
+impl<K: Default> Default for IntermediateConfig<K> {
     fn default() -> Self {
         Self {
             ttl: default_ttl(),
-            key: KeyAlgorithm::default(),
+            key: K::default(),
             renew_at: default_renew_at(),
             common_name: None,
         }
     }
 }
 
-impl IntermediateConfig {
+impl<K> IntermediateConfig<K> {
+    /// The same settings with `key` in place of this one's.
+    pub fn with_key<L>(self, key: L) -> IntermediateConfig<L> {
+        IntermediateConfig {
+            ttl: self.ttl,
+            key,
+            renew_at: self.renew_at,
+            common_name: self.common_name,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if !(self.renew_at > 0.05 && self.renew_at < 0.95) {
             return Err(format!(
@@ -96,6 +114,12 @@ pub struct Delegated {
     config: IntermediateConfig,
     trust_domain: TrustDomain,
     clock: Arc<dyn Clock>,
+    /// Where the intermediates' keys are made.
+    keys: Arc<dyn KeyFactory>,
+    /// A key made for an intermediate not yet certified, and when.
+    pending: tokio::sync::Mutex<Option<(GeneratedKey, SystemTime)>>,
+    /// The current intermediate's key, retired when it is replaced.
+    held: std::sync::Mutex<Option<GeneratedKey>>,
     current: ArcSwapOption<LocalCa>,
     /// When the current intermediate was installed.
     installed_at: std::sync::Mutex<Option<SystemTime>>,
@@ -106,8 +130,9 @@ pub struct Delegated {
 }
 
 impl Delegated {
-    /// Creates the authority's signer and starts its rotation task (which
-    /// stops when the signer is dropped).
+    /// Creates the authority's signer, its intermediates' keys made in
+    /// memory, and starts its rotation task (which stops when the signer is
+    /// dropped).
     pub fn start(
         name: &str,
         upstream: Arc<dyn Signer>,
@@ -115,12 +140,34 @@ impl Delegated {
         trust_domain: TrustDomain,
         clock: Arc<dyn Clock>,
     ) -> Arc<Self> {
+        Self::start_with_keys(
+            name,
+            upstream,
+            config,
+            trust_domain,
+            clock,
+            Arc::new(InMemoryKeys),
+        )
+    }
+
+    /// [`Delegated::start`] with the intermediates' keys made by `keys`.
+    pub fn start_with_keys(
+        name: &str,
+        upstream: Arc<dyn Signer>,
+        config: IntermediateConfig,
+        trust_domain: TrustDomain,
+        clock: Arc<dyn Clock>,
+        keys: Arc<dyn KeyFactory>,
+    ) -> Arc<Self> {
         let this = Arc::new(Self {
             name: name.to_owned(),
             upstream,
             config,
             trust_domain,
             clock,
+            keys,
+            pending: tokio::sync::Mutex::new(None),
+            held: std::sync::Mutex::new(None),
             current: ArcSwapOption::empty(),
             installed_at: std::sync::Mutex::new(None),
             installed: Notify::new(),
@@ -161,14 +208,18 @@ impl Delegated {
             ttl: self.config.ttl.get(),
             requested_by: &requested_by,
         };
-        let Minted {
-            key,
-            chain,
-            decision,
-        } = mint_intermediate(self.upstream.as_ref(), &spec, self.clock.now()).await?;
+        let mut pending = self.pending.lock().await;
+        let key = self.next_key(&mut pending).await?;
+        let (chain, decision) = certify_intermediate(
+            self.upstream.as_ref(),
+            &spec,
+            &CaKey::new(key.handle.clone()),
+            self.clock.now(),
+        )
+        .await?;
         let ca = LocalCa::new(
             chain.leaf().clone(),
-            key,
+            CaKey::new(key.handle.clone()),
             chain.intermediates().to_vec(),
             Some(chain.trust_bundle().roots().to_vec()),
             chain.installable_at(self.clock.now()),
@@ -184,12 +235,120 @@ impl Delegated {
             not_after = %rfc3339(chain.not_after()),
             authority = %self.name,
             backend = %self.upstream.describe().name,
+            key = %key.handle.describe(),
             "intermediate installed"
         );
-        self.current.store(Some(ca.clone()));
+        *pending = None;
+        drop(pending);
+        let replaced = self.current.swap(Some(ca.clone()));
+        let old_key = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(key.clone());
         *self.installed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.clock.now());
         self.installed.notify_waiters();
+        if let Some(old) = old_key {
+            self.retire_when_unused(replaced, old);
+        }
+        self.sweep(&key.name).await;
         Ok(ca)
+    }
+
+    /// The key to certify next: the one made for an earlier attempt the
+    /// upstream did not answer (while younger than [`PENDING_KEY_REUSE`]),
+    /// or a new one.
+    async fn next_key(
+        &self,
+        pending: &mut Option<(GeneratedKey, SystemTime)>,
+    ) -> Result<GeneratedKey, SignError> {
+        let now = self.clock.now();
+        match pending.take() {
+            Some((key, made))
+                if now.duration_since(made).unwrap_or_default() < PENDING_KEY_REUSE =>
+            {
+                *pending = Some((key.clone(), made));
+                return Ok(key);
+            }
+            Some((stale, _)) => self.retire_when_unused(None, stale),
+            None => {}
+        }
+        let key = self
+            .keys
+            .generate(self.config.key, &self.name, now)
+            .await
+            .map_err(|e| match SignError::from(e) {
+                SignError::BackendUnavailable(m) => {
+                    SignError::BackendUnavailable(format!("making the intermediate's key: {m}"))
+                }
+                SignError::BackendRejected(m) => {
+                    SignError::BackendRejected(format!("making the intermediate's key: {m}"))
+                }
+                other => other,
+            })?;
+        tracing::info!(
+            authority = %self.name,
+            key = %key.handle.describe(),
+            "key made for the next intermediate"
+        );
+        *pending = Some((key.clone(), now));
+        Ok(key)
+    }
+
+    /// Retires `key` in its store once no signature still uses `ca` (the
+    /// intermediate it certified), waiting at most five minutes.
+    fn retire_when_unused(&self, ca: Option<Arc<LocalCa>>, key: GeneratedKey) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let keys = self.keys.clone();
+        let authority = self.name.clone();
+        runtime.spawn(async move {
+            if let Some(ca) = ca {
+                let mut waited = Duration::ZERO;
+                while Arc::strong_count(&ca) > 1 && waited < Duration::from_secs(300) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    waited += Duration::from_millis(100);
+                }
+            }
+            match keys.retire(&key).await {
+                Ok(()) => tracing::info!(
+                    authority = %authority,
+                    key = %key.handle.describe(),
+                    "retired the key of a replaced intermediate"
+                ),
+                Err(e) => tracing::warn!(
+                    authority = %authority,
+                    key = %key.handle.describe(),
+                    error = %e,
+                    "could not retire the key of a replaced intermediate; it is swept later"
+                ),
+            }
+        });
+    }
+
+    /// Destroys this authority's keys that no intermediate of any replica
+    /// can still use (see the module documentation), except `keep`.
+    async fn sweep(&self, keep: &str) {
+        let horizon = self.config.ttl.get() + PENDING_KEY_REUSE + BACKEND_CLOCK_TOLERANCE;
+        let Some(before) = self.clock.now().checked_sub(horizon) else {
+            return;
+        };
+        match self.keys.sweep(&self.name, before, keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                authority = %self.name,
+                store = %self.keys.describe(),
+                destroyed = n,
+                "swept keys of intermediates that have expired"
+            ),
+            Err(e) => tracing::warn!(
+                authority = %self.name,
+                store = %self.keys.describe(),
+                error = %e,
+                "could not sweep old intermediates' keys"
+            ),
+        }
     }
 
     /// An emergency re-key requested at `requested_at` (`signet revoke
@@ -210,6 +369,10 @@ impl Delegated {
         let old = self.current.swap(None)?;
         let serial = serial_of(old.certificate());
         self.rekeys.send_modify(|n| *n += 1);
+        let withdrawn_key = self.held.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(key) = withdrawn_key {
+            self.retire_when_unused(Some(old.clone()), key);
+        }
         tracing::warn!(
             target: "signet::audit",
             serial = %serial,
@@ -265,6 +428,25 @@ impl Delegated {
     /// When the intermediate `ca` should be replaced.
     fn renew_time(&self, ca: &LocalCa) -> SystemTime {
         crate::clock::renew_time(ca.not_before(), ca.not_after(), self.config.renew_at)
+    }
+}
+
+/// An authority dropped (a reload replaced it) retires its keys: in-memory
+/// ones are wiped, a store's are destroyed once no signature uses them.
+impl Drop for Delegated {
+    fn drop(&mut self) {
+        let current = self.current.swap(None);
+        if let Some(key) = self
+            .held
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            self.retire_when_unused(current, key);
+        }
+        if let Some((key, _)) = self.pending.get_mut().take() {
+            self.retire_when_unused(None, key);
+        }
     }
 }
 

@@ -355,6 +355,118 @@ impl KeyHandle for PrivateKey {
     }
 }
 
+/// A key a [`KeyFactory`] made: the handle to sign with, and the name the
+/// store knows it by (a PKCS#11 label, a KMS alias, a Transit version).
+#[derive(Debug, Clone)]
+pub struct GeneratedKey {
+    pub handle: Arc<dyn KeyHandle>,
+    pub name: String,
+}
+
+/// Where the keys of the intermediates signet rotates are made: in this
+/// process ([`InMemoryKeys`]) or inside a key store, which generates the
+/// key, signs its CSR and every certificate after, and never gives it out.
+///
+/// Keys are named by [`generated_key_name`] (`signet-<owner>-<unix
+/// seconds>-<random>`), so that keys a stopped process could not retire are
+/// found by [`KeyFactory::sweep`] from their age alone, without state.
+#[async_trait]
+pub trait KeyFactory: Send + Sync + fmt::Debug {
+    /// The store (`memory`, `pkcs11`, `aws_kms`, `vault_transit`) and where
+    /// in it keys are made.
+    fn describe(&self) -> KeyDescription;
+
+    /// A new key of `algorithm` for `owner` (an authority's name).
+    async fn generate(
+        &self,
+        algorithm: KeyAlgorithm,
+        owner: &str,
+        now: std::time::SystemTime,
+    ) -> Result<GeneratedKey, KeyStoreError>;
+
+    /// Destroys (or schedules for deletion) a key this factory made, now
+    /// that nothing signs with it.
+    async fn retire(&self, key: &GeneratedKey) -> Result<(), KeyStoreError>;
+
+    /// Destroys `owner`'s keys made before `before`, except `keep`: keys a
+    /// process that stopped left behind. Returns how many it destroyed.
+    async fn sweep(
+        &self,
+        owner: &str,
+        before: std::time::SystemTime,
+        keep: &str,
+    ) -> Result<usize, KeyStoreError>;
+}
+
+/// Keys generated in memory (the default for an intermediate): nothing to
+/// retire but the memory, which [`PrivateKey`] wipes when dropped.
+#[derive(Debug, Default)]
+pub struct InMemoryKeys;
+
+#[async_trait]
+impl KeyFactory for InMemoryKeys {
+    fn describe(&self) -> KeyDescription {
+        KeyDescription {
+            store: "memory",
+            id: String::new(),
+        }
+    }
+    async fn generate(
+        &self,
+        algorithm: KeyAlgorithm,
+        owner: &str,
+        now: std::time::SystemTime,
+    ) -> Result<GeneratedKey, KeyStoreError> {
+        let key =
+            PrivateKey::generate(algorithm).map_err(|e| KeyStoreError::Refused(e.to_string()))?;
+        Ok(GeneratedKey {
+            handle: Arc::new(key),
+            name: generated_key_name(owner, now),
+        })
+    }
+    async fn retire(&self, _key: &GeneratedKey) -> Result<(), KeyStoreError> {
+        Ok(())
+    }
+    async fn sweep(
+        &self,
+        _owner: &str,
+        _before: std::time::SystemTime,
+        _keep: &str,
+    ) -> Result<usize, KeyStoreError> {
+        Ok(0)
+    }
+}
+
+/// The name of a key made for `owner` at `now`: `signet-<owner>-<unix
+/// seconds>-<8 hex digits>` (the random part keeps replicas apart).
+pub fn generated_key_name(owner: &str, now: std::time::SystemTime) -> String {
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut random = [0u8; 4];
+    crypto::random_bytes(&mut random);
+    format!("signet-{owner}-{secs}-{}", hex::encode(random))
+}
+
+/// When a key named by [`generated_key_name`] for `owner` was made; `None`
+/// for any other name (another owner's, or not signet's).
+pub fn generated_key_time(owner: &str, name: &str) -> Option<std::time::SystemTime> {
+    let rest = name
+        .strip_prefix("signet-")?
+        .strip_prefix(owner)?
+        .strip_prefix('-')?;
+    let (secs, random) = rest.split_once('-')?;
+    if secs.is_empty()
+        || !secs.bytes().all(|b| b.is_ascii_digit())
+        || random.len() != 8
+        || !random.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return None;
+    }
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.parse().ok()?))
+}
+
 /// The public half of a key held elsewhere, read from its
 /// SubjectPublicKeyInfo and checked against what signet accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -649,6 +761,20 @@ mod tests {
             assert!(dbg.contains("redacted"), "{dbg}");
             assert!(!dbg.contains(&pem[30..60]));
         }
+    }
+
+    #[test]
+    fn generated_key_names_carry_their_owner_and_time() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let name = generated_key_name("mesh-a", t);
+        assert!(name.starts_with("signet-mesh-a-1800000000-"), "{name}");
+        assert_eq!(generated_key_time("mesh-a", &name), Some(t));
+        // Another owner's, even one whose name extends this one, is not ours.
+        assert_eq!(generated_key_time("mesh", &name), None);
+        assert_eq!(generated_key_time("mesh-a-1800000000", &name), None);
+        assert_eq!(generated_key_time("mesh-a", "signet-mesh-a-12-xyz"), None);
+        assert_eq!(generated_key_time("mesh-a", "ca-key"), None);
+        assert_ne!(generated_key_name("mesh-a", t), name);
     }
 
     #[test]

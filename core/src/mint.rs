@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use crate::chain::{BACKEND_CLOCK_TOLERANCE, IssuedChain};
 use crate::csr::VerifiedCsr;
 use crate::error::SignError;
-use crate::key::{KeyAlgorithm, PrivateKey};
+use crate::key::{CaKey, KeyAlgorithm, PrivateKey};
 use crate::names::San;
 use crate::policy::IssuanceDecision;
 use crate::signer::Signer;
@@ -54,30 +54,44 @@ impl IntermediateRequest {
         let internal = |e: &dyn std::fmt::Display| SignError::Internal(e.to_string());
         let key = PrivateKey::generate(spec.key).map_err(|e| internal(&e))?;
         let csr_der = key
-            .csr_der(Some(spec.common_name), &[San::Uri(spec.trust_domain.id())])
+            .csr_der(Some(spec.common_name), &intermediate_sans(spec))
             .map_err(|e| internal(&e))?;
         let csr = VerifiedCsr::from_der(&csr_der)?;
-        let decision = IssuanceDecision::new_intermediate(
-            spec.common_name,
-            spec.trust_domain,
-            0,
-            now,
-            spec.ttl,
-            INTERMEDIATE_BACKDATE,
-            spec.requested_by,
-        );
-        let decision = if path_len {
-            decision
-        } else {
-            // signet never signs CA certificates with the intermediate, so
-            // the constraint guards only against misuse of a stolen key.
-            tracing::warn!(
-                requested_by = spec.requested_by,
-                "the upstream cannot set pathLenConstraint; the intermediate will carry none"
-            );
-            decision.without_path_len()
-        };
+        let decision = intermediate_decision(spec, now, path_len);
         Ok(Self { key, csr, decision })
+    }
+}
+
+fn intermediate_sans(spec: &IntermediateSpec<'_>) -> [San; 1] {
+    [San::Uri(spec.trust_domain.id())]
+}
+
+/// The certificate an intermediate is decided to be. `path_len` is false
+/// for an upstream that cannot set a pathLenConstraint.
+fn intermediate_decision(
+    spec: &IntermediateSpec<'_>,
+    now: SystemTime,
+    path_len: bool,
+) -> IssuanceDecision {
+    let decision = IssuanceDecision::new_intermediate(
+        spec.common_name,
+        spec.trust_domain,
+        0,
+        now,
+        spec.ttl,
+        INTERMEDIATE_BACKDATE,
+        spec.requested_by,
+    );
+    if path_len {
+        decision
+    } else {
+        // signet never signs CA certificates with the intermediate, so
+        // the constraint guards only against misuse of a stolen key.
+        tracing::warn!(
+            requested_by = spec.requested_by,
+            "the upstream cannot set pathLenConstraint; the intermediate will carry none"
+        );
+        decision.without_path_len()
     }
 }
 
@@ -90,9 +104,10 @@ pub struct Minted {
     pub decision: IssuanceDecision,
 }
 
-/// Asks `upstream` for an intermediate and checks what it returns against
-/// the decision (names, CA constraints, validity within the tolerance for
-/// remote clocks, a chain to the upstream's roots).
+/// Asks `upstream` for an intermediate on a new in-memory key and checks
+/// what it returns against the decision (names, CA constraints, validity
+/// within the tolerance for remote clocks, a chain to the upstream's
+/// roots).
 pub async fn mint_intermediate(
     upstream: &dyn Signer,
     spec: &IntermediateSpec<'_>,
@@ -103,18 +118,44 @@ pub async fn mint_intermediate(
         now,
         upstream.describe().capabilities.constrains_path_len,
     )?;
-    let chain = upstream.sign(&request.decision, &request.csr).await?;
-    chain.check(
-        &request.decision,
-        &request.csr,
-        now,
-        BACKEND_CLOCK_TOLERANCE,
-    )?;
+    let chain = certify(upstream, &request.csr, &request.decision, now).await?;
     Ok(Minted {
         key: request.key,
         chain,
         decision: request.decision,
     })
+}
+
+/// Asks `upstream` to certify `key` as an intermediate (the key may be in a
+/// store: its CSR is signed there), checked as [`mint_intermediate`] checks.
+pub async fn certify_intermediate(
+    upstream: &dyn Signer,
+    spec: &IntermediateSpec<'_>,
+    key: &CaKey,
+    now: SystemTime,
+) -> Result<(IssuedChain, IssuanceDecision), SignError> {
+    let csr_der = key
+        .csr_der(Some(spec.common_name), &intermediate_sans(spec))
+        .await?;
+    let csr = VerifiedCsr::from_der(&csr_der)?;
+    let decision = intermediate_decision(
+        spec,
+        now,
+        upstream.describe().capabilities.constrains_path_len,
+    );
+    let chain = certify(upstream, &csr, &decision, now).await?;
+    Ok((chain, decision))
+}
+
+async fn certify(
+    upstream: &dyn Signer,
+    csr: &VerifiedCsr,
+    decision: &IssuanceDecision,
+    now: SystemTime,
+) -> Result<IssuedChain, SignError> {
+    let chain = upstream.sign(decision, csr).await?;
+    chain.check(decision, csr, now, BACKEND_CLOCK_TOLERANCE)?;
+    Ok(chain)
 }
 
 /// signet's own serving certificate (its REST/gRPC listeners, istiod's

@@ -455,3 +455,83 @@ impl crate::key::KeyHandle for StoreKey {
         crate::key::KeyHandle::sign(key, message).await
     }
 }
+
+/// A key factory that behaves as a store's: it makes [`StoreKey`]s and
+/// records what it made, retired and swept.
+#[derive(Debug, Default)]
+pub struct StoreKeys {
+    made: Mutex<Vec<(String, Arc<StoreKey>)>>,
+    retired: Mutex<Vec<String>>,
+    sweeps: Mutex<Vec<(SystemTime, String)>>,
+    fault: Mutex<Option<crate::key::KeyStoreError>>,
+}
+
+impl StoreKeys {
+    /// The names of the keys made, in order.
+    pub fn made(&self) -> Vec<String> {
+        lock(&self.made).iter().map(|(n, _)| n.clone()).collect()
+    }
+    /// The key made under `name`.
+    pub fn key(&self, name: &str) -> Arc<StoreKey> {
+        lock(&self.made)
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, k)| k.clone())
+            .expect("a key made so")
+    }
+    pub fn retired(&self) -> Vec<String> {
+        lock(&self.retired).clone()
+    }
+    /// Each sweep's `before` and `keep`.
+    pub fn sweeps(&self) -> Vec<(SystemTime, String)> {
+        lock(&self.sweeps).clone()
+    }
+    /// Making keys fails with `fault` from now on (`None`: it does not).
+    pub fn set_fault(&self, fault: Option<crate::key::KeyStoreError>) {
+        *lock(&self.fault) = fault;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[async_trait]
+impl crate::key::KeyFactory for StoreKeys {
+    fn describe(&self) -> crate::key::KeyDescription {
+        crate::key::KeyDescription {
+            store: "test",
+            id: String::new(),
+        }
+    }
+    async fn generate(
+        &self,
+        algorithm: KeyAlgorithm,
+        owner: &str,
+        now: SystemTime,
+    ) -> Result<crate::key::GeneratedKey, crate::key::KeyStoreError> {
+        if let Some(f) = lock(&self.fault).clone() {
+            return Err(f);
+        }
+        let name = crate::key::generated_key_name(owner, now);
+        let key = StoreKey::new(algorithm);
+        lock(&self.made).push((name.clone(), key.clone()));
+        Ok(crate::key::GeneratedKey { handle: key, name })
+    }
+    async fn retire(
+        &self,
+        key: &crate::key::GeneratedKey,
+    ) -> Result<(), crate::key::KeyStoreError> {
+        lock(&self.retired).push(key.name.clone());
+        Ok(())
+    }
+    async fn sweep(
+        &self,
+        _owner: &str,
+        before: SystemTime,
+        keep: &str,
+    ) -> Result<usize, crate::key::KeyStoreError> {
+        lock(&self.sweeps).push((before, keep.to_owned()));
+        Ok(0)
+    }
+}

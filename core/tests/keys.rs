@@ -9,14 +9,17 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use signet_core::clock::{Clock as _, ManualClock};
 use signet_core::csr::VerifiedCsr;
+use signet_core::delegated::{Delegated, IntermediateConfig, PENDING_KEY_REUSE};
+use signet_core::duration::HumanDuration;
 use signet_core::error::{ErrorKind, SignError};
 use signet_core::issuer::LocalCa;
 use signet_core::key::{CaKey, KeyAlgorithm, KeyHandle, KeyStoreError, PrivateKey};
 use signet_core::names::San;
 use signet_core::policy::IssuanceDecision;
 use signet_core::revocation::RevocationList;
-use signet_core::testing::{Ready as _, StoreKey};
+use signet_core::testing::{CaSigner, Fault, Ready as _, StoreKey, StoreKeys};
 
 mod common;
 use common::{td, webpki_verify};
@@ -179,20 +182,111 @@ fn the_in_memory_key_is_one_handle_among_others() {
     assert!(!ca.is_remote());
 }
 
-#[test]
-fn a_key_store_entry_is_refused_where_the_key_must_be_in_memory() {
-    let cfg: Result<signet_core::delegated::IntermediateConfig, _> =
-        serde_yaml_ng::from_str("key: { type: pkcs11, module: /x.so }");
-    let err = cfg.unwrap_err().to_string();
-    assert!(err.contains("generated in memory"), "{err}");
-    let ok: signet_core::delegated::IntermediateConfig =
-        serde_yaml_ng::from_str("key: ecdsa-p384").unwrap();
-    assert_eq!(ok.key, KeyAlgorithm::EcdsaP384);
-    let bad: Result<signet_core::delegated::IntermediateConfig, _> =
-        serde_yaml_ng::from_str("key: dsa-1024");
-    assert!(
-        bad.unwrap_err()
-            .to_string()
-            .contains("unknown key algorithm")
+/// A delegated authority whose intermediates' keys a store makes: the
+/// CSR is signed there, a key is tried again while the upstream does not
+/// answer (a new one only after [`PENDING_KEY_REUSE`]), a replaced key is
+/// retired once nothing signs with it, the store is swept past every
+/// replica's horizon, and dropping the authority retires its key.
+#[tokio::test(start_paused = true)]
+async fn a_delegated_intermediates_key_is_made_in_the_store_and_retired_when_replaced() {
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let up = CaSigner::root(clock.now(), 365 * DAY);
+    let keys = Arc::new(StoreKeys::default());
+    let settle = || tokio::time::sleep(Duration::from_millis(500));
+
+    // The upstream does not answer twice: one key serves every attempt.
+    up.set_fault(Fault::Unavailable, 2);
+    let config = IntermediateConfig {
+        ttl: HumanDuration(30 * DAY),
+        key: KeyAlgorithm::EcdsaP384,
+        renew_at: 2.0 / 3.0,
+        common_name: None,
+    };
+    let d = Delegated::start_with_keys(
+        "mesh",
+        up.clone(),
+        config,
+        td(),
+        clock.clone(),
+        keys.clone(),
     );
+    d.ready().await;
+    assert_eq!(up.calls(), 3);
+    let first = keys.made();
+    assert_eq!(first.len(), 1, "one key for the three attempts");
+    assert!(first[0].starts_with("signet-mesh-"), "{first:?}");
+    let ca = d.current().unwrap();
+    assert!(ca.key().is_remote());
+    assert_eq!(
+        ca.key().handle().public_key(),
+        KeyHandle::public_key(&*keys.key(&first[0]))
+    );
+    assert_eq!(
+        keys.key(&first[0]).calls(),
+        3,
+        "each attempt's CSR signed in the store"
+    );
+    // Swept past any replica's horizon, the held key kept.
+    let horizon = 30 * DAY + PENDING_KEY_REUSE + Duration::from_secs(300);
+    assert_eq!(
+        keys.sweeps(),
+        vec![(clock.now() - horizon, first[0].clone())]
+    );
+
+    // Replaced: retired only once a signature in flight is done.
+    let in_flight = d.current().unwrap();
+    drop(ca);
+    d.renew().await.unwrap();
+    settle().await;
+    assert!(keys.retired().is_empty(), "still in use");
+    drop(in_flight);
+    settle().await;
+    assert_eq!(keys.retired(), first);
+    assert_eq!(keys.made().len(), 2);
+
+    // A pending key is offered again only for PENDING_KEY_REUSE.
+    up.set_fault(Fault::Unavailable, u32::MAX);
+    d.renew().await.unwrap_err();
+    d.renew().await.unwrap_err();
+    assert_eq!(keys.made().len(), 3);
+    clock.advance(PENDING_KEY_REUSE + Duration::from_secs(1));
+    d.renew().await.unwrap_err();
+    settle().await;
+    assert_eq!(keys.made().len(), 4);
+    assert_eq!(keys.retired().len(), 2, "the stale pending key retired");
+
+    // A store that cannot make keys: retryable, named, and the current
+    // intermediate keeps signing.
+    up.set_fault(Fault::None, 0);
+    let pending_made = keys.made().len();
+    d.renew().await.unwrap();
+    assert_eq!(
+        keys.made().len(),
+        pending_made,
+        "the pending key was certified"
+    );
+    settle().await;
+    keys.set_fault(Some(KeyStoreError::Unavailable("token removed".into())));
+    d.rekey(
+        clock.now() + Duration::from_secs(1),
+        signet_core::revocation::Reason::KeyCompromise,
+    )
+    .await
+    .unwrap();
+    let err = d.renew().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BackendUnavailable, "{err}");
+    assert!(
+        err.to_string().contains("making the intermediate's key"),
+        "{err}"
+    );
+    settle().await;
+    assert_eq!(keys.retired().len(), 4, "the withdrawn key retired");
+
+    // Dropped (a reload): its key retired.
+    keys.set_fault(None);
+    d.renew().await.unwrap();
+    let retired = keys.retired().len();
+    drop(d);
+    settle().await;
+    assert_eq!(keys.retired().len(), retired + 1);
 }

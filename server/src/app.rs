@@ -265,13 +265,32 @@ async fn build_authorities(
         let signer: Arc<dyn Signer> = match a.mode {
             Mode::Direct => upstream,
             Mode::Delegated => {
-                let d = Delegated::start(
-                    name,
-                    upstream,
-                    a.intermediate.clone().unwrap_or_default(),
-                    config.trust_domain.clone(),
-                    clock.clone(),
-                );
+                let intermediate = a.intermediate.clone().unwrap_or_default();
+                let key = intermediate.key.clone();
+                let intermediate = intermediate.with_key(key.algorithm());
+                let d = match key.store() {
+                    None => Delegated::start(
+                        name,
+                        upstream,
+                        intermediate,
+                        config.trust_domain.clone(),
+                        clock.clone(),
+                    ),
+                    Some(store) => {
+                        let keys = store.open().await.map_err(|e| {
+                            anyhow::anyhow!("authorities.{name}.intermediate.key: {e}")
+                        })?;
+                        tracing::info!(authority = %name, store = %keys.describe(), algorithm = key.algorithm().as_str(), "intermediates' keys are made in a key store");
+                        Delegated::start_with_keys(
+                            name,
+                            upstream,
+                            intermediate,
+                            config.trust_domain.clone(),
+                            clock.clone(),
+                            keys,
+                        )
+                    }
+                };
                 // Give the first intermediate a moment so that front-ends
                 // start with real certificates; if the upstream is down,
                 // start anyway and report not ready.
@@ -279,7 +298,12 @@ async fn build_authorities(
                     tracing::warn!(authority = %name, "no intermediate yet; starting not ready");
                 }
                 delegated.insert(name.clone(), d.clone());
-                d
+                match key.store() {
+                    // Every leaf is a call to the store: protected as a
+                    // remote backend is.
+                    Some(store) => store.resilience.wrap(d),
+                    None => d,
+                }
             }
         };
         let policy = AuthorityPolicy::new(config.trust_domain.clone(), a.policy.clone())

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use signet_backends::BackendConfig;
+use signet_backends::keys::IntermediateKey;
 use signet_core::caller::{Principal, PrincipalSelector};
 use signet_core::delegated::IntermediateConfig;
 use signet_core::duration::HumanDuration;
@@ -95,9 +96,10 @@ pub struct AuthorityConfig {
     pub backend: String,
     #[serde(default)]
     pub mode: Mode,
-    /// The intermediate a delegated authority holds.
+    /// The intermediate a delegated authority holds; its `key` is an
+    /// algorithm (made in memory) or a key store that makes it.
     #[serde(default)]
-    pub intermediate: Option<IntermediateConfig>,
+    pub intermediate: Option<IntermediateConfig<IntermediateKey>>,
     #[serde(default)]
     pub policy: PolicyConfig,
     /// The authority's revoked serials (`signet revoke` writes it; a missing
@@ -364,7 +366,9 @@ impl Config {
         for (name, b) in &self.backends {
             if let BackendConfig::Local(c) = b {
                 c.key()
-                    .map_err(|e| at.invalid(format!("backends.{name}"), e.to_string()))?;
+                    .map_err(|e| at.invalid(format!("backends.{name}"), e.to_string()))?
+                    .check()
+                    .map_err(|m| at.invalid(format!("backends.{name}.key"), m))?;
             }
         }
         self.validate_authorities(at)?;
@@ -729,6 +733,7 @@ fn names<'a>(keys: impl Iterator<Item = &'a String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use signet_core::key::KeyAlgorithm;
 
     const GOOD: &str = r#"
 trust_domain: cluster.local
@@ -784,6 +789,79 @@ frontends:
         let cacerts = format!("{GOOD}  istio_cacerts:\n    backend: ca\n    {}\n", pkcs11);
         let err = parse(&cacerts).unwrap_err().to_string();
         assert!(err.contains("istiod reads ca-key.pem"), "{err}");
+
+        let unnamed = GOOD.replace(
+            "key_file: /etc/signet/ca-key.pem",
+            "key: { type: aws_kms, region: eu-west-1 }",
+        );
+        let err = parse(&unnamed).unwrap_err().to_string();
+        assert!(
+            err.contains("backends.ca.key") && err.contains("key_id is required"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_delegated_intermediate_key_is_an_algorithm_or_a_store_that_makes_it() {
+        let delegated = |key: &str| {
+            GOOD.replace(
+                "  mesh:\n    backend: ca\n",
+                &format!(
+                    "  mesh:\n    backend: ca\n    mode: delegated\n    intermediate:\n      key: {key}\n"
+                ),
+            )
+        };
+        let c = parse(&delegated("ecdsa-p384")).unwrap();
+        let i = c.authorities["mesh"].intermediate.as_ref().unwrap();
+        assert_eq!(i.key, IntermediateKey::InMemory(KeyAlgorithm::EcdsaP384));
+
+        let c = parse(&delegated(
+            "{ type: pkcs11, module: /usr/lib/softhsm/libsofthsm2.so, token_label: ca, pin_env: PIN, algorithm: rsa-3072, resilience: { timeout: 2s } }",
+        ))
+        .unwrap();
+        let store = c.authorities["mesh"]
+            .intermediate
+            .as_ref()
+            .unwrap()
+            .key
+            .store()
+            .unwrap();
+        assert_eq!(store.algorithm, KeyAlgorithm::Rsa3072);
+        assert_eq!(store.store.store(), "pkcs11");
+        assert_eq!(
+            store.resilience.timeout.get(),
+            std::time::Duration::from_secs(2)
+        );
+
+        for (key, why) in [
+            (
+                "{ type: pkcs11, module: /m.so, token_label: ca, pin_env: PIN, key_label: mine }",
+                "signet names the keys it makes",
+            ),
+            (
+                "{ type: aws_kms, region: eu-west-1, key_id: alias/x }",
+                "leave out key_id",
+            ),
+            (
+                "{ type: file, path: /k.pem }",
+                "a key file cannot make keys",
+            ),
+            (
+                "{ type: aws_kms, region: eu-west-1, algorithm: ed25519 }",
+                "not ed25519",
+            ),
+            (
+                "{ type: aws_kms, region: eu-west-1, colour: blue }",
+                "unknown field `colour`",
+            ),
+            ("rsa-1024", "unknown key algorithm"),
+        ] {
+            let err = parse(&delegated(key)).unwrap_err().to_string();
+            assert!(
+                err.contains("intermediate") && err.contains(why),
+                "{key}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -138,6 +138,72 @@ impl Token {
         )
     }
 
+    /// The `key:` entry of a delegated intermediate whose keys signet
+    /// makes in this token (YAML flow mapping; `algorithm` as signet names it).
+    pub fn store_yaml(&self, algorithm: &str) -> String {
+        format!(
+            "{{ type: pkcs11, module: {}, token_label: {}, pin_file: {}, algorithm: {algorithm} }}",
+            module().display(),
+            self.label,
+            self.pin_file.display()
+        )
+    }
+
+    /// The token's private keys, as `pkcs11-tool --list-objects` shows
+    /// them: each label and its `Access:` line.
+    pub fn private_keys(&self) -> Vec<(String, String)> {
+        let listed = run(Command::new("pkcs11-tool").args([
+            "--module",
+            module().to_str().expect("UTF-8 path"),
+            "--token-label",
+            &self.label,
+            "--login",
+            "--pin",
+            PIN,
+            "--list-objects",
+            "--type",
+            "privkey",
+        ]));
+        let mut keys = Vec::new();
+        let mut label = None;
+        for line in listed.lines().map(str::trim) {
+            if let Some(l) = line.strip_prefix("label:") {
+                label = Some(l.trim().to_owned());
+            } else if let Some(a) = line.strip_prefix("Access:")
+                && let Some(l) = label.take()
+            {
+                keys.push((l, a.trim().to_owned()));
+            }
+        }
+        keys
+    }
+
+    /// The EC point of the public key labelled `label` (what
+    /// SubjectPublicKeyInfo's BIT STRING holds), from `pkcs11-tool
+    /// --list-objects` (its `--read-object` cannot read P-384 keys).
+    pub fn ec_point(&self, label: &str) -> Vec<u8> {
+        let listed = run(Command::new("pkcs11-tool").args([
+            "--module",
+            module().to_str().expect("UTF-8 path"),
+            "--token-label",
+            &self.label,
+            "--list-objects",
+            "--type",
+            "pubkey",
+        ]));
+        let mut point = None;
+        for line in listed.lines().map(str::trim) {
+            if let Some(p) = line.strip_prefix("EC_POINT:") {
+                point = Some(p.trim().to_owned());
+            } else if line.strip_prefix("label:").map(str::trim) == Some(label) {
+                break;
+            }
+        }
+        let der = hex::decode(point.expect("an EC public key")).expect("hex");
+        // An OCTET STRING (0x04, one length byte) around the point.
+        der[2..].to_vec()
+    }
+
     pub fn dir(&self) -> &Path {
         self._dir.path()
     }

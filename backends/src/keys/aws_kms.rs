@@ -10,17 +10,27 @@
 //! is no secret, and a KMS emulator that ignores `DIGEST` signs the same.)
 //! The SDK's own retries are off: retries, deadlines and the call budget are
 //! the backend's resilience layer's.
+//!
+//! [`KmsKeys`] makes keys in KMS (a delegated authority's intermediates):
+//! `CreateKey` of an asymmetric `SIGN_VERIFY` key, tagged with its
+//! authority, and an alias `alias/signet-<authority>-<time>-<random>` by
+//! which it is found again. Retiring a key schedules its deletion (KMS's
+//! shortest window, 7 days) and deletes the alias.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
-use aws_sdk_kms::types::{KeyUsageType, MessageType, SigningAlgorithmSpec};
+use aws_sdk_kms::types::{KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec, Tag};
 use serde::Deserialize;
 use signet_core::crypto::KeyKind;
-use signet_core::key::{KeyDescription, KeyHandle, KeyStoreError, PublicKey, SignatureAlgorithm};
+use signet_core::key::{
+    GeneratedKey, KeyAlgorithm, KeyDescription, KeyFactory, KeyHandle, KeyStoreError, PublicKey,
+    SignatureAlgorithm, generated_key_name, generated_key_time,
+};
 
 use super::KeyOpenError;
 
@@ -31,8 +41,10 @@ const RAW_LIMIT: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KmsKeyConfig {
-    /// Key ID, key ARN, alias name (`alias/...`) or alias ARN.
-    pub key_id: String,
+    /// Key ID, key ARN, alias name (`alias/...`) or alias ARN (not for
+    /// keys signet makes).
+    #[serde(default)]
+    pub key_id: Option<String>,
     /// e.g. `eu-west-1`.
     pub region: String,
     /// Another endpoint (a VPC endpoint, or a test server).
@@ -46,6 +58,41 @@ pub struct KmsKeyConfig {
     pub secret_access_key_file: Option<PathBuf>,
     #[serde(default)]
     pub session_token_file: Option<PathBuf>,
+}
+
+impl KmsKeyConfig {
+    /// As the key of a CA.
+    pub fn check(&self) -> Result<(), String> {
+        if self.key_id.is_none() {
+            return Err("key_id is required".into());
+        }
+        Ok(())
+    }
+
+    /// As where intermediates' keys are made.
+    pub fn check_for_generation(&self) -> Result<(), String> {
+        if self.key_id.is_some() {
+            return Err("signet names the keys it makes: leave out key_id".into());
+        }
+        Ok(())
+    }
+
+    async fn client(&self) -> Result<aws_sdk_kms::Client, KeyOpenError> {
+        let sdk = crate::aws::AwsAccess {
+            region: &self.region,
+            endpoint_url: self.endpoint_url.as_deref(),
+            access_key_id_file: self.access_key_id_file.as_ref(),
+            secret_access_key_file: self.secret_access_key_file.as_ref(),
+            session_token_file: self.session_token_file.as_ref(),
+        }
+        .sdk_config()
+        .await
+        .map_err(store_err)?;
+        let kms = aws_sdk_kms::config::Builder::from(&sdk)
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .build();
+        Ok(aws_sdk_kms::Client::from_conf(kms))
+    }
 }
 
 /// A key in AWS KMS.
@@ -84,20 +131,9 @@ fn map_err<E: ProvideErrorMetadata + std::fmt::Debug>(e: SdkError<E>) -> KeyStor
 impl KmsKey {
     /// Connects and reads the key's public half.
     pub async fn open(config: KmsKeyConfig) -> Result<Arc<Self>, KeyOpenError> {
-        let sdk = crate::aws::AwsAccess {
-            region: &config.region,
-            endpoint_url: config.endpoint_url.as_deref(),
-            access_key_id_file: config.access_key_id_file.as_ref(),
-            secret_access_key_file: config.secret_access_key_file.as_ref(),
-            session_token_file: config.session_token_file.as_ref(),
-        }
-        .sdk_config()
-        .await
-        .map_err(store_err)?;
-        let kms = aws_sdk_kms::config::Builder::from(&sdk)
-            .retry_config(aws_config::retry::RetryConfig::disabled())
-            .build();
-        Self::with_client(aws_sdk_kms::Client::from_conf(kms), config.key_id).await
+        config.check().map_err(store_err)?;
+        let client = config.client().await?;
+        Self::with_client(client, config.key_id.unwrap_or_default()).await
     }
 
     /// With a client built elsewhere.
@@ -179,5 +215,173 @@ impl KeyHandle for KmsKey {
         out.signature
             .map(Blob::into_inner)
             .ok_or_else(|| KeyStoreError::Refused("KMS Sign returned no signature".into()))
+    }
+}
+
+/// Makes intermediates' keys in AWS KMS (see the module documentation).
+#[derive(Debug)]
+pub struct KmsKeys {
+    client: aws_sdk_kms::Client,
+    region: String,
+}
+
+/// The tag that names the authority a key was made for.
+const OWNER_TAG: &str = "signet-authority";
+
+impl KmsKeys {
+    pub async fn open(config: KmsKeyConfig) -> Result<Arc<Self>, KeyOpenError> {
+        config.check_for_generation().map_err(store_err)?;
+        let client = config.client().await?;
+        // Listing aliases is what sweeping needs: a missing permission or
+        // an unreachable endpoint is found at start.
+        client
+            .list_aliases()
+            .limit(1)
+            .send()
+            .await
+            .map_err(|e| store_err(format!("ListAliases: {}", map_err(e))))?;
+        Ok(Arc::new(Self {
+            client,
+            region: config.region,
+        }))
+    }
+
+    /// Schedules the key's deletion, then deletes the alias.
+    async fn destroy(&self, alias: &str, key_id: &str) -> Result<(), KeyStoreError> {
+        self.client
+            .schedule_key_deletion()
+            .key_id(key_id)
+            .pending_window_in_days(7)
+            .send()
+            .await
+            .map_err(map_err)?;
+        self.client
+            .delete_alias()
+            .alias_name(alias)
+            .send()
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl KeyFactory for KmsKeys {
+    fn describe(&self) -> KeyDescription {
+        KeyDescription {
+            store: "aws_kms",
+            id: self.region.clone(),
+        }
+    }
+
+    async fn generate(
+        &self,
+        algorithm: KeyAlgorithm,
+        owner: &str,
+        now: SystemTime,
+    ) -> Result<GeneratedKey, KeyStoreError> {
+        let spec = match algorithm {
+            KeyAlgorithm::EcdsaP256 => KeySpec::EccNistP256,
+            KeyAlgorithm::EcdsaP384 => KeySpec::EccNistP384,
+            KeyAlgorithm::Rsa2048 => KeySpec::Rsa2048,
+            KeyAlgorithm::Rsa3072 => KeySpec::Rsa3072,
+            KeyAlgorithm::Rsa4096 => KeySpec::Rsa4096,
+            KeyAlgorithm::Ed25519 => {
+                return Err(KeyStoreError::Refused(
+                    "AWS KMS keys for signet are EC P-256/P-384 or RSA".into(),
+                ));
+            }
+        };
+        let name = generated_key_name(owner, now);
+        let tag = Tag::builder()
+            .tag_key(OWNER_TAG)
+            .tag_value(owner)
+            .build()
+            .map_err(|e| KeyStoreError::Refused(e.to_string()))?;
+        let created = self
+            .client
+            .create_key()
+            .key_usage(KeyUsageType::SignVerify)
+            .key_spec(spec)
+            .description(format!(
+                "signet: intermediate CA key of authority {owner} ({name})"
+            ))
+            .tags(tag)
+            .send()
+            .await
+            .map_err(map_err)?;
+        let key_id = created
+            .key_metadata()
+            .map(|m| m.key_id().to_owned())
+            .ok_or_else(|| KeyStoreError::Refused("CreateKey returned no key".into()))?;
+        let alias = format!("alias/{name}");
+        if let Err(e) = self
+            .client
+            .create_alias()
+            .alias_name(&alias)
+            .target_key_id(&key_id)
+            .send()
+            .await
+        {
+            let e = map_err(e);
+            // Without its alias no sweep would find it.
+            let _ = self
+                .client
+                .schedule_key_deletion()
+                .key_id(&key_id)
+                .pending_window_in_days(7)
+                .send()
+                .await;
+            return Err(e);
+        }
+        let handle = KmsKey::with_client(self.client.clone(), key_id)
+            .await
+            .map_err(|e| KeyStoreError::Unavailable(e.to_string()))?;
+        Ok(GeneratedKey { handle, name })
+    }
+
+    async fn retire(&self, key: &GeneratedKey) -> Result<(), KeyStoreError> {
+        let alias = format!("alias/{}", key.name);
+        let described = self
+            .client
+            .describe_key()
+            .key_id(&alias)
+            .send()
+            .await
+            .map_err(map_err)?;
+        let key_id = described
+            .key_metadata()
+            .map(|m| m.key_id().to_owned())
+            .ok_or_else(|| KeyStoreError::Refused(format!("{alias}: no key")))?;
+        self.destroy(&alias, &key_id).await
+    }
+
+    async fn sweep(
+        &self,
+        owner: &str,
+        before: SystemTime,
+        keep: &str,
+    ) -> Result<usize, KeyStoreError> {
+        let mut old = Vec::new();
+        let mut pages = self.client.list_aliases().into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(map_err)?;
+            for a in page.aliases() {
+                let (Some(alias), Some(target)) = (a.alias_name(), a.target_key_id()) else {
+                    continue;
+                };
+                let Some(name) = alias.strip_prefix("alias/") else {
+                    continue;
+                };
+                if name != keep && generated_key_time(owner, name).is_some_and(|made| made < before)
+                {
+                    old.push((alias.to_owned(), target.to_owned()));
+                }
+            }
+        }
+        for (alias, key_id) in &old {
+            self.destroy(alias, key_id).await?;
+        }
+        Ok(old.len())
     }
 }

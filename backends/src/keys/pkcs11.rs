@@ -14,9 +14,20 @@
 //! key again; a token that is gone is looked for again after finalizing
 //! and initializing the module (at most once a second), so a token that
 //! comes back is used again without a restart.
+//!
+//! [`Pkcs11Keys`] makes keys in a token (a delegated authority's
+//! intermediates): `C_GenerateKeyPair` of a token key pair labelled
+//! `signet-<authority>-<time>-<random>`, the private half sensitive and not
+//! extractable, destroyed (both halves) when retired or swept.
+//!
+//! A module is loaded once per process and serves one token: every key on
+//! it shares its sessions, and finalizing it (which ends every session) is
+//! done once for all of them.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -29,7 +40,8 @@ use cryptoki::types::AuthPin;
 use serde::Deserialize;
 use signet_core::crypto::KeyKind;
 use signet_core::key::{
-    KeyDescription, KeyHandle, KeyStoreError, PublicKey, SignatureAlgorithm, ecdsa_signature_to_der,
+    GeneratedKey, KeyAlgorithm, KeyDescription, KeyFactory, KeyHandle, KeyStoreError, PublicKey,
+    SignatureAlgorithm, ecdsa_signature_to_der, generated_key_time,
 };
 
 use super::KeyOpenError;
@@ -68,15 +80,31 @@ pub struct Pkcs11KeyConfig {
 }
 
 impl Pkcs11KeyConfig {
-    fn check(&self) -> Result<(), String> {
+    /// As the key of a CA: the token, the PIN and the key.
+    pub fn check(&self) -> Result<(), String> {
+        self.check_token()?;
+        if self.key_label.is_none() && self.key_id.is_none() {
+            return Err("key_label or key_id (or both)".into());
+        }
+        Ok(())
+    }
+
+    /// As where intermediates' keys are made: the token and the PIN (signet
+    /// names the keys it makes).
+    pub fn check_for_generation(&self) -> Result<(), String> {
+        self.check_token()?;
+        if self.key_label.is_some() || self.key_id.is_some() {
+            return Err("signet names the keys it makes: leave out key_label and key_id".into());
+        }
+        Ok(())
+    }
+
+    fn check_token(&self) -> Result<(), String> {
         if self.token_label.is_some() == self.slot.is_some() {
             return Err("exactly one of token_label and slot".into());
         }
         if self.pin_file.is_some() == self.pin_env.is_some() {
             return Err("exactly one of pin_file and pin_env".into());
-        }
-        if self.key_label.is_none() && self.key_id.is_none() {
-            return Err("key_label or key_id (or both)".into());
         }
         if let Some(id) = &self.key_id
             && hex::decode(id).is_err()
@@ -89,22 +117,21 @@ impl Pkcs11KeyConfig {
         Ok(())
     }
 
-    fn describe(&self) -> String {
-        let token = match (&self.token_label, self.slot) {
+    fn describe_token(&self) -> String {
+        match (&self.token_label, self.slot) {
             (Some(l), _) => format!("token {l:?}"),
             (None, Some(s)) => format!("slot {s}"),
             (None, None) => String::new(),
-        };
-        format!("{token} {}", self.describe_key())
+        }
     }
 
-    fn describe_key(&self) -> String {
-        match (&self.key_label, &self.key_id) {
-            (Some(l), Some(i)) => format!("key {l:?} id {i}"),
-            (Some(l), None) => format!("key {l:?}"),
-            (None, Some(i)) => format!("key id {i}"),
-            (None, None) => String::new(),
-        }
+    /// Whether `other` names the same token with the same PIN source.
+    fn same_token(&self, other: &Self) -> bool {
+        self.module == other.module
+            && self.token_label == other.token_label
+            && self.slot == other.slot
+            && self.pin_file == other.pin_file
+            && self.pin_env == other.pin_env
     }
 
     /// The PIN, and its digest (to recognise one the token refused).
@@ -124,28 +151,57 @@ impl Pkcs11KeyConfig {
             signet_core::crypto::sha256(pin.as_bytes()),
         ))
     }
+}
+
+/// Which objects are the key: by label and/or ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeySelector {
+    label: Option<String>,
+    id: Option<Vec<u8>>,
+}
+
+impl KeySelector {
+    fn from_config(config: &Pkcs11KeyConfig) -> Self {
+        Self {
+            label: config.key_label.clone(),
+            id: config
+                .key_id
+                .as_deref()
+                .map(|i| hex::decode(i).unwrap_or_default()),
+        }
+    }
+
+    fn label(label: &str) -> Self {
+        Self {
+            label: Some(label.to_owned()),
+            id: None,
+        }
+    }
 
     /// Attributes that select the key's objects of `class`.
     fn template(&self, class: ObjectClass) -> Vec<Attribute> {
         let mut t = vec![Attribute::Class(class)];
-        if let Some(l) = &self.key_label {
+        if let Some(l) = &self.label {
             t.push(Attribute::Label(l.as_bytes().to_vec()));
         }
-        if let Some(i) = &self.key_id {
-            t.push(Attribute::Id(hex::decode(i).unwrap_or_default()));
+        if let Some(i) = &self.id {
+            t.push(Attribute::Id(i.clone()));
         }
         t
     }
+
+    fn describe(&self) -> String {
+        match (&self.label, &self.id) {
+            (Some(l), Some(i)) => format!("key {l:?} id {}", hex::encode(i)),
+            (Some(l), None) => format!("key {l:?}"),
+            (None, Some(i)) => format!("key id {}", hex::encode(i)),
+            (None, None) => String::new(),
+        }
+    }
 }
 
-/// Sessions not in use, and what the last login found.
-#[derive(Default)]
-struct Pool {
-    idle: Vec<Session>,
-    /// `None` until found, and after the token dropped a session.
-    key: Option<ObjectHandle>,
-}
-
+/// A loaded module and the token signet uses on it, shared by every key
+/// on that token.
 struct Token {
     config: Pkcs11KeyConfig,
     ctx: Pkcs11,
@@ -154,7 +210,14 @@ struct Token {
     /// no session of the old initialization behind.
     module: RwLock<()>,
     slot: Mutex<Option<Slot>>,
-    pool: Mutex<Pool>,
+    /// Sessions not in use (logged in).
+    idle: Mutex<Vec<Session>>,
+    /// Bumped whenever sessions are dropped: object handles found before
+    /// are looked up again.
+    epoch: AtomicU64,
+    /// One per session; held by the blocking task that signs, so a caller
+    /// that stops waiting does not free it while the token still works.
+    permits: Arc<tokio::sync::Semaphore>,
     /// When the module was last finalized and initialized again (at most
     /// once a second).
     reinitialized: Mutex<Option<tokio::time::Instant>>,
@@ -164,24 +227,9 @@ struct Token {
     refused_pin: Mutex<Option<[u8; 32]>>,
 }
 
-/// A key in a PKCS#11 token.
-pub struct Pkcs11Key {
-    token: Arc<Token>,
-    public: PublicKey,
-    /// One per session; held by the blocking task that signs, so a caller
-    /// that stops waiting does not free it while the token still works.
-    permits: Arc<tokio::sync::Semaphore>,
-    id: String,
-}
-
-impl std::fmt::Debug for Pkcs11Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pkcs11Key")
-            .field("module", &self.token.config.module)
-            .field("key", &self.id)
-            .finish_non_exhaustive()
-    }
-}
+/// The modules loaded in this process, by path (a module is initialized
+/// once per process: two contexts would finalize each other's sessions).
+static TOKENS: Mutex<Vec<Weak<Token>>> = Mutex::new(Vec::new());
 
 fn store_err(detail: impl Into<String>) -> KeyOpenError {
     KeyOpenError::Store {
@@ -222,50 +270,69 @@ fn describe(e: &CkError) -> String {
     }
 }
 
+enum CkOrConfig {
+    Ck(CkError),
+    Config(String),
+}
+
+impl CkOrConfig {
+    fn into_open_error(self) -> KeyOpenError {
+        match self {
+            CkOrConfig::Ck(e) => store_err(describe(&e)),
+            CkOrConfig::Config(m) => store_err(m),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Token {
+    /// The token `config` names: the one already loaded from its module,
+    /// or the module loaded and initialized now (blocking).
+    fn get(config: &Pkcs11KeyConfig) -> Result<Arc<Token>, KeyOpenError> {
+        let mut tokens = lock(&TOKENS);
+        tokens.retain(|t| t.strong_count() > 0);
+        if let Some(t) = tokens
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|t| t.config.module == config.module)
+        {
+            if !t.config.same_token(config) {
+                return Err(store_err(format!(
+                    "{} already serves {} with its PIN source; signet uses one token per PKCS#11 module, with one PIN source",
+                    config.module.display(),
+                    t.config.describe_token()
+                )));
+            }
+            return Ok(t);
+        }
+        let ctx = Pkcs11::new(&config.module)
+            .map_err(|e| store_err(format!("{}: {e}", config.module.display())))?;
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(store_err(format!("C_Initialize: {}", describe(&e)))),
+        }
+        let token = Arc::new(Token {
+            config: config.clone(),
+            ctx,
+            module: RwLock::new(()),
+            slot: Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
+            epoch: AtomicU64::new(0),
+            permits: Arc::new(tokio::sync::Semaphore::new(config.sessions)),
+            reinitialized: Mutex::new(None),
+            refused_pin: Mutex::new(None),
+        });
+        tokens.push(Arc::downgrade(&token));
+        Ok(token)
+    }
+
     fn find_slot(&self) -> Result<Slot, String> {
-        if let Some(slot) = *self.slot.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(slot) = *lock(&self.slot) {
             return Ok(slot);
         }
-        self.lookup_slot()
-    }
-
-    /// Finalizes and initializes the module again, waiting for every call
-    /// in progress and closing the sessions first (modules list their
-    /// tokens when initialized: one that went away and came back is seen
-    /// only after this). At most once a second.
-    fn reinitialize(&self) {
-        {
-            let mut last = self.reinitialized.lock().unwrap_or_else(|e| e.into_inner());
-            if last
-                .is_some_and(|t| signet_core::clock::elapsed(t) < std::time::Duration::from_secs(1))
-            {
-                return;
-            }
-            *last = Some(signet_core::clock::monotonic());
-        }
-        let _exclusive = self.module.write().unwrap_or_else(|e| e.into_inner());
-        {
-            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            pool.idle.clear();
-            pool.key = None;
-        }
-        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        if let Err(e) = self.ctx.clone().finalize() {
-            tracing::debug!(error = %describe(&e), "C_Finalize");
-        }
-        match self
-            .ctx
-            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => {
-                tracing::warn!(error = %describe(&e), "PKCS#11 module: C_Initialize failed")
-            }
-        }
-    }
-
-    fn lookup_slot(&self) -> Result<Slot, String> {
         let slots = self
             .ctx
             .get_slots_with_token()
@@ -285,24 +352,53 @@ impl Token {
                 .ok_or_else(|| format!("no token in slot {id}"))?,
             (None, None) => return Err("no token selected".into()),
         };
-        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
+        *lock(&self.slot) = Some(slot);
         Ok(slot)
     }
 
-    /// An idle session, or a new one (logged in, the key found).
-    fn session(&self) -> Result<(Session, ObjectHandle), CkOrConfig> {
+    /// Finalizes and initializes the module again, waiting for every call
+    /// in progress and closing the sessions first (modules list their
+    /// tokens when initialized: one that went away and came back is seen
+    /// only after this). At most once a second.
+    fn reinitialize(&self) {
         {
-            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(key) = pool.key
-                && let Some(session) = pool.idle.pop()
+            let mut last = lock(&self.reinitialized);
+            if last
+                .is_some_and(|t| signet_core::clock::elapsed(t) < std::time::Duration::from_secs(1))
             {
-                return Ok((session, key));
+                return;
+            }
+            *last = Some(signet_core::clock::monotonic());
+        }
+        let _exclusive = self.module.write().unwrap_or_else(|e| e.into_inner());
+        self.reset();
+        if let Err(e) = self.ctx.clone().finalize() {
+            tracing::debug!(error = %describe(&e), "C_Finalize");
+        }
+        match self
+            .ctx
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => {
+                tracing::warn!(error = %describe(&e), "PKCS#11 module: C_Initialize failed")
             }
         }
-        let slot = self.find_slot().map_err(CkOrConfig::Config)?;
-        let session = self.ctx.open_ro_session(slot).map_err(CkOrConfig::Ck)?;
+    }
+
+    /// After a failure that may mean the token went away: sessions and
+    /// object handles are dropped, the slot is looked up again.
+    fn reset(&self) {
+        lock(&self.idle).clear();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        *lock(&self.slot) = None;
+    }
+
+    /// Logs `session` in as the user, unless the PIN is one the token
+    /// refused.
+    fn login(&self, session: &Session) -> Result<(), CkOrConfig> {
         let (pin, pin_digest) = self.config.pin().map_err(CkOrConfig::Config)?;
-        let mut refused = self.refused_pin.lock().unwrap_or_else(|e| e.into_inner());
+        let mut refused = lock(&self.refused_pin);
         if *refused == Some(pin_digest) {
             return Err(CkOrConfig::Config(
                 "the token refused this PIN; not trying it again until the PIN source changes"
@@ -310,7 +406,10 @@ impl Token {
             ));
         }
         match session.login(UserType::User, Some(&pin)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => *refused = None,
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+                *refused = None;
+                Ok(())
+            }
             Err(
                 e @ CkError::Pkcs11(
                     RvError::PinIncorrect
@@ -323,129 +422,54 @@ impl Token {
             ) => {
                 *refused = Some(pin_digest);
                 tracing::error!(error = %describe(&e), "the PKCS#11 token refused the PIN; not trying it again until it changes");
-                return Err(CkOrConfig::Ck(e));
+                Err(CkOrConfig::Ck(e))
             }
-            Err(e) => return Err(CkOrConfig::Ck(e)),
-        }
-        drop(refused);
-        let key = self.find_key(&session)?;
-        self.pool.lock().unwrap_or_else(|e| e.into_inner()).key = Some(key);
-        Ok((session, key))
-    }
-
-    fn find_key(&self, session: &Session) -> Result<ObjectHandle, CkOrConfig> {
-        let found = session
-            .find_objects(&self.config.template(ObjectClass::PRIVATE_KEY))
-            .map_err(CkOrConfig::Ck)?;
-        match found.as_slice() {
-            [one] => Ok(*one),
-            [] => Err(CkOrConfig::Config(format!(
-                "no private {} in the token",
-                self.config.describe_key()
-            ))),
-            _ => Err(CkOrConfig::Config(
-                "more than one private key matches; name it by key_id too".into(),
-            )),
+            Err(e) => Err(CkOrConfig::Ck(e)),
         }
     }
 
-    /// The public key, from the token's public key object.
-    fn public_key(&self) -> Result<PublicKey, CkOrConfig> {
-        let (session, private) = self.session()?;
-        let types = [AttributeType::KeyType];
-        let key_type = session
-            .get_attributes(private, &types)
-            .map_err(CkOrConfig::Ck)?
-            .into_iter()
-            .find_map(|a| match a {
-                Attribute::KeyType(t) => Some(t),
-                _ => None,
-            })
-            .ok_or_else(|| CkOrConfig::Config("the key has no CKA_KEY_TYPE".into()))?;
-        let public = session
-            .find_objects(&self.config.template(ObjectClass::PUBLIC_KEY))
-            .map_err(CkOrConfig::Ck)?;
-        let public = match public.as_slice() {
-            [one] => *one,
-            [] => {
-                return Err(CkOrConfig::Config(
-                    "the token has no public key object with the private key's label/ID".into(),
-                ));
-            }
-            _ => {
-                return Err(CkOrConfig::Config(
-                    "more than one public key object matches; name the key by key_id too".into(),
-                ));
-            }
-        };
-        let read = |types: &[AttributeType]| {
-            session
-                .get_attributes(public, types)
-                .map_err(CkOrConfig::Ck)
-        };
-        let key = if key_type == KeyType::EC {
-            let attrs = read(&[AttributeType::EcParams, AttributeType::EcPoint])?;
-            let (mut params, mut point) = (None, None);
-            for a in attrs {
-                match a {
-                    Attribute::EcParams(p) => params = Some(p),
-                    Attribute::EcPoint(p) => point = Some(p),
-                    _ => {}
-                }
-            }
-            match (params, point) {
-                (Some(params), Some(point)) => PublicKey::from_ec(&params, &point),
-                _ => return Err(CkOrConfig::Config("the EC public key is incomplete".into())),
-            }
-        } else if key_type == KeyType::RSA {
-            let attrs = read(&[AttributeType::Modulus, AttributeType::PublicExponent])?;
-            let (mut n, mut e) = (None, None);
-            for a in attrs {
-                match a {
-                    Attribute::Modulus(v) => n = Some(v),
-                    Attribute::PublicExponent(v) => e = Some(v),
-                    _ => {}
-                }
-            }
-            match (n, e) {
-                (Some(n), Some(e)) => PublicKey::from_rsa(&n, &e),
-                _ => {
-                    return Err(CkOrConfig::Config(
-                        "the RSA public key is incomplete".into(),
-                    ));
-                }
-            }
-        } else {
-            return Err(CkOrConfig::Config(format!(
-                "key type {key_type} is not supported (use EC P-256/P-384 or RSA)"
-            )));
+    /// An idle session, or a new one, logged in. The caller holds the
+    /// module lock (shared).
+    fn session(&self) -> Result<Session, CkOrConfig> {
+        if let Some(session) = lock(&self.idle).pop() {
+            return Ok(session);
         }
-        .map_err(|e| CkOrConfig::Config(e.to_string()))?;
-        self.give_back(session);
-        Ok(key)
+        let slot = self.find_slot().map_err(CkOrConfig::Config)?;
+        let session = self.ctx.open_ro_session(slot).map_err(CkOrConfig::Ck)?;
+        self.login(&session)?;
+        Ok(session)
     }
 
     fn give_back(&self, session: Session) {
-        self.pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .idle
-            .push(session);
+        lock(&self.idle).push(session);
     }
 
-    /// After a failure that may mean the token went away: sessions and the
-    /// key handle are dropped, the slot is looked up again.
-    fn reset(&self) {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        pool.idle.clear();
-        pool.key = None;
-        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-
-    fn sign(&self, mechanism: &Mechanism<'_>, data: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+    /// Runs `f` on a logged-in session with the module held (shared): a
+    /// pooled read-only one, or a new read-write one (to make or destroy
+    /// objects, closed after). A token that is not there has the module
+    /// initialized again for the next call.
+    fn with_session<T>(
+        &self,
+        read_write: bool,
+        f: impl FnOnce(&Session) -> Result<T, CkOrConfig>,
+    ) -> Result<T, KeyStoreError> {
         let result = {
             let _shared = self.module.read().unwrap_or_else(|e| e.into_inner());
-            self.sign_with_session(mechanism, data)
+            let session = if read_write {
+                self.find_slot()
+                    .map_err(CkOrConfig::Config)
+                    .and_then(|slot| self.ctx.open_rw_session(slot).map_err(CkOrConfig::Ck))
+                    .and_then(|s| self.login(&s).map(|()| s))
+            } else {
+                self.session()
+            };
+            session.and_then(|session| {
+                let out = f(&session);
+                if out.is_ok() && !read_write {
+                    self.give_back(session);
+                }
+                out
+            })
         };
         if let Err(CkOrConfig::Config(m)) = &result
             && m.starts_with("no token")
@@ -454,21 +478,6 @@ impl Token {
             self.reinitialize();
         }
         result.map_err(|e| self.classify(e))
-    }
-
-    fn sign_with_session(
-        &self,
-        mechanism: &Mechanism<'_>,
-        data: &[u8],
-    ) -> Result<Vec<u8>, CkOrConfig> {
-        let (session, key) = self.session()?;
-        match session.sign(mechanism, key, data) {
-            Ok(sig) => {
-                self.give_back(session);
-                Ok(sig)
-            }
-            Err(e) => Err(CkOrConfig::Ck(e)),
-        }
     }
 
     fn classify(&self, e: CkOrConfig) -> KeyStoreError {
@@ -486,52 +495,147 @@ impl Token {
             CkOrConfig::Config(m) => KeyStoreError::Refused(m),
         }
     }
+
+    /// Makes a token key pair labelled `label`: the private half
+    /// sensitive, not extractable, for signing only.
+    fn generate(&self, algorithm: KeyAlgorithm, label: &str) -> Result<(), KeyStoreError> {
+        let refused = |m: &str| KeyStoreError::Refused(m.to_owned());
+        let mut id = [0u8; 16];
+        signet_core::crypto::random_bytes(&mut id);
+        let common = |public: bool| {
+            vec![
+                Attribute::Token(true),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Id(id.to_vec()),
+                if public {
+                    Attribute::Verify(true)
+                } else {
+                    Attribute::Sign(true)
+                },
+            ]
+        };
+        let mut public = common(true);
+        let mut private = common(false);
+        private.extend([
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Decrypt(false),
+        ]);
+        let mechanism = match algorithm {
+            KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 => {
+                let oid: &[u8] = if algorithm == KeyAlgorithm::EcdsaP256 {
+                    &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]
+                } else {
+                    &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22]
+                };
+                public.push(Attribute::EcParams(oid.to_vec()));
+                Mechanism::EccKeyPairGen
+            }
+            KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
+                let bits: u64 = match algorithm {
+                    KeyAlgorithm::Rsa2048 => 2048,
+                    KeyAlgorithm::Rsa3072 => 3072,
+                    _ => 4096,
+                };
+                public.extend([
+                    Attribute::ModulusBits(
+                        cryptoki::types::Ulong::try_from(bits as usize)
+                            .map_err(|e| refused(&e.to_string()))?,
+                    ),
+                    Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+                ]);
+                Mechanism::RsaPkcsKeyPairGen
+            }
+            KeyAlgorithm::Ed25519 => {
+                return Err(refused("Ed25519 keys are not supported in PKCS#11 tokens"));
+            }
+        };
+        self.with_session(true, |session| {
+            session
+                .generate_key_pair(&mechanism, &public, &private)
+                .map(|_| ())
+                .map_err(CkOrConfig::Ck)
+        })
+    }
+
+    /// Destroys both halves of every key pair labelled by `is_ours` (given
+    /// each private key's label); returns how many private keys.
+    fn destroy(&self, is_ours: impl Fn(&str) -> bool) -> Result<usize, KeyStoreError> {
+        self.with_session(true, |session| {
+            let mut destroyed = 0;
+            let privates = session
+                .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+                .map_err(CkOrConfig::Ck)?;
+            for object in privates {
+                let attrs = session
+                    .get_attributes(object, &[AttributeType::Label])
+                    .map_err(CkOrConfig::Ck)?;
+                let Some(label) = attrs.into_iter().find_map(|a| match a {
+                    Attribute::Label(l) => String::from_utf8(l).ok(),
+                    _ => None,
+                }) else {
+                    continue;
+                };
+                if !is_ours(&label) {
+                    continue;
+                }
+                let publics = session
+                    .find_objects(&KeySelector::label(&label).template(ObjectClass::PUBLIC_KEY))
+                    .map_err(CkOrConfig::Ck)?;
+                for p in publics {
+                    session.destroy_object(p).map_err(CkOrConfig::Ck)?;
+                }
+                session.destroy_object(object).map_err(CkOrConfig::Ck)?;
+                destroyed += 1;
+            }
+            Ok(destroyed)
+        })
+    }
 }
 
-enum CkOrConfig {
-    Ck(CkError),
-    Config(String),
+/// A key in a PKCS#11 token.
+pub struct Pkcs11Key {
+    token: Arc<Token>,
+    selector: KeySelector,
+    handle: Mutex<Option<Found>>,
+    public: PublicKey,
+    id: String,
 }
 
-impl CkOrConfig {
-    fn into_open_error(self) -> KeyOpenError {
-        match self {
-            CkOrConfig::Ck(e) => store_err(describe(&e)),
-            CkOrConfig::Config(m) => store_err(m),
-        }
+impl std::fmt::Debug for Pkcs11Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Key")
+            .field("module", &self.token.config.module)
+            .field("key", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
 impl Pkcs11Key {
-    /// Loads the module, logs in and reads the key's public half.
+    /// Loads the module (once per process), logs in and reads the key's
+    /// public half.
     pub async fn open(config: Pkcs11KeyConfig) -> Result<Arc<Self>, KeyOpenError> {
         config.check().map_err(store_err)?;
-        let id = config.describe();
-        let sessions = config.sessions;
-        let token = tokio::task::spawn_blocking(move || -> Result<Token, KeyOpenError> {
-            let ctx = Pkcs11::new(&config.module)
-                .map_err(|e| store_err(format!("{}: {e}", config.module.display())))?;
-            match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-                Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-                Err(e) => return Err(store_err(format!("C_Initialize: {}", describe(&e)))),
-            }
-            Ok(Token {
-                config,
-                ctx,
-                module: RwLock::new(()),
-                slot: Mutex::new(None),
-                pool: Mutex::new(Pool::default()),
-                reinitialized: Mutex::new(None),
-                refused_pin: Mutex::new(None),
-            })
-        })
-        .await
-        .map_err(|e| store_err(e.to_string()))??;
-        let token = Arc::new(token);
+        let selector = KeySelector::from_config(&config);
+        let token = tokio::task::spawn_blocking(move || Token::get(&config))
+            .await
+            .map_err(|e| store_err(e.to_string()))??;
+        Self::on_token(token, selector).await
+    }
+
+    async fn on_token(token: Arc<Token>, selector: KeySelector) -> Result<Arc<Self>, KeyOpenError> {
+        let id = format!("{} {}", token.config.describe_token(), selector.describe());
         let t = token.clone();
-        let public = tokio::task::spawn_blocking(move || {
+        let s = selector.clone();
+        let (public, handle) = tokio::task::spawn_blocking(move || {
             let _shared = t.module.read().unwrap_or_else(|e| e.into_inner());
-            t.public_key()
+            let session = t.session()?;
+            let epoch = t.epoch.load(Ordering::SeqCst);
+            let handle = find_private(&session, &s)?;
+            let public = public_key(&session, &s, handle)?;
+            t.give_back(session);
+            Ok::<_, CkOrConfig>((public, (epoch, handle)))
         })
         .await
         .map_err(|e| store_err(e.to_string()))?
@@ -544,11 +648,140 @@ impl Pkcs11Key {
         tracing::info!(key = %id, algorithm = %public.kind(), "PKCS#11 key opened");
         Ok(Arc::new(Self {
             token,
+            selector,
+            handle: Mutex::new(Some(handle)),
             public,
-            permits: Arc::new(tokio::sync::Semaphore::new(sessions)),
             id,
         }))
     }
+}
+
+/// A key's private object, and the token's epoch when it was found.
+type Found = (u64, ObjectHandle);
+
+/// A signature's work on the blocking pool: the key's handle as last
+/// found, found again after the token dropped its sessions.
+struct SignJob {
+    token: Arc<Token>,
+    selector: KeySelector,
+    handle: Option<Found>,
+}
+
+impl SignJob {
+    /// The signature, and the key's handle if it was found anew.
+    fn run(
+        self,
+        mechanism: &Mechanism<'_>,
+        data: &[u8],
+    ) -> (Result<Vec<u8>, KeyStoreError>, Option<Found>) {
+        let mut found = None;
+        let result = self.token.with_session(false, |session| {
+            let epoch = self.token.epoch.load(Ordering::SeqCst);
+            let key = match self.handle {
+                Some((e, h)) if e == epoch => h,
+                _ => {
+                    let h = find_private(session, &self.selector)?;
+                    found = Some((epoch, h));
+                    h
+                }
+            };
+            session.sign(mechanism, key, data).map_err(CkOrConfig::Ck)
+        });
+        (result, found)
+    }
+}
+
+fn find_private(session: &Session, selector: &KeySelector) -> Result<ObjectHandle, CkOrConfig> {
+    let found = session
+        .find_objects(&selector.template(ObjectClass::PRIVATE_KEY))
+        .map_err(CkOrConfig::Ck)?;
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(CkOrConfig::Config(format!(
+            "no private {} in the token",
+            selector.describe()
+        ))),
+        _ => Err(CkOrConfig::Config(
+            "more than one private key matches; name it by key_id too".into(),
+        )),
+    }
+}
+
+/// The key's public half, from the token's public key object with the
+/// same label/ID.
+fn public_key(
+    session: &Session,
+    selector: &KeySelector,
+    private: ObjectHandle,
+) -> Result<PublicKey, CkOrConfig> {
+    let key_type = session
+        .get_attributes(private, &[AttributeType::KeyType])
+        .map_err(CkOrConfig::Ck)?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::KeyType(t) => Some(t),
+            _ => None,
+        })
+        .ok_or_else(|| CkOrConfig::Config("the key has no CKA_KEY_TYPE".into()))?;
+    let public = session
+        .find_objects(&selector.template(ObjectClass::PUBLIC_KEY))
+        .map_err(CkOrConfig::Ck)?;
+    let public = match public.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(CkOrConfig::Config(
+                "the token has no public key object with the private key's label/ID".into(),
+            ));
+        }
+        _ => {
+            return Err(CkOrConfig::Config(
+                "more than one public key object matches; name the key by key_id too".into(),
+            ));
+        }
+    };
+    let read = |types: &[AttributeType]| {
+        session
+            .get_attributes(public, types)
+            .map_err(CkOrConfig::Ck)
+    };
+    let key = if key_type == KeyType::EC {
+        let attrs = read(&[AttributeType::EcParams, AttributeType::EcPoint])?;
+        let (mut params, mut point) = (None, None);
+        for a in attrs {
+            match a {
+                Attribute::EcParams(p) => params = Some(p),
+                Attribute::EcPoint(p) => point = Some(p),
+                _ => {}
+            }
+        }
+        match (params, point) {
+            (Some(params), Some(point)) => PublicKey::from_ec(&params, &point),
+            _ => return Err(CkOrConfig::Config("the EC public key is incomplete".into())),
+        }
+    } else if key_type == KeyType::RSA {
+        let attrs = read(&[AttributeType::Modulus, AttributeType::PublicExponent])?;
+        let (mut n, mut e) = (None, None);
+        for a in attrs {
+            match a {
+                Attribute::Modulus(v) => n = Some(v),
+                Attribute::PublicExponent(v) => e = Some(v),
+                _ => {}
+            }
+        }
+        match (n, e) {
+            (Some(n), Some(e)) => PublicKey::from_rsa(&n, &e),
+            _ => {
+                return Err(CkOrConfig::Config(
+                    "the RSA public key is incomplete".into(),
+                ));
+            }
+        }
+    } else {
+        return Err(CkOrConfig::Config(format!(
+            "key type {key_type} is not supported (use EC P-256/P-384 or RSA)"
+        )));
+    };
+    key.map_err(|e| CkOrConfig::Config(e.to_string()))
 }
 
 #[async_trait]
@@ -574,27 +807,136 @@ impl KeyHandle for Pkcs11Key {
             digest.digest_info()
         };
         let permit = self
+            .token
             .permits
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| KeyStoreError::Unavailable("closing".into()))?;
-        let token = self.token.clone();
-        let signature = tokio::task::spawn_blocking(move || {
+        let job = SignJob {
+            token: self.token.clone(),
+            selector: self.selector.clone(),
+            handle: *lock(&self.handle),
+        };
+        let (signature, found) = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let mechanism = if ec {
                 Mechanism::Ecdsa
             } else {
                 Mechanism::RsaPkcs
             };
-            token.sign(&mechanism, &data)
+            job.run(&mechanism, &data)
         })
         .await
-        .map_err(|e| KeyStoreError::Unavailable(e.to_string()))??;
+        .map_err(|e| KeyStoreError::Unavailable(e.to_string()))?;
+        if let Some(found) = found {
+            *lock(&self.handle) = Some(found);
+        }
+        let signature = signature?;
         if ec {
             ecdsa_signature_to_der(&signature)
         } else {
             Ok(signature)
         }
+    }
+}
+
+/// Makes intermediates' keys in a PKCS#11 token (see the module
+/// documentation).
+pub struct Pkcs11Keys {
+    token: Arc<Token>,
+}
+
+impl std::fmt::Debug for Pkcs11Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Keys")
+            .field("module", &self.token.config.module)
+            .field("token", &self.token.config.describe_token())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pkcs11Keys {
+    /// Loads the module (once per process) and logs in to the token.
+    pub async fn open(config: Pkcs11KeyConfig) -> Result<Arc<Self>, KeyOpenError> {
+        config.check_for_generation().map_err(store_err)?;
+        let token = tokio::task::spawn_blocking(move || {
+            let token = Token::get(&config)?;
+            token
+                .with_session(false, |_| Ok(()))
+                .map_err(|e| store_err(e.to_string()))?;
+            Ok::<_, KeyOpenError>(token)
+        })
+        .await
+        .map_err(|e| store_err(e.to_string()))??;
+        Ok(Arc::new(Self { token }))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Token) -> Result<T, KeyStoreError> + Send + 'static,
+    ) -> Result<T, KeyStoreError> {
+        let permit = self
+            .token
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| KeyStoreError::Unavailable("closing".into()))?;
+        let token = self.token.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&token)
+        })
+        .await
+        .map_err(|e| KeyStoreError::Unavailable(e.to_string()))?
+    }
+}
+
+#[async_trait]
+impl KeyFactory for Pkcs11Keys {
+    fn describe(&self) -> KeyDescription {
+        KeyDescription {
+            store: "pkcs11",
+            id: self.token.config.describe_token(),
+        }
+    }
+
+    async fn generate(
+        &self,
+        algorithm: KeyAlgorithm,
+        owner: &str,
+        now: SystemTime,
+    ) -> Result<GeneratedKey, KeyStoreError> {
+        let name = signet_core::key::generated_key_name(owner, now);
+        let label = name.clone();
+        self.blocking(move |t| t.generate(algorithm, &label))
+            .await?;
+        let handle = Pkcs11Key::on_token(self.token.clone(), KeySelector::label(&name))
+            .await
+            .map_err(|e| KeyStoreError::Unavailable(e.to_string()))?;
+        Ok(GeneratedKey { handle, name })
+    }
+
+    async fn retire(&self, key: &GeneratedKey) -> Result<(), KeyStoreError> {
+        let name = key.name.clone();
+        self.blocking(move |t| t.destroy(|label| label == name))
+            .await
+            .map(drop)
+    }
+
+    async fn sweep(
+        &self,
+        owner: &str,
+        before: SystemTime,
+        keep: &str,
+    ) -> Result<usize, KeyStoreError> {
+        let (owner, keep) = (owner.to_owned(), keep.to_owned());
+        self.blocking(move |t| {
+            t.destroy(|label| {
+                label != keep && generated_key_time(&owner, label).is_some_and(|made| made < before)
+            })
+        })
+        .await
     }
 }

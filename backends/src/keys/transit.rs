@@ -10,9 +10,15 @@
 //! computed (`prehashed`), `marshaling_algorithm: asn1` for ECDSA and
 //! `signature_algorithm: pkcs1v15` for RSA, the forms X.509 carries. Login
 //! (token, AppRole, Kubernetes) is the `vault` backend's.
+//!
+//! [`TransitKeys`] makes keys in the engine (a delegated authority's
+//! intermediates): a key named `signet-<authority>-<time>-<random>` per
+//! intermediate, created with the algorithm's type and not exportable;
+//! retiring it allows its deletion and deletes it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -20,7 +26,8 @@ use rustify_derive::Endpoint;
 use serde::Deserialize;
 use signet_core::crypto::KeyKind;
 use signet_core::key::{
-    DigestName, KeyDescription, KeyHandle, KeyStoreError, PublicKey, SignatureAlgorithm,
+    DigestName, GeneratedKey, KeyAlgorithm, KeyDescription, KeyFactory, KeyHandle, KeyStoreError,
+    PublicKey, SignatureAlgorithm, generated_key_name, generated_key_time,
 };
 use signet_core::{SignError, SystemClock};
 
@@ -48,8 +55,9 @@ pub struct TransitKeyConfig {
     /// Mount path of the Transit engine.
     #[serde(default = "default_mount")]
     pub mount: String,
-    /// The key's name.
-    pub name: String,
+    /// The key's name (not for keys signet makes).
+    #[serde(default)]
+    pub name: Option<String>,
     /// The version that signs; default: the latest when signet starts.
     #[serde(default)]
     pub key_version: Option<u64>,
@@ -102,6 +110,44 @@ struct Signed {
     signature: String,
 }
 
+impl TransitKeyConfig {
+    /// As the key of a CA.
+    pub fn check(&self) -> Result<(), String> {
+        if self.name.is_none() {
+            return Err("name is required".into());
+        }
+        Ok(())
+    }
+
+    /// As where intermediates' keys are made.
+    pub fn check_for_generation(&self) -> Result<(), String> {
+        if self.name.is_some() || self.key_version.is_some() {
+            return Err("signet names the keys it makes: leave out name and key_version".into());
+        }
+        Ok(())
+    }
+
+    fn session(
+        &self,
+        what: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Arc<VaultSession>, KeyOpenError> {
+        let session = VaultSession::new(
+            what,
+            VaultAccess {
+                address: self.address.clone(),
+                namespace: self.namespace.clone(),
+                ca_cert_file: self.ca_cert_file.clone(),
+                auth: self.auth.clone(),
+            },
+            timeout,
+            Arc::new(SystemClock),
+        )
+        .map_err(|e| store_err(e.to_string()))?;
+        Ok(Arc::new(session))
+    }
+}
+
 /// A key in a Transit engine.
 #[derive(Debug)]
 pub struct TransitKey {
@@ -135,22 +181,24 @@ impl TransitKey {
         config: TransitKeyConfig,
         timeout: std::time::Duration,
     ) -> Result<Arc<Self>, KeyOpenError> {
-        let id = format!("{}/{}", config.mount, config.name);
-        let session = Arc::new(
-            VaultSession::new(
-                &format!("transit key {id}"),
-                VaultAccess {
-                    address: config.address.clone(),
-                    namespace: config.namespace.clone(),
-                    ca_cert_file: config.ca_cert_file.clone(),
-                    auth: config.auth.clone(),
-                },
-                timeout,
-                Arc::new(SystemClock),
-            )
-            .map_err(|e| store_err(e.to_string()))?,
-        );
-        let (mount, name) = (config.mount.clone(), config.name.clone());
+        config.check().map_err(store_err)?;
+        let name = config.name.clone().unwrap_or_default();
+        let id = format!("{}/{name}", config.mount);
+        let session = config.session(&format!("transit key {id}"), timeout)?;
+        let key =
+            Self::with_session(session.clone(), config.mount, name, config.key_version).await?;
+        VaultSession::spawn_upkeep(&session, std::time::Duration::from_secs(300));
+        Ok(key)
+    }
+
+    /// Reads the key `mount`/`name` through a logged-in `session`.
+    async fn with_session(
+        session: Arc<VaultSession>,
+        mount: String,
+        name: String,
+        key_version: Option<u64>,
+    ) -> Result<Arc<Self>, KeyOpenError> {
+        let id = format!("{mount}/{name}");
         let info = session
             .call(|c| {
                 let r = ReadKey {
@@ -170,7 +218,7 @@ impl TransitKey {
                 info.key_type
             )));
         }
-        let version = config.key_version.unwrap_or(info.latest_version);
+        let version = key_version.unwrap_or(info.latest_version);
         let pem = info
             .keys
             .get(&version.to_string())
@@ -182,12 +230,11 @@ impl TransitKey {
             .ok_or_else(|| store_err(format!("{id}: unreadable public key")))?;
         let public =
             PublicKey::from_spki_der(&spki.der).map_err(|e| store_err(format!("{id}: {e}")))?;
-        VaultSession::spawn_upkeep(&session, std::time::Duration::from_secs(300));
         tracing::info!(key = %id, version, algorithm = %public.kind(), address = session.address(), "Vault Transit key opened");
         Ok(Arc::new(Self {
             session,
-            mount: config.mount,
-            name: config.name,
+            mount,
+            name,
             version,
             public,
         }))
@@ -243,5 +290,153 @@ impl KeyHandle for TransitKey {
         base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .map_err(|_| KeyStoreError::Refused("Transit returned an unreadable signature".into()))
+    }
+}
+
+/// Makes intermediates' keys in a Transit engine (see the module
+/// documentation).
+#[derive(Debug)]
+pub struct TransitKeys {
+    session: Arc<VaultSession>,
+    mount: String,
+}
+
+impl TransitKeys {
+    /// Logs in and lists the engine's keys (what sweeping needs: a missing
+    /// permission is found at start).
+    pub async fn open(
+        config: TransitKeyConfig,
+        timeout: std::time::Duration,
+    ) -> Result<Arc<Self>, KeyOpenError> {
+        config.check_for_generation().map_err(store_err)?;
+        let session = config.session(&format!("transit engine {}", config.mount), timeout)?;
+        let this = Self {
+            session: session.clone(),
+            mount: config.mount,
+        };
+        this.list()
+            .await
+            .map_err(|e| store_err(format!("listing {}/keys: {e}", this.mount)))?;
+        VaultSession::spawn_upkeep(&session, std::time::Duration::from_secs(300));
+        Ok(Arc::new(this))
+    }
+
+    async fn list(&self) -> Result<Vec<String>, SignError> {
+        let listed = self
+            .session
+            .call(|c| {
+                let mount = self.mount.clone();
+                async move { vaultrs::transit::key::list(c.as_ref(), &mount).await }
+            })
+            .await;
+        match listed {
+            Ok(l) => Ok(l.keys),
+            // An engine with no keys answers 404.
+            Err(SignError::BackendRejected(m)) if m.contains("404") => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), KeyStoreError> {
+        self.session
+            .call(|c| {
+                let (mount, name) = (self.mount.clone(), name.to_owned());
+                async move {
+                    vaultrs::transit::key::update(
+                        c.as_ref(),
+                        &mount,
+                        &name,
+                        Some(
+                            &mut vaultrs::api::transit::requests::UpdateKeyConfigurationRequest::builder()
+                                .deletion_allowed(true),
+                        ),
+                    )
+                    .await?;
+                    vaultrs::transit::key::delete(c.as_ref(), &mount, &name).await
+                }
+            })
+            .await
+            .map_err(key_err)
+    }
+}
+
+#[async_trait]
+impl KeyFactory for TransitKeys {
+    fn describe(&self) -> KeyDescription {
+        KeyDescription {
+            store: "vault_transit",
+            id: format!("{} {}", self.session.address(), self.mount),
+        }
+    }
+
+    async fn generate(
+        &self,
+        algorithm: KeyAlgorithm,
+        owner: &str,
+        now: SystemTime,
+    ) -> Result<GeneratedKey, KeyStoreError> {
+        use vaultrs::api::transit::KeyType;
+        let key_type = match algorithm {
+            KeyAlgorithm::EcdsaP256 => KeyType::EcdsaP256,
+            KeyAlgorithm::EcdsaP384 => KeyType::EcdsaP384,
+            KeyAlgorithm::Rsa2048 => KeyType::Rsa2048,
+            KeyAlgorithm::Rsa3072 => KeyType::Rsa3072,
+            KeyAlgorithm::Rsa4096 => KeyType::Rsa4096,
+            KeyAlgorithm::Ed25519 => {
+                return Err(KeyStoreError::Refused(
+                    "Transit keys for signet are EC P-256/P-384 or RSA".into(),
+                ));
+            }
+        };
+        let name = generated_key_name(owner, now);
+        self.session
+            .call(|c| {
+                let (mount, name, key_type) = (self.mount.clone(), name.clone(), key_type);
+                async move {
+                    vaultrs::transit::key::create(
+                        c.as_ref(),
+                        &mount,
+                        &name,
+                        Some(
+                            &mut vaultrs::api::transit::requests::CreateKeyRequest::builder()
+                                .key_type(key_type)
+                                .exportable(false),
+                        ),
+                    )
+                    .await
+                }
+            })
+            .await
+            .map_err(key_err)?;
+        let handle =
+            TransitKey::with_session(self.session.clone(), self.mount.clone(), name.clone(), None)
+                .await
+                .map_err(|e| KeyStoreError::Unavailable(e.to_string()))?;
+        Ok(GeneratedKey { handle, name })
+    }
+
+    async fn retire(&self, key: &GeneratedKey) -> Result<(), KeyStoreError> {
+        self.delete(&key.name).await
+    }
+
+    async fn sweep(
+        &self,
+        owner: &str,
+        before: SystemTime,
+        keep: &str,
+    ) -> Result<usize, KeyStoreError> {
+        let old: Vec<String> = self
+            .list()
+            .await
+            .map_err(key_err)?
+            .into_iter()
+            .filter(|name| {
+                name != keep && generated_key_time(owner, name).is_some_and(|made| made < before)
+            })
+            .collect();
+        for name in &old {
+            self.delete(name).await?;
+        }
+        Ok(old.len())
     }
 }

@@ -11,6 +11,7 @@ mod aws_pca_e2e;
 mod config_docs;
 mod config_e2e;
 mod conformance;
+mod delegated_keys_e2e;
 mod dev_e2e;
 mod examples;
 mod faults;
