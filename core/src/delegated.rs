@@ -286,18 +286,24 @@ impl Delegated {
                 }
                 other => other,
             })?;
-        tracing::info!(
-            authority = %self.name,
-            key = %key.handle.describe(),
-            "key made for the next intermediate"
-        );
+        if key.handle.in_memory().is_none() {
+            tracing::info!(
+                authority = %self.name,
+                key = %key.handle.describe(),
+                "key made for the next intermediate"
+            );
+        }
         *pending = Some((key.clone(), now));
         Ok(key)
     }
 
     /// Retires `key` in its store once no signature still uses `ca` (the
-    /// intermediate it certified), waiting at most five minutes.
+    /// intermediate it certified), waiting at most five minutes. A key in
+    /// memory is wiped when the last user drops it.
     fn retire_when_unused(&self, ca: Option<Arc<LocalCa>>, key: GeneratedKey) {
+        if key.handle.in_memory().is_some() {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
