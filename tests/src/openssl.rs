@@ -53,6 +53,31 @@ pub fn csr(dir: &Path, name: &str, key: Key, san: Option<&str>, extra: &[&str]) 
     csrfile
 }
 
+/// An organisation root made by openssl in `dir`: `root.pem` (CN `org
+/// root`, CA:TRUE, keyCertSign and cRLSign, 30 days) and its P-256 key
+/// `root.key` (PKCS#8, unencrypted).
+pub fn root_ca(dir: &Path) -> PathBuf {
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ])
+    .args(["-subj", "/CN=org root", "-days", "30"])
+    .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+    .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+    .arg("-keyout")
+    .arg(dir.join("root.key"))
+    .arg("-out")
+    .arg(dir.join("root.pem"));
+    run(&mut cmd).unwrap_or_else(|e| panic!("openssl req -x509: {e}"));
+    dir.join("root.pem")
+}
+
 /// `openssl verify -CAfile root -untrusted chain cert`, with an optional
 /// `-purpose`. A chain file with no certificate (a root CA's leaf has no
 /// intermediate) is left out: OpenSSL refuses an empty `-untrusted` file.

@@ -114,23 +114,7 @@ async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
 /// certifies a key in the store, that a re-key replaces the key and
 /// destroys the old one, and that [`LEFT_BEHIND`] is swept.
 async fn intermediates_keys_live_in(dir: &Path, store: Store<'_>) {
-    run(Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args(["-subj", "/CN=org root", "-days", "30"])
-        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
-        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-        .arg("-keyout")
-        .arg(dir.join("root.key"))
-        .arg("-out")
-        .arg(dir.join("root.pem")));
+    openssl::root_ca(dir);
     let cfg = write(
         dir,
         "signet.yaml",

@@ -98,23 +98,7 @@ fn certify_key(dir: &Path, config: &Path, env: &[(&str, &str)]) {
         .envs(env.iter().copied()));
     assert!(csr.contains("BEGIN CERTIFICATE REQUEST"), "{csr}");
     let csr_file = write(dir, "ca.csr", &csr);
-    run(Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args(["-subj", "/CN=org root", "-days", "30"])
-        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
-        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-        .arg("-keyout")
-        .arg(dir.join("root.key"))
-        .arg("-out")
-        .arg(dir.join("root.pem")));
+    openssl::root_ca(dir);
     let ext = write(
         dir,
         "ca.ext",
