@@ -118,13 +118,16 @@ pub struct Delegated {
     keys: Arc<dyn KeyFactory>,
     /// A key made for an intermediate not yet certified, and when.
     pending: tokio::sync::Mutex<Option<(GeneratedKey, SystemTime)>>,
-    /// The current intermediate's key, retired when it is replaced.
+    /// The current intermediate's key, retired when it is replaced. Its
+    /// lock is held while `current` changes, so the two change together.
     held: std::sync::Mutex<Option<GeneratedKey>>,
     current: ArcSwapOption<LocalCa>,
     /// When the current intermediate was installed.
     installed_at: std::sync::Mutex<Option<SystemTime>>,
     /// Woken whenever an intermediate is installed.
     installed: Notify,
+    /// Set by [`Delegated::retire_keys`]: no new intermediate is installed.
+    stopped: std::sync::atomic::AtomicBool,
     /// Bumped by [`Delegated::rekey`]: the rotation task mints at once.
     rekeys: tokio::sync::watch::Sender<u64>,
 }
@@ -168,6 +171,7 @@ impl Delegated {
             keys,
             pending: tokio::sync::Mutex::new(None),
             held: std::sync::Mutex::new(None),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             current: ArcSwapOption::empty(),
             installed_at: std::sync::Mutex::new(None),
             installed: Notify::new(),
@@ -209,6 +213,9 @@ impl Delegated {
             requested_by: &requested_by,
         };
         let mut pending = self.pending.lock().await;
+        if self.stopping() {
+            return Err(SignError::NotReady("stopping".into()));
+        }
         let key = self.next_key(&mut pending).await?;
         let (chain, decision) = certify_intermediate(
             self.upstream.as_ref(),
@@ -238,14 +245,18 @@ impl Delegated {
             key = %key.handle.describe(),
             "intermediate installed"
         );
+        if self.stopping() {
+            // Certified too late: nothing will sign with it.
+            *pending = None;
+            self.retire_when_unused(None, key);
+            return Err(SignError::NotReady("stopping".into()));
+        }
         *pending = None;
         drop(pending);
-        let replaced = self.current.swap(Some(ca.clone()));
-        let old_key = self
-            .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(key.clone());
+        let (replaced, old_key) = {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            (self.current.swap(Some(ca.clone())), held.replace(key.clone()))
+        };
         *self.installed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.clock.now());
         self.installed.notify_waiters();
         if let Some(old) = old_key {
@@ -253,6 +264,43 @@ impl Delegated {
         }
         self.sweep(&key.name).await;
         Ok(ca)
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// At a graceful stop, once requests have drained: stops signing,
+    /// installs no new intermediate, and retires the keys this authority
+    /// holds in a store, so that a restart leaves none behind (a crash
+    /// leaves them to the sweep).
+    pub async fn retire_keys(&self) {
+        self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        let held = {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            self.current.store(None);
+            held.take()
+        };
+        // Waits for a renewal in progress (which then installs nothing).
+        let pending = self.pending.lock().await.take().map(|(key, _)| key);
+        for key in held.into_iter().chain(pending) {
+            if key.handle.in_memory().is_some() {
+                continue;
+            }
+            match self.keys.retire(&key).await {
+                Ok(()) => tracing::info!(
+                    authority = %self.name,
+                    key = %key.handle.describe(),
+                    "retired the intermediate's key at shutdown"
+                ),
+                Err(e) => tracing::warn!(
+                    authority = %self.name,
+                    key = %key.handle.describe(),
+                    error = %e,
+                    "could not retire the intermediate's key at shutdown; it is swept later"
+                ),
+            }
+        }
     }
 
     /// The key to certify next: the one made for an earlier attempt the
@@ -372,10 +420,13 @@ impl Delegated {
         if installed_at.is_some_and(|t| t >= requested_at) {
             return None;
         }
-        let old = self.current.swap(None)?;
+        let (old, withdrawn_key) = {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            let old = self.current.swap(None)?;
+            (old, held.take())
+        };
         let serial = serial_of(old.certificate());
         self.rekeys.send_modify(|n| *n += 1);
-        let withdrawn_key = self.held.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(key) = withdrawn_key {
             self.retire_when_unused(Some(old.clone()), key);
         }

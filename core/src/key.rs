@@ -464,7 +464,9 @@ pub fn generated_key_time(owner: &str, name: &str) -> Option<std::time::SystemTi
     {
         return None;
     }
-    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.parse().ok()?))
+    // Checked: a name is whatever the store holds, and a time past what
+    // SystemTime holds is not one signet made.
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs.parse().ok()?))
 }
 
 /// The public half of a key held elsewhere, read from its
@@ -774,6 +776,11 @@ mod tests {
         assert_eq!(generated_key_time("mesh-a-1800000000", &name), None);
         assert_eq!(generated_key_time("mesh-a", "signet-mesh-a-12-xyz"), None);
         assert_eq!(generated_key_time("mesh-a", "ca-key"), None);
+        // A planted name with a time SystemTime cannot hold is not ours.
+        assert_eq!(
+            generated_key_time("mesh-a", "signet-mesh-a-18446744073709551615-deadbeef"),
+            None
+        );
         assert_ne!(generated_key_name("mesh-a", t), name);
     }
 

@@ -282,11 +282,39 @@ async fn a_delegated_intermediates_key_is_made_in_the_store_and_retired_when_rep
     settle().await;
     assert_eq!(keys.retired().len(), 4, "the withdrawn key retired");
 
-    // Dropped (a reload): its key retired.
+    // A graceful stop retires the held key, and nothing is installed after.
     keys.set_fault(None);
     d.renew().await.unwrap();
     let retired = keys.retired().len();
+    d.retire_keys().await;
+    assert_eq!(keys.retired().len(), retired + 1);
+    assert!(d.current().is_none());
+    let err = d.renew().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotReady, "{err}");
+    let made = keys.made().len();
     drop(d);
     settle().await;
-    assert_eq!(keys.retired().len(), retired + 1);
+    assert_eq!(keys.retired().len(), retired + 1, "nothing left to retire");
+    assert_eq!(keys.made().len(), made);
+}
+
+/// Dropped without a graceful stop (an embedder's reload): the key held
+/// is retired once nothing signs with it.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_delegated_authority_retires_its_key() {
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let up = CaSigner::root(clock.now(), 365 * DAY);
+    let keys = Arc::new(StoreKeys::default());
+    let d = Delegated::start_with_keys(
+        "mesh",
+        up,
+        IntermediateConfig::default(),
+        td(),
+        clock,
+        keys.clone(),
+    );
+    d.ready().await;
+    drop(d);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(keys.retired(), keys.made());
 }

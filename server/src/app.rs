@@ -38,6 +38,8 @@ pub struct App {
     writers: Vec<tokio::task::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
+    /// Their keys in a store are retired once requests have drained.
+    delegated: DelegatedMap,
 }
 
 /// Starts every backend of `config` (used by `serve` and `check`).
@@ -161,7 +163,7 @@ impl App {
         // Background loops that end by being aborted at shutdown.
         let mut writers = Vec::new();
         if let Some(trust) = &config.trust {
-            writers.push(crate::trust::spawn_poll(trust, slots, delegated));
+            writers.push(crate::trust::spawn_poll(trust, slots, delegated.clone()));
         }
         let mut rest_addr = None;
         if let Some(rc) = &config.frontends.rest {
@@ -228,6 +230,7 @@ impl App {
             writers,
             tasks,
             shutdown,
+            delegated,
         })
     }
 
@@ -245,8 +248,21 @@ impl App {
         for t in self.tasks {
             let _ = t.await;
         }
+        // Nothing signs any more: a key a store made for this process is
+        // destroyed now rather than swept a ttl later.
+        for (name, d) in &self.delegated {
+            if tokio::time::timeout(KEY_RETIRE_WAIT, d.retire_keys())
+                .await
+                .is_err()
+            {
+                tracing::warn!(authority = %name, "retiring the intermediate's key took over {KEY_RETIRE_WAIT:?}; it is swept later");
+            }
+        }
     }
 }
+
+/// How long a graceful stop waits for the store to retire a key.
+const KEY_RETIRE_WAIT: Duration = Duration::from_secs(10);
 
 /// The delegated authorities' signers, by authority (for re-keys).
 pub type DelegatedMap = BTreeMap<String, Arc<Delegated>>;

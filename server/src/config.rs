@@ -407,6 +407,16 @@ impl Config {
                 }
                 (Mode::Delegated, i) => {
                     let i = i.clone().unwrap_or_default();
+                    if i.key.store().is_some()
+                        && !name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    {
+                        return Err(at.invalid(
+                            format!("authorities.{name}.intermediate.key"),
+                            "the authority's name is part of each key the store makes: use letters, digits, '-' and '_'",
+                        ));
+                    }
                     i.validate()
                         .map_err(|m| at.invalid(format!("authorities.{name}.intermediate"), m))?;
                     if a.policy.max_ttl > i.ttl {
@@ -862,6 +872,11 @@ frontends:
                 "{key}: {err}"
             );
         }
+        let odd_name = delegated("{ type: aws_kms, region: eu-west-1 }")
+            .replace("  mesh:\n    backend: ca\n    mode", "  \"mesh/a\":\n    backend: ca\n    mode")
+            .replace("authority: mesh", "authority: \"mesh/a\"");
+        let err = parse(&odd_name).unwrap_err().to_string();
+        assert!(err.contains("letters, digits"), "{err}");
     }
 
     #[test]

@@ -77,7 +77,11 @@ impl KmsKeyConfig {
         Ok(())
     }
 
-    async fn client(&self) -> Result<aws_sdk_kms::Client, KeyOpenError> {
+    /// A client whose every call ends within `timeout`.
+    async fn client(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<aws_sdk_kms::Client, KeyOpenError> {
         let sdk = crate::aws::AwsAccess {
             region: &self.region,
             endpoint_url: self.endpoint_url.as_deref(),
@@ -90,6 +94,11 @@ impl KmsKeyConfig {
         .map_err(store_err)?;
         let kms = aws_sdk_kms::config::Builder::from(&sdk)
             .retry_config(aws_config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .operation_timeout(timeout)
+                    .build(),
+            )
             .build();
         Ok(aws_sdk_kms::Client::from_conf(kms))
     }
@@ -130,9 +139,13 @@ fn map_err<E: ProvideErrorMetadata + std::fmt::Debug>(e: SdkError<E>) -> KeyStor
 
 impl KmsKey {
     /// Connects and reads the key's public half.
-    pub async fn open(config: KmsKeyConfig) -> Result<Arc<Self>, KeyOpenError> {
+    /// `timeout` bounds each call (the backend's `resilience.timeout`).
+    pub async fn open(
+        config: KmsKeyConfig,
+        timeout: std::time::Duration,
+    ) -> Result<Arc<Self>, KeyOpenError> {
         config.check().map_err(store_err)?;
-        let client = config.client().await?;
+        let client = config.client(timeout).await?;
         Self::with_client(client, config.key_id.unwrap_or_default()).await
     }
 
@@ -229,9 +242,13 @@ pub struct KmsKeys {
 const OWNER_TAG: &str = "signet-authority";
 
 impl KmsKeys {
-    pub async fn open(config: KmsKeyConfig) -> Result<Arc<Self>, KeyOpenError> {
+    /// `timeout` bounds each call.
+    pub async fn open(
+        config: KmsKeyConfig,
+        timeout: std::time::Duration,
+    ) -> Result<Arc<Self>, KeyOpenError> {
         config.check_for_generation().map_err(store_err)?;
-        let client = config.client().await?;
+        let client = config.client(timeout).await?;
         // Listing aliases is what sweeping needs: a missing permission or
         // an unreachable endpoint is found at start.
         client
@@ -248,13 +265,21 @@ impl KmsKeys {
 
     /// Schedules the key's deletion, then deletes the alias.
     async fn destroy(&self, alias: &str, key_id: &str) -> Result<(), KeyStoreError> {
-        self.client
+        match self
+            .client
             .schedule_key_deletion()
             .key_id(key_id)
             .pending_window_in_days(7)
             .send()
             .await
-            .map_err(map_err)?;
+        {
+            Ok(_) => {}
+            // Already pending deletion (an earlier try lost the alias step).
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_kms_invalid_state_exception()) => {}
+            Err(e) => return Err(map_err(e)),
+        }
         self.client
             .delete_alias()
             .alias_name(alias)
@@ -334,10 +359,14 @@ impl KeyFactory for KmsKeys {
                 .await;
             return Err(e);
         }
-        let handle = KmsKey::with_client(self.client.clone(), key_id)
-            .await
-            .map_err(|e| KeyStoreError::Unavailable(e.to_string()))?;
-        Ok(GeneratedKey { handle, name })
+        match KmsKey::with_client(self.client.clone(), key_id.clone()).await {
+            Ok(handle) => Ok(GeneratedKey { handle, name }),
+            Err(e) => {
+                // Not left behind: nothing would retire it.
+                let _ = self.destroy(&alias, &key_id).await;
+                Err(KeyStoreError::Unavailable(format!("reading the key it made: {e}")))
+            }
+        }
     }
 
     async fn retire(&self, key: &GeneratedKey) -> Result<(), KeyStoreError> {
@@ -379,9 +408,14 @@ impl KeyFactory for KmsKeys {
                 }
             }
         }
+        let mut destroyed = 0;
         for (alias, key_id) in &old {
-            self.destroy(alias, key_id).await?;
+            // One that cannot be destroyed does not stop the others.
+            match self.destroy(alias, key_id).await {
+                Ok(()) => destroyed += 1,
+                Err(e) => tracing::warn!(key = %alias, error = %e, "KMS: could not retire a swept key"),
+            }
         }
-        Ok(old.len())
+        Ok(destroyed)
     }
 }

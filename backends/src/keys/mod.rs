@@ -260,7 +260,10 @@ pub async fn open(
 
 async fn open_store(
     config: &KeyConfig,
-    #[cfg_attr(not(feature = "vault_transit"), allow(unused_variables))]
+    #[cfg_attr(
+        not(any(feature = "vault_transit", feature = "aws_kms")),
+        allow(unused_variables)
+    )]
     timeout: std::time::Duration,
 ) -> Result<Arc<dyn KeyHandle>, KeyOpenError> {
     match config {
@@ -268,7 +271,7 @@ async fn open_store(
         #[cfg(feature = "pkcs11")]
         KeyConfig::Pkcs11(c) => Ok(pkcs11::Pkcs11Key::open(c.clone()).await?),
         #[cfg(feature = "aws_kms")]
-        KeyConfig::AwsKms(c) => Ok(aws_kms::KmsKey::open(c.clone()).await?),
+        KeyConfig::AwsKms(c) => Ok(aws_kms::KmsKey::open(c.clone(), timeout).await?),
         #[cfg(feature = "vault_transit")]
         KeyConfig::VaultTransit(c) => Ok(transit::TransitKey::open((**c).clone(), timeout).await?),
     }
@@ -280,7 +283,10 @@ async fn open_store(
 )]
 async fn open_factory(
     config: &KeyConfig,
-    #[cfg_attr(not(feature = "vault_transit"), allow(unused_variables))]
+    #[cfg_attr(
+        not(any(feature = "vault_transit", feature = "aws_kms")),
+        allow(unused_variables)
+    )]
     timeout: std::time::Duration,
 ) -> Result<Arc<dyn KeyFactory>, KeyOpenError> {
     Ok(match config {
@@ -293,7 +299,7 @@ async fn open_factory(
         #[cfg(feature = "pkcs11")]
         KeyConfig::Pkcs11(c) => pkcs11::Pkcs11Keys::open(c.clone()).await?,
         #[cfg(feature = "aws_kms")]
-        KeyConfig::AwsKms(c) => aws_kms::KmsKeys::open(c.clone()).await?,
+        KeyConfig::AwsKms(c) => aws_kms::KmsKeys::open(c.clone(), timeout).await?,
         #[cfg(feature = "vault_transit")]
         KeyConfig::VaultTransit(c) => transit::TransitKeys::open((**c).clone(), timeout).await?,
     })

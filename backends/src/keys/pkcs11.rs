@@ -125,10 +125,10 @@ impl Pkcs11KeyConfig {
         }
     }
 
-    /// Whether `other` names the same token with the same PIN source.
+    /// Whether `other` names the same token with the same PIN source (on
+    /// the same module).
     fn same_token(&self, other: &Self) -> bool {
-        self.module == other.module
-            && self.token_label == other.token_label
+        self.token_label == other.token_label
             && self.slot == other.slot
             && self.pin_file == other.pin_file
             && self.pin_env == other.pin_env
@@ -200,15 +200,29 @@ impl KeySelector {
     }
 }
 
-/// A loaded module and the token signet uses on it, shared by every key
-/// on that token.
-struct Token {
-    config: Pkcs11KeyConfig,
+/// A loaded and initialized PKCS#11 module, once per process and path:
+/// two contexts of one module would finalize each other's sessions.
+struct Module {
+    path: PathBuf,
     ctx: Pkcs11,
     /// Held (read) by every use of the module; written only to finalize
     /// and initialize it again, which must not overlap any call and leaves
     /// no session of the old initialization behind.
-    module: RwLock<()>,
+    lock: RwLock<()>,
+    /// When the module was last finalized and initialized again (at most
+    /// once a second).
+    reinitialized: Mutex<Option<tokio::time::Instant>>,
+    /// The tokens in use on it (their sessions end when it is finalized).
+    tokens: Mutex<Vec<Weak<Token>>>,
+}
+
+/// The modules loaded in this process.
+static MODULES: Mutex<Vec<Weak<Module>>> = Mutex::new(Vec::new());
+
+/// A token on a module, with a PIN source, shared by every key on it.
+struct Token {
+    module: Arc<Module>,
+    config: Pkcs11KeyConfig,
     slot: Mutex<Option<Slot>>,
     /// Sessions not in use (logged in).
     idle: Mutex<Vec<Session>>,
@@ -218,18 +232,14 @@ struct Token {
     /// One per session; held by the blocking task that signs, so a caller
     /// that stops waiting does not free it while the token still works.
     permits: Arc<tokio::sync::Semaphore>,
-    /// When the module was last finalized and initialized again (at most
-    /// once a second).
-    reinitialized: Mutex<Option<tokio::time::Instant>>,
+    /// How many permits there are: the largest `sessions` of the keys
+    /// that share the token.
+    sessions: Mutex<usize>,
     /// The digest of a PIN the token refused: not tried again until the
     /// PIN source holds another (each wrong try counts towards the token
     /// locking the PIN).
     refused_pin: Mutex<Option<[u8; 32]>>,
 }
-
-/// The modules loaded in this process, by path (a module is initialized
-/// once per process: two contexts would finalize each other's sessions).
-static TOKENS: Mutex<Vec<Weak<Token>>> = Mutex::new(Vec::new());
 
 fn store_err(detail: impl Into<String>) -> KeyOpenError {
     KeyOpenError::Store {
@@ -288,78 +298,40 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Token {
-    /// The token `config` names: the one already loaded from its module,
-    /// or the module loaded and initialized now (blocking).
-    fn get(config: &Pkcs11KeyConfig) -> Result<Arc<Token>, KeyOpenError> {
-        let mut tokens = lock(&TOKENS);
-        tokens.retain(|t| t.strong_count() > 0);
-        if let Some(t) = tokens
+impl Module {
+    fn get(path: &std::path::Path) -> Result<Arc<Module>, KeyOpenError> {
+        // One module reached by two paths is still one module.
+        let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+        let mut modules = lock(&MODULES);
+        modules.retain(|m| m.strong_count() > 0);
+        if let Some(m) = modules
             .iter()
             .filter_map(Weak::upgrade)
-            .find(|t| t.config.module == config.module)
+            .find(|m| m.path == canonical)
         {
-            if !t.config.same_token(config) {
-                return Err(store_err(format!(
-                    "{} already serves {} with its PIN source; signet uses one token per PKCS#11 module, with one PIN source",
-                    config.module.display(),
-                    t.config.describe_token()
-                )));
-            }
-            return Ok(t);
+            return Ok(m);
         }
-        let ctx = Pkcs11::new(&config.module)
-            .map_err(|e| store_err(format!("{}: {e}", config.module.display())))?;
+        let ctx =
+            Pkcs11::new(path).map_err(|e| store_err(format!("{}: {e}", path.display())))?;
         match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
             Err(e) => return Err(store_err(format!("C_Initialize: {}", describe(&e)))),
         }
-        let token = Arc::new(Token {
-            config: config.clone(),
+        let module = Arc::new(Module {
+            path: canonical,
             ctx,
-            module: RwLock::new(()),
-            slot: Mutex::new(None),
-            idle: Mutex::new(Vec::new()),
-            epoch: AtomicU64::new(0),
-            permits: Arc::new(tokio::sync::Semaphore::new(config.sessions)),
+            lock: RwLock::new(()),
             reinitialized: Mutex::new(None),
-            refused_pin: Mutex::new(None),
+            tokens: Mutex::new(Vec::new()),
         });
-        tokens.push(Arc::downgrade(&token));
-        Ok(token)
-    }
-
-    fn find_slot(&self) -> Result<Slot, String> {
-        if let Some(slot) = *lock(&self.slot) {
-            return Ok(slot);
-        }
-        let slots = self
-            .ctx
-            .get_slots_with_token()
-            .map_err(|e| format!("listing slots: {}", describe(&e)))?;
-        let slot = match (&self.config.token_label, self.config.slot) {
-            (Some(label), _) => slots
-                .into_iter()
-                .find(|s| {
-                    self.ctx
-                        .get_token_info(*s)
-                        .is_ok_and(|t| t.label().trim_end() == label)
-                })
-                .ok_or_else(|| format!("no token labelled {label:?}"))?,
-            (None, Some(id)) => slots
-                .into_iter()
-                .find(|s| s.id() == id)
-                .ok_or_else(|| format!("no token in slot {id}"))?,
-            (None, None) => return Err("no token selected".into()),
-        };
-        *lock(&self.slot) = Some(slot);
-        Ok(slot)
+        modules.push(Arc::downgrade(&module));
+        Ok(module)
     }
 
     /// Finalizes and initializes the module again, waiting for every call
-    /// in progress and closing the sessions first (modules list their
-    /// tokens when initialized: one that went away and came back is seen
-    /// only after this). At most once a second.
+    /// in progress and closing every token's sessions first (modules list
+    /// their tokens when initialized: one that went away and came back is
+    /// seen only after this). At most once a second.
     fn reinitialize(&self) {
         {
             let mut last = lock(&self.reinitialized);
@@ -370,8 +342,11 @@ impl Token {
             }
             *last = Some(signet_core::clock::monotonic());
         }
-        let _exclusive = self.module.write().unwrap_or_else(|e| e.into_inner());
-        self.reset();
+        let _exclusive = self.lock.write().unwrap_or_else(|e| e.into_inner());
+        let tokens: Vec<_> = lock(&self.tokens).iter().filter_map(Weak::upgrade).collect();
+        for t in &tokens {
+            t.reset();
+        }
         if let Err(e) = self.ctx.clone().finalize() {
             tracing::debug!(error = %describe(&e), "C_Finalize");
         }
@@ -384,6 +359,68 @@ impl Token {
                 tracing::warn!(error = %describe(&e), "PKCS#11 module: C_Initialize failed")
             }
         }
+    }
+}
+
+impl Token {
+    /// The token `config` names, on its module: both shared with every
+    /// other key that names them, or loaded and initialized now (blocking).
+    fn get(config: &Pkcs11KeyConfig) -> Result<Arc<Token>, KeyOpenError> {
+        let module = Module::get(&config.module)?;
+        let mut tokens = lock(&module.tokens);
+        tokens.retain(|t| t.strong_count() > 0);
+        if let Some(t) = tokens
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|t| t.config.same_token(config))
+        {
+            let mut sessions = lock(&t.sessions);
+            if config.sessions > *sessions {
+                t.permits.add_permits(config.sessions - *sessions);
+                *sessions = config.sessions;
+            }
+            drop(sessions);
+            return Ok(t);
+        }
+        let token = Arc::new(Token {
+            module: module.clone(),
+            config: config.clone(),
+            slot: Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
+            epoch: AtomicU64::new(0),
+            permits: Arc::new(tokio::sync::Semaphore::new(config.sessions)),
+            sessions: Mutex::new(config.sessions),
+            refused_pin: Mutex::new(None),
+        });
+        tokens.push(Arc::downgrade(&token));
+        Ok(token)
+    }
+
+    fn find_slot(&self) -> Result<Slot, String> {
+        if let Some(slot) = *lock(&self.slot) {
+            return Ok(slot);
+        }
+        let slots = self.module
+            .ctx
+            .get_slots_with_token()
+            .map_err(|e| format!("listing slots: {}", describe(&e)))?;
+        let slot = match (&self.config.token_label, self.config.slot) {
+            (Some(label), _) => slots
+                .into_iter()
+                .find(|s| {
+                    self.module.ctx
+                        .get_token_info(*s)
+                        .is_ok_and(|t| t.label().trim_end() == label)
+                })
+                .ok_or_else(|| format!("no token labelled {label:?}"))?,
+            (None, Some(id)) => slots
+                .into_iter()
+                .find(|s| s.id() == id)
+                .ok_or_else(|| format!("no token in slot {id}"))?,
+            (None, None) => return Err("no token selected".into()),
+        };
+        *lock(&self.slot) = Some(slot);
+        Ok(slot)
     }
 
     /// After a failure that may mean the token went away: sessions and
@@ -435,7 +472,7 @@ impl Token {
             return Ok(session);
         }
         let slot = self.find_slot().map_err(CkOrConfig::Config)?;
-        let session = self.ctx.open_ro_session(slot).map_err(CkOrConfig::Ck)?;
+        let session = self.module.ctx.open_ro_session(slot).map_err(CkOrConfig::Ck)?;
         self.login(&session)?;
         Ok(session)
     }
@@ -454,11 +491,11 @@ impl Token {
         f: impl FnOnce(&Session) -> Result<T, CkOrConfig>,
     ) -> Result<T, KeyStoreError> {
         let result = {
-            let _shared = self.module.read().unwrap_or_else(|e| e.into_inner());
+            let _shared = self.module.lock.read().unwrap_or_else(|e| e.into_inner());
             let session = if read_write {
                 self.find_slot()
                     .map_err(CkOrConfig::Config)
-                    .and_then(|slot| self.ctx.open_rw_session(slot).map_err(CkOrConfig::Ck))
+                    .and_then(|slot| self.module.ctx.open_rw_session(slot).map_err(CkOrConfig::Ck))
                     .and_then(|s| self.login(&s).map(|()| s))
             } else {
                 self.session()
@@ -475,7 +512,7 @@ impl Token {
             && m.starts_with("no token")
         {
             // Looked for again after the module is initialized anew.
-            self.reinitialize();
+            self.module.reinitialize();
         }
         result.map_err(|e| self.classify(e))
     }
@@ -521,6 +558,8 @@ impl Token {
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
             Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
         ]);
         let mechanism = match algorithm {
             KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 => {
@@ -580,13 +619,15 @@ impl Token {
                 if !is_ours(&label) {
                     continue;
                 }
+                // One that cannot be destroyed does not stop the others.
                 let publics = session
                     .find_objects(&KeySelector::label(&label).template(ObjectClass::PUBLIC_KEY))
-                    .map_err(CkOrConfig::Ck)?;
-                for p in publics {
-                    session.destroy_object(p).map_err(CkOrConfig::Ck)?;
+                    .unwrap_or_default();
+                for p in publics.into_iter().chain([object]) {
+                    if let Err(e) = session.destroy_object(p) {
+                        tracing::warn!(key = %label, error = %describe(&e), "PKCS#11: C_DestroyObject failed");
+                    }
                 }
-                session.destroy_object(object).map_err(CkOrConfig::Ck)?;
                 destroyed += 1;
             }
             Ok(destroyed)
@@ -629,7 +670,7 @@ impl Pkcs11Key {
         let t = token.clone();
         let s = selector.clone();
         let (public, handle) = tokio::task::spawn_blocking(move || {
-            let _shared = t.module.read().unwrap_or_else(|e| e.into_inner());
+            let _shared = t.module.lock.read().unwrap_or_else(|e| e.into_inner());
             let session = t.session()?;
             let epoch = t.epoch.load(Ordering::SeqCst);
             let handle = find_private(&session, &s)?;
@@ -912,10 +953,15 @@ impl KeyFactory for Pkcs11Keys {
         let label = name.clone();
         self.blocking(move |t| t.generate(algorithm, &label))
             .await?;
-        let handle = Pkcs11Key::on_token(self.token.clone(), KeySelector::label(&name))
-            .await
-            .map_err(|e| KeyStoreError::Unavailable(e.to_string()))?;
-        Ok(GeneratedKey { handle, name })
+        match Pkcs11Key::on_token(self.token.clone(), KeySelector::label(&name)).await {
+            Ok(handle) => Ok(GeneratedKey { handle, name }),
+            Err(e) => {
+                // Not left behind: nothing would retire it.
+                let made = name.clone();
+                let _ = self.blocking(move |t| t.destroy(|l| l == made)).await;
+                Err(KeyStoreError::Unavailable(format!("reading the key it made: {e}")))
+            }
+        }
     }
 
     async fn retire(&self, key: &GeneratedKey) -> Result<(), KeyStoreError> {

@@ -408,11 +408,17 @@ impl KeyFactory for TransitKeys {
             })
             .await
             .map_err(key_err)?;
-        let handle =
+        let read =
             TransitKey::with_session(self.session.clone(), self.mount.clone(), name.clone(), None)
-                .await
-                .map_err(|e| KeyStoreError::Unavailable(e.to_string()))?;
-        Ok(GeneratedKey { handle, name })
+                .await;
+        match read {
+            Ok(handle) => Ok(GeneratedKey { handle, name }),
+            Err(e) => {
+                // Not left behind: nothing would retire it.
+                let _ = self.delete(&name).await;
+                Err(KeyStoreError::Unavailable(format!("reading the key it made: {e}")))
+            }
+        }
     }
 
     async fn retire(&self, key: &GeneratedKey) -> Result<(), KeyStoreError> {
@@ -434,9 +440,14 @@ impl KeyFactory for TransitKeys {
                 name != keep && generated_key_time(owner, name).is_some_and(|made| made < before)
             })
             .collect();
+        let mut destroyed = 0;
         for name in &old {
-            self.delete(name).await?;
+            // One that cannot be destroyed does not stop the others.
+            match self.delete(name).await {
+                Ok(()) => destroyed += 1,
+                Err(e) => tracing::warn!(key = %name, error = %e, "Transit: could not delete a swept key"),
+            }
         }
-        Ok(old.len())
+        Ok(destroyed)
     }
 }

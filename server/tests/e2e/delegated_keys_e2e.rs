@@ -208,6 +208,9 @@ frontends:
             .len(),
         1
     );
+    // A graceful stop leaves no key behind.
+    assert!(signet.terminate(), "signet stops cleanly");
+    assert_eq!((store.keys)(), Vec::<String>::new());
 }
 
 #[tokio::test]
