@@ -255,7 +255,10 @@ impl Delegated {
         drop(pending);
         let (replaced, old_key) = {
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-            (self.current.swap(Some(ca.clone())), held.replace(key.clone()))
+            (
+                self.current.swap(Some(ca.clone())),
+                held.replace(key.clone()),
+            )
         };
         *self.installed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.clock.now());
         self.installed.notify_waiters();
@@ -275,7 +278,8 @@ impl Delegated {
     /// holds in a store, so that a restart leaves none behind (a crash
     /// leaves them to the sweep).
     pub async fn retire_keys(&self) {
-        self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let held = {
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
             self.current.store(None);

@@ -873,7 +873,10 @@ frontends:
             );
         }
         let odd_name = delegated("{ type: aws_kms, region: eu-west-1 }")
-            .replace("  mesh:\n    backend: ca\n    mode", "  \"mesh/a\":\n    backend: ca\n    mode")
+            .replace(
+                "  mesh:\n    backend: ca\n    mode",
+                "  \"mesh/a\":\n    backend: ca\n    mode",
+            )
             .replace("authority: mesh", "authority: \"mesh/a\"");
         let err = parse(&odd_name).unwrap_err().to_string();
         assert!(err.contains("letters, digits"), "{err}");

@@ -171,17 +171,30 @@ impl Signet {
         }
     }
 
-    /// Sends SIGTERM and waits for exit; returns whether it exited successfully.
+    /// Sends SIGTERM and waits for exit; returns whether it exited
+    /// successfully (if not, its last log lines go to standard error).
     pub fn terminate(mut self) -> bool {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         for _ in 0..300 {
             if let Ok(Some(status)) = self.child.try_wait() {
+                if !status.success() {
+                    self.print_last_logs();
+                }
                 return status.success();
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        self.print_last_logs();
         false
+    }
+
+    fn print_last_logs(&self) {
+        let logs = self.logs();
+        eprintln!(
+            "signet's last log lines:\n{}",
+            logs[logs.len().saturating_sub(30)..].join("\n")
+        );
     }
 
     /// Closes signet's standard input (it was started with

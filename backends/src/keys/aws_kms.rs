@@ -364,7 +364,9 @@ impl KeyFactory for KmsKeys {
             Err(e) => {
                 // Not left behind: nothing would retire it.
                 let _ = self.destroy(&alias, &key_id).await;
-                Err(KeyStoreError::Unavailable(format!("reading the key it made: {e}")))
+                Err(KeyStoreError::Unavailable(format!(
+                    "reading the key it made: {e}"
+                )))
             }
         }
     }
@@ -413,7 +415,9 @@ impl KeyFactory for KmsKeys {
             // One that cannot be destroyed does not stop the others.
             match self.destroy(alias, key_id).await {
                 Ok(()) => destroyed += 1,
-                Err(e) => tracing::warn!(key = %alias, error = %e, "KMS: could not retire a swept key"),
+                Err(e) => {
+                    tracing::warn!(key = %alias, error = %e, "KMS: could not retire a swept key")
+                }
             }
         }
         Ok(destroyed)

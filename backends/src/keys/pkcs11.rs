@@ -311,8 +311,7 @@ impl Module {
         {
             return Ok(m);
         }
-        let ctx =
-            Pkcs11::new(path).map_err(|e| store_err(format!("{}: {e}", path.display())))?;
+        let ctx = Pkcs11::new(path).map_err(|e| store_err(format!("{}: {e}", path.display())))?;
         match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
             Err(e) => return Err(store_err(format!("C_Initialize: {}", describe(&e)))),
@@ -343,7 +342,10 @@ impl Module {
             *last = Some(signet_core::clock::monotonic());
         }
         let _exclusive = self.lock.write().unwrap_or_else(|e| e.into_inner());
-        let tokens: Vec<_> = lock(&self.tokens).iter().filter_map(Weak::upgrade).collect();
+        let tokens: Vec<_> = lock(&self.tokens)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
         for t in &tokens {
             t.reset();
         }
@@ -400,7 +402,8 @@ impl Token {
         if let Some(slot) = *lock(&self.slot) {
             return Ok(slot);
         }
-        let slots = self.module
+        let slots = self
+            .module
             .ctx
             .get_slots_with_token()
             .map_err(|e| format!("listing slots: {}", describe(&e)))?;
@@ -408,7 +411,8 @@ impl Token {
             (Some(label), _) => slots
                 .into_iter()
                 .find(|s| {
-                    self.module.ctx
+                    self.module
+                        .ctx
                         .get_token_info(*s)
                         .is_ok_and(|t| t.label().trim_end() == label)
                 })
@@ -472,7 +476,11 @@ impl Token {
             return Ok(session);
         }
         let slot = self.find_slot().map_err(CkOrConfig::Config)?;
-        let session = self.module.ctx.open_ro_session(slot).map_err(CkOrConfig::Ck)?;
+        let session = self
+            .module
+            .ctx
+            .open_ro_session(slot)
+            .map_err(CkOrConfig::Ck)?;
         self.login(&session)?;
         Ok(session)
     }
@@ -495,7 +503,12 @@ impl Token {
             let session = if read_write {
                 self.find_slot()
                     .map_err(CkOrConfig::Config)
-                    .and_then(|slot| self.module.ctx.open_rw_session(slot).map_err(CkOrConfig::Ck))
+                    .and_then(|slot| {
+                        self.module
+                            .ctx
+                            .open_rw_session(slot)
+                            .map_err(CkOrConfig::Ck)
+                    })
                     .and_then(|s| self.login(&s).map(|()| s))
             } else {
                 self.session()
@@ -959,7 +972,9 @@ impl KeyFactory for Pkcs11Keys {
                 // Not left behind: nothing would retire it.
                 let made = name.clone();
                 let _ = self.blocking(move |t| t.destroy(|l| l == made)).await;
-                Err(KeyStoreError::Unavailable(format!("reading the key it made: {e}")))
+                Err(KeyStoreError::Unavailable(format!(
+                    "reading the key it made: {e}"
+                )))
             }
         }
     }

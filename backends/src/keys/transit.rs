@@ -416,7 +416,9 @@ impl KeyFactory for TransitKeys {
             Err(e) => {
                 // Not left behind: nothing would retire it.
                 let _ = self.delete(&name).await;
-                Err(KeyStoreError::Unavailable(format!("reading the key it made: {e}")))
+                Err(KeyStoreError::Unavailable(format!(
+                    "reading the key it made: {e}"
+                )))
             }
         }
     }
@@ -445,7 +447,9 @@ impl KeyFactory for TransitKeys {
             // One that cannot be destroyed does not stop the others.
             match self.delete(name).await {
                 Ok(()) => destroyed += 1,
-                Err(e) => tracing::warn!(key = %name, error = %e, "Transit: could not delete a swept key"),
+                Err(e) => {
+                    tracing::warn!(key = %name, error = %e, "Transit: could not delete a swept key")
+                }
             }
         }
         Ok(destroyed)

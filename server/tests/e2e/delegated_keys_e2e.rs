@@ -18,6 +18,8 @@ use signet_tests::softhsm::Token;
 const DEMO: &str = "spiffe://cluster.local/ns/default/sa/demo";
 /// A key of authority `mesh` made in 2001: left by a process long gone.
 const LEFT_BEHIND: &str = "signet-mesh-1000000000-0badc0de";
+/// Someone else's key in the same store, which signet must not touch.
+const BYSTANDER: &str = "other-team";
 
 fn bin() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_signet"))
@@ -38,7 +40,7 @@ fn run(cmd: &mut Command) -> String {
 struct Store<'a> {
     /// `authorities.mesh.intermediate.key`.
     yaml: String,
-    /// The names of the keys of authority `mesh` in the store.
+    /// The names of the keys in the store.
     keys: Names<'a>,
     /// The public key named so (the EC point, or PKCS#1 RSAPublicKey).
     public_key: PublicKeyOf<'a>,
@@ -114,6 +116,13 @@ async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
 /// certifies a key in the store, that a re-key replaces the key and
 /// destroys the old one, and that [`LEFT_BEHIND`] is swept.
 async fn intermediates_keys_live_in(dir: &Path, store: Store<'_>) {
+    let all = &store.keys;
+    let signets = || -> Vec<String> {
+        all()
+            .into_iter()
+            .filter(|n| n.starts_with("signet-mesh-"))
+            .collect()
+    };
     openssl::root_ca(dir);
     let cfg = write(
         dir,
@@ -142,7 +151,7 @@ frontends:
             key = store.yaml,
         ),
     );
-    assert!((store.keys)().contains(&LEFT_BEHIND.to_owned()));
+    assert!(signets().contains(&LEFT_BEHIND.to_owned()));
     let cwd = dir.join("cwd");
     std::fs::create_dir_all(&cwd).unwrap();
     let signet = Signet::start_in(&bin(), &["serve", "--config", cfg.to_str().unwrap()], &cwd)
@@ -162,7 +171,7 @@ frontends:
     // behind is gone).
     let mut held = Vec::new();
     wait_for("the key left behind is swept", async || {
-        held = (store.keys)();
+        held = signets();
         held.len() == 1
     })
     .await;
@@ -193,7 +202,7 @@ frontends:
     let second = verified_intermediate(dir, &sign(&signet, dir, &csr).await, 2);
     let mut now = Vec::new();
     wait_for("the withdrawn key destroyed", async || {
-        now = (store.keys)();
+        now = signets();
         now.len() == 1 && now != held
     })
     .await;
@@ -208,9 +217,14 @@ frontends:
             .len(),
         1
     );
-    // A graceful stop leaves no key behind.
-    assert!(signet.terminate(), "signet stops cleanly");
-    assert_eq!((store.keys)(), Vec::<String>::new());
+    // A graceful stop leaves no key behind (waited for off the runtime,
+    // which must keep serving the client side of the drained connections).
+    let stopped = tokio::task::spawn_blocking(move || signet.terminate())
+        .await
+        .unwrap();
+    assert!(stopped, "signet stops cleanly");
+    assert_eq!(signets(), Vec::<String>::new());
+    assert!(all().contains(&BYSTANDER.to_owned()), "{:?}", all());
 }
 
 #[tokio::test]
@@ -218,13 +232,14 @@ async fn softhsm2_makes_the_intermediates_keys() {
     let tmp = tempfile::tempdir().unwrap();
     let token = Token::new();
     token.generate("EC:prime256v1", LEFT_BEHIND, "0b");
+    token.generate("EC:prime256v1", BYSTANDER, "0c");
     let store = Store {
         yaml: token.store_yaml("ecdsa-p384"),
         keys: Box::new(|| {
             let keys = token.private_keys();
             for (label, access) in &keys {
                 // Made by signet: sensitive and never extractable.
-                if label != LEFT_BEHIND {
+                if label.starts_with("signet-mesh-") && label != LEFT_BEHIND {
                     assert!(
                         access.contains("sensitive") && access.contains("never extractable"),
                         "{label}: {access}"
@@ -248,6 +263,11 @@ async fn aws_kms_makes_the_intermediates_keys() {
         "CreateAlias",
         json!({ "AliasName": format!("alias/{LEFT_BEHIND}"), "TargetKeyId": stale }),
     );
+    let other = moto.kms_key("ECC_NIST_P256");
+    kms(
+        "CreateAlias",
+        json!({ "AliasName": format!("alias/{BYSTANDER}"), "TargetKeyId": other }),
+    );
     let id = write(tmp.path(), "aws-id", "testing");
     let secret = write(tmp.path(), "aws-secret", "testing");
     let store = Store {
@@ -263,7 +283,6 @@ async fn aws_kms_makes_the_intermediates_keys() {
                 .unwrap()
                 .iter()
                 .filter_map(|a| a["AliasName"].as_str()?.strip_prefix("alias/"))
-                .filter(|n| n.starts_with("signet-mesh-"))
                 .map(str::to_owned)
                 .collect()
         }),
@@ -279,6 +298,11 @@ async fn aws_kms_makes_the_intermediates_keys() {
     };
     intermediates_keys_live_in(tmp.path(), store).await;
     // Retired keys are scheduled for deletion, not left usable.
+    let untouched = kms("DescribeKey", json!({ "KeyId": other }));
+    assert_eq!(
+        untouched["KeyMetadata"]["KeyState"], "Enabled",
+        "{untouched}"
+    );
     let state = kms("DescribeKey", json!({ "KeyId": stale }));
     assert_eq!(
         state["KeyMetadata"]["KeyState"], "PendingDeletion",
@@ -298,6 +322,11 @@ async fn openbao_transit_makes_the_intermediates_keys() {
     bao.api(
         "POST",
         &format!("transit/keys/{LEFT_BEHIND}"),
+        Some(json!({ "type": "ecdsa-p256" })),
+    );
+    bao.api(
+        "POST",
+        &format!("transit/keys/{BYSTANDER}"),
         Some(json!({ "type": "ecdsa-p256" })),
     );
     // The policy docs/keys.md gives: signet's own keys only.
@@ -321,7 +350,6 @@ async fn openbao_transit_makes_the_intermediates_keys() {
                 .map(|k| {
                     k.iter()
                         .filter_map(Value::as_str)
-                        .filter(|n| n.starts_with("signet-mesh-"))
                         .map(str::to_owned)
                         .collect()
                 })
