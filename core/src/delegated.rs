@@ -232,6 +232,12 @@ impl Delegated {
             chain.installable_at(self.clock.now()),
         )
         .map_err(|e| SignError::Internal(format!("installing the intermediate: {e}")))?;
+        if self.stopping() {
+            // Certified too late: nothing will sign with it.
+            *pending = None;
+            self.retire_when_unused(None, key);
+            return Err(SignError::NotReady("stopping".into()));
+        }
         let ca = Arc::new(ca);
         tracing::info!(
             target: "signet::audit",
@@ -245,12 +251,6 @@ impl Delegated {
             key = %key.handle.describe(),
             "intermediate installed"
         );
-        if self.stopping() {
-            // Certified too late: nothing will sign with it.
-            *pending = None;
-            self.retire_when_unused(None, key);
-            return Err(SignError::NotReady("stopping".into()));
-        }
         *pending = None;
         drop(pending);
         let (replaced, old_key) = {
