@@ -216,8 +216,10 @@ struct Module {
     tokens: Mutex<Vec<Weak<Token>>>,
 }
 
-/// The modules loaded in this process.
-static MODULES: Mutex<Vec<Weak<Module>>> = Mutex::new(Vec::new());
+/// The modules loaded in this process. They stay loaded until it exits:
+/// a module whose last key went away would otherwise be finalized while a
+/// new key could be opening it again.
+static MODULES: Mutex<Vec<Arc<Module>>> = Mutex::new(Vec::new());
 
 /// A token on a module, with a PIN source, shared by every key on it.
 struct Token {
@@ -303,13 +305,8 @@ impl Module {
         // One module reached by two paths is still one module.
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
         let mut modules = lock(&MODULES);
-        modules.retain(|m| m.strong_count() > 0);
-        if let Some(m) = modules
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|m| m.path == canonical)
-        {
-            return Ok(m);
+        if let Some(m) = modules.iter().find(|m| m.path == canonical) {
+            return Ok(m.clone());
         }
         let ctx = Pkcs11::new(path).map_err(|e| store_err(format!("{}: {e}", path.display())))?;
         match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
@@ -323,7 +320,7 @@ impl Module {
             reinitialized: Mutex::new(None),
             tokens: Mutex::new(Vec::new()),
         });
-        modules.push(Arc::downgrade(&module));
+        modules.push(module.clone());
         Ok(module)
     }
 
