@@ -32,7 +32,7 @@ use crate::csr::VerifiedCsr;
 use crate::duration::HumanDuration;
 use crate::error::SignError;
 use crate::issuer::LocalCa;
-use crate::key::{CaKey, GeneratedKey, InMemoryKeys, KeyAlgorithm, KeyFactory};
+use crate::key::{CaKey, GeneratedKey, InMemoryKeys, KeyAlgorithm, KeyFactory, KeyStoreError};
 use crate::mint::{IntermediateSpec, certify_intermediate};
 use crate::policy::IssuanceDecision;
 use crate::signer::{BackendInfo, Capabilities, Signer};
@@ -329,14 +329,12 @@ impl Delegated {
             .keys
             .generate(self.config.key, &self.name, now)
             .await
-            .map_err(|e| match SignError::from(e) {
-                SignError::BackendUnavailable(m) => {
-                    SignError::BackendUnavailable(format!("making the intermediate's key: {m}"))
-                }
-                SignError::BackendRejected(m) => {
-                    SignError::BackendRejected(format!("making the intermediate's key: {m}"))
-                }
-                other => other,
+            .map_err(|e| {
+                let why = |m| format!("making the intermediate's key: {m}");
+                SignError::from(match e {
+                    KeyStoreError::Unavailable(m) => KeyStoreError::Unavailable(why(m)),
+                    KeyStoreError::Refused(m) => KeyStoreError::Refused(why(m)),
+                })
             })?;
         if key.handle.in_memory().is_none() {
             tracing::info!(

@@ -109,40 +109,46 @@ impl Token {
     /// `rsa:2048`), private key not extractable, labelled `key_label` with
     /// ID `id` (hex).
     pub fn generate(&self, key_type: &str, key_label: &str, id: &str) {
-        run(Command::new("pkcs11-tool").args([
-            "--module",
-            module().to_str().expect("UTF-8 path"),
-            "--token-label",
-            &self.label,
-            "--login",
-            "--pin",
-            PIN,
-            "--keypairgen",
-            "--key-type",
-            key_type,
-            "--label",
-            key_label,
-            "--id",
-            id,
-            "--usage-sign",
-        ]));
+        self.tool(
+            true,
+            &[
+                "--keypairgen",
+                "--key-type",
+                key_type,
+                "--label",
+                key_label,
+                "--id",
+                id,
+                "--usage-sign",
+            ],
+        );
+    }
+
+    /// OpenSC's `pkcs11-tool` on this token (logged in as the user or not).
+    fn tool(&self, login: bool, args: &[&str]) -> String {
+        let mut cmd = Command::new("pkcs11-tool");
+        cmd.args(["--module", module().to_str().expect("UTF-8 path")])
+            .args(["--token-label", &self.label]);
+        if login {
+            cmd.args(["--login", "--pin", PIN]);
+        }
+        run(cmd.args(args))
     }
 
     /// The `key:` entry of a backend for `key_label` (YAML flow mapping).
     pub fn key_yaml(&self, key_label: &str) -> String {
-        format!(
-            "{{ type: pkcs11, module: {}, token_label: {}, pin_file: {}, key_label: {key_label} }}",
-            module().display(),
-            self.label,
-            self.pin_file.display()
-        )
+        self.yaml(&format!("key_label: {key_label}"))
     }
 
     /// The `key:` entry of a delegated intermediate whose keys signet
     /// makes in this token (YAML flow mapping; `algorithm` as signet names it).
     pub fn store_yaml(&self, algorithm: &str) -> String {
+        self.yaml(&format!("algorithm: {algorithm}"))
+    }
+
+    fn yaml(&self, rest: &str) -> String {
         format!(
-            "{{ type: pkcs11, module: {}, token_label: {}, pin_file: {}, algorithm: {algorithm} }}",
+            "{{ type: pkcs11, module: {}, token_label: {}, pin_file: {}, {rest} }}",
             module().display(),
             self.label,
             self.pin_file.display()
@@ -152,18 +158,7 @@ impl Token {
     /// The token's private keys, as `pkcs11-tool --list-objects` shows
     /// them: each label and its `Access:` line.
     pub fn private_keys(&self) -> Vec<(String, String)> {
-        let listed = run(Command::new("pkcs11-tool").args([
-            "--module",
-            module().to_str().expect("UTF-8 path"),
-            "--token-label",
-            &self.label,
-            "--login",
-            "--pin",
-            PIN,
-            "--list-objects",
-            "--type",
-            "privkey",
-        ]));
+        let listed = self.tool(true, &["--list-objects", "--type", "privkey"]);
         let mut keys = Vec::new();
         let mut label = None;
         for line in listed.lines().map(str::trim) {
@@ -182,15 +177,7 @@ impl Token {
     /// SubjectPublicKeyInfo's BIT STRING holds), from `pkcs11-tool
     /// --list-objects` (its `--read-object` cannot read P-384 keys).
     pub fn ec_point(&self, label: &str) -> Vec<u8> {
-        let listed = run(Command::new("pkcs11-tool").args([
-            "--module",
-            module().to_str().expect("UTF-8 path"),
-            "--token-label",
-            &self.label,
-            "--list-objects",
-            "--type",
-            "pubkey",
-        ]));
+        let listed = self.tool(false, &["--list-objects", "--type", "pubkey"]);
         let mut point = None;
         for line in listed.lines().map(str::trim) {
             if let Some(p) = line.strip_prefix("EC_POINT:") {
